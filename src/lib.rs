@@ -1,0 +1,13 @@
+//! LeaderLock: leader election for Kubernetes pods on etcd locks.
+//!
+//! ```text
+//!  LeaderLock + Pods ──watch──▶ controller ──decide (lock, pure)──▶ etcd ops ─▶ etcd
+//!        ▲                          ▲                                            │
+//!        └── status + pod annotations (SSA)      etcd mirror (one watch) ◀───────┘
+//! ```
+//!
+//! One module per concern; SPEC.md sections in brackets.
+#![forbid(unsafe_code)]
+
+/// The `LeaderLock` custom resource and its CRD [§2].
+pub mod resource;

@@ -1,0 +1,131 @@
+//! The `LeaderLock` custom resource (SPEC §2): what users `kubectl apply`, and the status the
+//! controller reports. The CRD YAML under `crds/` is generated from these types.
+//!
+//! Everything the API server can judge is in the schema (patterns, bounds, list-map keys, CEL),
+//! so a bad spec is refused at `kubectl apply` with a message naming the field; what only the
+//! controller can judge becomes a `Ready=False` condition (see [`reasons`]).
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector};
+use kube::{CustomResource, CustomResourceExt, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// API group of every name LeaderLock owns: the CRD, the pod annotations and labels.
+pub const GROUP: &str = "leaderlock.dev";
+
+/// Desired state: which pods compete, for which locks.
+#[derive(CustomResource, KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "leaderlock.dev",
+    version = "v1alpha1",
+    kind = "LeaderLock",
+    plural = "leaderlocks",
+    shortname = "ll",
+    namespaced,
+    status = "LeaderLockStatus",
+    printcolumn(name = "Locks", type_ = "string", json_path = ".spec.locks[*].name", description = "Names of the locks"),
+    printcolumn(name = "Holder", type_ = "string", json_path = ".status.locks[0].holder", description = "Holder of the first lock"),
+    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct LeaderLockSpec {
+    /// Pods in this namespace that are candidates for every lock. Must not be empty: an empty
+    /// selector would make every pod of the namespace a candidate.
+    #[x_kube(validation = Rule::new(
+        "(has(self.matchLabels) && size(self.matchLabels) > 0) || (has(self.matchExpressions) && size(self.matchExpressions) > 0)"
+    ).message("selector must have matchLabels or matchExpressions; an empty selector would select every pod in the namespace"))]
+    pub selector: LabelSelector,
+
+    /// The locks to elect a holder for, each independently (1 to 32, unique names).
+    #[schemars(length(min = 1, max = 32))]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
+    pub locks: Vec<LockSpec>,
+
+    /// How long candidate keys survive in etcd when every controller replica is gone.
+    #[serde(default = "default_ttl_seconds")]
+    #[schemars(range(min = 5, max = 3600))]
+    pub ttl_seconds: i64,
+
+    /// Also mirror each pod's role into the label `leaderlock.dev/<lock>` (for Service selectors).
+    #[serde(default)]
+    pub pod_labels: bool,
+}
+
+/// One lock: a name unique in the LeaderLock and, optionally, the etcd prefix it lives under.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct LockSpec {
+    /// DNS-1123 label of at most 50 characters; it becomes part of the pod annotation key.
+    #[schemars(length(min = 1, max = 50), regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"))]
+    pub name: String,
+
+    /// Share the lock with non-Kubernetes etcd clients (e.g. `etcdctl lock`) by using this etcd
+    /// prefix instead of the default one. Must be absolute and under an operator-allowed prefix.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 2, max = 512))]
+    #[x_kube(validation = Rule::new("self.startsWith('/')").message("etcdKey must be an absolute etcd key starting with '/'"))]
+    #[x_kube(validation = Rule::new("!self.endsWith('/')").message("etcdKey must not end with '/'; candidate keys are created under <etcdKey>/"))]
+    pub etcd_key: Option<String>,
+}
+
+fn default_ttl_seconds() -> i64 {
+    15
+}
+
+/// What the controller observed: one entry per lock plus conditions.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LeaderLockStatus {
+    /// The `metadata.generation` this status was computed from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    #[serde(default)]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
+    pub locks: Vec<LockStatus>,
+    #[serde(default)]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
+}
+
+/// The observed state of one lock.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LockStatus {
+    pub name: String,
+    /// Pod name of the holder, `etcd:<key>` for a holder outside Kubernetes, absent if none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub holder: Option<String>,
+    /// Create revision of the holder's etcd key (an int64 as a string); strictly increases.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fencing_token: Option<String>,
+    /// When the current holder took the lock (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<String>,
+    /// Pods currently competing for the lock.
+    #[serde(default)]
+    pub candidates: i32,
+    /// Holder changes observed since the LeaderLock was created.
+    #[serde(default)]
+    pub transitions: i64,
+}
+
+/// Condition types and reasons users can match on.
+pub mod reasons {
+    pub const READY: &str = "Ready";
+    /// Every lock has a holder or is waiting for one, nothing rejected.
+    pub const ELECTED: &str = "Elected";
+    /// The selector matches no candidate pod; not an error.
+    pub const NO_CANDIDATES: &str = "NoCandidates";
+    /// A lock name is already used by an older LeaderLock in the namespace.
+    pub const LOCK_NAME_CONFLICT: &str = "LockNameConflict";
+    /// An `etcdKey` is outside every `--allowed-key-prefix`.
+    pub const ETCD_KEY_NOT_ALLOWED: &str = "EtcdKeyNotAllowed";
+    /// etcd could not be reached; the controller retries with backoff.
+    pub const ETCD_UNAVAILABLE: &str = "EtcdUnavailable";
+}
+
+/// The CRD as YAML, exactly as checked in under `crds/`.
+pub fn crd_yaml() -> Result<String, serde_yaml::Error> {
+    serde_yaml::to_string(&LeaderLock::crd())
+}
