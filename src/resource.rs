@@ -23,7 +23,8 @@ pub const GROUP: &str = "leaderlock.dev";
     shortname = "ll",
     namespaced,
     status = "LeaderLockStatus",
-    printcolumn(name = "Locks", type_ = "string", json_path = ".spec.locks[*].name", description = "Names of the locks"),
+    printcolumn(name = "Locks", type_ = "integer", json_path = ".status.lockCount", description = "Number of locks"),
+    doc = "Leader election among the selected pods, one holder per lock, through etcd locks.",
     printcolumn(name = "Holder", type_ = "string", json_path = ".status.locks[0].holder", description = "Holder of the first lock"),
     printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
@@ -80,6 +81,9 @@ pub struct LeaderLockStatus {
     /// The `metadata.generation` this status was computed from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+    /// Number of locks in the spec; printer columns cannot count a list, so it is reported here.
+    #[serde(default)]
+    pub lock_count: i32,
     #[serde(default)]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
     pub locks: Vec<LockStatus>,

@@ -1,0 +1,29 @@
+# The two commands a newcomer needs: `make demo` and `make test`. Both install what they need.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+help: ## List targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
+
+deps: ## Install Debian packages and build the pinned control-plane tools (cached)
+	@hack/ensure-deps.sh
+	@hack/build-tools.sh >/dev/null
+
+test: deps ## Run every test against a real etcd and kube-apiserver started on loopback
+	cargo build --locked --all-targets
+	hack/cluster.sh run -- cargo test --locked --all-targets
+
+demo: deps ## Local demo: control plane + controller + an example LeaderLock
+	cargo build --locked
+	hack/demo.sh
+
+crd: ## Regenerate crds/ from the Rust types
+	cargo run --quiet -- crd > crds/leaderlock.dev_leaderlocks.yaml
+
+up: deps ## Start a control plane in .cache/cluster and leave it running (source .cache/cluster/env)
+	hack/cluster.sh up
+
+down: ## Stop the control plane started by `make up`
+	hack/cluster.sh down
+
+.PHONY: help deps test demo crd up down

@@ -1,0 +1,176 @@
+#!/usr/bin/env bash
+# A real control plane on loopback: etcd for the apiserver, a separate etcd for locks,
+# kube-apiserver (TLS, RBAC, ServiceAccount tokens) and kube-controller-manager (GC + namespaces).
+#
+#   hack/cluster.sh up [DIR]        start; writes DIR/kubeconfig and DIR/env (source it)
+#   hack/cluster.sh down [DIR]      stop everything started in DIR, remove its data
+#   hack/cluster.sh run -- CMD...   start in a temp DIR, run CMD with the env, always tear down
+#
+# DIR defaults to .cache/cluster in the clone. Every process is started with a parent-death
+# signal where a parent stays alive (run), and its pid is recorded so `down` (or the next `up`)
+# finds it: no orphans survive a failed or interrupted test.
+set -euo pipefail
+source "$(dirname "$0")/lib.sh"
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+# start NAME CMD...: start CMD in the background with its log in $DIR/NAME.log and pid in $DIR/NAME.pid.
+start() {
+  local name="$1"; shift
+  if [[ -n "${PDEATHSIG:-}" ]]; then set -- setpriv --pdeathsig KILL "$@"; fi
+  "$@" >"$DIR/$name.log" 2>&1 &
+  echo $! >"$DIR/$name.pid"
+}
+
+# wait_for WHAT SECONDS CMD...: retry CMD until it succeeds or the deadline passes.
+wait_for() {
+  local what="$1" secs="$2"; shift 2
+  local deadline=$((SECONDS + secs))
+  until "$@" >/dev/null 2>&1; do
+    if ((SECONDS >= deadline)); then
+      log "$what not ready after ${secs}s; last log lines:"
+      tail -n 20 "$DIR/$what.log" >&2 || true
+      return 1
+    fi
+    sleep 0.2
+  done
+}
+
+stop_all() {
+  local dir="$1" pidf pid
+  [[ -d "$dir" ]] || return 0
+  # Stop in reverse dependency order so the apiserver never outlives its etcd for long.
+  for name in kube-controller-manager kube-apiserver etcd-locks etcd-apiserver; do
+    pidf="$dir/$name.pid"
+    [[ -f "$pidf" ]] || continue
+    pid="$(cat "$pidf")"
+    if kill -0 "$pid" 2>/dev/null; then
+      kill -TERM "$pid" 2>/dev/null || true
+      for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+      kill -KILL "$pid" 2>/dev/null || true
+    fi
+    rm -f "$pidf"
+  done
+}
+
+make_certs() {
+  local d="$DIR/pki"
+  mkdir -p "$d"
+  openssl req -x509 -newkey rsa:2048 -nodes -days 3 -subj "/CN=leaderlock-test-ca" \
+    -keyout "$d/ca.key" -out "$d/ca.crt" 2>/dev/null
+  openssl req -newkey rsa:2048 -nodes -subj "/CN=kube-apiserver" \
+    -keyout "$d/apiserver.key" -out "$d/apiserver.csr" 2>/dev/null
+  printf 'subjectAltName=IP:127.0.0.1,DNS:localhost,DNS:kubernetes.default.svc\n' >"$d/san.ext"
+  openssl x509 -req -in "$d/apiserver.csr" -CA "$d/ca.crt" -CAkey "$d/ca.key" -CAcreateserial \
+    -days 3 -extfile "$d/san.ext" -out "$d/apiserver.crt" 2>/dev/null
+  # The admin identity: a client certificate in system:masters.
+  openssl req -newkey rsa:2048 -nodes -subj "/O=system:masters/CN=admin" \
+    -keyout "$d/admin.key" -out "$d/admin.csr" 2>/dev/null
+  openssl x509 -req -in "$d/admin.csr" -CA "$d/ca.crt" -CAkey "$d/ca.key" -CAcreateserial \
+    -days 3 -out "$d/admin.crt" 2>/dev/null
+  # ServiceAccount token signing key (TokenRequest).
+  openssl genrsa -out "$d/sa.key" 2048 2>/dev/null
+  openssl rsa -in "$d/sa.key" -pubout -out "$d/sa.pub" 2>/dev/null
+}
+
+write_kubeconfig() {
+  local d="$DIR/pki"
+  cat >"$DIR/kubeconfig" <<KC
+apiVersion: v1
+kind: Config
+clusters:
+- name: leaderlock-test
+  cluster:
+    server: https://127.0.0.1:$API_PORT
+    certificate-authority: $d/ca.crt
+users:
+- name: admin
+  user:
+    client-certificate: $d/admin.crt
+    client-key: $d/admin.key
+contexts:
+- name: leaderlock-test
+  context: {cluster: leaderlock-test, user: admin, namespace: default}
+current-context: leaderlock-test
+KC
+}
+
+start_etcd() {
+  local name="$1" client="$2" peer="$3"
+  start "$name" "$ETCD_BIN_DIR/etcd" --name "$name" --data-dir "$DIR/$name.data" \
+    --listen-client-urls "http://127.0.0.1:$client" --advertise-client-urls "http://127.0.0.1:$client" \
+    --listen-peer-urls "http://127.0.0.1:$peer" --initial-advertise-peer-urls "http://127.0.0.1:$peer" \
+    --initial-cluster "$name=http://127.0.0.1:$peer" --log-level warn \
+    --unsafe-no-fsync
+}
+
+up() {
+  mkdir -p "$DIR"
+  DIR="$(cd "$DIR" && pwd)"
+  stop_all "$DIR"  # a previous run killed hard may have left processes behind
+  rm -rf "$DIR"/*.data "$DIR/pki"
+  local tools
+  tools="$("$ROOT/hack/build-tools.sh")"
+  ETCD_BIN_DIR="$(sed -n 's/^etcd=//p' <<<"$tools")"
+  K8S_BIN_DIR="$(sed -n 's/^k8s=//p' <<<"$tools")"
+
+  local e1 e1p e2 e2p
+  e1=$(free_port) e1p=$(free_port) e2=$(free_port) e2p=$(free_port) API_PORT=$(free_port)
+  log "starting etcd (apiserver storage :$e1, locks :$e2) and kube-apiserver :$API_PORT in $DIR"
+  make_certs
+  start_etcd etcd-apiserver "$e1" "$e1p"
+  start_etcd etcd-locks "$e2" "$e2p"
+  wait_for etcd-apiserver 30 curl -sf "http://127.0.0.1:$e1/health"
+  wait_for etcd-locks 30 curl -sf "http://127.0.0.1:$e2/health"
+
+  local d="$DIR/pki"
+  start kube-apiserver "$K8S_BIN_DIR/kube-apiserver" \
+    --etcd-servers "http://127.0.0.1:$e1" \
+    --bind-address 127.0.0.1 --advertise-address 127.0.0.1 --secure-port "$API_PORT" \
+    --tls-cert-file "$d/apiserver.crt" --tls-private-key-file "$d/apiserver.key" \
+    --client-ca-file "$d/ca.crt" \
+    --authorization-mode RBAC --anonymous-auth=false \
+    --service-account-issuer https://kubernetes.default.svc.cluster.local \
+    --service-account-key-file "$d/sa.pub" --service-account-signing-key-file "$d/sa.key" \
+    --service-cluster-ip-range 10.96.0.0/16 \
+    --endpoint-reconciler-type none \
+    --disable-admission-plugins ServiceAccount \
+    --cert-dir "$DIR/apiserver-certs"
+  write_kubeconfig
+  wait_for kube-apiserver 120 "$K8S_BIN_DIR/kubectl" --kubeconfig "$DIR/kubeconfig" get --raw /readyz
+
+  start kube-controller-manager "$K8S_BIN_DIR/kube-controller-manager" \
+    --kubeconfig "$DIR/kubeconfig" --controllers garbagecollector,namespace \
+    --leader-elect=false --secure-port 0 --use-service-account-credentials=false
+
+  cat >"$DIR/env" <<ENV
+export KUBECONFIG=$DIR/kubeconfig
+export LEADERLOCK_ETCD_ENDPOINTS=http://127.0.0.1:$e2
+export APISERVER_ETCD_ENDPOINTS=http://127.0.0.1:$e1
+export KUBE_APISERVER_URL=https://127.0.0.1:$API_PORT
+export LEADERLOCK_CLUSTER_DIR=$DIR
+export LEADERLOCK_ETCD_BIN_DIR=$ETCD_BIN_DIR
+export LEADERLOCK_K8S_BIN_DIR=$K8S_BIN_DIR
+export PATH=$K8S_BIN_DIR:$ETCD_BIN_DIR:\$PATH
+ENV
+  log "control plane ready: source $DIR/env"
+}
+
+cmd="${1:-}"; shift || true
+case "$cmd" in
+  up) DIR="${1:-$ROOT/.cache/cluster}"; up ;;
+  down) DIR="${1:-$ROOT/.cache/cluster}"; stop_all "$DIR"; rm -rf "$DIR"; log "control plane in $DIR stopped" ;;
+  run)
+    [[ "${1:-}" == "--" ]] && shift
+    (($#)) || die "usage: $0 run -- CMD..."
+    DIR="$(mktemp -d "${TMPDIR:-/tmp}/leaderlock-cluster.XXXXXX")"
+    trap 'stop_all "$DIR"; rm -rf "$DIR"' EXIT
+    trap 'exit 130' INT TERM
+    PDEATHSIG=1 up
+    set +e
+    (source "$DIR/env" && "$@")
+    rc=$?
+    exit $rc
+    ;;
+  *) die "usage: $0 up [DIR] | down [DIR] | run -- CMD..." ;;
+esac

@@ -1,0 +1,140 @@
+//! The LeaderLock resource through kubectl against the real apiserver (SPEC §2):
+//! the schema accepts what is valid and refuses each kind of mistake with a message
+//! that names the field.
+mod common;
+use common::*;
+
+const VALID: &str = r#"
+apiVersion: leaderlock.dev/v1alpha1
+kind: LeaderLock
+metadata: {name: payments}
+spec:
+  selector: {matchLabels: {app: payments-worker}}
+  locks:
+  - name: ledger-writer
+  - name: nightly-report
+    etcdKey: /legacy/locks/nightly-report
+"#;
+
+fn apply(ns: &str, yaml: &str) -> std::process::Output {
+    kubectl(&["apply", "-n", ns, "-f", "-"], Some(yaml))
+}
+
+#[test]
+fn checked_in_crd_matches_the_rust_types() {
+    let generated = leaderlock::resource::crd_yaml().unwrap();
+    let checked_in = include_str!("../crds/leaderlock.dev_leaderlocks.yaml");
+    assert!(
+        generated == checked_in,
+        "crds/leaderlock.dev_leaderlocks.yaml is stale: run `cargo run -- crd > crds/leaderlock.dev_leaderlocks.yaml`"
+    );
+}
+
+#[test]
+fn valid_leaderlock_applies_with_defaults_filled_in() {
+    install_crd();
+    let ns = namespace("valid-applies");
+    let out = apply(&ns, VALID);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let ttl = kubectl_ok(&["get", "ll", "payments", "-n", &ns, "-o", "jsonpath={.spec.ttlSeconds}/{.spec.podLabels}"], None);
+    assert_eq!(ttl, "15/false", "schema defaults ttlSeconds=15 and podLabels=false");
+}
+
+/// Each case: what is wrong, the spec lines, and a fragment the apiserver's message must contain.
+const INVALID: &[(&str, &str, &str)] = &[
+    ("missing selector", "locks: [{name: a}]", "spec.selector: Required value"),
+    ("empty selector", "selector: {}\n  locks: [{name: a}]", "spec.selector: Invalid value"),
+    ("no locks", "selector: {matchLabels: {app: x}}\n  locks: []", "spec.locks: Invalid value"),
+    ("missing locks", "selector: {matchLabels: {app: x}}", "spec.locks: Required value"),
+    ("33 locks", "", "spec.locks: Too many: 33"),
+    ("lock name not DNS-1123", "selector: {matchLabels: {app: x}}\n  locks: [{name: Ledger_Writer}]", "spec.locks[0].name"),
+    ("lock name of 51 characters", "", "spec.locks[0].name: Too long"),
+    ("duplicate lock names", "selector: {matchLabels: {app: x}}\n  locks: [{name: a}, {name: a}]", "spec.locks[1]: Duplicate value"),
+    ("ttlSeconds below 5", "selector: {matchLabels: {app: x}}\n  locks: [{name: a}]\n  ttlSeconds: 4", "spec.ttlSeconds: Invalid value: 4"),
+    ("ttlSeconds above 3600", "selector: {matchLabels: {app: x}}\n  locks: [{name: a}]\n  ttlSeconds: 3601", "spec.ttlSeconds: Invalid value: 3601"),
+    ("relative etcdKey", "selector: {matchLabels: {app: x}}\n  locks: [{name: a, etcdKey: legacy/a}]", "spec.locks[0].etcdKey: Invalid value"),
+    ("etcdKey ending in /", "selector: {matchLabels: {app: x}}\n  locks: [{name: a, etcdKey: /legacy/}]", "spec.locks[0].etcdKey: Invalid value"),
+    ("unknown field", "selector: {matchLabels: {app: x}}\n  locks: [{name: a}]\n  ttl: 10", "unknown field \"spec.ttl\""),
+    ("ttlSeconds of the wrong type", "selector: {matchLabels: {app: x}}\n  locks: [{name: a}]\n  ttlSeconds: soon", "spec.ttlSeconds"),
+];
+
+fn invalid_spec(case: &str, spec: &str) -> String {
+    let spec = match case {
+        "33 locks" => {
+            let locks: Vec<String> = (0..33).map(|i| format!("{{name: l{i}}}")).collect();
+            format!("selector: {{matchLabels: {{app: x}}}}\n  locks: [{}]", locks.join(", "))
+        }
+        "lock name of 51 characters" => format!("selector: {{matchLabels: {{app: x}}}}\n  locks: [{{name: {}}}]", "a".repeat(51)),
+        _ => spec.to_string(),
+    };
+    format!("apiVersion: leaderlock.dev/v1alpha1\nkind: LeaderLock\nmetadata: {{name: bad}}\nspec:\n  {spec}\n")
+}
+
+#[test]
+fn each_kind_of_invalid_spec_is_rejected_naming_the_field() {
+    install_crd();
+    let ns = namespace("invalid-rejected");
+    let mut failures = Vec::new();
+    for (case, spec, expected) in INVALID {
+        let out = apply(&ns, &invalid_spec(case, spec));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        if out.status.success() {
+            failures.push(format!("{case}: was accepted"));
+        } else if !stderr.contains(expected) {
+            failures.push(format!("{case}: message lacks {expected:?}: {stderr}"));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    let left = kubectl_ok(&["get", "ll", "-n", &ns, "-o", "name"], None);
+    assert_eq!(left, "", "no invalid LeaderLock may be stored");
+}
+
+#[test]
+fn kubectl_get_ll_shows_the_spec_columns() {
+    install_crd();
+    let ns = namespace("get-columns");
+    kubectl_ok(&["apply", "-n", &ns, "-f", "-"], Some(VALID));
+    let status = r#"{"status":{"lockCount":2,"locks":[{"name":"ledger-writer","holder":"payments-worker-0","fencingToken":"42","candidates":3,"transitions":1}],
+      "conditions":[{"type":"Ready","status":"True","reason":"Elected","message":"ok","lastTransitionTime":"2026-11-23T20:01:02Z"}]}}"#;
+    kubectl_ok(&["patch", "ll", "payments", "-n", &ns, "--subresource=status", "--type=merge", "-p", status], None);
+    let table = kubectl_ok(&["get", "ll", "-n", &ns], None);
+    let mut lines = table.lines();
+    let header: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
+    assert_eq!(header, ["NAME", "LOCKS", "HOLDER", "READY", "AGE"]);
+    let row: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
+    assert_eq!(&row[..4], ["payments", "2", "payments-worker-0", "True"]);
+}
+
+#[test]
+fn status_is_writable_only_through_the_status_subresource() {
+    install_crd();
+    let ns = namespace("status-subresource");
+    kubectl_ok(&["apply", "-n", &ns, "-f", "-"], Some(VALID));
+    let status = r#"{"status":{"locks":[{"name":"ledger-writer","holder":"intruder"}]}}"#;
+    // A patch of the main resource silently drops status: the status subresource owns it.
+    kubectl_ok(&["patch", "ll", "payments", "-n", &ns, "--type=merge", "-p", status], None);
+    let holder = kubectl_ok(&["get", "ll", "payments", "-n", &ns, "-o", "jsonpath={.status.locks[0].holder}"], None);
+    assert_eq!(holder, "", "status changed through the main resource");
+    kubectl_ok(&["patch", "ll", "payments", "-n", &ns, "--subresource=status", "--type=merge", "-p", status], None);
+    let holder = kubectl_ok(&["get", "ll", "payments", "-n", &ns, "-o", "jsonpath={.status.locks[0].holder}"], None);
+    assert_eq!(holder, "intruder");
+    // And a status write does not change the spec.
+    let spec_patch = r#"{"spec":{"ttlSeconds":99}}"#;
+    kubectl_ok(&["patch", "ll", "payments", "-n", &ns, "--subresource=status", "--type=merge", "-p", spec_patch], None);
+    let ttl = kubectl_ok(&["get", "ll", "payments", "-n", &ns, "-o", "jsonpath={.spec.ttlSeconds}"], None);
+    assert_eq!(ttl, "15");
+}
+
+#[test]
+fn crd_is_established_with_short_name_and_status_subresource() {
+    install_crd();
+    let crd = kubectl_ok(&["get", "crd", "leaderlocks.leaderlock.dev", "-o", "json"], None);
+    let crd: serde_json::Value = serde_json::from_str(&crd).unwrap();
+    assert_eq!(crd["spec"]["names"]["shortNames"][0], "ll");
+    assert_eq!(crd["spec"]["scope"], "Namespaced");
+    assert!(crd["spec"]["versions"][0]["subresources"]["status"].is_object());
+    let established = crd["status"]["conditions"].as_array().unwrap().iter().any(|c| c["type"] == "Established" && c["status"] == "True");
+    assert!(established);
+    let resources = kubectl_ok(&["api-resources", "--api-group=leaderlock.dev", "-o", "name"], None);
+    assert_eq!(resources.trim(), "leaderlocks.leaderlock.dev");
+}
