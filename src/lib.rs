@@ -11,3 +11,7 @@
 
 /// The `LeaderLock` custom resource and its CRD [§2].
 pub mod resource;
+/// The lock decision (pure): holder, fencing token, etcd operations [§4].
+pub mod lock;
+/// etcd access: connection, leases, the one-watch mirror, the lock engine [§4].
+pub mod etcd;
