@@ -28,7 +28,7 @@ pub enum Error {
     Call { op: &'static str, source: etcd_client::Error },
     #[error("etcd {op} timed out after {timeout:?}; etcd may be overloaded or unreachable")]
     Timeout { op: &'static str, timeout: Duration },
-    #[error("etcd refused {op}: {source}; check the etcd user's permissions on the LeaderLock prefixes")]
+    #[error("etcd refused {op}: {source}; check --etcd-username/--etcd-password and the user's permissions on the LeaderLock prefixes")]
     Denied { op: &'static str, source: etcd_client::Error },
     #[error("cannot read {what} {path}: {source}")]
     TlsFile { what: &'static str, path: PathBuf, source: std::io::Error },
@@ -64,9 +64,12 @@ fn is_transient(e: &etcd_client::Error) -> bool {
     }
 }
 
+/// Wrong credentials or missing permissions: retrying cannot help, the operator must act.
+/// (etcd reports a bad password as InvalidArgument "authentication failed".)
 fn is_denied(e: &etcd_client::Error) -> bool {
     matches!(e, etcd_client::Error::GRpcStatus(s)
-        if matches!(s.code(), tonic::Code::PermissionDenied | tonic::Code::Unauthenticated))
+        if matches!(s.code(), tonic::Code::PermissionDenied | tonic::Code::Unauthenticated)
+            || s.message().contains("authentication failed"))
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

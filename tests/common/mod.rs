@@ -3,6 +3,8 @@
 //! Every test gets its own namespace; waits are conditions polled until a deadline, never sleeps.
 #![allow(dead_code)]
 
+pub mod etcd;
+
 use std::io::Write;
 use std::process::{Command, Output, Stdio};
 use std::sync::Once;

@@ -1,0 +1,337 @@
+//! The lock engine against a real etcd (SPEC §1, §4): zero writes while idle, watch-driven
+//! hand-over, interoperability with `etcdctl lock` and Go's `concurrency.Mutex`, lease adoption,
+//! TLS/auth, etcd restarts and compaction.
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use common::etcd::{ChildGuard, EtcdServer, TcpProxy, etcd_bin};
+use common::env;
+use leaderlock::etcd::engine::{Engine, EngineConfig};
+use leaderlock::etcd::{EtcdConfig, Error, connect};
+use leaderlock::lock::Candidate;
+
+fn cand(i: usize) -> Candidate {
+    Candidate { id: format!("uid-{i}"), name: format!("ns/pod-{i}") }
+}
+
+fn cands(n: usize) -> Vec<Candidate> {
+    (0..n).map(cand).collect()
+}
+
+fn unique_root(test: &str) -> String {
+    format!("/test-{test}-{}-{}/", std::process::id(), Instant::now().elapsed().as_nanos())
+}
+
+async fn engine_at(endpoint: &str, root: &str) -> Engine {
+    let client = connect(&EtcdConfig::new(vec![endpoint.to_string()])).await.unwrap();
+    let cfg = EngineConfig { root: root.to_string(), allowed_prefixes: vec![], call_timeout: Duration::from_secs(5) };
+    Engine::start(client, cfg).await.unwrap()
+}
+
+async fn revision(endpoint: &str) -> i64 {
+    let mut c = etcd_client::Client::connect([endpoint], None).await.unwrap();
+    c.get("/", None).await.unwrap().header().unwrap().revision()
+}
+
+/// Waits, without polling etcd, until the engine's mirror shows `check` true.
+async fn until_mirror<T>(engine: &Engine, what: &str, timeout: Duration, check: impl Fn(&Engine) -> Option<T>) -> T {
+    let mut rx = engine.mirror().subscribe();
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = check(engine) {
+            return v;
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        assert!(!left.is_zero(), "timed out after {timeout:?} waiting for {what}");
+        let _ = tokio::time::timeout(left, rx.recv()).await;
+    }
+}
+
+/// A child whose stdout lines arrive on a channel.
+struct Peer {
+    child: ChildGuard,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Peer {
+    fn spawn(cmd: &mut Command) -> Peer {
+        let mut child = cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
+        let out = child.stdout.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || BufReader::new(out).lines().map_while(Result::ok).for_each(|l| drop(tx.send(l))));
+        Peer { child: ChildGuard(child), lines }
+    }
+
+    fn wait_line(&self, starts_with: &str, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(l) if l.starts_with(starts_with) => return l,
+                Ok(_) => continue,
+                Err(e) => panic!("no line starting with {starts_with:?} within {timeout:?}: {e}"),
+            }
+        }
+    }
+
+    fn has_printed(&self, starts_with: &str) -> bool {
+        self.lines.try_iter().any(|l| l.starts_with(starts_with))
+    }
+
+    /// SIGTERM: etcdctl and our Go peers then release their lock and exit.
+    fn terminate(&mut self) {
+        let _ = Command::new("kill").args(["-TERM", &self.child.0.id().to_string()]).status();
+        let _ = self.child.0.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn idle_engine_with_50_locks_and_5_candidates_costs_etcd_zero_writes_while_trylock_loops_write() {
+    let etcd = EtcdServer::start(); // our own etcd: no other test may write during the window
+    let engine = engine_at(&etcd.endpoint(), "/leaderlock.dev/").await;
+    let prefixes: Vec<String> = (0..50).map(|i| engine.lock_prefix("shop", &format!("lock-{i}"), None).unwrap()).collect();
+    for p in &prefixes {
+        engine.sync(p, &cands(5), 15).await.unwrap();
+    }
+    let window = Duration::from_secs(env_or("LEADERLOCK_IDLE_WINDOW_SECS", 30));
+    let before = revision(&etcd.endpoint()).await;
+    tokio::time::sleep(window).await; // the observation window itself, not a synchronisation
+    for p in &prefixes {
+        assert_eq!(engine.sync(p, &cands(5), 15).await.unwrap(), vec![], "re-syncing an unchanged lock must not write");
+    }
+    let after = revision(&etcd.endpoint()).await;
+    assert_eq!(after - before, 0, "etcd revision moved while nobody joined or left");
+
+    // The incident, side by side: 5 TryLock pollers on one prefix, every 100 ms, for 3 s.
+    let before = revision(&etcd.endpoint()).await;
+    let out = Command::new(etcd_bin("trylock"))
+        .args(["--endpoints", &etcd.endpoint(), "--prefix", "/trylock/lock", "--candidates", "5", "--duration", "3s"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let climbed = revision(&etcd.endpoint()).await - before;
+    assert!(climbed > 100, "TryLock polling should write on every try, revision climbed only {climbed}");
+    println!("idle revisions: leaderlock=0 over {window:?}; trylock(5 candidates, 100ms)={climbed} over 3s");
+}
+
+fn env_or(name: &str, default: u64) -> u64 {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn deleting_the_holder_key_hands_the_lock_to_the_next_candidate_within_100ms() {
+    let endpoint = env("LEADERLOCK_ETCD_ENDPOINTS");
+    let engine = engine_at(&endpoint, &unique_root("handover")).await;
+    let prefix = engine.lock_prefix("shop", "ledger", None).unwrap();
+    engine.sync(&prefix, &cands(3), 15).await.unwrap();
+    let first = engine.holder(&prefix).unwrap();
+    assert_eq!(first.candidate.as_deref(), Some("uid-0"));
+
+    let mut rx = engine.mirror().subscribe();
+    let mut other = etcd_client::Client::connect([endpoint.as_str()], None).await.unwrap();
+    let start = Instant::now();
+    other.delete(first.key.clone(), None).await.unwrap();
+    let next = loop {
+        let _ = tokio::time::timeout(Duration::from_secs(1), rx.recv()).await;
+        match engine.holder(&prefix) {
+            Some(h) if h.key != first.key => break h,
+            _ => assert!(start.elapsed() < Duration::from_secs(1), "no new holder"),
+        }
+    };
+    let took = start.elapsed();
+    assert_eq!(next.candidate.as_deref(), Some("uid-1"), "next in create-revision order");
+    assert!(next.token > first.token, "fencing token must grow");
+    assert!(took < Duration::from_millis(100), "hand-over took {took:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn etcdctl_lock_holder_is_external_and_its_release_hands_the_lock_to_our_first_candidate() {
+    let endpoint = env("LEADERLOCK_ETCD_ENDPOINTS");
+    let engine = engine_at(&endpoint, &unique_root("external")).await;
+    let prefix = engine.lock_prefix("shop", "report", None).unwrap();
+    let mut etcdctl = Peer::spawn(Command::new(etcd_bin("etcdctl")).args(["--endpoints", &endpoint, "lock", &prefix]));
+    let external_key = etcdctl.wait_line(&prefix, Duration::from_secs(10));
+
+    engine.sync(&prefix, &cands(2), 15).await.unwrap();
+    let h = engine.holder(&prefix).unwrap();
+    assert_eq!((h.key.as_str(), h.candidate.as_deref()), (external_key.as_str(), None), "holder must be etcdctl's key");
+
+    etcdctl.terminate();
+    let h = until_mirror(&engine, "our candidate to hold", Duration::from_secs(10), |e| e.holder(&prefix).filter(|h| h.candidate.is_some())).await;
+    assert_eq!(h.candidate.as_deref(), Some("uid-0"));
+    assert_eq!(engine.sync(&prefix, &cands(2), 15).await.unwrap(), vec![], "the external key was never ours to touch");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn etcdctl_lock_and_go_mutex_wait_while_we_hold_and_acquire_in_order_when_we_leave() {
+    let endpoint = env("LEADERLOCK_ETCD_ENDPOINTS");
+    let engine = engine_at(&endpoint, &unique_root("interop")).await;
+    let prefix = engine.lock_prefix("shop", "ledger", None).unwrap();
+    engine.sync(&prefix, &cands(1), 15).await.unwrap();
+
+    let mut etcdctl = Peer::spawn(Command::new(etcd_bin("etcdctl")).args(["--endpoints", &endpoint, "lock", &prefix]));
+    until_mirror(&engine, "etcdctl's key", Duration::from_secs(10), |e| (e.keys(&prefix).len() == 2).then_some(())).await;
+    let mut mutex = Peer::spawn(Command::new(etcd_bin("mutex")).args(["--endpoints", &endpoint, "--prefix", &prefix]));
+    mutex.wait_line("waiting", Duration::from_secs(10));
+    until_mirror(&engine, "the Go mutex's key", Duration::from_secs(10), |e| (e.keys(&prefix).len() == 3).then_some(())).await;
+    // Both peers have their keys and watch ours: they must not have acquired.
+    assert_eq!(engine.holder(&prefix).unwrap().candidate.as_deref(), Some("uid-0"));
+    assert!(!etcdctl.has_printed(&prefix), "etcdctl acquired while our candidate held the lock");
+    assert!(!mutex.has_printed("acquired"), "Go Mutex acquired while our candidate held the lock");
+
+    engine.sync(&prefix, &[], 15).await.unwrap(); // our candidate leaves
+    etcdctl.wait_line(&prefix, Duration::from_secs(5));
+    assert!(!mutex.has_printed("acquired"), "the Go Mutex must wait for etcdctl, which queued first");
+    etcdctl.terminate();
+    mutex.wait_line("acquired", Duration::from_secs(5));
+    mutex.terminate();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restarted_engine_adopts_its_lease_changes_no_holder_and_writes_nothing() {
+    let etcd = EtcdServer::start();
+    let root = "/leaderlock.dev/";
+    let first = engine_at(&etcd.endpoint(), root).await;
+    let prefixes: Vec<String> = (0..5).map(|i| first.lock_prefix("shop", &format!("l{i}"), None).unwrap()).collect();
+    for p in &prefixes {
+        first.sync(p, &cands(3), 15).await.unwrap();
+    }
+    let holders: Vec<_> = prefixes.iter().map(|p| first.holder(p)).collect();
+    drop(first); // a crash: no revoke, the lease lives on
+
+    let before = revision(&etcd.endpoint()).await;
+    let second = engine_at(&etcd.endpoint(), root).await;
+    for p in &prefixes {
+        assert_eq!(second.sync(p, &cands(3), 15).await.unwrap(), vec![], "adopting must recreate nothing");
+    }
+    assert_eq!(prefixes.iter().map(|p| second.holder(p)).collect::<Vec<_>>(), holders);
+    assert_eq!(revision(&etcd.endpoint()).await, before, "a restart must not write to etcd");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn after_a_lost_lease_keys_are_recreated_with_the_previous_holder_first() {
+    let endpoint = env("LEADERLOCK_ETCD_ENDPOINTS");
+    let engine = engine_at(&endpoint, &unique_root("lost-lease")).await;
+    let prefix = engine.lock_prefix("shop", "ledger", None).unwrap();
+    let order = vec![cand(2), cand(0), cand(1)];
+    engine.sync(&prefix, &order, 15).await.unwrap();
+    let before = engine.holder(&prefix).unwrap();
+    assert_eq!(before.candidate.as_deref(), Some("uid-2"));
+
+    // The lease expires behind our back (an outage longer than the TTL).
+    let mut lost = engine.leases().lost();
+    let lease = engine.leases().live_id(15).unwrap();
+    let mut other = etcd_client::Client::connect([endpoint.as_str()], None).await.unwrap();
+    other.lease_revoke(lease).await.unwrap();
+    assert_eq!(tokio::time::timeout(Duration::from_secs(15), lost.recv()).await.unwrap().unwrap(), lease);
+    until_mirror(&engine, "the keys to vanish", Duration::from_secs(5), |e| e.keys(&prefix).is_empty().then_some(())).await;
+
+    engine.sync(&prefix, &cands(3), 15).await.unwrap(); // plain order: uid-0 first
+    let after = engine.holder(&prefix).unwrap();
+    assert_eq!(after.candidate.as_deref(), Some("uid-2"), "the previous holder must keep the lock");
+    assert!(after.token > before.token);
+    assert_ne!(engine.leases().live_id(15), Some(lease), "a new lease replaces the lost one");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tls_with_client_certificates_and_password_auth() {
+    let etcd = EtcdServer::start_with(true);
+    for args in [
+        &["user", "add", "root:rootpw"][..],
+        &["user", "add", "leaderlock:s3cret"],
+        &["role", "add", "leaderlock"],
+        &["role", "grant-permission", "leaderlock", "--prefix=true", "readwrite", "/leaderlock.dev/"],
+        &["user", "grant-role", "leaderlock", "leaderlock"],
+        &["auth", "enable"],
+    ] {
+        let out = etcd.etcdctl(args);
+        assert!(out.status.success(), "etcdctl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let tls = etcd.tls.as_ref().unwrap();
+    let mut cfg = EtcdConfig::new(vec![etcd.endpoint()]);
+    cfg.ca_file = Some(tls.ca.clone());
+    cfg.cert_file = Some(tls.client_cert.clone());
+    cfg.key_file = Some(tls.client_key.clone());
+    cfg.username = Some("leaderlock".into());
+    cfg.password = Some("s3cret".into());
+    let client = connect(&cfg).await.unwrap();
+    let engine = Engine::start(client, EngineConfig { root: "/leaderlock.dev/".into(), allowed_prefixes: vec![], call_timeout: Duration::from_secs(5) })
+        .await
+        .unwrap();
+    let prefix = engine.lock_prefix("shop", "ledger", None).unwrap();
+    engine.sync(&prefix, &cands(2), 15).await.unwrap();
+    assert_eq!(engine.holder(&prefix).unwrap().candidate.as_deref(), Some("uid-0"));
+
+    cfg.password = Some("wrong".into());
+    let err = connect(&cfg).await.err().expect("a wrong password must be refused");
+    assert!(matches!(err, Error::Denied { .. }), "want a clear auth error, got: {err}");
+    let mut no_cert = EtcdConfig::new(vec![etcd.endpoint()]);
+    no_cert.ca_file = Some(tls.ca.clone());
+    assert!(connect(&no_cert).await.is_err(), "etcd requires a client certificate");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_mirror_resumes_after_an_etcd_restart() {
+    let mut etcd = EtcdServer::start();
+    let engine = engine_at(&etcd.endpoint(), "/leaderlock.dev/").await;
+    let prefix = engine.lock_prefix("shop", "ledger", None).unwrap();
+    engine.sync(&prefix, &cands(2), 30).await.unwrap();
+    let first = engine.holder(&prefix).unwrap();
+
+    etcd.kill();
+    etcd.restart();
+    etcd.etcdctl(&["del", &first.key]);
+    let h = until_mirror(&engine, "the mirror to see a change made after the restart", Duration::from_secs(20), |e| {
+        e.holder(&prefix).filter(|h| h.key != first.key)
+    })
+    .await;
+    assert_eq!(h.candidate.as_deref(), Some("uid-1"));
+    assert!(engine.mirror().restarts() >= 1);
+    // The engine writes again once etcd is back: the deleted candidate rejoins.
+    assert_eq!(engine.sync(&prefix, &cands(2), 30).await.unwrap().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_partitioned_mirror_relists_when_its_revision_was_compacted() {
+    let etcd = EtcdServer::start();
+    let mut proxy = TcpProxy::start(etcd.client_port).await;
+    let engine = engine_at(&proxy.endpoint(), "/leaderlock.dev/").await;
+    let prefix = engine.lock_prefix("shop", "ledger", None).unwrap();
+    engine.sync(&prefix, &cands(2), 30).await.unwrap();
+    let first = engine.holder(&prefix).unwrap();
+
+    proxy.cut();
+    etcd.etcdctl(&["del", &first.key]);
+    etcd.etcdctl(&["put", "/leaderlock.dev/unrelated", "x"]);
+    let out = etcd.etcdctl(&["get", "/leaderlock.dev/unrelated", "-w", "json"]);
+    let rev = serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()["header"]["revision"].as_i64().unwrap();
+    assert!(etcd.etcdctl(&["compact", &rev.to_string()]).status.success());
+    proxy.restore().await;
+
+    let h = until_mirror(&engine, "the relisted mirror", Duration::from_secs(20), |e| e.holder(&prefix).filter(|h| h.key != first.key)).await;
+    assert_eq!(h.candidate.as_deref(), Some("uid-1"));
+}
+
+#[test]
+fn etcd_keys_outside_the_root_and_allowed_prefixes_are_refused() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let endpoint = env("LEADERLOCK_ETCD_ENDPOINTS");
+        let client = connect(&EtcdConfig::new(vec![endpoint])).await.unwrap();
+        let cfg = EngineConfig {
+            root: unique_root("allowed"),
+            allowed_prefixes: vec!["/legacy/locks/".into()],
+            call_timeout: Duration::from_secs(5),
+        };
+        let engine = Engine::start(client, cfg).await.unwrap();
+        assert_eq!(engine.lock_prefix("ns", "a", Some("/legacy/locks/a")).unwrap(), "/legacy/locks/a");
+        for bad in ["/legacy/other", "/legacy/locks/../../registry", "/registry/pods"] {
+            let err = engine.lock_prefix("ns", "a", Some(bad)).unwrap_err();
+            assert!(err.to_string().contains("--allowed-key-prefix"), "{err}");
+        }
+    });
+}
