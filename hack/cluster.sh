@@ -66,8 +66,10 @@ make_certs() {
   # The admin identity: a client certificate in system:masters.
   openssl req -newkey rsa:2048 -nodes -subj "/O=system:masters/CN=admin" \
     -keyout "$d/admin.key" -out "$d/admin.csr" 2>/dev/null
+  # Extensions make it an X.509 v3 certificate; rustls (kube-rs) refuses v1.
+  printf 'extendedKeyUsage=clientAuth\n' >"$d/client.ext"
   openssl x509 -req -in "$d/admin.csr" -CA "$d/ca.crt" -CAkey "$d/ca.key" -CAcreateserial \
-    -days 3 -out "$d/admin.crt" 2>/dev/null
+    -days 3 -extfile "$d/client.ext" -out "$d/admin.crt" 2>/dev/null
   # ServiceAccount token signing key (TokenRequest).
   openssl genrsa -out "$d/sa.key" 2048 2>/dev/null
   openssl rsa -in "$d/sa.key" -pubout -out "$d/sa.pub" 2>/dev/null

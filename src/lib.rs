@@ -15,3 +15,7 @@ pub mod resource;
 pub mod lock;
 /// etcd access: connection, leases, the one-watch mirror, the lock engine [§4].
 pub mod etcd;
+/// The pod contract (pure): candidacy, role and token keys, demote-before-promote [§3].
+pub mod pods;
+/// The reconciler: LeaderLocks, pods and etcd changes in; etcd keys, pod keys, status out [§2–§4].
+pub mod controller;

@@ -1,22 +1,121 @@
-//! The `leaderlock` binary: wires subcommands to the library; no logic lives here.
-use clap::{Parser, Subcommand};
+//! The `leaderlock` binary: parses flags and wires the library together; no logic lives here.
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use leaderlock::controller::{self, Settings};
+use leaderlock::etcd::engine::{Engine, EngineConfig};
+use leaderlock::etcd::{self, EtcdConfig};
 
 #[derive(Parser)]
 #[command(name = "leaderlock", version, about = "Leader election for Kubernetes pods on etcd locks")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Log format.
+    #[arg(long, env = "LEADERLOCK_LOG_FORMAT", value_enum, default_value = "text", global = true)]
+    log_format: LogFormat,
+    /// Log filter, e.g. `info` or `leaderlock=debug` (RUST_LOG syntax).
+    #[arg(long, env = "LEADERLOCK_LOG_LEVEL", default_value = "info", global = true)]
+    log_level: String,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the controller: elect holders for every LeaderLock, annotate pods, write status.
+    Controller(ControllerArgs),
     /// Print the LeaderLock CustomResourceDefinition as YAML (pipe it to `kubectl apply -f -`).
     Crd,
 }
 
+#[derive(Args)]
+struct ControllerArgs {
+    /// etcd endpoints, comma-separated (http:// or https://).
+    #[arg(long, env = "LEADERLOCK_ETCD_ENDPOINTS", value_delimiter = ',', default_value = "http://127.0.0.1:2379")]
+    etcd_endpoints: Vec<String>,
+    /// CA bundle to verify etcd's serving certificate.
+    #[arg(long, env = "LEADERLOCK_ETCD_CA_FILE")]
+    etcd_ca_file: Option<PathBuf>,
+    /// Client certificate for etcd (with --etcd-key-file).
+    #[arg(long, env = "LEADERLOCK_ETCD_CERT_FILE", requires = "etcd_key_file")]
+    etcd_cert_file: Option<PathBuf>,
+    /// Client key for etcd (with --etcd-cert-file).
+    #[arg(long, env = "LEADERLOCK_ETCD_KEY_FILE", requires = "etcd_cert_file")]
+    etcd_key_file: Option<PathBuf>,
+    /// etcd user name (with --etcd-password).
+    #[arg(long, env = "LEADERLOCK_ETCD_USERNAME", requires = "etcd_password")]
+    etcd_username: Option<String>,
+    /// etcd password (prefer the env var over the flag).
+    #[arg(long, env = "LEADERLOCK_ETCD_PASSWORD", hide_env_values = true, requires = "etcd_username")]
+    etcd_password: Option<String>,
+    /// Root of every key LeaderLock owns in etcd; locks live under `<prefix>locks/<ns>/<lock>`.
+    #[arg(long, env = "LEADERLOCK_ETCD_PREFIX", default_value = "/leaderlock.dev/", value_parser = root_prefix)]
+    etcd_prefix: String,
+    /// An etcd prefix that `spec.locks[].etcdKey` may use (repeatable; default: none).
+    #[arg(long = "allowed-key-prefix", env = "LEADERLOCK_ALLOWED_KEY_PREFIXES", value_delimiter = ',')]
+    allowed_key_prefixes: Vec<String>,
+    /// Bound for every single etcd call.
+    #[arg(long, env = "LEADERLOCK_ETCD_TIMEOUT", default_value = "5s", value_parser = humantime_secs)]
+    etcd_timeout: Duration,
+    /// This replica's name in Events (the pod name in a cluster).
+    #[arg(long, env = "POD_NAME", default_value = "leaderlock")]
+    instance: String,
+}
+
+fn root_prefix(s: &str) -> Result<String, String> {
+    if s.starts_with('/') && s.ends_with('/') {
+        Ok(s.to_string())
+    } else {
+        Err("the etcd prefix must start and end with '/'".into())
+    }
+}
+
+fn humantime_secs(s: &str) -> Result<Duration, String> {
+    let n = s.strip_suffix('s').unwrap_or(s);
+    n.parse::<f64>().map(Duration::from_secs_f64).map_err(|_| format!("{s:?} is not a duration like 5s"))
+}
+
+fn init_logging(cli: &Cli) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&cli.log_level));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+async fn run_controller(args: ControllerArgs) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let etcd_cfg = EtcdConfig {
+        endpoints: args.etcd_endpoints,
+        ca_file: args.etcd_ca_file,
+        cert_file: args.etcd_cert_file,
+        key_file: args.etcd_key_file,
+        username: args.etcd_username,
+        password: args.etcd_password,
+        call_timeout: args.etcd_timeout,
+    };
+    let etcd_client = etcd::connect(&etcd_cfg).await?;
+    let engine_cfg = EngineConfig { root: args.etcd_prefix, allowed_prefixes: args.allowed_key_prefixes, call_timeout: args.etcd_timeout };
+    let engine = Arc::new(Engine::start(etcd_client, engine_cfg).await?);
+    let kube_client = kube::Client::try_default()
+        .await
+        .map_err(|e| format!("cannot build a Kubernetes client (KUBECONFIG or in-cluster config): {e}"))?;
+    tracing::info!("controller started");
+    controller::run(kube_client, engine, Settings { instance: args.instance }).await
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    init_logging(&cli);
     match cli.command {
         Command::Crd => match leaderlock::resource::crd_yaml() {
             Ok(yaml) => {
@@ -28,5 +127,21 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Controller(args) => {
+            let rt = match tokio::runtime::Runtime::new() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("error: cannot start the async runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match rt.block_on(run_controller(args)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!("{e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
     }
 }

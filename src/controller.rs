@@ -1,0 +1,668 @@
+//! The reconciler (SPEC §2–§4): for each LeaderLock, make etcd hold one key per candidate pod
+//! and lock, then make the pods' `leaderlock.dev/*` keys and the status say who holds.
+//!
+//! ```text
+//!  LeaderLock ─┐                       ┌─▶ pods pass (demotions first)   ─▶ apiserver (SSA)
+//!  Pod ────────┼─▶ reconcile(LeaderLock)┼─▶ etcd ops (create / delete)    ─▶ etcd
+//!  etcd mirror ┘     (idempotent)       ├─▶ pods pass (promotions)        ─▶ apiserver (SSA)
+//!                                       └─▶ status + Event on holder change
+//! ```
+//!
+//! Nothing here polls: every reconcile is triggered by a LeaderLock, a pod or an etcd change.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::api::{Api, Patch, PatchParams};
+use kube::core::{Selector, SelectorExt};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::finalizer::{Event as Finalizer, finalizer};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Resource, ResourceExt};
+use serde_json::json;
+use tokio::sync::mpsc;
+
+use crate::etcd::engine::Engine;
+use crate::lock::{Candidate, Holder, Op};
+use crate::pods::{self, LockRoles, PodKeys};
+use crate::resource::{LeaderLock, LeaderLockStatus, LockSpec, LockStatus, reasons};
+
+/// The one field manager for every status and pod write.
+pub const FIELD_MANAGER: &str = "leaderlock";
+/// Holds a LeaderLock until its etcd keys and pod keys are gone.
+pub const FINALIZER: &str = "leaderlock.dev/cleanup";
+
+/// Failures of one reconcile. Messages say what failed and what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("etcd: {0}")]
+    Etcd(#[from] crate::etcd::Error),
+    #[error("Kubernetes API call {what} failed: {source}")]
+    Kube { what: &'static str, source: kube::Error },
+    #[error("finalizer: {0}")]
+    Finalizer(String),
+    #[error("LeaderLock has no namespace")]
+    NoNamespace,
+}
+
+impl Error {
+    /// A short label for metrics and logs.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Error::Etcd(_) => "etcd",
+            Error::Kube { .. } => "kube",
+            Error::Finalizer(_) => "finalizer",
+            Error::NoNamespace => "no_namespace",
+        }
+    }
+}
+
+fn kube_err(what: &'static str) -> impl FnOnce(kube::Error) -> Error {
+    move |source| Error::Kube { what, source }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Shared state of all reconciles.
+#[derive(Clone)]
+pub struct Context {
+    /// Kubernetes client for pods, status and events.
+    pub client: kube::Client,
+    /// The lock engine: etcd writes and the mirror holders are read from.
+    pub engine: Arc<Engine>,
+    /// Every LeaderLock: lock-name conflicts and a pod's keys span all LeaderLocks of a namespace.
+    pub leaderlocks: Store<LeaderLock>,
+    /// Every pod, so candidacy is decided without API reads.
+    pub pods: Store<Pod>,
+    /// Lock prefix → LeaderLock, so an etcd change (ours or an external client's) reconciles
+    /// the right object.
+    pub prefixes: Arc<RwLock<HashMap<String, ObjectRef<LeaderLock>>>>,
+    /// Extra reconcile triggers (a deleted LeaderLock frees lock names for its neighbours).
+    pub trigger: mpsc::UnboundedSender<ObjectRef<LeaderLock>>,
+    /// Publishes an Event on every holder change.
+    pub recorder: Recorder,
+}
+
+/// How one lock of a LeaderLock resolved: its etcd prefix, or why it is rejected.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Resolution {
+    Accepted(String),
+    Rejected { reason: &'static str, message: String },
+}
+
+fn overlaps(a: &str, b: &str) -> bool {
+    let (a, b) = (format!("{a}/"), format!("{b}/"));
+    a.starts_with(&b) || b.starts_with(&a)
+}
+
+/// Resolves every lock of every LeaderLock in one namespace, oldest LeaderLock first, so the
+/// older one keeps a contested lock name or etcd prefix. Pure: `prefix_of` maps a lock to its
+/// etcd prefix or a rejection (e.g. an etcdKey outside the allowed prefixes).
+pub fn resolve_namespace(
+    lls: &[Arc<LeaderLock>],
+    prefix_of: impl Fn(&LockSpec) -> Result<String, String>,
+) -> BTreeMap<String, Vec<(String, Resolution)>> {
+    let mut sorted: Vec<&Arc<LeaderLock>> = lls.iter().collect();
+    sorted.sort_by_key(|ll| (ll.metadata.creation_timestamp.clone().map(|t| t.0), ll.name_any()));
+    let mut names: HashMap<String, String> = HashMap::new();
+    let mut claimed: Vec<(String, String)> = Vec::new(); // (prefix, owner)
+    let mut out = BTreeMap::new();
+    for ll in sorted {
+        let me = ll.name_any();
+        let mut locks = Vec::new();
+        for lock in &ll.spec.locks {
+            let resolution = match prefix_of(lock) {
+                Err(message) => Resolution::Rejected { reason: reasons::ETCD_KEY_NOT_ALLOWED, message },
+                Ok(prefix) => {
+                    if let Some(owner) = names.get(&lock.name) {
+                        Resolution::Rejected {
+                            reason: reasons::LOCK_NAME_CONFLICT,
+                            message: format!("lock {:?} is already used by LeaderLock {owner:?} in this namespace (the older one keeps it); rename this lock", lock.name),
+                        }
+                    } else if let Some((p, owner)) = claimed.iter().find(|(p, _)| overlaps(p, &prefix)) {
+                        Resolution::Rejected {
+                            reason: reasons::LOCK_NAME_CONFLICT,
+                            message: format!("lock {:?} uses etcd prefix {prefix}, which overlaps {p} of LeaderLock {owner:?}; choose another etcdKey", lock.name),
+                        }
+                    } else {
+                        Resolution::Accepted(prefix)
+                    }
+                }
+            };
+            if let Resolution::Accepted(p) = &resolution {
+                names.insert(lock.name.clone(), me.clone());
+                claimed.push((p.clone(), me.clone()));
+            }
+            locks.push((lock.name.clone(), resolution));
+        }
+        out.insert(me, locks);
+    }
+    out
+}
+
+/// Everything one reconcile needs to know about a namespace, read from the caches.
+struct Snapshot {
+    /// Every LeaderLock in the namespace.
+    lls: Vec<Arc<LeaderLock>>,
+    /// Every pod in the namespace, by name.
+    pods: BTreeMap<String, Arc<Pod>>,
+    resolved: BTreeMap<String, Vec<(String, Resolution)>>,
+}
+
+impl Snapshot {
+    fn take(ctx: &Context, ns: &str) -> Snapshot {
+        let lls = ctx.leaderlocks.state().into_iter().filter(|l| l.namespace().as_deref() == Some(ns)).collect::<Vec<_>>();
+        let pods = ctx
+            .pods
+            .state()
+            .into_iter()
+            .filter(|p| p.namespace().as_deref() == Some(ns))
+            .map(|p| (p.name_any(), p))
+            .collect();
+        let resolved = resolve_namespace(&lls, |lock| {
+            ctx.engine.lock_prefix(ns, &lock.name, lock.etcd_key.as_deref()).map_err(|e| e.to_string())
+        });
+        Snapshot { lls, pods, resolved }
+    }
+
+    /// Candidate pods of a LeaderLock, in creation-priority order (oldest pod first).
+    fn candidates(&self, ll: &LeaderLock) -> Vec<Arc<Pod>> {
+        let Ok(selector) = Selector::try_from(ll.spec.selector.clone()) else { return vec![] };
+        let mut c: Vec<Arc<Pod>> = self
+            .pods
+            .values()
+            .filter(|p| pods::is_candidate(p) && selector.matches(p.metadata.labels.as_ref().unwrap_or(&BTreeMap::new())))
+            .cloned()
+            .collect();
+        c.sort_by_key(|p| (p.metadata.creation_timestamp.clone().map(|t| t.0), p.name_any()));
+        c
+    }
+
+    /// The roles every accepted lock in the namespace assigns, from etcd's holders (mirror).
+    /// LeaderLocks being deleted assign nothing: their keys are to be removed.
+    fn roles(&self, engine: &Engine) -> Vec<LockRoles> {
+        let mut out = Vec::new();
+        for ll in self.lls.iter().filter(|l| l.meta().deletion_timestamp.is_none()) {
+            let candidates = self.candidates(ll);
+            for (lock, res) in self.resolved.get(&ll.name_any()).into_iter().flatten() {
+                let Resolution::Accepted(prefix) = res else { continue };
+                let leader = engine.holder(prefix).and_then(|h| holder_pod(&h, &candidates).map(|p| (p, h.token)));
+                out.push(LockRoles {
+                    lock: lock.clone(),
+                    candidates: candidates.iter().map(|p| p.name_any()).collect(),
+                    leader,
+                    labels: ll.spec.pod_labels,
+                });
+            }
+        }
+        out
+    }
+}
+
+/// The candidate pod whose key is `h` (matched by pod UID, never by name alone).
+fn holder_pod(h: &Holder, candidates: &[Arc<Pod>]) -> Option<String> {
+    let id = h.candidate.as_deref()?;
+    candidates.iter().find(|p| p.metadata.uid.as_deref() == Some(id)).map(|p| p.name_any())
+}
+
+fn candidate_of(pod: &Pod) -> Option<Candidate> {
+    Some(Candidate { id: pod.metadata.uid.clone()?, name: format!("{}/{}", pod.namespace()?, pod.name_any()) })
+}
+
+/// Writes the `leaderlock.dev/*` keys of every pod of the namespace that has or should have
+/// some, all demotions before any promotion. Writes nothing for pods already right.
+async fn sync_pods(ctx: &Context, ns: &str, snap: &Snapshot) -> Result<usize> {
+    let roles = snap.roles(&ctx.engine);
+    let api: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
+    let mut plans = Vec::new();
+    for (name, pod) in &snap.pods {
+        let current = PodKeys::current(pod);
+        let desired = pods::desired(name, &roles);
+        if current != desired {
+            let first = pods::demotions_only(&current, &desired, &roles);
+            plans.push((name, current, first, desired));
+        }
+    }
+    let mut writes = 0;
+    for (name, current, first, _) in &plans {
+        if first != current {
+            write_pod_keys(&api, name, current, first).await?;
+            writes += 1;
+        }
+    }
+    for (name, _, first, desired) in &plans {
+        if desired != first {
+            write_pod_keys(&api, name, first, desired).await?;
+            writes += 1;
+        }
+    }
+    Ok(writes)
+}
+
+fn is_not_found(e: &kube::Error) -> bool {
+    matches!(e, kube::Error::Api(s) if s.code == 404)
+}
+
+/// Server-side applies `want` as the pod's `leaderlock.dev/*` keys under our field manager.
+/// Keys we do not own (a manual edit under another manager) are removed explicitly.
+async fn write_pod_keys(api: &Api<Pod>, name: &str, have: &PodKeys, want: &PodKeys) -> Result<()> {
+    let stray = |h: &BTreeMap<String, String>, w: &BTreeMap<String, String>| -> serde_json::Map<String, serde_json::Value> {
+        h.keys().filter(|k| !w.contains_key(*k)).map(|k| (k.clone(), serde_json::Value::Null)).collect()
+    };
+    let (sa, sl) = (stray(&have.annotations, &want.annotations), stray(&have.labels, &want.labels));
+    if !sa.is_empty() || !sl.is_empty() {
+        let remove = json!({"metadata": {"annotations": sa, "labels": sl}});
+        match api.patch(name, &PatchParams::default(), &Patch::Merge(&remove)).await {
+            Ok(_) => {}
+            Err(e) if is_not_found(&e) => {}
+            Err(e) => return Err(kube_err("remove pod keys")(e)),
+        }
+    }
+    let apply = json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "annotations": want.annotations, "labels": want.labels},
+    });
+    match api.patch(name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&apply)).await {
+        Ok(_) => Ok(()),
+        Err(e) if is_not_found(&e) => Ok(()), // the pod is gone meanwhile: nothing to label
+        Err(e) => Err(kube_err("apply pod keys")(e)),
+    }
+}
+
+/// Entry point of every reconcile: finalizer handling, then [`apply`] or [`cleanup`].
+pub async fn reconcile(ll: Arc<LeaderLock>, ctx: Arc<Context>) -> Result<Action> {
+    let ns = ll.namespace().ok_or(Error::NoNamespace)?;
+    let api: Api<LeaderLock> = Api::namespaced(ctx.client.clone(), &ns);
+    finalizer(&api, FINALIZER, ll, |event| async {
+        match event {
+            Finalizer::Apply(ll) => apply(ll, &ctx).await,
+            Finalizer::Cleanup(ll) => cleanup(ll, &ctx).await,
+        }
+    })
+    .await
+    .map_err(|e| match e {
+        kube::runtime::finalizer::Error::ApplyFailed(e) | kube::runtime::finalizer::Error::CleanupFailed(e) => e,
+        other => Error::Finalizer(other.to_string()),
+    })
+}
+
+/// Makes etcd and the pods match the LeaderLock, then reports what etcd says in the status.
+async fn apply(ll: Arc<LeaderLock>, ctx: &Context) -> Result<Action> {
+    let ns = ll.namespace().ok_or(Error::NoNamespace)?;
+    let name = ll.name_any();
+    let snap = Snapshot::take(ctx, &ns);
+    let mine = snap.resolved.get(&name).cloned().unwrap_or_default();
+    let candidates = snap.candidates(&ll);
+    let wanted: Vec<Candidate> = candidates.iter().filter_map(|p| candidate_of(p)).collect();
+    let me = ObjectRef::from_obj(&*ll);
+    {
+        let mut index = ctx.prefixes.write().expect("prefix index poisoned");
+        for (_, res) in &mine {
+            if let Resolution::Accepted(p) = res {
+                index.insert(p.clone(), me.clone());
+            }
+        }
+    }
+
+    // Phase 1: demote pods that must not lead any more (before their keys go).
+    let result = async {
+        sync_pods(ctx, &ns, &snap).await?;
+        // Phase 2: etcd — one create per joining candidate, one delete per leaving one.
+        let mut wrote = false;
+        for (_, res) in &mine {
+            if let Resolution::Accepted(prefix) = res {
+                let ops = ctx.engine.plan(prefix, &wanted, ll.spec.ttl_seconds).await?;
+                for op in &ops {
+                    ctx.engine.apply(prefix, op).await?;
+                }
+                wrote |= !ops.is_empty();
+                log_ops(&name, prefix, &ops);
+            }
+        }
+        // Phase 3: promote the new holders, now visible in the mirror.
+        if wrote {
+            sync_pods(ctx, &ns, &Snapshot::take(ctx, &ns)).await?;
+        }
+        Ok::<_, Error>(())
+    }
+    .await;
+
+    if let Err(Error::Etcd(e)) = &result {
+        let cond = condition(&ll, false, reasons::ETCD_UNAVAILABLE, &format!("{e}; retrying with backoff"));
+        let mut status = ll.status.clone().unwrap_or_default();
+        set_condition(&mut status.conditions, cond);
+        write_status(ctx, &ll, &status).await?;
+    }
+    result?;
+
+    let status = observed_status(ctx, &ll, &mine, &candidates);
+    publish_holder_changes(ctx, &ll, &status).await;
+    if ll.status.as_ref() != Some(&status) {
+        write_status(ctx, &ll, &status).await?;
+    }
+    Ok(Action::await_change())
+}
+
+fn log_ops(ll: &str, prefix: &str, ops: &[Op]) {
+    for op in ops {
+        match op {
+            Op::Create { key, .. } => tracing::info!(leaderlock = ll, key, "candidate joined"),
+            Op::Delete { key, .. } => tracing::info!(leaderlock = ll, key, "candidate left"),
+            Op::Reattach { key, lease, .. } => tracing::info!(leaderlock = ll, key, lease, "candidate key moved to lease"),
+        }
+    }
+    let _ = prefix;
+}
+
+/// The status from what etcd's mirror says now.
+fn observed_status(ctx: &Context, ll: &LeaderLock, mine: &[(String, Resolution)], candidates: &[Arc<Pod>]) -> LeaderLockStatus {
+    let old = ll.status.clone().unwrap_or_default();
+    let now = jiff_now();
+    let mut locks = Vec::new();
+    let mut rejected = Vec::new();
+    let mut without_holder = 0;
+    for (lock, res) in mine {
+        let prev = old.locks.iter().find(|l| &l.name == lock).cloned().unwrap_or_default();
+        let mut st = LockStatus { name: lock.clone(), candidates: candidates.len() as i32, transitions: prev.transitions, ..Default::default() };
+        match res {
+            Resolution::Rejected { reason, message } => {
+                rejected.push((*reason, format!("lock {lock}: {message}")));
+                st.candidates = 0;
+            }
+            Resolution::Accepted(prefix) => {
+                if let Some(h) = ctx.engine.holder(prefix) {
+                    st.holder = match holder_pod(&h, candidates) {
+                        Some(pod) => Some(pod),
+                        None if h.candidate.is_none() => Some(format!("etcd:{}", h.key)),
+                        None => None, // a key of a pod that is leaving: not a holder to report
+                    };
+                    if st.holder.is_some() {
+                        st.fencing_token = Some(h.token.to_string());
+                    }
+                }
+                if st.holder.is_none() {
+                    without_holder += 1;
+                }
+                if st.holder != prev.holder || st.fencing_token != prev.fencing_token {
+                    if st.holder.is_some() {
+                        st.transitions += 1;
+                    }
+                    st.since = st.holder.as_ref().map(|_| now.clone());
+                } else {
+                    st.since = prev.since.clone();
+                }
+            }
+        }
+        locks.push(st);
+    }
+    let ready = if let Some((reason, _)) = rejected.first() {
+        let msg = rejected.iter().map(|(_, m)| m.as_str()).collect::<Vec<_>>().join("; ");
+        condition(ll, false, reason, &msg)
+    } else if candidates.is_empty() {
+        condition(ll, true, reasons::NO_CANDIDATES, "the selector matches no Running and Ready pod; locks will be elected when one appears")
+    } else if without_holder > 0 {
+        condition(ll, false, "Electing", &format!("{without_holder} lock(s) have no holder yet"))
+    } else {
+        condition(ll, true, reasons::ELECTED, "every lock has a holder")
+    };
+    let mut conditions = old.conditions.clone();
+    set_condition(&mut conditions, ready);
+    LeaderLockStatus { observed_generation: ll.meta().generation, lock_count: ll.spec.locks.len() as i32, locks, conditions }
+}
+
+fn jiff_now() -> String {
+    jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
+}
+
+fn condition(ll: &LeaderLock, ok: bool, reason: &str, message: &str) -> Condition {
+    Condition {
+        type_: reasons::READY.into(),
+        status: if ok { "True" } else { "False" }.into(),
+        reason: reason.into(),
+        message: message.into(),
+        observed_generation: ll.meta().generation,
+        last_transition_time: Time(jiff::Timestamp::now()),
+    }
+}
+
+/// Replaces the condition of the same type, keeping its transition time if status is unchanged.
+fn set_condition(conditions: &mut Vec<Condition>, mut new: Condition) {
+    if let Some(old) = conditions.iter_mut().find(|c| c.type_ == new.type_) {
+        if old.status == new.status {
+            new.last_transition_time = old.last_transition_time.clone();
+        }
+        *old = new;
+    } else {
+        conditions.push(new);
+    }
+}
+
+async fn write_status(ctx: &Context, ll: &LeaderLock, status: &LeaderLockStatus) -> Result<()> {
+    let api: Api<LeaderLock> = Api::namespaced(ctx.client.clone(), &ll.namespace().ok_or(Error::NoNamespace)?);
+    let patch = json!({"apiVersion": "leaderlock.dev/v1alpha1", "kind": "LeaderLock", "status": status});
+    api.patch_status(&ll.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch))
+        .await
+        .map_err(kube_err("apply LeaderLock status"))?;
+    Ok(())
+}
+
+/// One Event per holder change (not per reconcile): compares with the last reported status.
+async fn publish_holder_changes(ctx: &Context, ll: &LeaderLock, status: &LeaderLockStatus) {
+    let old = ll.status.clone().unwrap_or_default();
+    for st in &status.locks {
+        let prev = old.locks.iter().find(|l| l.name == st.name);
+        let (from, from_token) = (prev.and_then(|p| p.holder.clone()), prev.and_then(|p| p.fencing_token.clone()));
+        if st.holder.is_none() || (st.holder == from && st.fencing_token == from_token) {
+            continue;
+        }
+        let note = format!(
+            "lock {}: {} -> {} (fencing token {})",
+            st.name,
+            from.as_deref().unwrap_or("<none>"),
+            st.holder.as_deref().unwrap_or("<none>"),
+            st.fencing_token.as_deref().unwrap_or("-")
+        );
+        // The recorder folds events with equal (reason, action, related object) into a series;
+        // naming the lock and the new holder keeps one event per transition.
+        let related = st.holder.as_ref().filter(|h| !h.starts_with("etcd:")).map(|pod| k8s_openapi::api::core::v1::ObjectReference {
+            api_version: Some("v1".into()),
+            kind: Some("Pod".into()),
+            name: Some(pod.clone()),
+            namespace: ll.namespace(),
+            ..Default::default()
+        });
+        let action = format!("Elect/{}", st.name);
+        let ev = Event { type_: EventType::Normal, reason: "HolderChanged".into(), note: Some(note), action, secondary: related };
+        if let Err(e) = ctx.recorder.publish(&ev, &ll.object_ref(&())).await {
+            tracing::warn!(error = %e, "cannot publish Event");
+        }
+    }
+}
+
+/// Deleting a LeaderLock: demote and unlabel its pods, then delete its candidate keys in etcd.
+async fn cleanup(ll: Arc<LeaderLock>, ctx: &Context) -> Result<Action> {
+    let ns = ll.namespace().ok_or(Error::NoNamespace)?;
+    let snap = Snapshot::take(ctx, &ns); // this LeaderLock, being deleted, assigns no roles
+    sync_pods(ctx, &ns, &snap).await?;
+    for (_, res) in snap.resolved.get(&ll.name_any()).into_iter().flatten() {
+        if let Resolution::Accepted(prefix) = res {
+            let released = ctx.engine.release_all(prefix).await;
+            if let Err(e) = released {
+                let cond = condition(&ll, false, reasons::ETCD_UNAVAILABLE, &format!("cannot delete the etcd keys of this LeaderLock: {e}; retrying"));
+                let mut status = ll.status.clone().unwrap_or_default();
+                set_condition(&mut status.conditions, cond);
+                let _ = write_status(ctx, &ll, &status).await;
+                return Err(e.into());
+            }
+            ctx.prefixes.write().expect("prefix index poisoned").remove(prefix);
+        }
+    }
+    // Lock names this LeaderLock held may now go to a newer neighbour.
+    for other in snap.lls.iter().filter(|o| o.name_any() != ll.name_any()) {
+        let _ = ctx.trigger.send(ObjectRef::from_obj(&**other));
+    }
+    Ok(Action::await_change())
+}
+
+/// Logs the failure and retries with backoff; etcd outages are also visible in the status.
+pub fn error_policy(ll: Arc<LeaderLock>, err: &Error, _ctx: Arc<Context>) -> Action {
+    tracing::warn!(leaderlock = %ll.name_any(), namespace = ll.namespace().unwrap_or_default(), error = %err, kind = err.label(), "reconcile failed");
+    Action::requeue(Duration::from_secs(2))
+}
+
+/// Everything the controller needs from the command line.
+pub struct Settings {
+    /// Identifies this replica in Events.
+    pub instance: String,
+}
+
+/// Runs the controller until SIGTERM/SIGINT.
+pub async fn run(client: kube::Client, engine: Arc<Engine>, settings: Settings) -> anyhow_free::Result {
+    let lls: Api<LeaderLock> = Api::all(client.clone());
+    let pods_api: Api<Pod> = Api::all(client.clone());
+
+    let (pods, writer) = reflector::store();
+    let pod_events = watcher(pods_api, watcher::Config::default())
+        .default_backoff()
+        .modify(|p: &mut Pod| {
+            p.managed_fields_mut().clear(); // not needed, and the bulk of a pod's size
+            p.spec = None;
+        })
+        .reflect(writer)
+        .touched_objects();
+
+    let controller = Controller::new(lls, watcher::Config::default().any_semantic());
+    let leaderlocks = controller.store();
+    let (trigger, triggers) = mpsc::unbounded_channel();
+    let ctx = Arc::new(Context {
+        client: client.clone(),
+        engine: engine.clone(),
+        leaderlocks: leaderlocks.clone(),
+        pods: pods.clone(),
+        prefixes: Arc::default(),
+        trigger,
+        recorder: Recorder::new(client.clone(), Reporter { controller: "leaderlock".into(), instance: Some(settings.instance) }),
+    });
+
+    let by_namespace = leaderlocks.clone();
+    let pod_to_lls = move |pod: Pod| {
+        let ns = pod.namespace();
+        by_namespace.state().into_iter().filter(move |l| l.namespace() == ns).map(|l| ObjectRef::from_obj(&*l)).collect::<Vec<_>>()
+    };
+    let etcd_changes = etcd_triggers(engine.clone(), ctx.prefixes.clone(), leaderlocks.clone());
+    let extra = tokio_stream::wrappers::UnboundedReceiverStream::new(triggers);
+
+    // Decide nothing before the pod cache is complete: an empty cache would look like every
+    // candidate left, and change every holder.
+    let pods_ready = pods.clone();
+    controller
+        .watches_stream(pod_events, pod_to_lls)
+        .reconcile_on(futures::stream::select(etcd_changes, extra))
+        .shutdown_on_signal()
+        .run(
+            move |ll, ctx| {
+                let pods_ready = pods_ready.clone();
+                async move {
+                    let _ = pods_ready.wait_until_ready().await;
+                    reconcile(ll, ctx).await
+                }
+            },
+            error_policy,
+            ctx,
+        )
+        .for_each(|res| async move {
+            if let Err(e) = res {
+                tracing::debug!(error = %e, "reconcile result");
+            }
+        })
+        .await;
+    Ok(())
+}
+
+/// Maps etcd mirror changes to the LeaderLocks owning the changed lock prefixes. A lagging
+/// subscriber reconciles every LeaderLock rather than miss one.
+fn etcd_triggers(
+    engine: Arc<Engine>,
+    index: Arc<RwLock<HashMap<String, ObjectRef<LeaderLock>>>>,
+    all: Store<LeaderLock>,
+) -> impl futures::Stream<Item = ObjectRef<LeaderLock>> + Send + 'static {
+    let rx = engine.mirror().subscribe();
+    tokio_stream::wrappers::BroadcastStream::new(rx).flat_map(move |batch| {
+        let refs: Vec<ObjectRef<LeaderLock>> = match batch {
+            Ok(keys) => {
+                let index = index.read().expect("prefix index poisoned");
+                let set: HashSet<ObjectRef<LeaderLock>> = keys
+                    .iter()
+                    .filter_map(|k| k.rfind('/').and_then(|i| index.get(&k[..i]).cloned()))
+                    .collect();
+                set.into_iter().collect()
+            }
+            Err(_) => all.state().iter().map(|l| ObjectRef::from_obj(&**l)).collect(),
+        };
+        futures::stream::iter(refs)
+    })
+}
+
+/// A `Result` without an error crate: the controller's failures are logged where they happen.
+pub mod anyhow_free {
+    pub type Result = std::result::Result<(), Box<dyn std::error::Error + Send + Sync>>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::resource::LeaderLockSpec;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+
+    fn ll(name: &str, age_secs: i64, locks: &[(&str, Option<&str>)]) -> Arc<LeaderLock> {
+        let mut l = LeaderLock::new(
+            name,
+            LeaderLockSpec {
+                selector: LabelSelector::default(),
+                locks: locks.iter().map(|(n, k)| LockSpec { name: n.to_string(), etcd_key: k.map(str::to_string) }).collect(),
+                ttl_seconds: 15,
+                pod_labels: false,
+            },
+        );
+        l.metadata.creation_timestamp = Some(Time(jiff::Timestamp::from_second(1_700_000_000 + age_secs).unwrap()));
+        Arc::new(l)
+    }
+
+    fn prefix_of(lock: &LockSpec) -> Result<String, String> {
+        match &lock.etcd_key {
+            Some(k) if !k.starts_with("/legacy/") => Err(format!("{k} not allowed")),
+            Some(k) => Ok(k.clone()),
+            None => Ok(format!("/ll/locks/ns/{}", lock.name)),
+        }
+    }
+
+    #[test]
+    fn the_older_leaderlock_keeps_a_contested_lock_name() {
+        let r = resolve_namespace(&[ll("newer", 10, &[("a", None), ("b", None)]), ll("older", 0, &[("a", None)])], prefix_of);
+        assert_eq!(r["older"], vec![("a".into(), Resolution::Accepted("/ll/locks/ns/a".into()))]);
+        assert!(matches!(&r["newer"][0].1, Resolution::Rejected { reason, message } if *reason == reasons::LOCK_NAME_CONFLICT && message.contains("\"older\"")));
+        assert_eq!(r["newer"][1].1, Resolution::Accepted("/ll/locks/ns/b".into()));
+    }
+
+    #[test]
+    fn overlapping_etcd_keys_conflict_and_disallowed_keys_are_rejected() {
+        let r = resolve_namespace(
+            &[ll("x", 0, &[("a", Some("/legacy/x"))]), ll("y", 1, &[("b", Some("/legacy/x/y")), ("c", Some("/etc/passwd"))])],
+            prefix_of,
+        );
+        assert!(matches!(&r["y"][0].1, Resolution::Rejected { reason, .. } if *reason == reasons::LOCK_NAME_CONFLICT));
+        assert!(matches!(&r["y"][1].1, Resolution::Rejected { reason, .. } if *reason == reasons::ETCD_KEY_NOT_ALLOWED));
+    }
+
+    #[test]
+    fn sibling_prefixes_do_not_overlap() {
+        assert!(!overlaps("/ll/locks/ns/a", "/ll/locks/ns/ab"));
+        assert!(overlaps("/legacy/x", "/legacy/x/y"));
+    }
+}
