@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod etcd;
+pub mod k8s;
 
 use std::io::Write;
 use std::process::{Command, Output, Stdio};
