@@ -343,9 +343,11 @@ async fn apply(ll: Arc<LeaderLock>, ctx: &Context) -> Result<Action> {
 
     let status = observed_status(ctx, &ll, &mine, &candidates);
     publish_holder_changes(ctx, &ll, &status).await;
-    if ll.status.as_ref() != Some(&status) {
+    let status_changed = ll.status.as_ref() != Some(&status);
+    if status_changed {
         write_status(ctx, &ll, &status).await?;
     }
+    tracing::debug!(leaderlock = %name, namespace = %ns, status_changed, "reconciled");
     Ok(Action::await_change())
 }
 

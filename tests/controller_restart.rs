@@ -1,0 +1,67 @@
+//! Restart safety (SPEC §4): a controller restart changes no holder and writes nothing — not
+//! to etcd, not to the pods — when nothing changed meanwhile; changes made while it was down
+//! are picked up. Its own lock etcd, so no other test moves the revision.
+mod common;
+
+use std::time::Duration;
+
+use common::etcd::EtcdServer;
+use common::k8s::*;
+use common::*;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::Api;
+use kube::ResourceExt;
+
+async fn revision(endpoint: &str) -> i64 {
+    let mut c = etcd_client::Client::connect([endpoint], None).await.unwrap();
+    c.get("/", None).await.unwrap().header().unwrap().revision()
+}
+
+async fn pod_versions(c: &kube::Client, ns: &str) -> Vec<(String, String)> {
+    let pods = Api::<Pod>::namespaced(c.clone(), ns).list(&Default::default()).await.unwrap();
+    pods.items.iter().map(|p| (p.name_any(), p.resource_version().unwrap_or_default())).collect()
+}
+
+/// Waits until the controller's log shows a reconcile of `ll` that changed nothing.
+fn wait_reconciled(ctl: &ControllerProcess, ll: &str) {
+    wait_until("the restarted controller to reconcile", Duration::from_secs(30), || {
+        let log = std::fs::read_to_string(&ctl.log).unwrap_or_default();
+        log.lines().any(|l| l.contains("reconciled") && l.contains(&format!("leaderlock={ll}"))).then_some(())
+    });
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_controller_restart_changes_no_holder_and_writes_nothing_when_nothing_changed() {
+    install_crd();
+    let checker = Checker::global();
+    let etcd = EtcdServer::start();
+    let endpoint = etcd.endpoint();
+    let ns = namespace("controller-restart");
+    let c = client().await;
+    ready_pods(&c, &ns, &["w-1", "w-2", "w-3"], &[("app", "worker")]).await;
+    let first = ControllerProcess::start(&["--etcd-endpoints", &endpoint]);
+    kubectl_ok(&["apply", "-n", &ns, "-f", "-"], Some(
+        "apiVersion: leaderlock.dev/v1alpha1\nkind: LeaderLock\nmetadata: {name: payments}\nspec:\n  selector: {matchLabels: {app: worker}}\n  locks: [{name: ledger}, {name: report}]\n",
+    ));
+    let ledger = elected(&c, &ns, "payments", "ledger", 3).await;
+    let report = elected(&c, &ns, "payments", "report", 3).await;
+    let ll_version = leaderlock(&c, &ns, "payments").await.resource_version();
+    let (etcd_before, pods_before) = (revision(&endpoint).await, pod_versions(&c, &ns).await);
+
+    first.kill(); // SIGKILL: no cleanup, leases stay
+    let second = ControllerProcess::start(&["--etcd-endpoints", &endpoint]);
+    wait_reconciled(&second, "payments");
+    assert_eq!(revision(&endpoint).await, etcd_before, "the restart wrote to etcd");
+    assert_eq!(pod_versions(&c, &ns).await, pods_before, "the restart rewrote pods");
+    assert_eq!(leaderlock(&c, &ns, "payments").await.resource_version(), ll_version, "the restart rewrote status");
+    assert_eq!(elected(&c, &ns, "payments", "ledger", 3).await, ledger);
+    assert_eq!(elected(&c, &ns, "payments", "report", 3).await, report);
+
+    // Changes while the controller is down are picked up by the next one.
+    second.kill();
+    delete_pod(&c, &ns, &ledger.0).await;
+    let _third = ControllerProcess::start(&["--etcd-endpoints", &endpoint]);
+    let (new, token) = elected(&c, &ns, "payments", "ledger", 2).await;
+    assert!(new != ledger.0 && token > ledger.1);
+    checker.assert_clean(&ns);
+}
