@@ -169,8 +169,13 @@ case "$cmd" in
     trap 'stop_all "$DIR"; rm -rf "$DIR"' EXIT
     trap 'exit 130' INT TERM
     PDEATHSIG=1 up
+    # CMD runs in the background so a signal to this script is handled at once (bash defers
+    # traps while a foreground child runs); it dies with us (parent-death signal) or on our trap.
+    (source "$DIR/env" && exec setpriv --pdeathsig TERM "$@") &
+    CMD_PID=$!
+    trap 'kill -TERM "$CMD_PID" 2>/dev/null; wait "$CMD_PID" 2>/dev/null; exit 130' INT TERM
     set +e
-    (source "$DIR/env" && "$@")
+    wait "$CMD_PID"
     rc=$?
     exit $rc
     ;;
