@@ -322,7 +322,7 @@ async fn apply(ll: Arc<LeaderLock>, ctx: &Context) -> Result<Action> {
                     ctx.engine.apply(prefix, op).await?;
                 }
                 wrote |= !ops.is_empty();
-                log_ops(&name, prefix, &ops);
+                log_ops(&name, &ops);
             }
         }
         // Phase 3: promote the new holders, now visible in the mirror.
@@ -351,7 +351,7 @@ async fn apply(ll: Arc<LeaderLock>, ctx: &Context) -> Result<Action> {
     Ok(Action::await_change())
 }
 
-fn log_ops(ll: &str, prefix: &str, ops: &[Op]) {
+fn log_ops(ll: &str, ops: &[Op]) {
     for op in ops {
         match op {
             Op::Create { key, .. } => tracing::info!(leaderlock = ll, key, "candidate joined"),
@@ -359,7 +359,6 @@ fn log_ops(ll: &str, prefix: &str, ops: &[Op]) {
             Op::Reattach { key, lease, .. } => tracing::info!(leaderlock = ll, key, lease, "candidate key moved to lease"),
         }
     }
-    let _ = prefix;
 }
 
 /// The status from what etcd's mirror says now.
@@ -525,7 +524,7 @@ pub struct Settings {
 }
 
 /// Runs the controller until SIGTERM/SIGINT.
-pub async fn run(client: kube::Client, engine: Arc<Engine>, settings: Settings) -> anyhow_free::Result {
+pub async fn run(client: kube::Client, engine: Arc<Engine>, settings: Settings) {
     let lls: Api<LeaderLock> = Api::all(client.clone());
     let pods_api: Api<Pod> = Api::all(client.clone());
 
@@ -584,7 +583,6 @@ pub async fn run(client: kube::Client, engine: Arc<Engine>, settings: Settings) 
             }
         })
         .await;
-    Ok(())
 }
 
 /// Maps etcd mirror changes to the LeaderLocks owning the changed lock prefixes. A lagging
@@ -609,11 +607,6 @@ fn etcd_triggers(
         };
         futures::stream::iter(refs)
     })
-}
-
-/// A `Result` without an error crate: the controller's failures are logged where they happen.
-pub mod anyhow_free {
-    pub type Result = std::result::Result<(), Box<dyn std::error::Error + Send + Sync>>;
 }
 
 #[cfg(test)]

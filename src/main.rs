@@ -111,7 +111,8 @@ async fn run_controller(args: ControllerArgs) -> Result<(), Box<dyn std::error::
         .await
         .map_err(|e| format!("cannot build a Kubernetes client (KUBECONFIG or in-cluster config): {e}"))?;
     tracing::info!("controller started");
-    controller::run(kube_client, engine, Settings { instance: args.instance }).await
+    controller::run(kube_client, engine, Settings { instance: args.instance }).await;
+    Ok(())
 }
 
 fn main() -> ExitCode {

@@ -1,6 +1,6 @@
-//! Restart safety (SPEC §4): a controller restart changes no holder and writes nothing — not
-//! to etcd, not to the pods — when nothing changed meanwhile; changes made while it was down
-//! are picked up. Its own lock etcd, so no other test moves the revision.
+//! Tests that own their controller and lock etcd (restarts, outages): restart safety (SPEC §4)
+//! and deletion while etcd is down. They run one at a time: two controllers would both
+//! reconcile every LeaderLock.
 mod common;
 
 use std::time::Duration;
@@ -30,8 +30,12 @@ fn wait_reconciled(ctl: &ControllerProcess, ll: &str) {
     });
 }
 
+/// Serialises the tests of this binary.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_controller_restart_changes_no_holder_and_writes_nothing_when_nothing_changed() {
+    let _serial = ONE_AT_A_TIME.lock().await;
     install_crd();
     let checker = Checker::global();
     let etcd = EtcdServer::start();
@@ -64,4 +68,38 @@ async fn a_controller_restart_changes_no_holder_and_writes_nothing_when_nothing_
     let (new, token) = elected(&c, &ns, "payments", "ledger", 2).await;
     assert!(new != ledger.0 && token > ledger.1);
     checker.assert_clean(&ns);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn deleting_a_leaderlock_while_etcd_is_down_reports_it_and_completes_when_etcd_returns() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    install_crd();
+    let mut etcd = EtcdServer::start();
+    let endpoint = etcd.endpoint();
+    let ns = namespace("delete-etcd-down");
+    let c = client().await;
+    ready_pods(&c, &ns, &["w-1", "w-2"], &[("app", "worker")]).await;
+    let _ctl = ControllerProcess::start(&["--etcd-endpoints", &endpoint, "--etcd-timeout", "1s"]);
+    kubectl_ok(&["apply", "-n", &ns, "-f", "-"], Some(
+        "apiVersion: leaderlock.dev/v1alpha1\nkind: LeaderLock\nmetadata: {name: payments}\nspec:\n  selector: {matchLabels: {app: worker}}\n  locks: [{name: ledger}]\n",
+    ));
+    elected(&c, &ns, "payments", "ledger", 2).await;
+
+    etcd.kill();
+    kubectl_ok(&["delete", "ll", "payments", "-n", &ns, "--wait=false"], None);
+    let message = eventually("an EtcdUnavailable condition", Duration::from_secs(60), || async {
+        let st = Api::<leaderlock::resource::LeaderLock>::namespaced(c.clone(), &ns).get_opt("payments").await.ok()??.status?;
+        st.conditions.into_iter().find(|c| c.reason == "EtcdUnavailable").map(|c| c.message)
+    })
+    .await;
+    assert!(message.contains("retrying"), "{message}");
+    assert!(annotations(&c, &ns, "w-1").await.is_empty() && annotations(&c, &ns, "w-2").await.is_empty(), "pods are demoted first");
+
+    etcd.restart();
+    eventually("the LeaderLock to be gone", Duration::from_secs(60), || async {
+        Api::<leaderlock::resource::LeaderLock>::namespaced(c.clone(), &ns).get_opt("payments").await.unwrap().is_none().then_some(())
+    })
+    .await;
+    let keys = etcd.etcdctl(&["get", "--prefix", "--keys-only", &format!("/leaderlock.dev/locks/{ns}/")]);
+    assert_eq!(String::from_utf8_lossy(&keys.stdout).trim(), "", "candidate keys left in etcd");
 }

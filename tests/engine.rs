@@ -8,7 +8,7 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::etcd::{ChildGuard, EtcdServer, TcpProxy, etcd_bin};
+use common::etcd::{ChildGuard, EtcdCluster, EtcdServer, TcpProxy, etcd_bin};
 use common::env;
 use leaderlock::etcd::engine::{Engine, EngineConfig};
 use leaderlock::etcd::{EtcdConfig, Error, connect};
@@ -334,4 +334,31 @@ fn etcd_keys_outside_the_root_and_allowed_prefixes_are_refused() {
             assert!(err.to_string().contains("--allowed-key-prefix"), "{err}");
         }
     });
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_engine_keeps_watching_and_writing_through_the_loss_of_any_one_member() {
+    let mut cluster = EtcdCluster::start(3);
+    let client = connect(&EtcdConfig::new(cluster.endpoints())).await.unwrap();
+    let cfg = EngineConfig { root: "/leaderlock.dev/".into(), allowed_prefixes: vec![], call_timeout: Duration::from_secs(5) };
+    let engine = Engine::start(client, cfg).await.unwrap();
+    let prefix = engine.lock_prefix("shop", "ledger", None).unwrap();
+    engine.sync(&prefix, &cands(3), 30).await.unwrap();
+    // Whichever member the watch stream is on, losing it must not blind the mirror.
+    for down in 0..3 {
+        cluster.members[down].kill();
+        let holder = engine.holder(&prefix).unwrap();
+        let via = &cluster.members[(down + 1) % 3];
+        // The survivors may need a moment to elect a new raft leader.
+        common::wait_until("a delete through the surviving quorum", Duration::from_secs(30), || {
+            via.etcdctl(&["del", &holder.key]).status.success().then_some(())
+        });
+        until_mirror(&engine, &format!("the change with member {down} down"), Duration::from_secs(20), |e| {
+            e.holder(&prefix).filter(|h| h.key != holder.key)
+        })
+        .await;
+        // ...and writes go through the remaining quorum: the deleted candidate rejoins.
+        assert_eq!(engine.sync(&prefix, &cands(3), 30).await.unwrap().len(), 1);
+        cluster.members[down].restart();
+    }
 }

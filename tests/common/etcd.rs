@@ -68,6 +68,39 @@ pub struct EtcdServer {
     peer_port: u16,
     pub tls: Option<Tls>,
     child: Option<ChildGuard>,
+    /// `name=peer-url,…` of the whole cluster, for members of an [`EtcdCluster`].
+    cluster: Option<(String, String)>,
+}
+
+/// A 3-member etcd cluster on loopback, for member-loss tests.
+pub struct EtcdCluster {
+    pub members: Vec<EtcdServer>,
+}
+
+impl EtcdCluster {
+    pub fn start(n: usize) -> EtcdCluster {
+        let ports: Vec<(u16, u16)> = (0..n).map(|_| (free_port(), free_port())).collect();
+        let initial = ports.iter().enumerate().map(|(i, (_, p))| format!("m{i}=http://127.0.0.1:{p}")).collect::<Vec<_>>().join(",");
+        let mut members: Vec<EtcdServer> = ports
+            .iter()
+            .enumerate()
+            .map(|(i, (c, p))| EtcdServer {
+                dir: tempfile::tempdir().unwrap(),
+                client_port: *c,
+                peer_port: *p,
+                tls: None,
+                child: None,
+                cluster: Some((format!("m{i}"), initial.clone())),
+            })
+            .collect();
+        members.iter_mut().for_each(|m| m.spawn()); // a member alone has no quorum: start all first
+        members.iter().for_each(|m| m.wait_healthy());
+        EtcdCluster { members }
+    }
+
+    pub fn endpoints(&self) -> Vec<String> {
+        self.members.iter().map(|m| m.endpoint()).collect()
+    }
 }
 
 impl EtcdServer {
@@ -78,7 +111,7 @@ impl EtcdServer {
     pub fn start_with(tls: bool) -> EtcdServer {
         let dir = tempfile::tempdir().unwrap();
         let tls = tls.then(|| Tls::generate(dir.path()));
-        let mut s = EtcdServer { dir, client_port: free_port(), peer_port: free_port(), tls, child: None };
+        let mut s = EtcdServer { dir, client_port: free_port(), peer_port: free_port(), tls, child: None, cluster: None };
         s.restart();
         s
     }
@@ -95,14 +128,24 @@ impl EtcdServer {
 
     /// (Re)starts etcd on the same ports and data, and waits until it answers.
     pub fn restart(&mut self) {
+        self.spawn();
+        self.wait_healthy();
+    }
+
+    fn wait_healthy(&self) {
+        wait_until("etcd to answer", Duration::from_secs(30), || self.etcdctl(&["endpoint", "health"]).status.success().then_some(()));
+    }
+
+    fn spawn(&mut self) {
         let mut cmd = Command::new(etcd_bin("etcd"));
         let client_url = self.endpoint();
         let peer = format!("http://127.0.0.1:{}", self.peer_port);
-        cmd.args(["--name", "test", "--data-dir"])
+        let (name, initial) = self.cluster.clone().unwrap_or_else(|| ("test".into(), format!("test={peer}")));
+        cmd.args(["--name", &name, "--data-dir"])
             .arg(self.dir.path().join("data"))
             .args(["--listen-client-urls", &client_url, "--advertise-client-urls", &client_url])
             .args(["--listen-peer-urls", &peer, "--initial-advertise-peer-urls", &peer])
-            .args(["--initial-cluster", &format!("test={peer}"), "--log-level", "error", "--unsafe-no-fsync"])
+            .args(["--initial-cluster", &initial, "--log-level", "error", "--unsafe-no-fsync"])
             .stdout(Stdio::null())
             .stderr(Stdio::null());
         if let Some(tls) = &self.tls {
@@ -110,7 +153,6 @@ impl EtcdServer {
             cmd.arg("--cert-file").arg(&tls.server_cert).arg("--key-file").arg(&tls.server_key);
         }
         self.child = Some(ChildGuard(cmd.spawn().expect("etcd binary")));
-        wait_until("etcd to answer", Duration::from_secs(30), || self.etcdctl(&["endpoint", "health"]).status.success().then_some(()));
     }
 
     /// Runs etcdctl against this member.
