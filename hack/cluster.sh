@@ -115,6 +115,7 @@ up() {
   tools="$("$ROOT/hack/build-tools.sh")"
   ETCD_BIN_DIR="$(sed -n 's/^etcd=//p' <<<"$tools")"
   K8S_BIN_DIR="$(sed -n 's/^k8s=//p' <<<"$tools")"
+  HELM_BIN_DIR="$(sed -n 's/^helm=//p' <<<"$tools")"
 
   local e1 e1p e2 e2p
   e1=$(free_port) e1p=$(free_port) e2=$(free_port) e2p=$(free_port) API_PORT=$(free_port)
@@ -153,7 +154,8 @@ export KUBE_APISERVER_URL=https://127.0.0.1:$API_PORT
 export LEADERLOCK_CLUSTER_DIR=$DIR
 export LEADERLOCK_ETCD_BIN_DIR=$ETCD_BIN_DIR
 export LEADERLOCK_K8S_BIN_DIR=$K8S_BIN_DIR
-export PATH=$K8S_BIN_DIR:$ETCD_BIN_DIR:\$PATH
+export LEADERLOCK_HELM_BIN_DIR=$HELM_BIN_DIR
+export PATH=$K8S_BIN_DIR:$ETCD_BIN_DIR:$HELM_BIN_DIR:\$PATH
 ENV
   log "control plane ready: source $DIR/env"
 }
