@@ -19,3 +19,5 @@ pub mod etcd;
 pub mod pods;
 /// The reconciler: LeaderLocks, pods and etcd changes in; etcd keys, pod keys, status out [§2–§4].
 pub mod controller;
+/// The pod-side helper: role, wait, run [§3].
+pub mod podside;

@@ -1,4 +1,5 @@
 //! The `leaderlock` binary: parses flags and wires the library together; no logic lives here.
+use std::ffi::OsString;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -34,6 +35,35 @@ enum Command {
     Controller(ControllerArgs),
     /// Print the LeaderLock CustomResourceDefinition as YAML (pipe it to `kubectl apply -f -`).
     Crd,
+    /// In a pod: print its role for a lock (`leader <token>`, `leader` or `standby`); exit 0 leader, 1 standby, 2 error.
+    ///
+    /// Reads the downward-API file once and prints `leader <fencing token>` when the file projects all
+    /// annotations, `leader` when it projects only `leaderlock.dev/<lock>`, or `standby`.
+    ///
+    /// Exit status: 0 leader, 1 standby, 2 when the file is missing or unreadable, is not a
+    /// downward-API projection, or lacks the lock's annotation (the pod is not a candidate).
+    Role(RoleArgs),
+    /// In a pod: block until it is leader of a lock, print `leader [<token>]`, exit 0 (2 on error or timeout).
+    ///
+    /// Watches the downward-API file's directory (kubelet swaps a `..data` symlink there) and re-reads
+    /// the file on every change. A missing annotation is waited through: the pod is not a candidate yet.
+    ///
+    /// Exit status: 0 once leader; 2 when the file is missing, unreadable or not a downward-API
+    /// projection, or on --timeout.
+    Wait(WaitArgs),
+    /// In a pod: run CMD only while it is leader of a lock: start on election, SIGTERM then SIGKILL on demotion.
+    ///
+    /// CMD starts when the role becomes `leader`, with LEADERLOCK_FENCING_TOKEN set when the file carries
+    /// the token. It gets SIGTERM when the role becomes `standby` or the annotation disappears, SIGKILL
+    /// after --grace-period, and starts again on re-election; a new fencing token while leader restarts
+    /// it too. Signals go to CMD's process group.
+    ///
+    /// SIGTERM and SIGINT sent to `run` are forwarded to CMD (SIGKILL after --grace-period).
+    ///
+    /// Exit status: CMD's own (128+signal if a signal killed it) when CMD ends by itself while leader or
+    /// after a forwarded signal; 128+signal when a signal arrives while CMD is not running; 2 when the
+    /// role file is missing, unreadable or garbage (CMD is stopped first) or CMD cannot be started.
+    Run(RunArgs),
 }
 
 #[derive(Args)]
@@ -68,6 +98,44 @@ struct ControllerArgs {
     /// This replica's name in Events (the pod name in a cluster).
     #[arg(long, env = "POD_NAME", default_value = "leaderlock")]
     instance: String,
+}
+
+#[derive(Args)]
+struct RoleFileArgs {
+    /// The lock's name, as in `spec.locks[].name` (the pod's annotation is `leaderlock.dev/<lock>`).
+    #[arg(long, env = "LEADERLOCK_LOCK", value_parser = leaderlock::podside::parse_lock_name)]
+    lock: String,
+    /// The downward-API file: a projection of `metadata.annotations` (gives the fencing token) or of
+    /// `metadata.annotations['leaderlock.dev/<lock>']`; the form is detected from the content.
+    #[arg(long, env = "LEADERLOCK_ROLE_FILE", default_value = leaderlock::podside::DEFAULT_ROLE_FILE)]
+    file: PathBuf,
+}
+
+#[derive(Args)]
+struct RoleArgs {
+    #[command(flatten)]
+    role_file: RoleFileArgs,
+}
+
+#[derive(Args)]
+struct WaitArgs {
+    #[command(flatten)]
+    role_file: RoleFileArgs,
+    /// Give up with exit status 2 after this long (e.g. 30s, 5m); default: wait forever.
+    #[arg(long, env = "LEADERLOCK_WAIT_TIMEOUT", value_parser = leaderlock::podside::parse_duration)]
+    timeout: Option<Duration>,
+}
+
+#[derive(Args)]
+struct RunArgs {
+    #[command(flatten)]
+    role_file: RoleFileArgs,
+    /// How long CMD has between SIGTERM and SIGKILL, on demotion or shutdown (e.g. 500ms, 10s, 1m).
+    #[arg(long, env = "LEADERLOCK_GRACE_PERIOD", default_value = "10s", value_parser = leaderlock::podside::parse_duration)]
+    grace_period: Duration,
+    /// The command to run while leader, and its arguments, after `--`.
+    #[arg(last = true, required = true, value_name = "CMD")]
+    command: Vec<OsString>,
 }
 
 fn root_prefix(s: &str) -> Result<String, String> {
@@ -145,5 +213,15 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Role(args) => ExitCode::from(leaderlock::podside::role_main(&args.role_file.file, &args.role_file.lock)),
+        Command::Wait(args) => {
+            ExitCode::from(leaderlock::podside::wait_main(&args.role_file.file, &args.role_file.lock, args.timeout))
+        }
+        Command::Run(args) => ExitCode::from(leaderlock::podside::run_main(
+            &args.role_file.file,
+            &args.role_file.lock,
+            args.grace_period,
+            args.command,
+        )),
     }
 }
