@@ -30,6 +30,7 @@ use tokio::sync::mpsc;
 
 use crate::etcd::engine::Engine;
 use crate::lock::{Candidate, Holder, Op};
+use crate::metrics::{LockLabels, Metrics};
 use crate::pods::{self, LockRoles, PodKeys};
 use crate::resource::{LeaderLock, LeaderLockStatus, LockSpec, LockStatus, reasons};
 
@@ -87,6 +88,8 @@ pub struct Context {
     pub trigger: mpsc::UnboundedSender<ObjectRef<LeaderLock>>,
     /// Publishes an Event on every holder change.
     pub recorder: Recorder,
+    /// Counters and histograms served at `/metrics`.
+    pub metrics: Arc<Metrics>,
 }
 
 /// How one lock of a LeaderLock resolved: its etcd prefix, or why it is rejected.
@@ -320,6 +323,7 @@ async fn apply(ll: Arc<LeaderLock>, ctx: &Context) -> Result<Action> {
                 let ops = ctx.engine.plan(prefix, &wanted, ll.spec.ttl_seconds).await?;
                 for op in &ops {
                     ctx.engine.apply(prefix, op).await?;
+                    ctx.metrics.etcd_op(op_kind(op));
                 }
                 wrote |= !ops.is_empty();
                 log_ops(&name, &ops);
@@ -333,22 +337,45 @@ async fn apply(ll: Arc<LeaderLock>, ctx: &Context) -> Result<Action> {
     }
     .await;
 
-    if let Err(Error::Etcd(e)) = &result {
-        let cond = condition(&ll, false, reasons::ETCD_UNAVAILABLE, &format!("{e}; retrying with backoff"));
+    if let Err(e) = &result
+        && let Some((reason, message)) = failure_condition(e)
+    {
         let mut status = ll.status.clone().unwrap_or_default();
-        set_condition(&mut status.conditions, cond);
-        write_status(ctx, &ll, &status).await?;
+        set_condition(&mut status.conditions, condition(&ll, false, reason, &message));
+        if let Err(write) = write_status(ctx, &ll, &status).await {
+            tracing::warn!(error = %write, "cannot report the failure in the LeaderLock status either");
+        }
     }
     result?;
 
     let status = observed_status(ctx, &ll, &mine, &candidates);
-    publish_holder_changes(ctx, &ll, &status).await;
+    publish_holder_changes(ctx, &ll, &mine, &status).await;
     let status_changed = ll.status.as_ref() != Some(&status);
     if status_changed {
         write_status(ctx, &ll, &status).await?;
     }
     tracing::debug!(leaderlock = %name, namespace = %ns, status_changed, "reconciled");
     Ok(Action::await_change())
+}
+
+/// The condition a failed reconcile leaves on the LeaderLock, for failures users can act on.
+fn failure_condition(e: &Error) -> Option<(&'static str, String)> {
+    match e {
+        Error::Etcd(e) => Some((reasons::ETCD_UNAVAILABLE, format!("{e}; retrying with backoff"))),
+        Error::Kube { what, source: kube::Error::Api(s) } if s.code == 403 => Some((
+            reasons::FORBIDDEN,
+            format!("{what}: {}; grant the missing permission to the controller's ServiceAccount (see the Helm chart's ClusterRole)", s.message),
+        )),
+        _ => None,
+    }
+}
+
+fn op_kind(op: &Op) -> &'static str {
+    match op {
+        Op::Create { .. } => "create",
+        Op::Delete { .. } => "delete",
+        Op::Reattach { .. } => "reattach",
+    }
 }
 
 fn log_ops(ll: &str, ops: &[Op]) {
@@ -454,13 +481,23 @@ async fn write_status(ctx: &Context, ll: &LeaderLock, status: &LeaderLockStatus)
 }
 
 /// One Event per holder change (not per reconcile): compares with the last reported status.
-async fn publish_holder_changes(ctx: &Context, ll: &LeaderLock, status: &LeaderLockStatus) {
+/// Also counts the change and, when a deleted key caused it, the failover latency.
+async fn publish_holder_changes(ctx: &Context, ll: &LeaderLock, mine: &[(String, Resolution)], status: &LeaderLockStatus) {
     let old = ll.status.clone().unwrap_or_default();
     for st in &status.locks {
         let prev = old.locks.iter().find(|l| l.name == st.name);
         let (from, from_token) = (prev.and_then(|p| p.holder.clone()), prev.and_then(|p| p.fencing_token.clone()));
         if st.holder.is_none() || (st.holder == from && st.fencing_token == from_token) {
             continue;
+        }
+        let labels = LockLabels { namespace: ll.namespace().unwrap_or_default(), leaderlock: ll.name_any(), lock: st.name.clone() };
+        ctx.metrics.holder_changes.get_or_create(&labels).inc();
+        let prefix = mine.iter().find_map(|(n, r)| match r {
+            Resolution::Accepted(p) if *n == st.name => Some(p),
+            _ => None,
+        });
+        if let Some(deleted) = prefix.and_then(|p| ctx.engine.mirror().last_delete(p)).filter(|_| from.is_some()) {
+            ctx.metrics.failover_latency.observe(deleted.elapsed().as_secs_f64());
         }
         let note = format!(
             "lock {}: {} -> {} (fencing token {})",
@@ -521,12 +558,17 @@ pub fn error_policy(ll: Arc<LeaderLock>, err: &Error, _ctx: Arc<Context>) -> Act
 pub struct Settings {
     /// Identifies this replica in Events.
     pub instance: String,
+    pub metrics: Arc<Metrics>,
+    /// Watch only this namespace (None: every namespace).
+    pub namespace: Option<String>,
 }
 
 /// Runs the controller until SIGTERM/SIGINT.
 pub async fn run(client: kube::Client, engine: Arc<Engine>, settings: Settings) {
-    let lls: Api<LeaderLock> = Api::all(client.clone());
-    let pods_api: Api<Pod> = Api::all(client.clone());
+    let (lls, pods_api): (Api<LeaderLock>, Api<Pod>) = match &settings.namespace {
+        Some(ns) => (Api::namespaced(client.clone(), ns), Api::namespaced(client.clone(), ns)),
+        None => (Api::all(client.clone()), Api::all(client.clone())),
+    };
 
     let (pods, writer) = reflector::store();
     let pod_events = watcher(pods_api, watcher::Config::default())
@@ -549,6 +591,7 @@ pub async fn run(client: kube::Client, engine: Arc<Engine>, settings: Settings) 
         prefixes: Arc::default(),
         trigger,
         recorder: Recorder::new(client.clone(), Reporter { controller: "leaderlock".into(), instance: Some(settings.instance) }),
+        metrics: settings.metrics.clone(),
     });
 
     let by_namespace = leaderlocks.clone();
@@ -571,7 +614,11 @@ pub async fn run(client: kube::Client, engine: Arc<Engine>, settings: Settings) 
                 let pods_ready = pods_ready.clone();
                 async move {
                     let _ = pods_ready.wait_until_ready().await;
-                    reconcile(ll, ctx).await
+                    let start = std::time::Instant::now();
+                    let result = reconcile(ll, ctx.clone()).await;
+                    ctx.metrics.watch_restarts.set(ctx.engine.mirror().restarts() as i64);
+                    ctx.metrics.observe_reconcile(start.elapsed(), result.as_ref().err().map(Error::label));
+                    result
                 }
             },
             error_policy,

@@ -19,5 +19,9 @@ pub mod etcd;
 pub mod pods;
 /// The reconciler: LeaderLocks, pods and etcd changes in; etcd keys, pod keys, status out [§2–§4].
 pub mod controller;
+/// Prometheus metrics [§5].
+pub mod metrics;
+/// `/metrics`, `/healthz`, `/readyz` [§5].
+pub mod http;
 /// The pod-side helper: role, wait, run [§3].
 pub mod podside;

@@ -8,7 +8,8 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use leaderlock::controller::{self, Settings};
 use leaderlock::etcd::engine::{Engine, EngineConfig};
-use leaderlock::etcd::{self, EtcdConfig};
+use leaderlock::etcd::{self, EtcdConfig, election};
+use leaderlock::metrics::Metrics;
 
 #[derive(Parser)]
 #[command(name = "leaderlock", version, about = "Leader election for Kubernetes pods on etcd locks")]
@@ -98,6 +99,16 @@ struct ControllerArgs {
     /// This replica's name in Events (the pod name in a cluster).
     #[arg(long, env = "POD_NAME", default_value = "leaderlock")]
     instance: String,
+    /// Watch LeaderLocks and pods of this namespace only (default: every namespace).
+    #[arg(long, env = "LEADERLOCK_NAMESPACE")]
+    namespace: Option<String>,
+    /// Where to serve /metrics, /healthz and /readyz.
+    #[arg(long, env = "LEADERLOCK_HTTP_ADDR", default_value = "0.0.0.0:8080")]
+    http_addr: std::net::SocketAddr,
+    /// TTL in seconds of each replica's election lease: a standby takes over this long after
+    /// the active replica dies. Keep it well below the LeaderLocks' ttlSeconds.
+    #[arg(long, env = "LEADERLOCK_ELECTION_TTL", default_value_t = 3, value_parser = clap::value_parser!(i64).range(2..=60))]
+    election_ttl: i64,
 }
 
 #[derive(Args)]
@@ -173,14 +184,27 @@ async fn run_controller(args: ControllerArgs) -> Result<(), Box<dyn std::error::
         call_timeout: args.etcd_timeout,
     };
     let etcd_client = etcd::connect(&etcd_cfg).await?;
-    let engine_cfg = EngineConfig { root: args.etcd_prefix, allowed_prefixes: args.allowed_key_prefixes, call_timeout: args.etcd_timeout };
-    let engine = Arc::new(Engine::start(etcd_client, engine_cfg).await?);
     let kube_client = kube::Client::try_default()
         .await
         .map_err(|e| format!("cannot build a Kubernetes client (KUBECONFIG or in-cluster config): {e}"))?;
-    tracing::info!("controller started");
-    controller::run(kube_client, engine, Settings { instance: args.instance }).await;
-    Ok(())
+    let metrics = Arc::new(Metrics::default());
+    let bound = leaderlock::http::serve(args.http_addr, metrics.clone()).await?;
+    tracing::info!(addr = %bound, "serving /metrics, /healthz and /readyz");
+
+    // Only one replica acts at a time; the others wait on a watch of etcd's election key.
+    let mut leadership = election::campaign(&etcd_client, &args.etcd_prefix, &args.instance, args.election_ttl, args.etcd_timeout).await?;
+    metrics.set_active(true);
+    tracing::info!(key = %leadership.key, "active: this replica reconciles");
+    let engine_cfg = EngineConfig { root: args.etcd_prefix, allowed_prefixes: args.allowed_key_prefixes, call_timeout: args.etcd_timeout };
+    let engine = Arc::new(Engine::start(etcd_client, engine_cfg).await?);
+    let settings = Settings { instance: args.instance, metrics, namespace: args.namespace };
+    tokio::select! {
+        () = controller::run(kube_client, engine, settings) => {
+            leadership.resign().await;
+            Ok(())
+        }
+        () = leadership.lost() => Err("lost the controller election lease (etcd unreachable for longer than --election-ttl); exiting so a standby takes over".into()),
+    }
 }
 
 fn main() -> ExitCode {

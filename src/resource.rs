@@ -127,6 +127,8 @@ pub mod reasons {
     pub const ETCD_KEY_NOT_ALLOWED: &str = "EtcdKeyNotAllowed";
     /// etcd could not be reached; the controller retries with backoff.
     pub const ETCD_UNAVAILABLE: &str = "EtcdUnavailable";
+    /// The apiserver refused a write the controller needs (RBAC); the message names it.
+    pub const FORBIDDEN: &str = "Forbidden";
 }
 
 /// The CRD as YAML, exactly as checked in under `crds/`.

@@ -17,6 +17,28 @@ async fn revision(endpoint: &str) -> i64 {
     c.get("/", None).await.unwrap().header().unwrap().revision()
 }
 
+/// Keys written (put or deleted) after `revision`, read back through a watch from there.
+async fn keys_written_since(endpoint: &str, revision: i64) -> Vec<String> {
+    let mut c = etcd_client::Client::connect([endpoint], None).await.unwrap();
+    let now = c.get("/", None).await.unwrap().header().unwrap().revision();
+    let mut keys = Vec::new();
+    if now == revision {
+        return keys;
+    }
+    let opts = etcd_client::WatchOptions::new().with_prefix().with_start_revision(revision + 1);
+    let mut stream = c.watch("/", Some(opts)).await.unwrap();
+    while let Some(resp) = tokio::time::timeout(Duration::from_secs(5), stream.message()).await.unwrap().unwrap() {
+        for ev in resp.events() {
+            let kv = ev.kv().unwrap();
+            keys.push(String::from_utf8_lossy(kv.key()).into_owned());
+            if kv.mod_revision() >= now {
+                return keys;
+            }
+        }
+    }
+    keys
+}
+
 async fn pod_versions(c: &kube::Client, ns: &str) -> Vec<(String, String)> {
     let pods = Api::<Pod>::namespaced(c.clone(), ns).list(&Default::default()).await.unwrap();
     pods.items.iter().map(|p| (p.name_any(), p.resource_version().unwrap_or_default())).collect()
@@ -34,7 +56,7 @@ fn wait_reconciled(ctl: &ControllerProcess, ll: &str) {
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_controller_restart_changes_no_holder_and_writes_nothing_when_nothing_changed() {
+async fn a_controller_restart_changes_no_holder_and_writes_no_lock_key_pod_or_status() {
     let _serial = ONE_AT_A_TIME.lock().await;
     install_crd();
     let checker = Checker::global();
@@ -43,7 +65,7 @@ async fn a_controller_restart_changes_no_holder_and_writes_nothing_when_nothing_
     let ns = namespace("controller-restart");
     let c = client().await;
     ready_pods(&c, &ns, &["w-1", "w-2", "w-3"], &[("app", "worker")]).await;
-    let first = ControllerProcess::start(&["--etcd-endpoints", &endpoint]);
+    let first = ControllerProcess::start(&["--etcd-endpoints", &endpoint, "--namespace", &ns]);
     kubectl_ok(&["apply", "-n", &ns, "-f", "-"], Some(
         "apiVersion: leaderlock.dev/v1alpha1\nkind: LeaderLock\nmetadata: {name: payments}\nspec:\n  selector: {matchLabels: {app: worker}}\n  locks: [{name: ledger}, {name: report}]\n",
     ));
@@ -53,9 +75,15 @@ async fn a_controller_restart_changes_no_holder_and_writes_nothing_when_nothing_
     let (etcd_before, pods_before) = (revision(&endpoint).await, pod_versions(&c, &ns).await);
 
     first.kill(); // SIGKILL: no cleanup, leases stay
-    let second = ControllerProcess::start(&["--etcd-endpoints", &endpoint]);
+    let second = ControllerProcess::start(&["--etcd-endpoints", &endpoint, "--namespace", &ns]);
     wait_reconciled(&second, "payments");
-    assert_eq!(revision(&endpoint).await, etcd_before, "the restart wrote to etcd");
+    // The only etcd writes of a restart are the replica election's: the new replica's key and
+    // the dead one's expiry. No lock key, no lease record is touched.
+    let written = keys_written_since(&endpoint, etcd_before).await;
+    assert!(
+        written.iter().all(|k| k.starts_with("/leaderlock.dev/controller/")),
+        "the restart wrote lock keys: {written:?}"
+    );
     assert_eq!(pod_versions(&c, &ns).await, pods_before, "the restart rewrote pods");
     assert_eq!(leaderlock(&c, &ns, "payments").await.resource_version(), ll_version, "the restart rewrote status");
     assert_eq!(elected(&c, &ns, "payments", "ledger", 3).await, ledger);
@@ -64,7 +92,7 @@ async fn a_controller_restart_changes_no_holder_and_writes_nothing_when_nothing_
     // Changes while the controller is down are picked up by the next one.
     second.kill();
     delete_pod(&c, &ns, &ledger.0).await;
-    let _third = ControllerProcess::start(&["--etcd-endpoints", &endpoint]);
+    let _third = ControllerProcess::start(&["--etcd-endpoints", &endpoint, "--namespace", &ns]);
     let (new, token) = elected(&c, &ns, "payments", "ledger", 2).await;
     assert!(new != ledger.0 && token > ledger.1);
     checker.assert_clean(&ns);
@@ -79,7 +107,7 @@ async fn deleting_a_leaderlock_while_etcd_is_down_reports_it_and_completes_when_
     let ns = namespace("delete-etcd-down");
     let c = client().await;
     ready_pods(&c, &ns, &["w-1", "w-2"], &[("app", "worker")]).await;
-    let _ctl = ControllerProcess::start(&["--etcd-endpoints", &endpoint, "--etcd-timeout", "1s"]);
+    let _ctl = ControllerProcess::start(&["--etcd-endpoints", &endpoint, "--etcd-timeout", "1s", "--namespace", &ns]);
     kubectl_ok(&["apply", "-n", &ns, "-f", "-"], Some(
         "apiVersion: leaderlock.dev/v1alpha1\nkind: LeaderLock\nmetadata: {name: payments}\nspec:\n  selector: {matchLabels: {app: worker}}\n  locks: [{name: ledger}]\n",
     ));

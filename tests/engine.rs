@@ -23,7 +23,8 @@ fn cands(n: usize) -> Vec<Candidate> {
 }
 
 fn unique_root(test: &str) -> String {
-    format!("/test-{test}-{}-{}/", std::process::id(), Instant::now().elapsed().as_nanos())
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    format!("/test-{test}-{}-{}/", std::process::id(), N.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
 }
 
 async fn engine_at(endpoint: &str, root: &str) -> Engine {

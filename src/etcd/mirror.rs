@@ -55,6 +55,8 @@ struct Inner {
     applied: watch::Sender<i64>,
     changes: broadcast::Sender<Arc<Vec<String>>>,
     restarts: AtomicU64,
+    /// Lock prefix → when a key under it was last deleted, to measure failover latency.
+    deleted_at: std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>,
     task: std::sync::Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -90,6 +92,7 @@ impl Mirror {
             applied,
             changes,
             restarts: AtomicU64::new(0),
+            deleted_at: std::sync::Mutex::default(),
             task: std::sync::Mutex::new(None),
         });
         relist(&client, &inner, timeout).await?;
@@ -135,6 +138,11 @@ impl Mirror {
     /// Batches of changed keys. A receiver that lags must treat everything as changed.
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<Vec<String>>> {
         self.inner.changes.subscribe()
+    }
+
+    /// When the mirror last saw a key directly under `prefix` deleted.
+    pub fn last_delete(&self, prefix: &str) -> Option<std::time::Instant> {
+        self.inner.deleted_at.lock().ok()?.get(prefix).copied()
     }
 
     /// How many times the watch was re-established (disconnects and compactions).
@@ -267,6 +275,9 @@ fn apply(inner: &Inner, range: Option<usize>, events: &[etcd_client::Event], hea
                 }
                 EventType::Delete => {
                     if state.keys.remove(&ks.key).is_some() {
+                        if let (Some(i), Ok(mut d)) = (ks.key.rfind('/'), inner.deleted_at.lock()) {
+                            d.insert(ks.key[..i].to_string(), std::time::Instant::now());
+                        }
                         changed.push(ks.key);
                     }
                 }

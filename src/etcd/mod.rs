@@ -9,6 +9,7 @@
 //!
 //! Every call is bounded by a timeout; transient failures are retried with backoff.
 
+pub mod election;
 pub mod engine;
 pub mod mirror;
 pub mod session;

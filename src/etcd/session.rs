@@ -124,7 +124,9 @@ impl Leases {
 /// Renews `id` every third of its TTL over one keep-alive stream, reopening the stream after
 /// errors. Gives up — reporting the lease lost — when etcd says it expired.
 async fn keep_alive(inner: Arc<Inner>, ttl: i64, id: i64) {
-    let period = Duration::from_millis((ttl as u64 * 1000 / 3).max(500));
+    // A third of the TTL, at most 2 s: after a crash of the active controller, the lease keeps
+    // at least TTL - 2 s for a standby to take over and adopt it.
+    let period = Duration::from_millis((ttl as u64 * 1000 / 3).clamp(500, 2000));
     let mut backoff = Backoff::default();
     let mut last_renewed = Instant::now();
     loop {

@@ -100,10 +100,16 @@ pub async fn status_holder(c: &kube::Client, ns: &str, ll: &str, lock: &str) -> 
 }
 
 /// Waits until exactly one pod is annotated leader for `lock` with the status' holder and
-/// token, and every other candidate in `standby`; returns (holder, token).
+/// token, every other candidate in `standby`, and the status counting `candidates`; returns
+/// (holder, token).
 pub async fn elected(c: &kube::Client, ns: &str, ll: &str, lock: &str, candidates: usize) -> (String, i64) {
     eventually(&format!("an elected holder of {lock} in {ns}"), Duration::from_secs(30), || async {
         let (holder, token) = status_holder(c, ns, ll, lock).await?;
+        // Pods are annotated before the status is written: the status must count them too.
+        let st = leaderlock(c, ns, ll).await.status?;
+        if st.locks.iter().find(|s| s.name == lock)?.candidates as usize != candidates {
+            return None;
+        }
         let roles = roles(c, ns, lock).await;
         let leaders: Vec<&String> = roles.iter().filter(|(_, r)| *r == "leader").map(|(p, _)| p).collect();
         let standbys = roles.values().filter(|r| *r == "standby").count();
@@ -122,12 +128,20 @@ pub struct ControllerProcess {
 
 impl ControllerProcess {
     pub fn start(extra: &[&str]) -> ControllerProcess {
-        let log = std::env::temp_dir().join(format!("leaderlock-controller-{}-{}.log", std::process::id(), Instant::now().elapsed().as_nanos()));
+        Self::start_with_env(extra, &[])
+    }
+
+    pub fn start_with_env(extra: &[&str], envs: &[(&str, &str)]) -> ControllerProcess {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let log = std::env::temp_dir().join(format!("leaderlock-controller-{}-{n}.log", std::process::id()));
         let out = std::fs::File::create(&log).unwrap();
         let child = Command::new("setpriv")
             .args(["--pdeathsig", "KILL", env!("CARGO_BIN_EXE_leaderlock"), "controller"])
+            .args(["--http-addr", "127.0.0.1:0", "--election-ttl", "2"])
             .args(extra)
             .env("LEADERLOCK_LOG_LEVEL", "info,leaderlock=debug")
+            .envs(envs.iter().copied())
             .stdout(Stdio::null())
             .stderr(out)
             .spawn()
@@ -137,6 +151,35 @@ impl ControllerProcess {
 
     /// SIGKILL: a crash, nothing is cleaned up.
     pub fn kill(self) {}
+
+    /// SIGTERM: a graceful stop (the replica resigns).
+    pub fn terminate(mut self) {
+        let _ = Command::new("kill").args(["-TERM", &self.child.0.id().to_string()]).status();
+        let _ = self.child.0.wait();
+    }
+
+    /// The port of /metrics, /healthz, /readyz, from the log line announcing it.
+    pub fn http_port(&self) -> u16 {
+        super::wait_until("the controller to serve HTTP", Duration::from_secs(30), || {
+            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+            log.lines().find(|l| l.contains("serving /metrics"))?.split("addr=127.0.0.1:").nth(1)?.split_whitespace().next()?.parse().ok()
+        })
+    }
+
+    /// GET `path` from this controller's HTTP endpoint; None if it does not answer.
+    pub fn http_get(&self, path: &str) -> Option<String> {
+        use std::io::{Read, Write};
+        let mut conn = std::net::TcpStream::connect(("127.0.0.1", self.http_port())).ok()?;
+        conn.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes()).ok()?;
+        let mut out = String::new();
+        conn.read_to_string(&mut out).ok()?;
+        Some(out.split("\r\n\r\n").nth(1).unwrap_or_default().to_string())
+    }
+
+    /// Whether this replica's log says it became active.
+    pub fn is_active(&self) -> bool {
+        std::fs::read_to_string(&self.log).unwrap_or_default().contains("active: this replica reconciles")
+    }
 }
 
 /// One controller shared by every test of a binary, started from a thread that lives as long

@@ -1,0 +1,89 @@
+//! Several controller replicas (SPEC §5): exactly one reconciles; `kill -9` of the active one
+//! hands over to a standby before the lock leases expire, with no holder change; `/readyz` and
+//! `/metrics` say which replica is active. Own lock etcd and controllers.
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::etcd::EtcdServer;
+use common::k8s::*;
+use common::*;
+
+/// Every candidate key under the namespace's lock prefixes with its create and mod revisions.
+fn candidate_keys(etcd: &EtcdServer, ns: &str) -> Vec<(String, i64, i64)> {
+    let out = etcd.etcdctl(&["get", "--prefix", &format!("/leaderlock.dev/locks/{ns}/"), "-w", "json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let decode = |s: &serde_json::Value| String::from_utf8(base64_decode(s.as_str().unwrap())).unwrap();
+    v["kvs"].as_array().into_iter().flatten().map(|kv| (decode(&kv["key"]), kv["create_revision"].as_i64().unwrap(), kv["mod_revision"].as_i64().unwrap())).collect()
+}
+
+fn base64_decode(s: &str) -> Vec<u8> {
+    let table = |c: u8| match c {
+        b'A'..=b'Z' => c - b'A',
+        b'a'..=b'z' => c - b'a' + 26,
+        b'0'..=b'9' => c - b'0' + 52,
+        b'+' => 62,
+        _ => 63,
+    };
+    let bytes: Vec<u8> = s.bytes().filter(|c| *c != b'=').map(table).collect();
+    bytes.chunks(4).flat_map(|c| {
+        let n = c.iter().enumerate().fold(0u32, |n, (i, v)| n | (u32::from(*v) << (18 - 6 * i)));
+        (0..c.len().saturating_sub(1)).map(move |i| (n >> (16 - 8 * i)) as u8)
+    }).collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn killing_the_active_replica_hands_over_to_a_standby_without_changing_any_holder() {
+    install_crd();
+    let checker = Checker::global();
+    let etcd = EtcdServer::start();
+    let endpoint = etcd.endpoint();
+    let ns = namespace("controller-ha");
+    let c = client().await;
+    ready_pods(&c, &ns, &["w-1", "w-2", "w-3"], &[("app", "worker")]).await;
+    let mut replicas: Vec<ControllerProcess> = (0..3).map(|_| ControllerProcess::start(&["--etcd-endpoints", &endpoint, "--namespace", &ns])).collect();
+    kubectl_ok(&["apply", "-n", &ns, "-f", "-"], Some(
+        "apiVersion: leaderlock.dev/v1alpha1\nkind: LeaderLock\nmetadata: {name: payments}\nspec:\n  selector: {matchLabels: {app: worker}}\n  locks: [{name: ledger}, {name: report}]\n  ttlSeconds: 10\n",
+    ));
+    let ledger = elected(&c, &ns, "payments", "ledger", 3).await;
+    let report = elected(&c, &ns, "payments", "report", 3).await;
+
+    let active: Vec<usize> = (0..3).filter(|i| replicas[*i].is_active()).collect();
+    assert_eq!(active.len(), 1, "exactly one replica is active");
+    let active = active[0];
+    for (i, r) in replicas.iter().enumerate() {
+        let want = if i == active { "ok: active\n" } else { "ok: standby\n" };
+        assert_eq!(r.http_get("/readyz").as_deref(), Some(want));
+        let metrics = r.http_get("/metrics").unwrap();
+        assert!(metrics.contains(&format!("leaderlock_active {}", u8::from(i == active))), "{metrics}");
+    }
+    let metrics = replicas[active].http_get("/metrics").unwrap();
+    for m in ["leaderlock_reconciles_total", "leaderlock_holder_changes_total{", "leaderlock_etcd_operations_total{kind=\"create\"} 6", "leaderlock_reconcile_duration_seconds_bucket"] {
+        assert!(metrics.contains(m), "missing {m} in\n{metrics}");
+    }
+
+    let keys = candidate_keys(&etcd, &ns);
+    assert_eq!(keys.len(), 6);
+    let killed_at = Instant::now();
+    replicas.remove(active).kill();
+    let took = eventually("a standby to become active", Duration::from_secs(10), || async {
+        replicas.iter().any(|r| r.is_active()).then(|| killed_at.elapsed())
+    })
+    .await;
+    assert!(took < Duration::from_secs(10), "takeover took {took:?}, longer than ttlSeconds");
+    // Observe past the lock TTL: had nobody adopted the leases, the keys would be gone by now.
+    tokio::time::sleep(Duration::from_secs(12).saturating_sub(killed_at.elapsed())).await;
+    assert_eq!(candidate_keys(&etcd, &ns), keys, "candidate keys changed across the failover");
+    assert_eq!(elected(&c, &ns, "payments", "ledger", 3).await, ledger);
+    assert_eq!(elected(&c, &ns, "payments", "report", 3).await, report);
+
+    // The new active replica works: the holder pod leaves, the next one leads.
+    delete_pod(&c, &ns, &ledger.0).await;
+    let (next, token) = eventually("a new ledger holder", Duration::from_secs(30), || async {
+        status_holder(&c, &ns, "payments", "ledger").await.filter(|h| h.0 != ledger.0)
+    })
+    .await;
+    assert!(token > ledger.1 && next != ledger.0);
+    println!("failover: standby active {took:?} after kill -9 of the active replica");
+    checker.assert_clean(&ns);
+}

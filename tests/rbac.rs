@@ -1,0 +1,132 @@
+//! Least-privilege RBAC, proven (SPEC §5): the controller runs as the Helm chart's
+//! ServiceAccount — with only the chart's ClusterRole — through the main scenarios; with one
+//! rule removed it reports the missing permission in the LeaderLock's status instead of
+//! misbehaving silently. Own controller and lock etcd; the two tests run one at a time.
+mod common;
+
+use std::time::Duration;
+
+use common::etcd::EtcdServer;
+use common::k8s::*;
+use common::*;
+use kube::api::{Api, DeleteParams};
+use leaderlock::resource::LeaderLock;
+
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// The chart's ServiceAccount, ClusterRole and ClusterRoleBinding rendered for namespace `ns`.
+fn chart_rbac(ns: &str) -> Vec<serde_yaml::Value> {
+    let chart = concat!(env!("CARGO_MANIFEST_DIR"), "/charts/leaderlock");
+    let out = std::process::Command::new("helm")
+        .args(["template", "leaderlock", chart, "--namespace", ns])
+        .output()
+        .expect("helm on PATH (hack/cluster.sh puts it there)");
+    assert!(out.status.success(), "helm template: {}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8(out.stdout).unwrap();
+    serde_yaml::Deserializer::from_str(&text)
+        .filter_map(|d| serde_yaml::Value::deserialize(d).ok())
+        .filter(|v| matches!(v["kind"].as_str(), Some("ServiceAccount" | "ClusterRole" | "ClusterRoleBinding")))
+        .collect()
+}
+
+use serde::Deserialize;
+
+/// Applies the chart's RBAC under a unique name (minus `drop`, a (resource, verb) to remove),
+/// and returns a kubeconfig acting as its ServiceAccount through a TokenRequest token.
+fn service_account_kubeconfig(ns: &str, drop: Option<(&str, &str)>) -> std::path::PathBuf {
+    let mut docs = chart_rbac(ns);
+    let unique = format!("leaderlock-{ns}");
+    let mut sa_name = String::new();
+    for d in &mut docs {
+        match d["kind"].as_str() {
+            Some("ServiceAccount") => sa_name = d["metadata"]["name"].as_str().unwrap().to_string(),
+            Some("ClusterRole") => {
+                d["metadata"]["name"] = unique.clone().into();
+                if let Some((resource, verb)) = drop {
+                    for rule in d["rules"].as_sequence_mut().unwrap() {
+                        if rule["resources"].as_sequence().unwrap().iter().any(|r| r.as_str() == Some(resource)) {
+                            let verbs = rule["verbs"].as_sequence_mut().unwrap();
+                            verbs.retain(|v| v.as_str() != Some(verb));
+                        }
+                    }
+                }
+            }
+            Some("ClusterRoleBinding") => {
+                d["metadata"]["name"] = unique.clone().into();
+                d["roleRef"]["name"] = unique.clone().into();
+            }
+            _ => {}
+        }
+    }
+    let yaml = docs.iter().map(|d| serde_yaml::to_string(d).unwrap()).collect::<Vec<_>>().join("---\n");
+    kubectl_ok(&["apply", "-n", ns, "-f", "-"], Some(&yaml));
+    let token = kubectl_ok(&["create", "token", &sa_name, "-n", ns, "--duration", "1h"], None);
+    let admin = std::fs::read_to_string(env("KUBECONFIG")).unwrap();
+    let admin: serde_yaml::Value = serde_yaml::from_str(&admin).unwrap();
+    let cluster = &admin["clusters"][0]["cluster"];
+    let kubeconfig = format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster: {{server: {}, certificate-authority: {}}}\nusers:\n- name: sa\n  user: {{token: {}}}\ncontexts:\n- name: c\n  context: {{cluster: c, user: sa}}\ncurrent-context: c\n",
+        cluster["server"].as_str().unwrap(),
+        cluster["certificate-authority"].as_str().unwrap(),
+        token.trim()
+    );
+    let path = std::env::temp_dir().join(format!("kubeconfig-{ns}"));
+    std::fs::write(&path, kubeconfig).unwrap();
+    path
+}
+
+fn start_as(kubeconfig: &std::path::Path, etcd: &EtcdServer) -> ControllerProcess {
+    // Cluster-wide, as the chart deploys it.
+    ControllerProcess::start_with_env(&["--etcd-endpoints", &etcd.endpoint()], &[("KUBECONFIG", kubeconfig.to_str().unwrap())])
+}
+
+const LL: &str = "apiVersion: leaderlock.dev/v1alpha1\nkind: LeaderLock\nmetadata: {name: payments}\nspec:\n  selector: {matchLabels: {app: worker}}\n  locks: [{name: ledger}]\n  podLabels: true\n";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_controller_does_its_whole_job_with_only_the_charts_rbac() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    install_crd();
+    let checker = Checker::global();
+    let etcd = EtcdServer::start();
+    let ns = namespace("rbac-full");
+    let c = client().await;
+    let kubeconfig = service_account_kubeconfig(&ns, None);
+    let _ctl = start_as(&kubeconfig, &etcd);
+    ready_pods(&c, &ns, &["w-1", "w-2"], &[("app", "worker")]).await;
+    kubectl_ok(&["apply", "-n", &ns, "-f", "-"], Some(LL));
+    let (holder, token) = elected(&c, &ns, "payments", "ledger", 2).await;
+    delete_pod(&c, &ns, &holder).await;
+    let (next, next_token) = elected(&c, &ns, "payments", "ledger", 1).await;
+    assert!(next != holder && next_token > token);
+    let events = kubectl_ok(&["get", "events", "-n", &ns, "-o", "jsonpath={.items[*].reason}"], None);
+    assert!(events.contains("HolderChanged"), "Events need events.k8s.io create: {events}");
+    Api::<LeaderLock>::namespaced(c.clone(), &ns).delete("payments", &DeleteParams::default()).await.unwrap();
+    eventually("the finalizer to finish", Duration::from_secs(30), || async {
+        Api::<LeaderLock>::namespaced(c.clone(), &ns).get_opt("payments").await.unwrap().is_none().then_some(())
+    })
+    .await;
+    assert!(annotations(&c, &ns, &next).await.is_empty());
+    checker.assert_clean(&ns);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_missing_permission_is_reported_in_the_status_naming_it() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    install_crd();
+    let etcd = EtcdServer::start();
+    let ns = namespace("rbac-missing");
+    let c = client().await;
+    let kubeconfig = service_account_kubeconfig(&ns, Some(("pods", "patch")));
+    let ctl = start_as(&kubeconfig, &etcd);
+    ready_pods(&c, &ns, &["w-1"], &[("app", "worker")]).await;
+    kubectl_ok(&["apply", "-n", &ns, "-f", "-"], Some(LL));
+    let message = eventually("a Forbidden condition", Duration::from_secs(30), || async {
+        let st = leaderlock(&c, &ns, "payments").await.status?;
+        st.conditions.into_iter().find(|c| c.reason == "Forbidden" && c.status == "False").map(|c| c.message)
+    })
+    .await;
+    assert!(message.contains("patch") && message.contains("pods") && message.contains("ServiceAccount"), "{message}");
+    assert!(annotations(&c, &ns, "w-1").await.is_empty(), "nothing may be half-written");
+    let log = std::fs::read_to_string(&ctl.log).unwrap();
+    assert!(log.contains("forbidden") || log.contains("Forbidden"), "the log names the failure too");
+}
