@@ -36,6 +36,12 @@ enum Command {
     Controller(ControllerArgs),
     /// Print the LeaderLock CustomResourceDefinition as YAML (pipe it to `kubectl apply -f -`).
     Crd,
+    /// Copy this binary to DEST (executable): an init container uses it to hand `leaderlock run`
+    /// to an application container through a shared emptyDir (the image has no shell or `cp`).
+    CopySelf {
+        /// Destination path, e.g. /opt/leaderlock/leaderlock on a shared emptyDir.
+        dest: PathBuf,
+    },
     /// In a pod: print its role for a lock (`leader <token>`, `leader` or `standby`); exit 0 leader, 1 standby, 2 error.
     ///
     /// Reads the downward-API file once and prints `leader <fencing token>` when the file projects all
@@ -219,6 +225,13 @@ fn main() -> ExitCode {
             Err(e) => {
                 eprintln!("error: cannot render the CRD: {e}");
                 ExitCode::FAILURE
+            }
+        },
+        Command::CopySelf { dest } => match leaderlock::podside::copy_self(&dest) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(2)
             }
         },
         Command::Controller(args) => {

@@ -873,3 +873,11 @@ leaderlock.dev/nightly-report="standby""#;
         assert!(!is_relevant(&event(EventKind::Access(AccessKind::Close(AccessMode::Read)))));
     }
 }
+
+/// Copies the running binary to `dest` with mode 0755 (see `leaderlock copy-self`).
+pub fn copy_self(dest: &Path) -> Result<(), std::io::Error> {
+    use std::os::unix::fs::PermissionsExt;
+    let me = std::env::current_exe()?;
+    std::fs::copy(&me, dest).map_err(|e| std::io::Error::new(e.kind(), format!("cannot copy {} to {}: {e}", me.display(), dest.display())))?;
+    std::fs::set_permissions(dest, std::fs::Permissions::from_mode(0o755))
+}
