@@ -17,6 +17,12 @@ demo: deps ## Local demo: control plane + controller + an example LeaderLock
 	cargo build --locked
 	hack/demo.sh
 
+bench: deps ## Benchmarks side by side (LeaderLock, TryLock loop, etcd Mutex, client-go); writes BENCHMARKS.md
+	hack/bench.sh
+
+chaos: deps ## All fault scenarios with the independent checker; writes CHAOS.md
+	hack/chaos.sh
+
 crd: ## Regenerate crds/ from the Rust types
 	cargo run --quiet -- crd > crds/leaderlock.dev_leaderlocks.yaml
 
@@ -26,4 +32,4 @@ up: deps ## Start a control plane in .cache/cluster and leave it running (source
 down: ## Stop the control plane started by `make up`
 	hack/cluster.sh down
 
-.PHONY: help deps test demo crd up down
+.PHONY: help deps test demo bench chaos crd up down
