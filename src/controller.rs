@@ -176,6 +176,9 @@ impl Snapshot {
 
     /// Candidate pods of a LeaderLock, in creation-priority order (oldest pod first).
     fn candidates(&self, ll: &LeaderLock) -> Vec<Arc<Pod>> {
+        if selector_problem(&ll.spec.selector).is_some() {
+            return vec![];
+        }
         let Ok(selector) = Selector::try_from(ll.spec.selector.clone()) else { return vec![] };
         let mut c: Vec<Arc<Pod>> = self
             .pods
@@ -429,6 +432,9 @@ fn observed_status(ctx: &Context, ll: &LeaderLock, mine: &[(String, Resolution)]
         }
         locks.push(st);
     }
+    if let Some(problem) = selector_problem(&ll.spec.selector) {
+        rejected.insert(0, (reasons::INVALID_SELECTOR, format!("{problem}; no pod is a candidate until it is fixed")));
+    }
     let ready = if let Some((reason, _)) = rejected.first() {
         let msg = rejected.iter().map(|(_, m)| m.as_str()).collect::<Vec<_>>().join("; ");
         condition(ll, false, reason, &msg)
@@ -442,6 +448,29 @@ fn observed_status(ctx: &Context, ll: &LeaderLock, mine: &[(String, Resolution)]
     let mut conditions = old.conditions.clone();
     set_condition(&mut conditions, ready);
     LeaderLockStatus { observed_generation: ll.meta().generation, lock_count: ll.spec.locks.len() as i32, locks, conditions }
+}
+
+/// Why a selector cannot be evaluated, naming the offending expression (the schema cannot
+/// judge operators: LabelSelector's schema is Kubernetes' own).
+fn selector_problem(sel: &k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector) -> Option<String> {
+    for (i, e) in sel.match_expressions.iter().flatten().enumerate() {
+        let has_values = e.values.as_ref().is_some_and(|v| !v.is_empty());
+        match e.operator.as_str() {
+            "In" | "NotIn" if !has_values => {
+                return Some(format!("spec.selector.matchExpressions[{i}] (key {:?}): operator {} needs values", e.key, e.operator));
+            }
+            "Exists" | "DoesNotExist" if has_values => {
+                return Some(format!("spec.selector.matchExpressions[{i}] (key {:?}): operator {} takes no values", e.key, e.operator));
+            }
+            "In" | "NotIn" | "Exists" | "DoesNotExist" => {}
+            other => {
+                return Some(format!(
+                    "spec.selector.matchExpressions[{i}].operator {other:?} is not one of In, NotIn, Exists, DoesNotExist"
+                ));
+            }
+        }
+    }
+    Selector::try_from(sel.clone()).err().map(|e| format!("spec.selector is invalid: {e}"))
 }
 
 fn jiff_now() -> String {

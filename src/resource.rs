@@ -127,6 +127,8 @@ pub mod reasons {
     pub const ETCD_KEY_NOT_ALLOWED: &str = "EtcdKeyNotAllowed";
     /// etcd could not be reached; the controller retries with backoff.
     pub const ETCD_UNAVAILABLE: &str = "EtcdUnavailable";
+    /// The selector cannot be evaluated (e.g. an unknown matchExpressions operator).
+    pub const INVALID_SELECTOR: &str = "InvalidSelector";
     /// The apiserver refused a write the controller needs (RBAC); the message names it.
     pub const FORBIDDEN: &str = "Forbidden";
 }

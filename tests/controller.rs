@@ -274,3 +274,20 @@ async fn the_checker_catches_two_leaders_of_one_lock() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_selector_the_controller_cannot_evaluate_is_reported_not_ignored() {
+    let (ns, checker) = setup("invalid-selector");
+    let c = client().await;
+    ready_pods(&c, &ns, &["w-1"], WORKER).await;
+    let yaml = "apiVersion: leaderlock.dev/v1alpha1\nkind: LeaderLock\nmetadata: {name: odd}\nspec:\n  selector: {matchExpressions: [{key: app, operator: Near, values: [worker]}]}\n  locks: [{name: ledger}]\n";
+    kubectl_ok(&["apply", "-n", &ns, "-f", "-"], Some(yaml));
+    let (status, _, message) = eventually("InvalidSelector", T, || async {
+        ready_condition(&c, &ns, "odd").await.filter(|(_, r, _)| r == "InvalidSelector")
+    })
+    .await;
+    assert_eq!(status, "False");
+    assert!(message.contains("Near"), "the message names the bad operator: {message}");
+    assert!(annotations(&c, &ns, "w-1").await.is_empty());
+    checker.assert_clean(&ns);
+}
