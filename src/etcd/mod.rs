@@ -137,8 +137,10 @@ pub async fn connect(cfg: &EtcdConfig) -> Result<Client> {
         })?;
     // The channel connects lazily; one cheap read proves the endpoints and credentials work.
     let mut probe = client.clone();
-    call("status", cfg.call_timeout, probe.status()).await?;
-    Ok(client)
+    match call("status", cfg.call_timeout, probe.status()).await {
+        Err(Error::Call { source, .. }) => Err(Error::Connect { endpoints, source }),
+        other => other.map(|_| client),
+    }
 }
 
 /// Runs one etcd call bounded by `timeout`, classifying its error.
