@@ -150,61 +150,82 @@ pub fn resolve_namespace(
 }
 
 /// Everything one reconcile needs to know about a namespace, read from the caches.
+/// Work per reconcile is linear in the namespace's LeaderLocks and pods, never their product.
 struct Snapshot {
     /// Every LeaderLock in the namespace.
     lls: Vec<Arc<LeaderLock>>,
+    /// Each LeaderLock's parsed selector, by name; None when it cannot be evaluated.
+    selectors: HashMap<String, Option<Selector>>,
     /// Every pod in the namespace, by name.
     pods: BTreeMap<String, Arc<Pod>>,
     resolved: BTreeMap<String, Vec<(String, Resolution)>>,
 }
 
+fn labels_of(pod: &Pod) -> &BTreeMap<String, String> {
+    static EMPTY: BTreeMap<String, String> = BTreeMap::new();
+    pod.metadata.labels.as_ref().unwrap_or(&EMPTY)
+}
+
 impl Snapshot {
     fn take(ctx: &Context, ns: &str) -> Snapshot {
-        let lls = ctx.leaderlocks.state().into_iter().filter(|l| l.namespace().as_deref() == Some(ns)).collect::<Vec<_>>();
+        let lls = ctx.leaderlocks.state_filter(|l| l.metadata.namespace.as_deref() == Some(ns));
+        let selectors = lls
+            .iter()
+            .map(|l| {
+                let sel = selector_problem(&l.spec.selector).is_none().then(|| Selector::try_from(l.spec.selector.clone()).ok()).flatten();
+                (l.name_any(), sel)
+            })
+            .collect();
         let pods = ctx
             .pods
-            .state()
+            .state_filter(|p| p.metadata.namespace.as_deref() == Some(ns))
             .into_iter()
-            .filter(|p| p.namespace().as_deref() == Some(ns))
             .map(|p| (p.name_any(), p))
             .collect();
         let resolved = resolve_namespace(&lls, |lock| {
             ctx.engine.lock_prefix(ns, &lock.name, lock.etcd_key.as_deref()).map_err(|e| e.to_string())
         });
-        Snapshot { lls, pods, resolved }
+        Snapshot { lls, selectors, pods, resolved }
+    }
+
+    fn selects(&self, ll: &LeaderLock, pod: &Pod) -> bool {
+        self.selectors.get(&ll.name_any()).and_then(Option::as_ref).is_some_and(|s| s.matches(labels_of(pod)))
     }
 
     /// Candidate pods of a LeaderLock, in creation-priority order (oldest pod first).
     fn candidates(&self, ll: &LeaderLock) -> Vec<Arc<Pod>> {
-        if selector_problem(&ll.spec.selector).is_some() {
-            return vec![];
-        }
-        let Ok(selector) = Selector::try_from(ll.spec.selector.clone()) else { return vec![] };
-        let mut c: Vec<Arc<Pod>> = self
-            .pods
-            .values()
-            .filter(|p| pods::is_candidate(p) && selector.matches(p.metadata.labels.as_ref().unwrap_or(&BTreeMap::new())))
-            .cloned()
-            .collect();
+        let mut c: Vec<Arc<Pod>> = self.pods.values().filter(|p| pods::is_candidate(p) && self.selects(ll, p)).cloned().collect();
         c.sort_by_key(|p| (p.metadata.creation_timestamp.clone().map(|t| t.0), p.name_any()));
         c
     }
 
-    /// The roles every accepted lock in the namespace assigns, from etcd's holders (mirror).
-    /// LeaderLocks being deleted assign nothing: their keys are to be removed.
-    fn roles(&self, engine: &Engine) -> Vec<LockRoles> {
+    /// Pods whose keys a reconcile of `ll` may have to change: those it selects and those
+    /// carrying a key of one of its locks.
+    fn relevant_pods(&self, ll: &LeaderLock) -> Vec<&Arc<Pod>> {
+        let keys: Vec<String> = ll.spec.locks.iter().map(|l| pods::role_key(&l.name)).collect();
+        self.pods
+            .values()
+            .filter(|p| {
+                let current = PodKeys::current(p);
+                self.selects(ll, p) || keys.iter().any(|k| current.annotations.contains_key(k) || current.labels.contains_key(k))
+            })
+            .collect()
+    }
+
+    /// The roles that every accepted lock of the namespace assigns to `pod`, from etcd's holders
+    /// (mirror). LeaderLocks being deleted assign nothing: their keys are to be removed.
+    fn roles_for(&self, engine: &Engine, pod: &Pod) -> Vec<LockRoles> {
+        if !pods::is_candidate(pod) {
+            return vec![];
+        }
+        let name = pod.name_any();
         let mut out = Vec::new();
-        for ll in self.lls.iter().filter(|l| l.meta().deletion_timestamp.is_none()) {
-            let candidates = self.candidates(ll);
+        for ll in self.lls.iter().filter(|l| l.meta().deletion_timestamp.is_none() && self.selects(l, pod)) {
             for (lock, res) in self.resolved.get(&ll.name_any()).into_iter().flatten() {
                 let Resolution::Accepted(prefix) = res else { continue };
-                let leader = engine.holder(prefix).and_then(|h| holder_pod(&h, &candidates).map(|p| (p, h.token)));
-                out.push(LockRoles {
-                    lock: lock.clone(),
-                    candidates: candidates.iter().map(|p| p.name_any()).collect(),
-                    leader,
-                    labels: ll.spec.pod_labels,
-                });
+                let holds = |h: &Holder| h.candidate.is_some() && h.candidate.as_deref() == pod.metadata.uid.as_deref();
+                let leader = engine.holder(prefix).filter(holds).map(|h| (name.clone(), h.token));
+                out.push(LockRoles { lock: lock.clone(), candidates: vec![name.clone()], leader, labels: ll.spec.pod_labels });
             }
         }
         out
@@ -221,15 +242,17 @@ fn candidate_of(pod: &Pod) -> Option<Candidate> {
     Some(Candidate { id: pod.metadata.uid.clone()?, name: format!("{}/{}", pod.namespace()?, pod.name_any()) })
 }
 
-/// Writes the `leaderlock.dev/*` keys of every pod of the namespace that has or should have
-/// some, all demotions before any promotion. Writes nothing for pods already right.
-async fn sync_pods(ctx: &Context, ns: &str, snap: &Snapshot) -> Result<usize> {
-    let roles = snap.roles(&ctx.engine);
+/// Writes the `leaderlock.dev/*` keys of the pods `ll` concerns — each pod's full set, across
+/// every LeaderLock of the namespace, as one field manager must — all demotions before any
+/// promotion. Writes nothing for pods already right.
+async fn sync_pods(ctx: &Context, ns: &str, snap: &Snapshot, ll: &LeaderLock) -> Result<usize> {
     let api: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
     let mut plans = Vec::new();
-    for (name, pod) in &snap.pods {
+    for pod in snap.relevant_pods(ll) {
+        let name = pod.name_any();
+        let roles = snap.roles_for(&ctx.engine, pod);
         let current = PodKeys::current(pod);
-        let desired = pods::desired(name, &roles);
+        let desired = pods::desired(&name, &roles);
         if current != desired {
             let first = pods::demotions_only(&current, &desired, &roles);
             plans.push((name, current, first, desired));
@@ -318,7 +341,7 @@ async fn apply(ll: Arc<LeaderLock>, ctx: &Context) -> Result<Action> {
 
     // Phase 1: demote pods that must not lead any more (before their keys go).
     let result = async {
-        sync_pods(ctx, &ns, &snap).await?;
+        sync_pods(ctx, &ns, &snap, &ll).await?;
         // Phase 2: etcd — one create per joining candidate, one delete per leaving one.
         let mut wrote = false;
         for (_, res) in &mine {
@@ -334,7 +357,7 @@ async fn apply(ll: Arc<LeaderLock>, ctx: &Context) -> Result<Action> {
         }
         // Phase 3: promote the new holders, now visible in the mirror.
         if wrote {
-            sync_pods(ctx, &ns, &Snapshot::take(ctx, &ns)).await?;
+            sync_pods(ctx, &ns, &Snapshot::take(ctx, &ns), &ll).await?;
         }
         Ok::<_, Error>(())
     }
@@ -556,7 +579,7 @@ async fn publish_holder_changes(ctx: &Context, ll: &LeaderLock, mine: &[(String,
 async fn cleanup(ll: Arc<LeaderLock>, ctx: &Context) -> Result<Action> {
     let ns = ll.namespace().ok_or(Error::NoNamespace)?;
     let snap = Snapshot::take(ctx, &ns); // this LeaderLock, being deleted, assigns no roles
-    sync_pods(ctx, &ns, &snap).await?;
+    sync_pods(ctx, &ns, &snap, &ll).await?;
     for (_, res) in snap.resolved.get(&ll.name_any()).into_iter().flatten() {
         if let Resolution::Accepted(prefix) = res {
             let released = ctx.engine.release_all(prefix).await;
@@ -625,8 +648,12 @@ pub async fn run(client: kube::Client, engine: Arc<Engine>, settings: Settings) 
 
     let by_namespace = leaderlocks.clone();
     let pod_to_lls = move |pod: Pod| {
-        let ns = pod.namespace();
-        by_namespace.state().into_iter().filter(move |l| l.namespace() == ns).map(|l| ObjectRef::from_obj(&*l)).collect::<Vec<_>>()
+        let keys = PodKeys::current(&pod);
+        by_namespace
+            .state_filter(|l| l.metadata.namespace == pod.metadata.namespace && pod_concerns(l, &pod, &keys))
+            .iter()
+            .map(|l| ObjectRef::from_obj(&**l))
+            .collect::<Vec<_>>()
     };
     let etcd_changes = etcd_triggers(engine.clone(), ctx.prefixes.clone(), leaderlocks.clone());
     let extra = tokio_stream::wrappers::UnboundedReceiverStream::new(triggers);
@@ -659,6 +686,18 @@ pub async fn run(client: kube::Client, engine: Arc<Engine>, settings: Settings) 
             }
         })
         .await;
+}
+
+/// Whether a change of `pod` may matter to `ll`: it selects the pod, or the pod carries a key
+/// of one of its locks (to be removed).
+fn pod_concerns(ll: &LeaderLock, pod: &Pod, keys: &PodKeys) -> bool {
+    let selected = selector_problem(&ll.spec.selector).is_none()
+        && Selector::try_from(ll.spec.selector.clone()).is_ok_and(|s| s.matches(labels_of(pod)));
+    selected
+        || ll.spec.locks.iter().any(|l| {
+            let k = pods::role_key(&l.name);
+            keys.annotations.contains_key(&k) || keys.labels.contains_key(&k)
+        })
 }
 
 /// Maps etcd mirror changes to the LeaderLocks owning the changed lock prefixes. A lagging
