@@ -188,6 +188,7 @@ fn default_values_render_a_hardened_two_replica_deployment() {
             "--log-format=text",
             "--log-level=info",
             "--http-addr=0.0.0.0:8080",
+            "--election-ttl=3",
         ]
     );
     assert_eq!(c["env"][0], yaml("{name: POD_NAME, valueFrom: {fieldRef: {fieldPath: metadata.name}}}"));
