@@ -17,6 +17,8 @@ pub mod lock;
 pub mod etcd;
 /// The pod contract (pure): candidacy, role and token keys, demote-before-promote [§3].
 pub mod pods;
+/// What only the controller can judge (pure): lock-name conflicts, allowed etcd keys, selectors [§2].
+pub mod resolve;
 /// The reconciler: LeaderLocks, pods and etcd changes in; etcd keys, pod keys, status out [§2–§4].
 pub mod controller;
 /// Prometheus metrics [§5].

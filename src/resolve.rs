@@ -1,0 +1,157 @@
+//! What only the controller can judge about LeaderLocks (SPEC §2), pure: which lock of which
+//! LeaderLock gets which etcd prefix when names or prefixes collide in a namespace (the older
+//! LeaderLock keeps it), which `etcdKey`s are allowed, and whether a selector can be evaluated.
+//! Rejections become `Ready=False` conditions with a reason users can match on.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use kube::ResourceExt;
+use kube::core::Selector;
+
+use crate::resource::{LeaderLock, LockSpec, reasons};
+
+/// How one lock of a LeaderLock resolved: its etcd prefix, or why it is rejected.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Resolution {
+    Accepted(String),
+    Rejected { reason: &'static str, message: String },
+}
+
+fn overlaps(a: &str, b: &str) -> bool {
+    let (a, b) = (format!("{a}/"), format!("{b}/"));
+    a.starts_with(&b) || b.starts_with(&a)
+}
+
+/// Resolves every lock of every LeaderLock in one namespace, oldest LeaderLock first, so the
+/// older one keeps a contested lock name or etcd prefix. Pure: `prefix_of` maps a lock to its
+/// etcd prefix or a rejection (e.g. an etcdKey outside the allowed prefixes).
+pub fn resolve_namespace(
+    lls: &[Arc<LeaderLock>],
+    prefix_of: impl Fn(&LockSpec) -> Result<String, String>,
+) -> BTreeMap<String, Vec<(String, Resolution)>> {
+    let mut sorted: Vec<&Arc<LeaderLock>> = lls.iter().collect();
+    sorted.sort_by_key(|ll| (ll.metadata.creation_timestamp.clone().map(|t| t.0), ll.name_any()));
+    let mut names: HashMap<String, String> = HashMap::new();
+    let mut claimed: Vec<(String, String)> = Vec::new(); // (prefix, owner)
+    let mut out = BTreeMap::new();
+    for ll in sorted {
+        let me = ll.name_any();
+        let mut locks = Vec::new();
+        for lock in &ll.spec.locks {
+            let resolution = match prefix_of(lock) {
+                Err(message) => Resolution::Rejected { reason: reasons::ETCD_KEY_NOT_ALLOWED, message },
+                Ok(prefix) => {
+                    if let Some(owner) = names.get(&lock.name) {
+                        Resolution::Rejected {
+                            reason: reasons::LOCK_NAME_CONFLICT,
+                            message: format!("lock {:?} is already used by LeaderLock {owner:?} in this namespace (the older one keeps it); rename this lock", lock.name),
+                        }
+                    } else if let Some((p, owner)) = claimed.iter().find(|(p, _)| overlaps(p, &prefix)) {
+                        Resolution::Rejected {
+                            reason: reasons::LOCK_NAME_CONFLICT,
+                            message: format!("lock {:?} uses etcd prefix {prefix}, which overlaps {p} of LeaderLock {owner:?}; choose another etcdKey", lock.name),
+                        }
+                    } else {
+                        Resolution::Accepted(prefix)
+                    }
+                }
+            };
+            if let Resolution::Accepted(p) = &resolution {
+                names.insert(lock.name.clone(), me.clone());
+                claimed.push((p.clone(), me.clone()));
+            }
+            locks.push((lock.name.clone(), resolution));
+        }
+        out.insert(me, locks);
+    }
+    out
+}
+
+/// Why a selector cannot be evaluated, naming the offending expression (the schema cannot
+/// judge operators: LabelSelector's schema is Kubernetes' own).
+pub fn selector_problem(sel: &k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector) -> Option<String> {
+    for (i, e) in sel.match_expressions.iter().flatten().enumerate() {
+        let has_values = e.values.as_ref().is_some_and(|v| !v.is_empty());
+        match e.operator.as_str() {
+            "In" | "NotIn" if !has_values => {
+                return Some(format!("spec.selector.matchExpressions[{i}] (key {:?}): operator {} needs values", e.key, e.operator));
+            }
+            "Exists" | "DoesNotExist" if has_values => {
+                return Some(format!("spec.selector.matchExpressions[{i}] (key {:?}): operator {} takes no values", e.key, e.operator));
+            }
+            "In" | "NotIn" | "Exists" | "DoesNotExist" => {}
+            other => {
+                return Some(format!(
+                    "spec.selector.matchExpressions[{i}].operator {other:?} is not one of In, NotIn, Exists, DoesNotExist"
+                ));
+            }
+        }
+    }
+    Selector::try_from(sel.clone()).err().map(|e| format!("spec.selector is invalid: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::resource::LeaderLockSpec;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelectorRequirement, Time};
+
+    fn ll(name: &str, age_secs: i64, locks: &[(&str, Option<&str>)]) -> Arc<LeaderLock> {
+        let mut l = LeaderLock::new(
+            name,
+            LeaderLockSpec {
+                selector: LabelSelector::default(),
+                locks: locks.iter().map(|(n, k)| LockSpec { name: n.to_string(), etcd_key: k.map(str::to_string) }).collect(),
+                ttl_seconds: 15,
+                pod_labels: false,
+            },
+        );
+        l.metadata.creation_timestamp = Some(Time(jiff::Timestamp::from_second(1_700_000_000 + age_secs).unwrap()));
+        Arc::new(l)
+    }
+
+    fn prefix_of(lock: &LockSpec) -> Result<String, String> {
+        match &lock.etcd_key {
+            Some(k) if !k.starts_with("/legacy/") => Err(format!("{k} not allowed")),
+            Some(k) => Ok(k.clone()),
+            None => Ok(format!("/ll/locks/ns/{}", lock.name)),
+        }
+    }
+
+    #[test]
+    fn the_older_leaderlock_keeps_a_contested_lock_name() {
+        let r = resolve_namespace(&[ll("newer", 10, &[("a", None), ("b", None)]), ll("older", 0, &[("a", None)])], prefix_of);
+        assert_eq!(r["older"], vec![("a".into(), Resolution::Accepted("/ll/locks/ns/a".into()))]);
+        assert!(matches!(&r["newer"][0].1, Resolution::Rejected { reason, message } if *reason == reasons::LOCK_NAME_CONFLICT && message.contains("\"older\"")));
+        assert_eq!(r["newer"][1].1, Resolution::Accepted("/ll/locks/ns/b".into()));
+    }
+
+    #[test]
+    fn overlapping_etcd_keys_conflict_and_disallowed_keys_are_rejected() {
+        let r = resolve_namespace(
+            &[ll("x", 0, &[("a", Some("/legacy/x"))]), ll("y", 1, &[("b", Some("/legacy/x/y")), ("c", Some("/etc/passwd"))])],
+            prefix_of,
+        );
+        assert!(matches!(&r["y"][0].1, Resolution::Rejected { reason, .. } if *reason == reasons::LOCK_NAME_CONFLICT));
+        assert!(matches!(&r["y"][1].1, Resolution::Rejected { reason, .. } if *reason == reasons::ETCD_KEY_NOT_ALLOWED));
+    }
+
+    #[test]
+    fn sibling_prefixes_do_not_overlap() {
+        assert!(!overlaps("/ll/locks/ns/a", "/ll/locks/ns/ab"));
+        assert!(overlaps("/legacy/x", "/legacy/x/y"));
+    }
+
+    #[test]
+    fn selector_problems_name_the_expression() {
+        let sel = |op: &str, values: Option<Vec<String>>| LabelSelector {
+            match_expressions: Some(vec![LabelSelectorRequirement { key: "app".into(), operator: op.into(), values }]),
+            ..Default::default()
+        };
+        assert!(selector_problem(&sel("Near", None)).unwrap().contains("\"Near\" is not one of"));
+        assert!(selector_problem(&sel("In", None)).unwrap().contains("needs values"));
+        assert!(selector_problem(&sel("Exists", Some(vec!["x".into()]))).unwrap().contains("takes no values"));
+        assert_eq!(selector_problem(&sel("In", Some(vec!["x".into()]))), None);
+    }
+}
