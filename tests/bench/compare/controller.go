@@ -1,0 +1,104 @@
+package main
+
+// The `leaderlock controller` process under test, with its log read line by line so the harness
+// knows when it became active and which LeaderLocks it reconciled (debug line "reconciled").
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+)
+
+type controller struct {
+	p          *proc
+	mu         sync.Mutex
+	started    time.Time
+	activeAt   time.Time
+	firstRecAt time.Time
+	reconciled map[string]time.Time // "ns/name" -> first reconcile after becoming active
+}
+
+func startController(bin, endpoint string, gen int) *controller {
+	ch := make(chan line, 1024)
+	c := &controller{started: time.Now(), reconciled: map[string]time.Time{}}
+	// exec keeps the pid the controller's; 2>&1 gives us its tracing output line by line.
+	c.p = start(fmt.Sprintf("controller-%d", gen), ch, "/bin/sh", "-c", `LEADERLOCK_LOG_LEVEL=info,leaderlock=debug exec "$0" "$@" 2>&1`, bin,
+		"controller", "--etcd-endpoints", endpoint, "--http-addr", "127.0.0.1:0", "--election-ttl", "2",
+		"--instance", fmt.Sprintf("bench-%d", gen))
+	f, err := os.Create(filepath.Join(logDir, fmt.Sprintf("controller-%d.out", gen)))
+	must(err)
+	go func() {
+		defer f.Close()
+		for l := range ch {
+			fmt.Fprintln(f, l.text)
+			c.observe(l)
+		}
+	}()
+	return c
+}
+
+func (c *controller) observe(l line) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	switch {
+	case strings.Contains(l.text, "active: this replica reconciles"):
+		if c.activeAt.IsZero() {
+			c.activeAt = l.at
+		}
+	case strings.Contains(l.text, " reconciled") && !c.activeAt.IsZero():
+		name, ns := field(l.text, "leaderlock="), field(l.text, "namespace=")
+		if c.firstRecAt.IsZero() {
+			c.firstRecAt = l.at
+		}
+		if _, ok := c.reconciled[ns+"/"+name]; !ok {
+			c.reconciled[ns+"/"+name] = l.at
+		}
+	}
+}
+
+func field(s, key string) string {
+	i := strings.Index(s, key)
+	if i < 0 {
+		return ""
+	}
+	v := s[i+len(key):]
+	if j := strings.IndexByte(v, ' '); j >= 0 {
+		v = v[:j]
+	}
+	return strings.Trim(v, `"`)
+}
+
+// waitFor polls the parsed log state (in memory, every 10 ms) until cond holds or timeout.
+func (c *controller) waitFor(what string, timeout time.Duration, cond func(c *controller) bool) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		c.mu.Lock()
+		ok := cond(c)
+		c.mu.Unlock()
+		if ok {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("timed out after %s waiting for the controller: %s (log in %s)", timeout, what, logDir)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// reconciledIn counts LeaderLocks of ns reconciled since the controller became active, and
+// returns the time of the last of them.
+func (c *controller) reconciledIn(ns string) (int, time.Time) {
+	n, last := 0, time.Time{}
+	for k, at := range c.reconciled {
+		if strings.HasPrefix(k, ns+"/") {
+			n++
+			if at.After(last) {
+				last = at
+			}
+		}
+	}
+	return n, last
+}
