@@ -26,6 +26,7 @@ import (
 
 type config struct {
 	idleLocks, idleSecs, handovers, slowHandovers, scale int
+	clientgoHandovers                                    int
 	trylockInterval                                      string
 	controllerBin, electorBin, etcdBinDir, kubeconfig    string
 	apiserverEtcd, clusterDir, crd, out                  string
@@ -48,6 +49,7 @@ func main() {
 	cfg.idleSecs = envInt("BENCH_IDLE_SECONDS", 60)
 	cfg.handovers = envInt("BENCH_HANDOVERS", 50)
 	cfg.slowHandovers = envInt("BENCH_SLOW_HANDOVERS", 3)
+	cfg.clientgoHandovers = min(envInt("BENCH_CLIENTGO_HANDOVERS", 20), cfg.handovers)
 	cfg.scale = envInt("BENCH_SCALE", 1000)
 	cfg.trylockInterval = envStr("BENCH_TRYLOCK_INTERVAL", "1s")
 	cfg.etcdBinDir = mustEnv("LEADERLOCK_ETCD_BIN_DIR")
@@ -240,7 +242,7 @@ func failover(etcds map[string]*etcd) {
 	record("leaderlock_graceful", graceful)
 	record("leaderlock_crash", crash)
 	record("mutex_graceful", mutexFailover(etcds["mutex"].endpoint, "/bench/mutex/fo-graceful", false, h))
-	record("clientgo_release", clientgoFailover("fo-release", true, false, h))
+	record("clientgo_release", clientgoFailover("fo-release", true, false, cfg.clientgoHandovers))
 	record("clientgo_norelease", clientgoFailover("fo-norelease", false, false, slow))
 	record("clientgo_crash", clientgoFailover("fo-crash", false, true, slow))
 	record("mutex_crash", mutexFailover(etcds["mutex"].endpoint, "/bench/mutex/fo-crash", true, slow))
@@ -316,6 +318,7 @@ func clientgoFailover(prefix string, release, crash bool, h int) []time.Duration
 	for i := 0; i < 3; i++ {
 		startOne(fmt.Sprintf("g-%d", i))
 	}
+	time.Sleep(2500 * time.Millisecond)
 	var out []time.Duration
 	for i := 0; i < h; i++ {
 		_, err := t.wait("a Lease holder", 60*time.Second, func(t *tracker) bool { return peers[t.leases[lease]] != nil })
@@ -337,6 +340,9 @@ func clientgoFailover(prefix string, release, crash bool, h int) []time.Duration
 		out = append(out, at.Sub(t0))
 		p.stop(syscall.SIGKILL, 15*time.Second)
 		startOne(old)
+		// A just-started elector tries at once; give it its first try and let every follower
+		// settle into its RetryPeriod rhythm, so the next handover waits like a steady follower.
+		time.Sleep(2500 * time.Millisecond)
 		drain(ch)
 	}
 	for _, p := range peers {
@@ -472,22 +478,40 @@ func restart(etcds map[string]*etcd, ctl *controller) {
 	roles0 := t.roleChanges
 	t.mu.Unlock()
 	keys0, rev0 := keyRevisions(endpoint, "/"), mustRevision(endpoint)
-	ctl.p.stop(syscall.SIGTERM, 15*time.Second)
+	sig, sigName := syscall.SIGTERM, "SIGTERM"
+	if os.Getenv("BENCH_RESTART_SIGNAL") == "KILL" {
+		sig, sigName = syscall.SIGKILL, "SIGKILL"
+	}
+	results["restart_signal"] = sigName
+	ctl.p.stop(sig, 15*time.Second)
 	ctl2 := startController(cfg.controllerBin, endpoint, 2)
 	started := ctl2.started
 	must(ctl2.waitFor("active", 60*time.Second, func(c *controller) bool { return !c.activeAt.IsZero() }))
 	must(ctl2.waitFor("a first reconcile", 60*time.Second, func(c *controller) bool { return !c.firstRecAt.IsZero() }))
 	n := len(holders)
-	must(ctl2.waitFor("every scale LeaderLock reconciled", 600*time.Second, func(c *controller) bool {
+	allWait := time.Duration(envInt("BENCH_RESTART_WAIT_SECONDS", 90)) * time.Second
+	if err := ctl2.waitFor("every scale LeaderLock reconciled", allWait, func(c *controller) bool {
 		got, _ := c.reconciledIn("bench-scale")
 		return got >= n
-	}))
+	}); err != nil {
+		ctl2.mu.Lock()
+		got, _ := ctl2.reconciledIn("bench-scale")
+		ctl2.mu.Unlock()
+		results["restart_all_reconciled_note"] = fmt.Sprintf("only %d of %d reconciled within %s", got, n, allWait)
+		notes = append(notes, fmt.Sprintf("Restart: the new controller logged \"reconciled\" for only %d of the %d scale LeaderLocks within %s "+
+			"after a %s restart (its leaderlock_reconciles_total stays put too): the controller seems to stop reconciling after the first "+
+			"LeaderLock it adopts. Reported as a product issue; the holder and key figures below are taken anyway.", got, n, allWait, sigName))
+		logf("restart: %s", results["restart_all_reconciled_note"])
+	}
 	time.Sleep(3 * time.Second) // anything the restart would still write
 	ctl2.mu.Lock()
 	results["restart_active_s"] = fmt.Sprintf("%.2f", ctl2.activeAt.Sub(started).Seconds())
 	results["restart_first_reconciled_s"] = fmt.Sprintf("%.2f", ctl2.firstRecAt.Sub(started).Seconds())
 	_, last := ctl2.reconciledIn("bench-scale")
 	results["restart_all_reconciled_s"] = fmt.Sprintf("%.2f", last.Sub(started).Seconds())
+	if note := results["restart_all_reconciled_note"]; note != "" {
+		results["restart_all_reconciled_s"] = "not reached: " + note
+	}
 	ctl2.mu.Unlock()
 
 	changed := 0
@@ -628,7 +652,9 @@ func report() {
 	w("* Target: graceful p99 under 50 ms on loopback — LeaderLock p99 = %s ms. client-go graceful p99 / LeaderLock p99 = %s.",
 		r("fo_leaderlock_graceful_p99"), ratio("fo_clientgo_release_p99", "fo_leaderlock_graceful_p99"))
 	w("  client-go's graceful handover is bounded by the waiters' RetryPeriod (2 s, jittered up to 4.4 s); without")
-	w("  ReleaseOnCancel and on a crash, by the 15 s LeaseDuration. The expiry-bound rows use BENCH_SLOW_HANDOVERS=%d runs.", cfg.slowHandovers)
+	w("  ReleaseOnCancel and on a crash, by the 15 s LeaseDuration. The expiry-bound rows use BENCH_SLOW_HANDOVERS=%d runs;", cfg.slowHandovers)
+	w("  client-go's graceful row BENCH_CLIENTGO_HANDOVERS=%d (each costs ~2.5 s of settling plus the handover: a", cfg.clientgoHandovers)
+	w("  restarted elector tries at once, so the harness waits for it to fall into its RetryPeriod rhythm).")
 	w("")
 	w("## 3. Scale: %d LeaderLocks × 3 pods from empty", cfg.scale)
 	w("")
@@ -649,7 +675,7 @@ func report() {
 	w("* On 2 shared cores the apiserver and the controller compete for CPU: compare their CPU seconds with the")
 	w("  convergence time to see which bounds it.")
 	w("")
-	w("## 4. Controller restart (SIGTERM, then a new process; %s LeaderLocks in place)", r("restart_lls"))
+	w("## 4. Controller restart (%s, then a new process; %s LeaderLocks in place)", r("restart_signal"), r("restart_lls"))
 	w("")
 	w("| figure | value |")
 	w("|---|---:|")
@@ -678,7 +704,8 @@ func report() {
 	w("```")
 	w("")
 	w("Knobs (env): `BENCH_IDLE_LOCKS` (100), `BENCH_IDLE_SECONDS` (60), `BENCH_HANDOVERS` (50),")
-	w("`BENCH_SLOW_HANDOVERS` (3: the handovers bounded by a 15 s expiry), `BENCH_SCALE` (1000; 10000 optional),")
+	w("`BENCH_SLOW_HANDOVERS` (3: the handovers bounded by a 15 s expiry), `BENCH_CLIENTGO_HANDOVERS` (20),")
+	w("`BENCH_SCALE` (1000; 10000 optional), `BENCH_RESTART_SIGNAL` (TERM; KILL), `BENCH_RESTART_WAIT_SECONDS` (90),")
 	w("`BENCH_TRYLOCK_INTERVAL` (1s), `BENCH_PHASES` (idle,failover,scale,restart). Logs of every process are")
 	w("kept in the temp dir printed at the start.")
 
@@ -717,4 +744,3 @@ func infOr(s string) string {
 }
 
 func sortStrings(s []string) { sort.Strings(s) }
-
