@@ -87,18 +87,21 @@ func main() {
 
 	if strings.Contains(phases, "idle") {
 		idle(etcds, ctl, apiPid)
+		report(false)
 	}
 	if strings.Contains(phases, "failover") {
 		failover(etcds)
+		report(false)
 	}
 	if strings.Contains(phases, "scale") {
 		scale(etcds, ctl, apiPid)
+		report(false)
 	}
 	if strings.Contains(phases, "restart") {
 		restart(etcds, ctl)
 	}
 	results["total_s"] = fmt.Sprintf("%.0f", time.Since(startedAt).Seconds())
-	report()
+	report(true)
 }
 
 func kubectl(args ...string) string {
@@ -134,10 +137,9 @@ func idle(etcds map[string]*etcd, ctl *controller, apiPid int) {
 		return k.readyPod(ns, fmt.Sprintf("l-%04d-%d", i/3, i%3), fmt.Sprintf("l-%04d", i/3))
 	}))
 	must(parallel(n, 16, func(i int) error { return k.leaderLock(ns, fmt.Sprintf("l-%04d", i)) }))
-	_, err := t.wait("every idle lock elected", 300*time.Second, func(t *tracker) bool {
+	ctl.waitTracker(t, "every idle lock elected", 300*time.Second, func(t *tracker) bool {
 		return t.annotated == 3*n && t.leaders == n && t.held == n
 	})
-	must(err)
 	logf("idle: LeaderLock elected %d holders", n)
 
 	// TryLock loop: one process per lock, 3 polling candidates each (the incident's program).
@@ -148,7 +150,7 @@ func idle(etcds map[string]*etcd, ctl *controller, apiPid int) {
 			"-endpoints", etcds["trylock"].endpoint, "-prefix", fmt.Sprintf("/bench/trylock/l-%04d", i),
 			"-candidates", "3", "-interval", cfg.trylockInterval))
 	}
-	_, err = waitLines(tryCh, n, 180*time.Second, func(l line) bool { return strings.HasPrefix(l.text, "acquired") })
+	_, err := waitLines(tryCh, n, 180*time.Second, func(l line) bool { return strings.HasPrefix(l.text, "acquired") })
 	must(err)
 	logf("idle: TryLock loops hold %d locks", n)
 
@@ -430,10 +432,9 @@ func scale(etcds map[string]*etcd, ctl *controller, apiPid int) {
 	t0 = time.Now()
 	must(parallel(n, 32, func(i int) error { return k.leaderLock(ns, fmt.Sprintf("l-%05d", i)) }))
 	results["scale_create_s"] = fmt.Sprintf("%.1f", time.Since(t0).Seconds())
-	at, err := t.wait("every scale lock elected and every pod annotated", 1200*time.Second, func(t *tracker) bool {
+	at := ctl.waitTracker(t, "every scale lock elected and every pod annotated", 1200*time.Second, func(t *tracker) bool {
 		return t.annotated == 3*n && t.leaders == n && t.held == n
 	})
-	must(err)
 	conv := at.Sub(t0)
 	results["scale_converge_s"] = fmt.Sprintf("%.1f", conv.Seconds())
 	time.Sleep(2 * time.Second) // trailing writes (events) count too
@@ -580,7 +581,9 @@ func foRow(label, key, cause string) string {
 	return fmt.Sprintf("| %s | %s | %s | %s | %s | %s | %s |", label, cause, p[0], p[1], p[2], p[3], p[4])
 }
 
-func report() {
+// report writes BENCHMARKS.md (after every phase, so an interrupted run leaves its figures);
+// the final call also prints it and the BENCH line.
+func report(final bool) {
 	now := time.Now().UTC()
 	version, _ := k.cs.Discovery().ServerVersion()
 	kver := "unknown"
@@ -611,7 +614,7 @@ func report() {
 	w("```text\n%s\n```", free)
 	w("")
 	w("* kube-apiserver %s, etcd %s, %s, %s", kver, strings.TrimPrefix(etcdVer, "etcd Version: "), rustVer, goVer)
-	w("* leaderlock built with `cargo build --release --locked`; client-go v0.36.3 peer (`tests/bench/elector`)")
+	w("* leaderlock built with `cargo build --release --locked`, run with `--election-ttl %s`; client-go v0.36.3 peer (`tests/bench/elector`)", electionTTL)
 	w("")
 	w("## 1. Idle write amplification (%d locks × 3 candidates, %d s idle after election)", n, cfg.idleSecs)
 	w("")
@@ -709,8 +712,14 @@ func report() {
 	w("`BENCH_TRYLOCK_INTERVAL` (1s), `BENCH_PHASES` (idle,failover,scale,restart). Logs of every process are")
 	w("kept in the temp dir printed at the start.")
 
+	if !final {
+		w("_Partial: written after a phase; later phases had not run yet._")
+	}
 	md := b.String()
 	must(os.WriteFile(cfg.out, []byte(md), 0o644))
+	if !final {
+		return
+	}
 	fmt.Println(md)
 	fmt.Printf("BENCH idle_writes_per_min leaderlock=%s trylock=%s mutex=%s clientgo=%s failover_p99_ms leaderlock=%s clientgo=%s mutex=%s crash_p99_ms leaderlock=%s clientgo=%s mutex=%s converge_%s_s=%s rss_%s_mb=%s restart_holder_changes=%s restart_lock_writes=%s\n",
 		r("idle_leaderlock"), r("idle_trylock"), r("idle_mutex"), r("idle_clientgo"),
