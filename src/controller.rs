@@ -199,59 +199,64 @@ async fn sync_pods(ctx: &Context, ns: &str, snap: &Snapshot, ll: &LeaderLock) ->
         let desired = pods::desired(&name, &roles);
         if current != desired {
             let first = pods::demotions_only(&current, &desired, &roles);
-            plans.push((name, current, first, desired));
+            plans.push(((name, pod.metadata.uid.clone()), current, first, desired));
         }
     }
     let mut writes = 0;
-    for (name, current, first, _) in &plans {
+    for ((name, uid), current, first, _) in &plans {
         if first != current {
-            write_pod_keys(&api, name, current, first).await?;
+            write_pod_keys(&api, name, uid.as_deref(), current, first).await?;
             writes += 1;
         }
     }
-    for (name, _, first, desired) in &plans {
+    for ((name, uid), _, first, desired) in &plans {
         if desired != first {
-            write_pod_keys(&api, name, first, desired).await?;
+            write_pod_keys(&api, name, uid.as_deref(), first, desired).await?;
             writes += 1;
         }
     }
     Ok(writes)
 }
 
-fn is_not_found(e: &kube::Error) -> bool {
-    matches!(e, kube::Error::Api(s) if s.code == 404)
-}
-
 /// Server-side applies `want` as the pod's `leaderlock.dev/*` keys under our field manager.
 /// Keys we do not own (a manual edit under another manager) are removed explicitly.
-async fn write_pod_keys(api: &Api<Pod>, name: &str, have: &PodKeys, want: &PodKeys) -> Result<()> {
+async fn write_pod_keys(api: &Api<Pod>, name: &str, uid: Option<&str>, have: &PodKeys, want: &PodKeys) -> Result<()> {
     let stray = |h: &BTreeMap<String, String>, w: &BTreeMap<String, String>| -> serde_json::Map<String, serde_json::Value> {
         h.keys().filter(|k| !w.contains_key(*k)).map(|k| (k.clone(), serde_json::Value::Null)).collect()
     };
     let (sa, sl) = (stray(&have.annotations, &want.annotations), stray(&have.labels, &want.labels));
     if !sa.is_empty() || !sl.is_empty() {
-        let remove = json!({"metadata": {"annotations": sa, "labels": sl}});
+        let remove = json!({"metadata": {"uid": uid, "annotations": sa, "labels": sl}});
         match api.patch(name, &PatchParams::default(), &Patch::Merge(&remove)).await {
             Ok(_) => {}
-            Err(e) if is_not_found(&e) => {}
+            Err(e) if pod_replaced_or_gone(&e) => return Ok(()),
             Err(e) => return Err(kube_err("remove pod keys")(e)),
         }
     }
+    // The UID is a precondition: keys computed for one pod never land on a namesake that
+    // replaced it, and an apply never turns into the creation of a deleted pod.
     let apply = json!({
         "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": name, "annotations": want.annotations, "labels": want.labels},
+        "metadata": {"name": name, "uid": uid, "annotations": want.annotations, "labels": want.labels},
     });
     match api.patch(name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&apply)).await {
         Ok(_) => Ok(()),
-        Err(e) if is_not_found(&e) => Ok(()), // the pod is gone meanwhile: nothing to label
+        Err(e) if pod_replaced_or_gone(&e) => Ok(()), // its own watch event reconciles again
         Err(e) => Err(kube_err("apply pod keys")(e)),
     }
+}
+
+/// 404: deleted; 409: the UID precondition failed (a namesake replaced it); 422: an apply of a
+/// deleted pod was refused as an invalid creation.
+fn pod_replaced_or_gone(e: &kube::Error) -> bool {
+    matches!(e, kube::Error::Api(s) if matches!(s.code, 404 | 409 | 422))
 }
 
 /// Entry point of every reconcile: finalizer handling, then [`apply`] or [`cleanup`].
 pub async fn reconcile(ll: Arc<LeaderLock>, ctx: Arc<Context>) -> Result<Action> {
     let ns = ll.namespace().ok_or(Error::NoNamespace)?;
     let api: Api<LeaderLock> = Api::namespaced(ctx.client.clone(), &ns);
+    tracing::debug!(leaderlock = %ll.name_any(), "reconcile: start");
     finalizer(&api, FINALIZER, ll, |event| async {
         match event {
             Finalizer::Apply(ll) => apply(ll, &ctx).await,
@@ -284,8 +289,10 @@ async fn apply(ll: Arc<LeaderLock>, ctx: &Context) -> Result<Action> {
     }
 
     // Phase 1: demote pods that must not lead any more (before their keys go).
+    tracing::debug!(leaderlock = %name, "reconcile: phase 1 (demotions)");
     let result = async {
         sync_pods(ctx, &ns, &snap, &ll).await?;
+        tracing::debug!(leaderlock = %name, "reconcile: phase 2 (etcd)");
         // Phase 2: etcd — one create per joining candidate, one delete per leaving one.
         let mut wrote = false;
         for (_, res) in &mine {
@@ -299,6 +306,7 @@ async fn apply(ll: Arc<LeaderLock>, ctx: &Context) -> Result<Action> {
                 log_ops(&name, &ops);
             }
         }
+        tracing::debug!(leaderlock = %name, wrote, "reconcile: phase 3 (promotions)");
         // Phase 3: promote the new holders, now visible in the mirror.
         if wrote {
             sync_pods(ctx, &ns, &Snapshot::take(ctx, &ns), &ll).await?;
@@ -544,6 +552,10 @@ pub async fn run(client: kube::Client, engine: Arc<Engine>, settings: Settings) 
     };
 
     let (pods, writer) = reflector::store();
+    // Reconciles wait for the first complete pod list. (Not `Store::wait_until_ready`: it wakes
+    // only the last of several concurrent waiters, which left LeaderLocks unreconciled forever
+    // after a takeover; a watch channel wakes them all.)
+    let (pods_synced_tx, pods_synced) = tokio::sync::watch::channel(false);
     let pod_events = watcher(pods_api, watcher::Config::default())
         .default_backoff()
         .modify(|p: &mut Pod| {
@@ -551,6 +563,11 @@ pub async fn run(client: kube::Client, engine: Arc<Engine>, settings: Settings) 
             p.spec = None;
         })
         .reflect(writer)
+        .inspect(move |ev| {
+            if matches!(ev, Ok(watcher::Event::InitDone)) {
+                let _ = pods_synced_tx.send(true);
+            }
+        })
         .touched_objects();
 
     let controller = Controller::new(lls, watcher::Config::default().any_semantic());
@@ -581,16 +598,15 @@ pub async fn run(client: kube::Client, engine: Arc<Engine>, settings: Settings) 
 
     // Decide nothing before the pod cache is complete: an empty cache would look like every
     // candidate left, and change every holder.
-    let pods_ready = pods.clone();
     controller
         .watches_stream(pod_events, pod_to_lls)
         .reconcile_on(futures::stream::select(etcd_changes, extra))
         .shutdown_on_signal()
         .run(
             move |ll, ctx| {
-                let pods_ready = pods_ready.clone();
+                let mut pods_synced = pods_synced.clone();
                 async move {
-                    let _ = pods_ready.wait_until_ready().await;
+                    let _ = pods_synced.wait_for(|synced| *synced).await;
                     let start = std::time::Instant::now();
                     let result = reconcile(ll, ctx.clone()).await;
                     ctx.metrics.watch_restarts.set(ctx.engine.mirror().restarts() as i64);

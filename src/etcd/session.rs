@@ -69,6 +69,7 @@ impl Leases {
         if let Some(id) = self.live_id(ttl) {
             return Ok(id);
         }
+        tracing::debug!(ttl, "lease: reading the recorded lease");
         let id = match self.recorded_alive(ttl).await? {
             Some(id) => {
                 tracing::info!(lease = id, ttl, "adopted recorded lease");
