@@ -126,7 +126,11 @@ impl Snapshot {
             .into_iter()
             .map(|p| (p.name_any(), p))
             .collect();
-        let resolved = resolve_namespace(&lls, |lock| {
+        // etcdKey overrides can collide across namespaces: those of other namespaces take part.
+        let foreign = ctx.leaderlocks.state_filter(|l| {
+            l.metadata.namespace.as_deref() != Some(ns) && l.spec.locks.iter().any(|k| k.etcd_key.is_some())
+        });
+        let resolved = resolve_namespace(&lls, &foreign, |ns, lock| {
             ctx.engine.lock_prefix(ns, &lock.name, lock.etcd_key.as_deref()).map_err(|e| e.to_string())
         });
         Snapshot { lls, selectors, pods, resolved }

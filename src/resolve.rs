@@ -23,26 +23,38 @@ fn overlaps(a: &str, b: &str) -> bool {
     a.starts_with(&b) || b.starts_with(&a)
 }
 
-/// Resolves every lock of every LeaderLock in one namespace, oldest LeaderLock first, so the
-/// older one keeps a contested lock name or etcd prefix. Pure: `prefix_of` maps a lock to its
-/// etcd prefix or a rejection (e.g. an etcdKey outside the allowed prefixes).
+/// Which of two LeaderLocks keeps a contested name or prefix: the older one. Creation times
+/// have one-second granularity, so within the same second the one whose status already reports
+/// a holder wins (a newcomer never takes a lock away), then the name decides.
+fn seniority(ll: &LeaderLock) -> (Option<jiff::Timestamp>, bool, String, String) {
+    let holds = ll.status.as_ref().is_some_and(|s| s.locks.iter().any(|l| l.holder.is_some()));
+    (ll.metadata.creation_timestamp.clone().map(|t| t.0), !holds, ll.namespace().unwrap_or_default(), ll.name_any())
+}
+
+/// Resolves every lock of every LeaderLock in one namespace, most senior LeaderLock first, so
+/// it keeps a contested lock name or etcd prefix. `foreign` are LeaderLocks of other namespaces
+/// with `etcdKey` overrides: their prefixes are contested too (names are not). Pure:
+/// `prefix_of(namespace, lock)` maps a lock to its etcd prefix or a rejection (e.g. an etcdKey
+/// outside the allowed prefixes).
 pub fn resolve_namespace(
     lls: &[Arc<LeaderLock>],
-    prefix_of: impl Fn(&LockSpec) -> Result<String, String>,
+    foreign: &[Arc<LeaderLock>],
+    prefix_of: impl Fn(&str, &LockSpec) -> Result<String, String>,
 ) -> BTreeMap<String, Vec<(String, Resolution)>> {
-    let mut sorted: Vec<&Arc<LeaderLock>> = lls.iter().collect();
-    sorted.sort_by_key(|ll| (ll.metadata.creation_timestamp.clone().map(|t| t.0), ll.name_any()));
+    let mut sorted: Vec<(&Arc<LeaderLock>, bool)> = lls.iter().map(|l| (l, true)).chain(foreign.iter().map(|l| (l, false))).collect();
+    sorted.sort_by_key(|(ll, _)| seniority(ll));
     let mut names: HashMap<String, String> = HashMap::new();
     let mut claimed: Vec<(String, String)> = Vec::new(); // (prefix, owner)
     let mut out = BTreeMap::new();
-    for ll in sorted {
-        let me = ll.name_any();
+    for (ll, local) in sorted {
+        let ns = ll.namespace().unwrap_or_default();
+        let me = if local { ll.name_any() } else { format!("{ns}/{}", ll.name_any()) };
         let mut locks = Vec::new();
-        for lock in &ll.spec.locks {
-            let resolution = match prefix_of(lock) {
+        for lock in ll.spec.locks.iter().filter(|l| local || l.etcd_key.is_some()) {
+            let resolution = match prefix_of(&ns, lock) {
                 Err(message) => Resolution::Rejected { reason: reasons::ETCD_KEY_NOT_ALLOWED, message },
                 Ok(prefix) => {
-                    if let Some(owner) = names.get(&lock.name) {
+                    if let Some(owner) = names.get(&lock.name).filter(|_| local) {
                         Resolution::Rejected {
                             reason: reasons::LOCK_NAME_CONFLICT,
                             message: format!("lock {:?} is already used by LeaderLock {owner:?} in this namespace (the older one keeps it); rename this lock", lock.name),
@@ -58,12 +70,16 @@ pub fn resolve_namespace(
                 }
             };
             if let Resolution::Accepted(p) = &resolution {
-                names.insert(lock.name.clone(), me.clone());
+                if local {
+                    names.insert(lock.name.clone(), me.clone());
+                }
                 claimed.push((p.clone(), me.clone()));
             }
             locks.push((lock.name.clone(), resolution));
         }
-        out.insert(me, locks);
+        if local {
+            out.insert(me, locks);
+        }
     }
     out
 }
@@ -111,7 +127,7 @@ mod tests {
         Arc::new(l)
     }
 
-    fn prefix_of(lock: &LockSpec) -> Result<String, String> {
+    fn prefix_of(_ns: &str, lock: &LockSpec) -> Result<String, String> {
         match &lock.etcd_key {
             Some(k) if !k.starts_with("/legacy/") => Err(format!("{k} not allowed")),
             Some(k) => Ok(k.clone()),
@@ -121,7 +137,7 @@ mod tests {
 
     #[test]
     fn the_older_leaderlock_keeps_a_contested_lock_name() {
-        let r = resolve_namespace(&[ll("newer", 10, &[("a", None), ("b", None)]), ll("older", 0, &[("a", None)])], prefix_of);
+        let r = resolve_namespace(&[ll("newer", 10, &[("a", None), ("b", None)]), ll("older", 0, &[("a", None)])], &[], prefix_of);
         assert_eq!(r["older"], vec![("a".into(), Resolution::Accepted("/ll/locks/ns/a".into()))]);
         assert!(matches!(&r["newer"][0].1, Resolution::Rejected { reason, message } if *reason == reasons::LOCK_NAME_CONFLICT && message.contains("\"older\"")));
         assert_eq!(r["newer"][1].1, Resolution::Accepted("/ll/locks/ns/b".into()));
@@ -131,6 +147,7 @@ mod tests {
     fn overlapping_etcd_keys_conflict_and_disallowed_keys_are_rejected() {
         let r = resolve_namespace(
             &[ll("x", 0, &[("a", Some("/legacy/x"))]), ll("y", 1, &[("b", Some("/legacy/x/y")), ("c", Some("/etc/passwd"))])],
+            &[],
             prefix_of,
         );
         assert!(matches!(&r["y"][0].1, Resolution::Rejected { reason, .. } if *reason == reasons::LOCK_NAME_CONFLICT));
@@ -153,5 +170,31 @@ mod tests {
         assert!(selector_problem(&sel("In", None)).unwrap().contains("needs values"));
         assert!(selector_problem(&sel("Exists", Some(vec!["x".into()]))).unwrap().contains("takes no values"));
         assert_eq!(selector_problem(&sel("In", Some(vec!["x".into()]))), None);
+    }
+
+    fn with_holder(ll: Arc<LeaderLock>) -> Arc<LeaderLock> {
+        let mut l = (*ll).clone();
+        l.status = Some(crate::resource::LeaderLockStatus {
+            locks: vec![crate::resource::LockStatus { name: "a".into(), holder: Some("pod".into()), ..Default::default() }],
+            ..Default::default()
+        });
+        Arc::new(l)
+    }
+
+    #[test]
+    fn within_the_same_second_the_leaderlock_already_holding_keeps_the_name() {
+        // "aa" sorts first by name, but "zz" was reconciled first and holds the lock.
+        let r = resolve_namespace(&[ll("aa", 0, &[("a", None)]), with_holder(ll("zz", 0, &[("a", None)]))], &[], prefix_of);
+        assert_eq!(r["zz"][0].1, Resolution::Accepted("/ll/locks/ns/a".into()));
+        assert!(matches!(&r["aa"][0].1, Resolution::Rejected { reason, .. } if *reason == reasons::LOCK_NAME_CONFLICT));
+    }
+
+    #[test]
+    fn an_older_leaderlock_of_another_namespace_keeps_a_shared_etcd_key() {
+        let mut theirs = (*ll("theirs", 0, &[("x", Some("/legacy/shared"))])).clone();
+        theirs.metadata.namespace = Some("other".into());
+        let r = resolve_namespace(&[ll("mine", 5, &[("y", Some("/legacy/shared"))])], &[Arc::new(theirs)], prefix_of);
+        assert!(matches!(&r["mine"][0].1, Resolution::Rejected { message, .. } if message.contains("other/theirs")));
+        assert_eq!(r.len(), 1, "only this namespace's LeaderLocks are reported");
     }
 }

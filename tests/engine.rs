@@ -323,14 +323,18 @@ fn etcd_keys_outside_the_root_and_allowed_prefixes_are_refused() {
     rt.block_on(async {
         let endpoint = env("LEADERLOCK_ETCD_ENDPOINTS");
         let client = connect(&EtcdConfig::new(vec![endpoint])).await.unwrap();
+        let root = unique_root("allowed");
         let cfg = EngineConfig {
-            root: unique_root("allowed"),
+            root: root.clone(),
             allowed_prefixes: vec!["/legacy/locks/".into()],
             call_timeout: Duration::from_secs(5),
         };
         let engine = Engine::start(client, cfg).await.unwrap();
         assert_eq!(engine.lock_prefix("ns", "a", Some("/legacy/locks/a")).unwrap(), "/legacy/locks/a");
-        for bad in ["/legacy/other", "/legacy/locks/../../registry", "/registry/pods"] {
+        let own = format!("{root}locks/ns/custom");
+        assert_eq!(engine.lock_prefix("ns", "a", Some(&own)).unwrap(), own, "the namespace's own area is fine");
+        let (other_ns, leases, election) = (format!("{root}locks/other/a"), format!("{root}leases/15"), format!("{root}controller/x"));
+        for bad in ["/legacy/other", "/legacy/locks/../../registry", "/registry/pods", &other_ns, &leases, &election] {
             let err = engine.lock_prefix("ns", "a", Some(bad)).unwrap_err();
             assert!(err.to_string().contains("--allowed-key-prefix"), "{err}");
         }

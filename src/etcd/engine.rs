@@ -53,18 +53,25 @@ impl Engine {
     }
 
     /// The etcd prefix of lock `lock` of a LeaderLock in `namespace`: `<root>locks/<ns>/<lock>`,
-    /// or `etcd_key` when it lies under the root or an allowed prefix.
+    /// or `etcd_key` when it lies in this namespace's own lock area or under an allowed prefix.
+    /// Inside the root, nothing else is allowed: not another namespace's locks, not the
+    /// controller's own `leases/` and `controller/` keys.
     pub fn lock_prefix(&self, namespace: &str, lock: &str, etcd_key: Option<&str>) -> Result<String> {
+        let own = format!("{}locks/{namespace}/", self.cfg.root);
         match etcd_key {
-            None => Ok(format!("{}locks/{namespace}/{lock}", self.cfg.root)),
-            Some(key) if self.allowed(key) => Ok(key.to_string()),
-            Some(key) => Err(Error::KeyNotAllowed { key: key.to_string(), root: self.cfg.root.clone() }),
+            None => Ok(format!("{own}{lock}")),
+            Some(key) if self.allowed(&own, key) => Ok(key.to_string()),
+            Some(key) => Err(Error::KeyNotAllowed { key: key.to_string(), own, allowed: self.cfg.allowed_prefixes.join(", ") }),
         }
     }
 
-    fn allowed(&self, key: &str) -> bool {
-        std::iter::once(&self.cfg.root).chain(&self.cfg.allowed_prefixes).any(|p| key.starts_with(p.as_str()))
-            && !key.split('/').any(|seg| seg == "..")
+    fn allowed(&self, own: &str, key: &str) -> bool {
+        let inside = if key.starts_with(self.cfg.root.as_str()) {
+            key.starts_with(own) && key.len() > own.len()
+        } else {
+            self.cfg.allowed_prefixes.iter().any(|p| key.starts_with(p.as_str()))
+        };
+        inside && !key.split('/').any(|seg| seg == ".." || seg == ".")
     }
 
     /// Keys under the lock `prefix`, from the mirror (no I/O).
