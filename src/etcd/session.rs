@@ -32,6 +32,9 @@ struct Inner {
     live: Mutex<BTreeMap<i64, Live>>,
     /// Lease IDs that expired, for whoever must recreate keys.
     lost: broadcast::Sender<i64>,
+    /// Serialises adopting/granting: concurrent first reconciles must end up on one lease, the
+    /// one recorded (else the record could name a lease nobody keeps alive).
+    acquiring: tokio::sync::Mutex<()>,
 }
 
 struct Live {
@@ -50,7 +53,9 @@ impl Drop for Inner {
 impl Leases {
     pub fn new(client: Client, root: &str, timeout: Duration) -> Self {
         let (lost, _) = broadcast::channel(64);
-        Leases { inner: Arc::new(Inner { client, root: root.to_string(), timeout, live: Mutex::default(), lost }) }
+        Leases {
+            inner: Arc::new(Inner { client, root: root.to_string(), timeout, live: Mutex::default(), lost, acquiring: Default::default() }),
+        }
     }
 
     /// Notifies lease IDs that expired: their keys were deleted by etcd.
@@ -69,6 +74,10 @@ impl Leases {
         if let Some(id) = self.live_id(ttl) {
             return Ok(id);
         }
+        let _one_at_a_time = self.inner.acquiring.lock().await;
+        if let Some(id) = self.live_id(ttl) {
+            return Ok(id); // another caller adopted or granted it while we waited
+        }
         tracing::debug!(ttl, "lease: reading the recorded lease");
         let id = match self.recorded_alive(ttl).await? {
             Some(id) => {
@@ -78,9 +87,6 @@ impl Leases {
             None => self.grant_and_record(ttl).await?,
         };
         let mut live = self.inner.live.lock().expect("lease map poisoned");
-        if let Some(l) = live.get(&ttl) {
-            return Ok(l.id); // a concurrent get won the race; use its lease
-        }
         let task = tokio::spawn(keep_alive(self.inner.clone(), ttl, id));
         live.insert(ttl, Live { id, task });
         Ok(id)
