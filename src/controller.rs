@@ -546,6 +546,8 @@ pub struct Settings {
     pub metrics: Arc<Metrics>,
     /// Watch only this namespace (None: every namespace).
     pub namespace: Option<String>,
+    /// How many reconciles may run at once.
+    pub concurrency: u16,
 }
 
 /// Runs the controller until SIGTERM/SIGINT.
@@ -574,7 +576,8 @@ pub async fn run(client: kube::Client, engine: Arc<Engine>, settings: Settings) 
         })
         .touched_objects();
 
-    let controller = Controller::new(lls, watcher::Config::default().any_semantic());
+    let controller = Controller::new(lls, watcher::Config::default().any_semantic())
+        .with_config(kube::runtime::controller::Config::default().concurrency(settings.concurrency));
     let leaderlocks = controller.store();
     let (trigger, triggers) = mpsc::unbounded_channel();
     let ctx = Arc::new(Context {

@@ -108,6 +108,9 @@ struct ControllerArgs {
     /// Watch LeaderLocks and pods of this namespace only (default: every namespace).
     #[arg(long, env = "LEADERLOCK_NAMESPACE")]
     namespace: Option<String>,
+    /// Reconciles run at once (each talks to etcd and the apiserver): bounds bursts at start-up.
+    #[arg(long, env = "LEADERLOCK_MAX_CONCURRENT_RECONCILES", default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..))]
+    max_concurrent_reconciles: u16,
     /// Where to serve /metrics, /healthz and /readyz.
     #[arg(long, env = "LEADERLOCK_HTTP_ADDR", default_value = "0.0.0.0:8080")]
     http_addr: std::net::SocketAddr,
@@ -198,12 +201,15 @@ async fn run_controller(args: ControllerArgs) -> Result<(), Box<dyn std::error::
     tracing::info!(addr = %bound, "serving /metrics, /healthz and /readyz");
 
     // Only one replica acts at a time; the others wait on a watch of etcd's election key.
-    let mut leadership = election::campaign(&etcd_client, &args.etcd_prefix, &args.instance, args.election_ttl, args.etcd_timeout).await?;
+    // The election keeps its own connection: a burst of lock writes must never delay the
+    // keep-alives that keep this replica active.
+    let election_client = etcd::connect(&etcd_cfg).await?;
+    let mut leadership = election::campaign(&election_client, &args.etcd_prefix, &args.instance, args.election_ttl, args.etcd_timeout).await?;
     metrics.set_active(true);
     tracing::info!(key = %leadership.key, "active: this replica reconciles");
     let engine_cfg = EngineConfig { root: args.etcd_prefix, allowed_prefixes: args.allowed_key_prefixes, call_timeout: args.etcd_timeout };
     let engine = Arc::new(Engine::start(etcd_client, engine_cfg).await?);
-    let settings = Settings { instance: args.instance, metrics, namespace: args.namespace };
+    let settings = Settings { instance: args.instance, metrics, namespace: args.namespace, concurrency: args.max_concurrent_reconciles };
     tokio::select! {
         () = controller::run(kube_client, engine, settings) => {
             leadership.resign().await;

@@ -21,6 +21,7 @@ fn controller_help_lists_every_flag_with_its_env_var() {
         ("--etcd-timeout", "LEADERLOCK_ETCD_TIMEOUT"),
         ("--instance", "POD_NAME"),
         ("--namespace", "LEADERLOCK_NAMESPACE"),
+        ("--max-concurrent-reconciles", "LEADERLOCK_MAX_CONCURRENT_RECONCILES"),
         ("--http-addr", "LEADERLOCK_HTTP_ADDR"),
         ("--election-ttl", "LEADERLOCK_ELECTION_TTL"),
         ("--log-format", "LEADERLOCK_LOG_FORMAT"),

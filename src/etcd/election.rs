@@ -125,8 +125,20 @@ async fn keep_alive(client: Client, lease: i64, ttl: i64, timeout: Duration, ali
             }
         }
         if last_ok.elapsed() >= Duration::from_secs(ttl as u64) {
-            let _ = alive.send(false);
-            return;
+            // No renewal for a whole TTL here (a busy machine, a slow etcd): etcd decides. While
+            // it still has the lease nobody else can be active; if it cannot say, step down.
+            let mut c = client.clone();
+            match call("lease time-to-live", timeout, c.lease_time_to_live(lease, None)).await {
+                // Alive for r.ttl() more seconds at most: check again by then.
+                Ok(r) if r.ttl() > 0 => {
+                    let spent = Duration::from_secs((ttl - r.ttl()).max(0) as u64);
+                    last_ok = Instant::now().checked_sub(spent).unwrap_or_else(Instant::now);
+                }
+                _ => {
+                    let _ = alive.send(false);
+                    return;
+                }
+            }
         }
         tokio::time::sleep(period / 2).await;
     }
