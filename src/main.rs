@@ -200,13 +200,13 @@ async fn run_controller(args: ControllerArgs) -> Result<(), Box<dyn std::error::
     let bound = leaderlock::http::serve(args.http_addr, metrics.clone()).await?;
     tracing::info!(addr = %bound, "serving /metrics, /healthz and /readyz");
 
-    // Only one replica acts at a time; the others wait on a watch of etcd's election key.
-    // The election keeps its own connection: a burst of lock writes must never delay the
-    // keep-alives that keep this replica active.
-    let election_client = etcd::connect(&etcd_cfg).await?;
-    let mut leadership = election::campaign(&election_client, &args.etcd_prefix, &args.instance, args.election_ttl, args.etcd_timeout).await?;
+    // Only one replica acts at a time; the others wait on a watch of etcd's election key. The
+    // election runs on its own thread and etcd connection, so no burst of reconciles can delay
+    // the keep-alives that keep this replica active.
+    let mut leadership = election::ElectionThread::start(etcd_cfg.clone(), args.etcd_prefix.clone(), args.instance.clone(), args.election_ttl)?;
+    let key = leadership.elected().await?;
     metrics.set_active(true);
-    tracing::info!(key = %leadership.key, "active: this replica reconciles");
+    tracing::info!(key = %key, "active: this replica reconciles");
     let engine_cfg = EngineConfig { root: args.etcd_prefix, allowed_prefixes: args.allowed_key_prefixes, call_timeout: args.etcd_timeout };
     let engine = Arc::new(Engine::start(etcd_client, engine_cfg).await?);
     let settings = Settings { instance: args.instance, metrics, namespace: args.namespace, concurrency: args.max_concurrent_reconciles };

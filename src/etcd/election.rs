@@ -143,3 +143,67 @@ async fn keep_alive(client: Client, lease: i64, ttl: i64, timeout: Duration, ali
         tokio::time::sleep(period / 2).await;
     }
 }
+
+/// The election on its own thread, runtime and etcd connection: a controller saturated by
+/// reconciles (CPU-bound work on every worker thread) must still renew its election lease on time,
+/// or it would lose the election it holds and restart in a loop.
+pub struct ElectionThread {
+    elected: Option<tokio::sync::oneshot::Receiver<std::result::Result<String, String>>>,
+    alive: watch::Receiver<bool>,
+    resign: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl ElectionThread {
+    /// Starts campaigning under `<root>controller/` as `instance`.
+    pub fn start(cfg: super::EtcdConfig, root: String, instance: String, ttl: i64) -> std::io::Result<Self> {
+        let (elected_tx, elected) = tokio::sync::oneshot::channel();
+        let (alive_tx, alive) = watch::channel(true);
+        let (resign, resign_rx) = tokio::sync::oneshot::channel::<()>();
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let thread = std::thread::Builder::new().name("election".into()).spawn(move || {
+            rt.block_on(async move {
+                let won = async {
+                    let client = super::connect(&cfg).await?;
+                    campaign(&client, &root, &instance, ttl, cfg.call_timeout).await
+                };
+                match won.await {
+                    Ok(mut leadership) => {
+                        let _ = elected_tx.send(Ok(leadership.key.clone()));
+                        tokio::select! {
+                            () = leadership.lost() => { let _ = alive_tx.send(false); }
+                            _ = resign_rx => leadership.resign().await,
+                        }
+                    }
+                    Err(e) => {
+                        let _ = elected_tx.send(Err(e.to_string()));
+                    }
+                }
+            })
+        })?;
+        Ok(ElectionThread { elected: Some(elected), alive, resign: Some(resign), thread: Some(thread) })
+    }
+
+    /// Waits until this replica is active; returns its election key.
+    pub async fn elected(&mut self) -> std::result::Result<String, String> {
+        match self.elected.take() {
+            Some(rx) => rx.await.unwrap_or_else(|_| Err("the election thread ended".into())),
+            None => Err("already elected".into()),
+        }
+    }
+
+    /// Resolves when the election lease is lost.
+    pub async fn lost(&mut self) {
+        let _ = self.alive.wait_for(|alive| !*alive).await;
+    }
+
+    /// Steps down and waits for the revoke to be sent.
+    pub async fn resign(mut self) {
+        if let Some(tx) = self.resign.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = tokio::task::spawn_blocking(move || t.join()).await;
+        }
+    }
+}
