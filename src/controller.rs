@@ -10,19 +10,18 @@
 //!
 //! Nothing here polls: every reconcile is triggered by a LeaderLock, a pod or an etcd change.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::{Arc, RwLock};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::api::{Api, Patch, PatchParams};
-use kube::core::{Selector, SelectorExt};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
-use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::reflector::{self, ObjectRef};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Resource, ResourceExt};
 use serde_json::json;
@@ -31,8 +30,9 @@ use tokio::sync::mpsc;
 use crate::etcd::engine::Engine;
 use crate::lock::{Candidate, Holder, Op};
 use crate::metrics::{LockLabels, Metrics};
-use crate::pods::{self, LockRoles, PodKeys};
-use crate::resolve::{Resolution, resolve_namespace, selector_problem};
+use crate::index::{Index, View};
+use crate::pods::{self, PodKeys};
+use crate::resolve::{Resolution, selector_problem};
 use crate::resource::{LeaderLock, LeaderLockStatus, LockStatus, reasons};
 
 /// The one field manager for every status and pod write.
@@ -78,106 +78,15 @@ pub struct Context {
     pub client: kube::Client,
     /// The lock engine: etcd writes and the mirror holders are read from.
     pub engine: Arc<Engine>,
-    /// Every LeaderLock: lock-name conflicts and a pod's keys span all LeaderLocks of a namespace.
-    pub leaderlocks: Store<LeaderLock>,
-    /// Every pod, so candidacy is decided without API reads.
-    pub pods: Store<Pod>,
-    /// Lock prefix → LeaderLock, so an etcd change (ours or an external client's) reconciles
-    /// the right object.
-    pub prefixes: Arc<RwLock<HashMap<String, ObjectRef<LeaderLock>>>>,
+    /// Every LeaderLock and pod, indexed: candidacy, lock-name conflicts and a pod's keys are
+    /// decided without API reads, touching only the objects concerned.
+    pub index: Arc<Index>,
     /// Extra reconcile triggers (a deleted LeaderLock frees lock names for its neighbours).
     pub trigger: mpsc::UnboundedSender<ObjectRef<LeaderLock>>,
     /// Publishes an Event on every holder change.
     pub recorder: Recorder,
     /// Counters and histograms served at `/metrics`.
     pub metrics: Arc<Metrics>,
-}
-
-/// Everything one reconcile needs to know about a namespace, read from the caches.
-/// Work per reconcile is linear in the namespace's LeaderLocks and pods, never their product.
-struct Snapshot {
-    /// Every LeaderLock in the namespace.
-    lls: Vec<Arc<LeaderLock>>,
-    /// Each LeaderLock's parsed selector, by name; None when it cannot be evaluated.
-    selectors: HashMap<String, Option<Selector>>,
-    /// Every pod in the namespace, by name.
-    pods: BTreeMap<String, Arc<Pod>>,
-    resolved: BTreeMap<String, Vec<(String, Resolution)>>,
-}
-
-fn labels_of(pod: &Pod) -> &BTreeMap<String, String> {
-    static EMPTY: BTreeMap<String, String> = BTreeMap::new();
-    pod.metadata.labels.as_ref().unwrap_or(&EMPTY)
-}
-
-impl Snapshot {
-    fn take(ctx: &Context, ns: &str) -> Snapshot {
-        let lls = ctx.leaderlocks.state_filter(|l| l.metadata.namespace.as_deref() == Some(ns));
-        let selectors = lls
-            .iter()
-            .map(|l| {
-                let sel = selector_problem(&l.spec.selector).is_none().then(|| Selector::try_from(l.spec.selector.clone()).ok()).flatten();
-                (l.name_any(), sel)
-            })
-            .collect();
-        let pods = ctx
-            .pods
-            .state_filter(|p| p.metadata.namespace.as_deref() == Some(ns))
-            .into_iter()
-            .map(|p| (p.name_any(), p))
-            .collect();
-        // etcdKey overrides can collide across namespaces: those of other namespaces take part.
-        let foreign = ctx.leaderlocks.state_filter(|l| {
-            l.metadata.namespace.as_deref() != Some(ns) && l.spec.locks.iter().any(|k| k.etcd_key.is_some())
-        });
-        let resolved = resolve_namespace(&lls, &foreign, |ns, lock| {
-            ctx.engine.lock_prefix(ns, &lock.name, lock.etcd_key.as_deref()).map_err(|e| e.to_string())
-        });
-        Snapshot { lls, selectors, pods, resolved }
-    }
-
-    fn selects(&self, ll: &LeaderLock, pod: &Pod) -> bool {
-        self.selectors.get(&ll.name_any()).and_then(Option::as_ref).is_some_and(|s| s.matches(labels_of(pod)))
-    }
-
-    /// Candidate pods of a LeaderLock, in creation-priority order (oldest pod first).
-    fn candidates(&self, ll: &LeaderLock) -> Vec<Arc<Pod>> {
-        let mut c: Vec<Arc<Pod>> = self.pods.values().filter(|p| pods::is_candidate(p) && self.selects(ll, p)).cloned().collect();
-        c.sort_by_key(|p| (p.metadata.creation_timestamp.clone().map(|t| t.0), p.name_any()));
-        c
-    }
-
-    /// Pods whose keys a reconcile of `ll` may have to change: those it selects and those
-    /// carrying a key of one of its locks.
-    fn relevant_pods(&self, ll: &LeaderLock) -> Vec<&Arc<Pod>> {
-        let keys: Vec<String> = ll.spec.locks.iter().map(|l| pods::role_key(&l.name)).collect();
-        self.pods
-            .values()
-            .filter(|p| {
-                let current = PodKeys::current(p);
-                self.selects(ll, p) || keys.iter().any(|k| current.annotations.contains_key(k) || current.labels.contains_key(k))
-            })
-            .collect()
-    }
-
-    /// The roles that every accepted lock of the namespace assigns to `pod`, from etcd's holders
-    /// (mirror). LeaderLocks being deleted assign nothing: their keys are to be removed.
-    fn roles_for(&self, engine: &Engine, pod: &Pod) -> Vec<LockRoles> {
-        if !pods::is_candidate(pod) {
-            return vec![];
-        }
-        let name = pod.name_any();
-        let mut out = Vec::new();
-        for ll in self.lls.iter().filter(|l| l.meta().deletion_timestamp.is_none() && self.selects(l, pod)) {
-            for (lock, res) in self.resolved.get(&ll.name_any()).into_iter().flatten() {
-                let Resolution::Accepted(prefix) = res else { continue };
-                let holds = |h: &Holder| h.candidate.is_some() && h.candidate.as_deref() == pod.metadata.uid.as_deref();
-                let leader = engine.holder(prefix).filter(holds).map(|h| (name.clone(), h.token));
-                out.push(LockRoles { lock: lock.clone(), candidates: vec![name.clone()], leader, labels: ll.spec.pod_labels });
-            }
-        }
-        out
-    }
 }
 
 /// The candidate pod whose key is `h` (matched by pod UID, never by name alone).
@@ -193,12 +102,12 @@ fn candidate_of(pod: &Pod) -> Option<Candidate> {
 /// Writes the `leaderlock.dev/*` keys of the pods `ll` concerns — each pod's full set, across
 /// every LeaderLock of the namespace, as one field manager must — all demotions before any
 /// promotion. Writes nothing for pods already right.
-async fn sync_pods(ctx: &Context, ns: &str, snap: &Snapshot, ll: &LeaderLock) -> Result<usize> {
+async fn sync_pods(ctx: &Context, ns: &str, view: &View) -> Result<usize> {
     let api: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
     let mut plans = Vec::new();
-    for pod in snap.relevant_pods(ll) {
-        let name = pod.name_any();
-        let roles = snap.roles_for(&ctx.engine, pod);
+    for (name, pod) in &view.pods {
+        let name = name.clone();
+        let roles = view.roles_for(pod, |prefix| ctx.engine.holder(prefix));
         let current = PodKeys::current(pod);
         let desired = pods::desired(&name, &roles);
         if current != desired {
@@ -278,24 +187,16 @@ pub async fn reconcile(ll: Arc<LeaderLock>, ctx: Arc<Context>) -> Result<Action>
 async fn apply(ll: Arc<LeaderLock>, ctx: &Context) -> Result<Action> {
     let ns = ll.namespace().ok_or(Error::NoNamespace)?;
     let name = ll.name_any();
-    let snap = Snapshot::take(ctx, &ns);
-    let mine = snap.resolved.get(&name).cloned().unwrap_or_default();
-    let candidates = snap.candidates(&ll);
+    let view = ctx.index.view(&ll);
+    let mine = view.resolved.get(&name).cloned().unwrap_or_default();
+    ctx.index.record_claims(&ll, &mine);
+    let candidates = view.candidates(&name);
     let wanted: Vec<Candidate> = candidates.iter().filter_map(|p| candidate_of(p)).collect();
-    let me = ObjectRef::from_obj(&*ll);
-    {
-        let mut index = ctx.prefixes.write().expect("prefix index poisoned");
-        for (_, res) in &mine {
-            if let Resolution::Accepted(p) = res {
-                index.insert(p.clone(), me.clone());
-            }
-        }
-    }
 
     // Phase 1: demote pods that must not lead any more (before their keys go).
     tracing::debug!(leaderlock = %name, "reconcile: phase 1 (demotions)");
     let result = async {
-        sync_pods(ctx, &ns, &snap, &ll).await?;
+        sync_pods(ctx, &ns, &view).await?;
         tracing::debug!(leaderlock = %name, "reconcile: phase 2 (etcd)");
         // Phase 2: etcd — one create per joining candidate, one delete per leaving one.
         let mut wrote = false;
@@ -313,7 +214,7 @@ async fn apply(ll: Arc<LeaderLock>, ctx: &Context) -> Result<Action> {
         tracing::debug!(leaderlock = %name, wrote, "reconcile: phase 3 (promotions)");
         // Phase 3: promote the new holders, now visible in the mirror.
         if wrote {
-            sync_pods(ctx, &ns, &Snapshot::take(ctx, &ns), &ll).await?;
+            sync_pods(ctx, &ns, &ctx.index.view(&ll)).await?;
         }
         Ok::<_, Error>(())
     }
@@ -511,9 +412,9 @@ async fn publish_holder_changes(ctx: &Context, ll: &LeaderLock, mine: &[(String,
 /// Deleting a LeaderLock: demote and unlabel its pods, then delete its candidate keys in etcd.
 async fn cleanup(ll: Arc<LeaderLock>, ctx: &Context) -> Result<Action> {
     let ns = ll.namespace().ok_or(Error::NoNamespace)?;
-    let snap = Snapshot::take(ctx, &ns); // this LeaderLock, being deleted, assigns no roles
-    sync_pods(ctx, &ns, &snap, &ll).await?;
-    for (_, res) in snap.resolved.get(&ll.name_any()).into_iter().flatten() {
+    let view = ctx.index.view(&ll); // this LeaderLock, being deleted, assigns no roles
+    sync_pods(ctx, &ns, &view).await?;
+    for (_, res) in view.resolved.get(&ll.name_any()).into_iter().flatten() {
         if let Resolution::Accepted(prefix) = res {
             let released = ctx.engine.release_all(prefix).await;
             if let Err(e) = released {
@@ -523,12 +424,11 @@ async fn cleanup(ll: Arc<LeaderLock>, ctx: &Context) -> Result<Action> {
                 let _ = write_status(ctx, &ll, &status).await;
                 return Err(e.into());
             }
-            ctx.prefixes.write().expect("prefix index poisoned").remove(prefix);
         }
     }
     // Lock names this LeaderLock held may now go to a newer neighbour.
-    for other in snap.lls.iter().filter(|o| o.name_any() != ll.name_any()) {
-        let _ = ctx.trigger.send(ObjectRef::from_obj(&**other));
+    for other in ctx.index.contenders(&ll) {
+        let _ = ctx.trigger.send(other);
     }
     Ok(Action::await_change())
 }
@@ -556,64 +456,75 @@ pub async fn run(client: kube::Client, engine: Arc<Engine>, settings: Settings) 
         Some(ns) => (Api::namespaced(client.clone(), ns), Api::namespaced(client.clone(), ns)),
         None => (Api::all(client.clone()), Api::all(client.clone())),
     };
+    let prefix_engine = engine.clone();
+    let index = Arc::new(Index::new(move |ns, lock| {
+        prefix_engine.lock_prefix(ns, &lock.name, lock.etcd_key.as_deref()).map_err(|e| e.to_string())
+    }));
 
-    let (pods, writer) = reflector::store();
-    // Reconciles wait for the first complete pod list. (Not `Store::wait_until_ready`: it wakes
-    // only the last of several concurrent waiters, which left LeaderLocks unreconciled forever
-    // after a takeover; a watch channel wakes them all.)
+    // Reconciles wait for the first complete list of both kinds: an empty pod index would look
+    // like every candidate left, and change every holder. (Not `Store::wait_until_ready`: it
+    // wakes only the last of several concurrent waiters, which left LeaderLocks unreconciled
+    // forever after a takeover; a watch channel wakes them all.)
     let (pods_synced_tx, pods_synced) = tokio::sync::watch::channel(false);
+    let (lls_synced_tx, lls_synced) = tokio::sync::watch::channel(false);
+    let pod_index = index.clone();
     let pod_events = watcher(pods_api, watcher::Config::default())
         .default_backoff()
         .modify(|p: &mut Pod| {
             p.managed_fields_mut().clear(); // not needed, and the bulk of a pod's size
             p.spec = None;
         })
-        .reflect(writer)
         .inspect(move |ev| {
-            if matches!(ev, Ok(watcher::Event::InitDone)) {
-                let _ = pods_synced_tx.send(true);
+            if let Ok(ev) = ev {
+                pod_index.on_pod_event(ev);
+                if matches!(ev, watcher::Event::InitDone) {
+                    let _ = pods_synced_tx.send(true);
+                }
             }
         })
         .touched_objects();
 
-    let controller = Controller::new(lls, watcher::Config::default().any_semantic())
+    let (reader, writer) = reflector::store();
+    let ll_index = index.clone();
+    let ll_events = watcher(lls, watcher::Config::default().any_semantic())
+        .default_backoff()
+        .reflect(writer)
+        .inspect(move |ev| {
+            if let Ok(ev) = ev {
+                ll_index.on_leaderlock_event(ev);
+                if matches!(ev, watcher::Event::InitDone) {
+                    let _ = lls_synced_tx.send(true);
+                }
+            }
+        })
+        .applied_objects();
+    let controller = Controller::for_stream(ll_events, reader)
         .with_config(kube::runtime::controller::Config::default().concurrency(settings.concurrency));
-    let leaderlocks = controller.store();
     let (trigger, triggers) = mpsc::unbounded_channel();
     let ctx = Arc::new(Context {
         client: client.clone(),
         engine: engine.clone(),
-        leaderlocks: leaderlocks.clone(),
-        pods: pods.clone(),
-        prefixes: Arc::default(),
+        index: index.clone(),
         trigger,
         recorder: Recorder::new(client.clone(), Reporter { controller: "leaderlock".into(), instance: Some(settings.instance) }),
         metrics: settings.metrics.clone(),
     });
 
-    let by_namespace = leaderlocks.clone();
-    let pod_to_lls = move |pod: Pod| {
-        let keys = PodKeys::current(&pod);
-        by_namespace
-            .state_filter(|l| l.metadata.namespace == pod.metadata.namespace && pod_concerns(l, &pod, &keys))
-            .iter()
-            .map(|l| ObjectRef::from_obj(&**l))
-            .collect::<Vec<_>>()
-    };
-    let etcd_changes = etcd_triggers(engine.clone(), ctx.prefixes.clone(), leaderlocks.clone());
+    let pod_index = index.clone();
+    let pod_to_lls = move |pod: Pod| pod_index.leaderlocks_for_pod(&pod);
+    let etcd_changes = etcd_triggers(engine.clone(), index);
     let extra = tokio_stream::wrappers::UnboundedReceiverStream::new(triggers);
 
-    // Decide nothing before the pod cache is complete: an empty cache would look like every
-    // candidate left, and change every holder.
     controller
         .watches_stream(pod_events, pod_to_lls)
         .reconcile_on(futures::stream::select(etcd_changes, extra))
         .shutdown_on_signal()
         .run(
             move |ll, ctx| {
-                let mut pods_synced = pods_synced.clone();
+                let (mut pods_synced, mut lls_synced) = (pods_synced.clone(), lls_synced.clone());
                 async move {
                     let _ = pods_synced.wait_for(|synced| *synced).await;
+                    let _ = lls_synced.wait_for(|synced| *synced).await;
                     let start = std::time::Instant::now();
                     let result = reconcile(ll, ctx.clone()).await;
                     ctx.metrics.watch_restarts.set(ctx.engine.mirror().restarts() as i64);
@@ -632,37 +543,17 @@ pub async fn run(client: kube::Client, engine: Arc<Engine>, settings: Settings) 
         .await;
 }
 
-/// Whether a change of `pod` may matter to `ll`: it selects the pod, or the pod carries a key
-/// of one of its locks (to be removed).
-fn pod_concerns(ll: &LeaderLock, pod: &Pod, keys: &PodKeys) -> bool {
-    let selected = selector_problem(&ll.spec.selector).is_none()
-        && Selector::try_from(ll.spec.selector.clone()).is_ok_and(|s| s.matches(labels_of(pod)));
-    selected
-        || ll.spec.locks.iter().any(|l| {
-            let k = pods::role_key(&l.name);
-            keys.annotations.contains_key(&k) || keys.labels.contains_key(&k)
-        })
-}
-
-/// Maps etcd mirror changes to the LeaderLocks owning the changed lock prefixes. A lagging
-/// subscriber reconciles every LeaderLock rather than miss one.
-fn etcd_triggers(
-    engine: Arc<Engine>,
-    index: Arc<RwLock<HashMap<String, ObjectRef<LeaderLock>>>>,
-    all: Store<LeaderLock>,
-) -> impl futures::Stream<Item = ObjectRef<LeaderLock>> + Send + 'static {
+/// Maps etcd mirror changes to the LeaderLocks owning the changed lock prefixes (ours or an
+/// external client's keys). A lagging subscriber reconciles every LeaderLock rather than miss one.
+fn etcd_triggers(engine: Arc<Engine>, index: Arc<Index>) -> impl futures::Stream<Item = ObjectRef<LeaderLock>> + Send + 'static {
     let rx = engine.mirror().subscribe();
     tokio_stream::wrappers::BroadcastStream::new(rx).flat_map(move |batch| {
         let refs: Vec<ObjectRef<LeaderLock>> = match batch {
             Ok(keys) => {
-                let index = index.read().expect("prefix index poisoned");
-                let set: HashSet<ObjectRef<LeaderLock>> = keys
-                    .iter()
-                    .filter_map(|k| k.rfind('/').and_then(|i| index.get(&k[..i]).cloned()))
-                    .collect();
-                set.into_iter().collect()
+                let prefixes: BTreeSet<&str> = keys.iter().filter_map(|k| k.rfind('/').map(|i| &k[..i])).collect();
+                prefixes.into_iter().flat_map(|p| index.leaderlocks_with_prefix(p)).collect()
             }
-            Err(_) => all.state().iter().map(|l| ObjectRef::from_obj(&**l)).collect(),
+            Err(_) => index.all_leaderlocks(),
         };
         futures::stream::iter(refs)
     })

@@ -656,10 +656,10 @@ async fn pod_versions(c: &kube::Client, ns: &str) -> Vec<(String, String)> {
     pods.items.iter().map(|p| (p.name_any(), p.resource_version().unwrap_or_default())).collect()
 }
 
-/// Bug reproduction: LeaderLock `zz` holds lock `ledger`; `aa`, created within the same second
-/// (creationTimestamp has 1 s granularity) with the same lock name, takes it over, because
-/// `resolve_namespace` (src/controller.rs) orders by (creationTimestamp, name). SPEC says the
-/// older one keeps the name; `zz` gets LockNameConflict instead and its holder is unreported.
+/// Regression: LeaderLock `zz` holds lock `ledger`; `aa`, created within the same second
+/// (creationTimestamp has 1 s granularity) with the same lock name, must not take it over,
+/// although it sorts first by name. SPEC: the older one keeps the name; within one second the
+/// holder is the older one.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_newer_leaderlock_created_in_the_same_second_takes_an_older_ones_lock_name() {
     let _serial = ONE_AT_A_TIME.lock().await;
@@ -671,12 +671,17 @@ async fn a_newer_leaderlock_created_in_the_same_second_takes_an_older_ones_lock_
         set_ready(&c, &ns, p, true).await;
     }
     let api = Api::<LeaderLock>::namespaced(c.clone(), &ns);
-    // Both within one second: retry the pair until their timestamps are equal (bounded).
+    // zz elected, then aa, both within one second: retry until their timestamps are equal (bounded).
     let mut tries = 0;
     loop {
         tries += 1;
-        assert!(tries <= 5, "could not create two LeaderLocks within one second");
+        assert!(tries <= 10, "could not create two LeaderLocks within one second");
         kubectl_ok(&["apply", "-n", &ns, "-f", "-"], Some(&leaderlock_yaml("zz", &["ledger"], 15)));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while api.get("zz").await.unwrap().status.is_none_or(|s| s.locks.first().is_none_or(|l| l.holder.is_none())) {
+            assert!(Instant::now() < deadline, "zz was never elected");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         let y = "apiVersion: leaderlock.dev/v1alpha1\nkind: LeaderLock\nmetadata: {name: aa}\nspec:\n  selector: {matchLabels: {app: nothing}}\n  locks: [{name: ledger}]\n";
         kubectl_ok(&["apply", "-n", &ns, "-f", "-"], Some(y));
         let t = |n: &'static str| { let api = api.clone(); async move { api.get(n).await.unwrap().metadata.creation_timestamp.unwrap().0 } };
@@ -684,6 +689,12 @@ async fn a_newer_leaderlock_created_in_the_same_second_takes_an_older_ones_lock_
             break;
         }
         kubectl_ok(&["delete", "-n", &ns, "ll", "aa", "zz", "--wait=true"], None);
+    }
+    // aa is reconciled (it gets a status) and has lost the conflict, not zz.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while api.get("aa").await.unwrap().status.is_none_or(|s| s.conditions.is_empty()) {
+        assert!(Instant::now() < deadline, "aa was never reconciled");
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let st = eventually_status(&api, "zz").await;
     let ready = st.conditions.iter().find(|c| c.type_ == "Ready").cloned().unwrap();

@@ -1,0 +1,697 @@
+//! In-memory indexes over the watched LeaderLocks and pods, so that a reconcile or a pod event
+//! touches only the objects that concern it. Without them every reconcile read, parsed and sorted
+//! every LeaderLock and pod of its namespace, and every pod event evaluated every selector:
+//! quadratic in the namespace's size, which starved the controller at 1,000 LeaderLocks.
+//!
+//! ```text
+//!  watch events ─▶ Index ──view(LeaderLock)──▶ View: the LeaderLock, the pods it concerns,
+//!                   │                               the LeaderLocks selecting those pods,
+//!                   │                               and their lock resolutions
+//!                   └──leaderlocks_for_pod / _with_prefix──▶ reconcile triggers
+//! ```
+//!
+//! A relist (Init … InitDone) builds a new table and swaps it in whole, as kube's reflector does.
+//! Pure: no I/O, unit-tested below.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::hash::Hash;
+use std::sync::{Arc, RwLock};
+
+use k8s_openapi::api::core::v1::Pod;
+use kube::ResourceExt;
+use kube::core::{Selector, SelectorExt};
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::watcher;
+
+use crate::lock::Holder;
+use crate::pods::{self, LockRoles};
+use crate::resolve::{Resolution, resolve_namespace, selector_problem};
+use crate::resource::{GROUP, LeaderLock, LockSpec};
+
+/// `(namespace, name)` of an object.
+type Key = (String, String);
+/// `(namespace, label key, label value)`.
+type LabelKey = (String, String, String);
+
+/// Maps a lock of a LeaderLock in a namespace to its etcd prefix, or says why it may not have one.
+pub type PrefixOf = dyn Fn(&str, &LockSpec) -> Result<String, String> + Send + Sync;
+
+/// A multimap whose empty sets are dropped, so it never grows with deleted objects.
+struct Multi<K, V>(HashMap<K, BTreeSet<V>>);
+
+impl<K, V> Default for Multi<K, V> {
+    fn default() -> Self {
+        Multi(HashMap::new())
+    }
+}
+
+impl<K: Hash + Eq, V: Ord> Multi<K, V> {
+    fn add(&mut self, k: K, v: V) {
+        self.0.entry(k).or_default().insert(v);
+    }
+
+    fn remove(&mut self, k: &K, v: &V) {
+        if let Some(set) = self.0.get_mut(k) {
+            set.remove(v);
+            if set.is_empty() {
+                self.0.remove(k);
+            }
+        }
+    }
+
+    fn get<'a>(&'a self, k: &K) -> impl Iterator<Item = &'a V> + use<'a, K, V> {
+        self.0.get(k).into_iter().flatten()
+    }
+}
+
+fn labels_of(pod: &Pod) -> &BTreeMap<String, String> {
+    static EMPTY: BTreeMap<String, String> = BTreeMap::new();
+    pod.metadata.labels.as_ref().unwrap_or(&EMPTY)
+}
+
+fn key_of<K: ResourceExt>(o: &K) -> Key {
+    (o.namespace().unwrap_or_default(), o.name_any())
+}
+
+/// A LeaderLock with what is derived from its spec once per version, not once per reconcile.
+struct Entry {
+    ll: Arc<LeaderLock>,
+    /// None when the selector cannot be evaluated: it selects nothing.
+    selector: Option<Selector>,
+    /// The etcd prefix of each lock the operator allows, and whether it comes from `etcdKey`.
+    prefixes: Vec<(String, bool)>,
+}
+
+impl Entry {
+    fn new(ll: Arc<LeaderLock>, prefix_of: &PrefixOf) -> Entry {
+        let selector = selector_problem(&ll.spec.selector).is_none().then(|| Selector::try_from(ll.spec.selector.clone()).ok()).flatten();
+        let ns = ll.namespace().unwrap_or_default();
+        let prefixes = ll.spec.locks.iter().filter_map(|l| prefix_of(&ns, l).ok().map(|p| (p, l.etcd_key.is_some()))).collect();
+        Entry { ll, selector, prefixes }
+    }
+
+    /// The first `matchLabels` pair: every pod it selects carries it, so pods are looked up by it.
+    fn anchor(&self) -> Option<(&String, &String)> {
+        self.selector.as_ref()?;
+        self.ll.spec.selector.match_labels.as_ref()?.iter().next()
+    }
+
+    fn selects(&self, pod: &Pod) -> bool {
+        self.selector.as_ref().is_some_and(|s| s.matches(labels_of(pod)))
+    }
+}
+
+/// One kind's objects and lookups.
+trait Table: Default {
+    type Object: Clone;
+    fn insert(&mut self, obj: Arc<Self::Object>, prefix_of: &PrefixOf);
+    fn remove(&mut self, obj: &Self::Object);
+}
+
+#[derive(Default)]
+struct LeaderLocks {
+    by_key: HashMap<Key, Entry>,
+    /// By the anchor pair of their selector.
+    by_label: Multi<LabelKey, String>,
+    /// Valid selectors without `matchLabels`, by namespace: checked against every pod.
+    unanchored: Multi<String, String>,
+    /// By `(namespace, lock name)`.
+    by_lock: Multi<Key, String>,
+    /// By etcd prefix (ordered, for overlap queries).
+    by_prefix: BTreeMap<String, BTreeSet<Key>>,
+}
+
+impl LeaderLocks {
+    fn unindex(&mut self, key: &Key, e: &Entry) {
+        let (ns, name) = key;
+        match e.anchor() {
+            Some((k, v)) => self.by_label.remove(&(ns.clone(), k.clone(), v.clone()), name),
+            None if e.selector.is_some() => self.unanchored.remove(ns, name),
+            None => {}
+        }
+        for l in &e.ll.spec.locks {
+            self.by_lock.remove(&(ns.clone(), l.name.clone()), name);
+        }
+        for (p, _) in &e.prefixes {
+            if let Some(set) = self.by_prefix.get_mut(p) {
+                set.remove(key);
+                if set.is_empty() {
+                    self.by_prefix.remove(p);
+                }
+            }
+        }
+    }
+
+    /// Keys of the LeaderLocks with a prefix equal to, inside, or enclosing `p`.
+    fn overlapping(&self, p: &str) -> Vec<&Key> {
+        let mut out: Vec<&Key> = Vec::new();
+        for (q, keys) in self.by_prefix.range(p.to_string()..) {
+            if !q.starts_with(p) {
+                break;
+            }
+            if q.len() == p.len() || q.as_bytes()[p.len()] == b'/' {
+                out.extend(keys);
+            }
+        }
+        for (i, _) in p.match_indices('/').filter(|(i, _)| *i > 0) {
+            out.extend(self.by_prefix.get(&p[..i]).into_iter().flatten());
+        }
+        out
+    }
+}
+
+impl Table for LeaderLocks {
+    type Object = LeaderLock;
+
+    fn insert(&mut self, ll: Arc<LeaderLock>, prefix_of: &PrefixOf) {
+        self.remove(&ll);
+        let key = key_of(&*ll);
+        let e = Entry::new(ll, prefix_of);
+        let (ns, name) = &key;
+        match e.anchor() {
+            Some((k, v)) => self.by_label.add((ns.clone(), k.clone(), v.clone()), name.clone()),
+            None if e.selector.is_some() => self.unanchored.add(ns.clone(), name.clone()),
+            None => {}
+        }
+        for l in &e.ll.spec.locks {
+            self.by_lock.add((ns.clone(), l.name.clone()), name.clone());
+        }
+        for (p, _) in &e.prefixes {
+            self.by_prefix.entry(p.clone()).or_default().insert(key.clone());
+        }
+        self.by_key.insert(key, e);
+    }
+
+    fn remove(&mut self, ll: &LeaderLock) {
+        let key = key_of(ll);
+        if let Some(old) = self.by_key.remove(&key) {
+            self.unindex(&key, &old);
+        }
+    }
+}
+
+#[derive(Default)]
+struct Pods {
+    by_key: HashMap<Key, Arc<Pod>>,
+    by_label: Multi<LabelKey, String>,
+    by_namespace: Multi<String, String>,
+    /// Pods carrying a `leaderlock.dev/<lock>` key, by `(namespace, lock)`.
+    by_lock: Multi<Key, String>,
+}
+
+/// The locks whose keys (`leaderlock.dev/<lock>`, `leaderlock.dev/<lock>.token`) a pod carries.
+fn locks_named_on(pod: &Pod) -> BTreeSet<String> {
+    let keys = pod.metadata.annotations.iter().flatten().chain(pod.metadata.labels.iter().flatten()).map(|(k, _)| k);
+    keys.filter_map(|k| k.strip_prefix(GROUP)?.strip_prefix('/'))
+        .map(|rest| rest.strip_suffix(".token").unwrap_or(rest).to_string())
+        .collect()
+}
+
+impl Pods {
+    fn index(&mut self, pod: &Pod, add: bool) {
+        let (ns, name) = key_of(pod);
+        let each = |m: &mut Multi<LabelKey, String>, k: LabelKey| if add { m.add(k, name.clone()) } else { m.remove(&k, &name) };
+        for (k, v) in labels_of(pod) {
+            each(&mut self.by_label, (ns.clone(), k.clone(), v.clone()));
+        }
+        let each = |m: &mut Multi<Key, String>, k: Key| if add { m.add(k, name.clone()) } else { m.remove(&k, &name) };
+        for lock in locks_named_on(pod) {
+            each(&mut self.by_lock, (ns.clone(), lock));
+        }
+        if add {
+            self.by_namespace.add(ns, name);
+        } else {
+            self.by_namespace.remove(&ns, &name);
+        }
+    }
+}
+
+impl Table for Pods {
+    type Object = Pod;
+
+    fn insert(&mut self, pod: Arc<Pod>, _: &PrefixOf) {
+        self.remove(&pod);
+        self.index(&pod, true);
+        self.by_key.insert(key_of(&*pod), pod);
+    }
+
+    fn remove(&mut self, pod: &Pod) {
+        if let Some(old) = self.by_key.remove(&key_of(pod)) {
+            self.index(&old, false);
+        }
+    }
+}
+
+/// A table and, during a relist, the one being built to replace it.
+#[derive(Default)]
+struct Kind<T> {
+    table: T,
+    relist: Option<T>,
+}
+
+impl<T: Table> Kind<T> {
+    fn on_event(&mut self, ev: &watcher::Event<T::Object>, prefix_of: &PrefixOf) {
+        match ev {
+            watcher::Event::Apply(o) => self.table.insert(Arc::new(o.clone()), prefix_of),
+            watcher::Event::Delete(o) => self.table.remove(o),
+            watcher::Event::Init => self.relist = Some(T::default()),
+            watcher::Event::InitApply(o) => self.relist.get_or_insert_default().insert(Arc::new(o.clone()), prefix_of),
+            watcher::Event::InitDone => {
+                if let Some(t) = self.relist.take() {
+                    self.table = t;
+                }
+            }
+        }
+    }
+}
+
+#[derive(Default)]
+struct Inner {
+    lls: Kind<LeaderLocks>,
+    pods: Kind<Pods>,
+}
+
+/// The indexes. Updated from the watch streams, read by reconciles and trigger mappers.
+pub struct Index {
+    inner: RwLock<Inner>,
+    prefix_of: Box<PrefixOf>,
+    /// (UID, lock) of the locks the last reconcile here accepted for their LeaderLock (see
+    /// [`crate::resolve`]'s seniority: it settles same-second ties before the status shows it).
+    claimed: RwLock<HashMap<String, BTreeSet<String>>>,
+}
+
+impl Index {
+    pub fn new(prefix_of: impl Fn(&str, &LockSpec) -> Result<String, String> + Send + Sync + 'static) -> Index {
+        Index { inner: RwLock::default(), prefix_of: Box::new(prefix_of), claimed: RwLock::default() }
+    }
+
+    /// Records which locks the reconcile of `ll` just accepted (none: forget it).
+    pub fn record_claims(&self, ll: &LeaderLock, resolved: &[(String, Resolution)]) {
+        let Some(uid) = ll.metadata.uid.clone() else { return };
+        let accepted: BTreeSet<String> = resolved.iter().filter(|(_, r)| matches!(r, Resolution::Accepted(_))).map(|(n, _)| n.clone()).collect();
+        let mut claimed = self.claimed.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if accepted.is_empty() || ll.metadata.deletion_timestamp.is_some() {
+            claimed.remove(&uid);
+        } else {
+            claimed.insert(uid, accepted);
+        }
+    }
+
+    fn is_claimed(&self, ll: &LeaderLock, lock: &str) -> bool {
+        let claimed = self.claimed.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        ll.metadata.uid.as_ref().and_then(|u| claimed.get(u)).is_some_and(|locks| locks.contains(lock))
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Inner> {
+        self.inner.read().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    pub fn on_leaderlock_event(&self, ev: &watcher::Event<LeaderLock>) {
+        if let watcher::Event::Delete(ll) = ev {
+            self.record_claims(ll, &[]);
+        }
+        let mut inner = self.inner.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        inner.lls.on_event(ev, &*self.prefix_of);
+    }
+
+    pub fn on_pod_event(&self, ev: &watcher::Event<Pod>) {
+        let mut inner = self.inner.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        inner.pods.on_event(ev, &*self.prefix_of);
+    }
+
+    /// The LeaderLocks a change of `pod` may matter to: those selecting it and those whose
+    /// locks it carries keys of (to be removed).
+    pub fn leaderlocks_for_pod(&self, pod: &Pod) -> Vec<ObjectRef<LeaderLock>> {
+        let inner = self.read();
+        let lls = &inner.lls.table;
+        let ns = pod.namespace().unwrap_or_default();
+        let mut names: BTreeSet<&String> = selecting(lls, pod).into_iter().collect();
+        for lock in locks_named_on(pod) {
+            names.extend(lls.by_lock.get(&(ns.clone(), lock)));
+        }
+        names.into_iter().map(|n| ObjectRef::new(n).within(&ns)).collect()
+    }
+
+    /// The LeaderLocks with a lock under exactly `prefix` (an etcd change there concerns them).
+    pub fn leaderlocks_with_prefix(&self, prefix: &str) -> Vec<ObjectRef<LeaderLock>> {
+        let inner = self.read();
+        inner.lls.table.by_prefix.get(prefix).into_iter().flatten().map(|(ns, n)| ObjectRef::new(n).within(ns)).collect()
+    }
+
+    pub fn all_leaderlocks(&self) -> Vec<ObjectRef<LeaderLock>> {
+        let inner = self.read();
+        inner.lls.table.by_key.keys().map(|(ns, n)| ObjectRef::new(n).within(ns)).collect()
+    }
+
+    /// The other LeaderLocks whose lock resolution may depend on `ll` (shared lock names or
+    /// overlapping prefixes, transitively): deleting `ll` may hand them a lock.
+    pub fn contenders(&self, ll: &Arc<LeaderLock>) -> Vec<ObjectRef<LeaderLock>> {
+        let inner = self.read();
+        let lls = Lookup::new(&inner.lls.table, ll, &*self.prefix_of);
+        let me = key_of(&**ll);
+        lls.component([me.clone()]).into_iter().filter(|k| *k != me).map(|(ns, n)| ObjectRef::new(&n).within(&ns)).collect()
+    }
+
+    /// Everything a reconcile of `ll` reads: the pods it selects or whose keys name its locks,
+    /// every LeaderLock selecting one of those pods, and how their locks resolve.
+    pub fn view(&self, ll: &Arc<LeaderLock>) -> View {
+        let inner = self.read();
+        let (lls, pods) = (Lookup::new(&inner.lls.table, ll, &*self.prefix_of), &inner.pods.table);
+        let (ns, me) = key_of(&**ll);
+        let mut concerned: BTreeMap<String, Arc<Pod>> = BTreeMap::new();
+        let anchored = lls.origin.anchor().map(|(k, v)| (ns.clone(), k.clone(), v.clone()));
+        let selectable: Vec<&String> = match (&lls.origin.selector, anchored) {
+            (None, _) => vec![],
+            (Some(_), Some(anchor)) => pods.by_label.get(&anchor).collect(),
+            (Some(_), None) => pods.by_namespace.get(&ns).collect(),
+        };
+        let carrying = ll.spec.locks.iter().flat_map(|l| pods.by_lock.get(&(ns.clone(), l.name.clone())));
+        for name in carrying.chain(selectable.into_iter().filter(|n| {
+            pods.by_key.get(&(ns.clone(), (*n).clone())).is_some_and(|p| lls.origin.selects(p))
+        })) {
+            if let Some(p) = pods.by_key.get(&(ns.clone(), name.clone())) {
+                concerned.insert(name.clone(), p.clone());
+            }
+        }
+        let mut selecting_pod = BTreeMap::new();
+        let mut seeds = BTreeSet::from([(ns.clone(), me.clone())]);
+        for (name, pod) in &concerned {
+            let mut by: Vec<String> = selecting(lls.table, pod).into_iter().filter(|n| **n != me).cloned().collect();
+            if lls.origin.selects(pod) {
+                by.push(me.clone());
+            }
+            seeds.extend(by.iter().map(|n| (ns.clone(), n.clone())));
+            selecting_pod.insert(name.clone(), by);
+        }
+        let component = lls.component(seeds.iter().cloned());
+        let (mut local, mut foreign) = (Vec::new(), Vec::new());
+        for key in &component {
+            if let Some(e) = lls.get(key) {
+                if key.0 == ns { local.push(e.ll.clone()) } else { foreign.push(e.ll.clone()) }
+            }
+        }
+        let resolved = resolve_namespace(&local, &foreign, &*self.prefix_of, |l, lock| self.is_claimed(l, lock));
+        let selectors = seeds
+            .iter()
+            .filter_map(|k| lls.get(k).map(|e| (k.1.clone(), (e.ll.clone(), e.selector.clone()))))
+            .collect();
+        View { leaderlocks: selectors, pods: concerned, selecting: selecting_pod, resolved }
+    }
+}
+
+/// Names (same namespace) of the LeaderLocks with a valid selector matching `pod`.
+fn selecting<'a>(lls: &'a LeaderLocks, pod: &Pod) -> Vec<&'a String> {
+    let ns = pod.namespace().unwrap_or_default();
+    let anchored = labels_of(pod).iter().flat_map(|(k, v)| lls.by_label.get(&(ns.clone(), k.clone(), v.clone())));
+    let mut out: Vec<&String> = anchored
+        .chain(lls.unanchored.get(&ns))
+        .filter(|n| lls.by_key.get(&(ns.clone(), (*n).clone())).is_some_and(|e| e.selects(pod)))
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// The LeaderLock table, with the reconciled LeaderLock as the reconcile sees it (it may be a
+/// newer version than the table's, or already gone from it).
+struct Lookup<'a> {
+    table: &'a LeaderLocks,
+    origin_key: Key,
+    origin: Entry,
+}
+
+impl<'a> Lookup<'a> {
+    fn new(table: &'a LeaderLocks, ll: &Arc<LeaderLock>, prefix_of: &PrefixOf) -> Self {
+        Lookup { table, origin_key: key_of(&**ll), origin: Entry::new(ll.clone(), prefix_of) }
+    }
+
+    fn get(&self, key: &Key) -> Option<&Entry> {
+        if *key == self.origin_key { Some(&self.origin) } else { self.table.by_key.get(key) }
+    }
+
+    /// Every LeaderLock connected to `seeds` by a shared lock name (same namespace as the
+    /// origin) or an overlapping prefix: the only ones that can change how the seeds resolve.
+    /// The origin must be a seed (the table may not know its current version).
+    fn component(&self, seeds: impl IntoIterator<Item = Key>) -> BTreeSet<Key> {
+        let ns = &self.origin_key.0;
+        let mut seen: BTreeSet<Key> = BTreeSet::new();
+        let mut todo: Vec<Key> = seeds.into_iter().collect();
+        while let Some(key) = todo.pop() {
+            if !seen.insert(key.clone()) {
+                continue;
+            }
+            let Some(e) = self.get(&key) else { continue };
+            let local = key.0 == *ns;
+            let mut next: HashSet<Key> = HashSet::new();
+            if local {
+                for l in &e.ll.spec.locks {
+                    next.extend(self.table.by_lock.get(&(ns.clone(), l.name.clone())).map(|n| (ns.clone(), n.clone())));
+                }
+            }
+            for (p, overridden) in &e.prefixes {
+                if local || *overridden {
+                    next.extend(self.table.overlapping(p).into_iter().cloned());
+                }
+            }
+            todo.extend(next.into_iter().filter(|k| !seen.contains(k)));
+        }
+        seen
+    }
+}
+
+/// What one reconcile reads, taken under the index's lock in one go.
+pub struct View {
+    /// The reconciled LeaderLock and every LeaderLock selecting a pod in `pods`, by name, with
+    /// its parsed selector (None: selects nothing).
+    pub leaderlocks: BTreeMap<String, (Arc<LeaderLock>, Option<Selector>)>,
+    /// The pods the reconciled LeaderLock selects or whose keys name one of its locks, by name.
+    pub pods: BTreeMap<String, Arc<Pod>>,
+    /// For each pod in `pods`, the LeaderLocks (names) selecting it.
+    pub selecting: BTreeMap<String, Vec<String>>,
+    /// How every lock of the LeaderLocks in `leaderlocks` resolves.
+    pub resolved: BTreeMap<String, Vec<(String, Resolution)>>,
+}
+
+impl View {
+    fn selects(&self, ll: &str, pod: &Pod) -> bool {
+        self.leaderlocks.get(ll).and_then(|(_, s)| s.as_ref()).is_some_and(|s| s.matches(labels_of(pod)))
+    }
+
+    /// Candidate pods of `ll`, in creation-priority order (oldest pod first).
+    pub fn candidates(&self, ll: &str) -> Vec<Arc<Pod>> {
+        let mut c: Vec<Arc<Pod>> = self.pods.values().filter(|p| pods::is_candidate(p) && self.selects(ll, p)).cloned().collect();
+        c.sort_by_key(|p| (p.metadata.creation_timestamp.clone().map(|t| t.0), p.name_any()));
+        c
+    }
+
+    /// The roles every accepted lock of the namespace assigns to `pod`, given each lock
+    /// prefix's holder. LeaderLocks being deleted assign nothing: their keys are to be removed.
+    pub fn roles_for(&self, pod: &Pod, holder: impl Fn(&str) -> Option<Holder>) -> Vec<LockRoles> {
+        if !pods::is_candidate(pod) {
+            return vec![];
+        }
+        let name = pod.name_any();
+        let mut out = Vec::new();
+        for ll in self.selecting.get(&name).into_iter().flatten() {
+            let Some((obj, _)) = self.leaderlocks.get(ll) else { continue };
+            if obj.metadata.deletion_timestamp.is_some() {
+                continue;
+            }
+            for (lock, res) in self.resolved.get(ll).into_iter().flatten() {
+                let Resolution::Accepted(prefix) = res else { continue };
+                let holds = |h: &Holder| h.candidate.is_some() && h.candidate.as_deref() == pod.metadata.uid.as_deref();
+                let leader = holder(prefix).filter(holds).map(|h| (name.clone(), h.token));
+                out.push(LockRoles { lock: lock.clone(), candidates: vec![name.clone()], leader, labels: obj.spec.pod_labels });
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::resource::LeaderLockSpec;
+    use k8s_openapi::api::core::v1::{PodCondition, PodStatus};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelectorRequirement, Time};
+
+    fn prefix_of(ns: &str, l: &LockSpec) -> Result<String, String> {
+        match &l.etcd_key {
+            Some(k) if k.starts_with("/shared/") => Ok(k.clone()),
+            Some(k) => Err(format!("{k} is not allowed")),
+            None => Ok(format!("/ll/locks/{ns}/{}", l.name)),
+        }
+    }
+
+    fn ll(ns: &str, name: &str, age: i64, app: &str, locks: &[(&str, Option<&str>)]) -> LeaderLock {
+        let mut l = LeaderLock::new(
+            name,
+            LeaderLockSpec {
+                selector: LabelSelector { match_labels: Some([("app".to_string(), app.to_string())].into()), ..Default::default() },
+                locks: locks.iter().map(|(n, k)| LockSpec { name: n.to_string(), etcd_key: k.map(str::to_string) }).collect(),
+                ttl_seconds: 15,
+                pod_labels: false,
+            },
+        );
+        l.metadata.namespace = Some(ns.into());
+        l.metadata.creation_timestamp = Some(Time(jiff::Timestamp::from_second(1_700_000_000 + age).unwrap()));
+        l
+    }
+
+    fn pod(ns: &str, name: &str, app: &str, keys: &[&str]) -> Pod {
+        let mut p = Pod::default();
+        p.metadata.name = Some(name.into());
+        p.metadata.namespace = Some(ns.into());
+        p.metadata.uid = Some(format!("uid-{name}"));
+        p.metadata.labels = Some([("app".to_string(), app.to_string())].into());
+        p.metadata.annotations = Some(keys.iter().map(|k| (k.to_string(), "standby".to_string())).collect());
+        p.status = Some(PodStatus {
+            phase: Some("Running".into()),
+            conditions: Some(vec![PodCondition { type_: "Ready".into(), status: "True".into(), ..Default::default() }]),
+            ..Default::default()
+        });
+        p
+    }
+
+    fn index(lls: &[LeaderLock], pods: &[Pod]) -> Index {
+        let idx = Index::new(prefix_of);
+        for l in lls {
+            idx.on_leaderlock_event(&watcher::Event::Apply(l.clone()));
+        }
+        for p in pods {
+            idx.on_pod_event(&watcher::Event::Apply(p.clone()));
+        }
+        idx
+    }
+
+    fn names(refs: Vec<ObjectRef<LeaderLock>>) -> Vec<String> {
+        let mut v: Vec<String> = refs.into_iter().map(|r| format!("{}/{}", r.namespace.unwrap_or_default(), r.name)).collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn a_pod_concerns_the_leaderlocks_selecting_it_and_those_whose_keys_it_carries() {
+        let idx = index(
+            &[ll("a", "web", 0, "web", &[("w", None)]), ll("a", "db", 0, "db", &[("d", None)]), ll("b", "web", 0, "web", &[("w", None)])],
+            &[],
+        );
+        assert_eq!(names(idx.leaderlocks_for_pod(&pod("a", "p", "web", &[]))), ["a/web"]);
+        // Relabelled away from db, still carrying db's lock key: db must remove it.
+        assert_eq!(names(idx.leaderlocks_for_pod(&pod("a", "p", "web", &["leaderlock.dev/d.token"]))), ["a/db", "a/web"]);
+        assert_eq!(names(idx.leaderlocks_for_pod(&pod("c", "p", "web", &[]))), Vec::<String>::new());
+    }
+
+    #[test]
+    fn a_view_holds_the_selected_pods_and_the_leaderlocks_sharing_them() {
+        let web = Arc::new(ll("a", "web", 0, "web", &[("w", None)]));
+        let mut both = ll("a", "both", 1, "", &[("b", None)]);
+        both.spec.selector = LabelSelector {
+            match_expressions: Some(vec![LabelSelectorRequirement { key: "app".into(), operator: "Exists".into(), values: None }]),
+            ..Default::default()
+        };
+        let idx = index(&[(*web).clone(), both, ll("a", "db", 2, "db", &[("d", None)])], &[pod("a", "w1", "web", &[]), pod("a", "d1", "db", &[])]);
+        let v = idx.view(&web);
+        assert_eq!(v.pods.keys().collect::<Vec<_>>(), ["w1"]);
+        assert_eq!(v.selecting["w1"], ["both", "web"]);
+        assert_eq!(v.candidates("web").len(), 1);
+        let holder = |p: &str| (p == "/ll/locks/a/w").then(|| Holder { key: format!("{p}/1"), token: 7, candidate: Some("uid-w1".into()), name: None });
+        let roles = v.roles_for(&v.pods["w1"], holder);
+        assert_eq!(roles.iter().map(|r| (r.lock.as_str(), r.leader.clone())).collect::<Vec<_>>(), [("b", None), ("w", Some(("w1".to_string(), 7)))]);
+        assert!(!v.leaderlocks.contains_key("db"), "db selects none of web's pods");
+    }
+
+    #[test]
+    fn views_resolve_conflicts_like_the_whole_namespace_would() {
+        let older = ll("a", "older", 0, "x", &[("shared", None)]);
+        let newer = Arc::new(ll("a", "newer", 5, "y", &[("shared", None), ("own", None)]));
+        let idx = index(&[older.clone(), (*newer).clone()], &[]);
+        let v = idx.view(&newer);
+        assert!(matches!(&v.resolved["newer"][0].1, Resolution::Rejected { .. }));
+        assert_eq!(v.resolved["newer"][1].1, Resolution::Accepted("/ll/locks/a/own".into()));
+        assert_eq!(names(idx.contenders(&newer)), ["a/older"]);
+        // Deleted: the name goes to the newer one.
+        idx.on_leaderlock_event(&watcher::Event::Delete(older));
+        assert_eq!(idx.view(&newer).resolved["newer"][0].1, Resolution::Accepted("/ll/locks/a/shared".into()));
+    }
+
+    #[test]
+    fn etcd_key_overlaps_reach_across_namespaces_and_chains_resolve_in_order() {
+        // x (oldest) claims /shared/p/x; y claims /shared/p (overlaps x: rejected); z claims
+        // /shared/p/z: overlaps only the rejected y, so it is accepted.
+        let x = ll("one", "x", 0, "x", &[("l", Some("/shared/p/x"))]);
+        let y = ll("two", "y", 1, "y", &[("l", Some("/shared/p"))]);
+        let z = Arc::new(ll("three", "z", 2, "z", &[("l", Some("/shared/p/z"))]));
+        let idx = index(&[x, y, (*z).clone()], &[]);
+        assert_eq!(idx.view(&z).resolved["z"][0].1, Resolution::Accepted("/shared/p/z".into()));
+        let y = Arc::new(ll("two", "y", 1, "y", &[("l", Some("/shared/p"))]));
+        assert!(matches!(&idx.view(&y).resolved["y"][0].1, Resolution::Rejected { message, .. } if message.contains("one/x")));
+        assert_eq!(names(idx.leaderlocks_with_prefix("/shared/p")), ["two/y"]);
+    }
+
+    #[test]
+    fn a_relist_replaces_everything_at_once() {
+        let idx = index(&[ll("a", "gone", 0, "web", &[("w", None)])], &[pod("a", "p", "web", &[])]);
+        idx.on_leaderlock_event(&watcher::Event::Init);
+        idx.on_leaderlock_event(&watcher::Event::InitApply(ll("a", "new", 0, "web", &[("w", None)])));
+        assert_eq!(names(idx.all_leaderlocks()), ["a/gone"], "the old table serves until InitDone");
+        idx.on_leaderlock_event(&watcher::Event::InitDone);
+        assert_eq!(names(idx.all_leaderlocks()), ["a/new"]);
+        assert_eq!(names(idx.leaderlocks_for_pod(&pod("a", "p", "web", &[]))), ["a/new"]);
+    }
+
+    #[test]
+    fn updates_and_deletions_leave_no_stale_entries() {
+        let idx = index(&[ll("a", "l", 0, "web", &[("w", None)])], &[pod("a", "p", "web", &["leaderlock.dev/w"])]);
+        idx.on_leaderlock_event(&watcher::Event::Apply(ll("a", "l", 0, "db", &[("d", None)])));
+        assert!(idx.leaderlocks_with_prefix("/ll/locks/a/w").is_empty());
+        assert_eq!(names(idx.leaderlocks_with_prefix("/ll/locks/a/d")), ["a/l"]);
+        idx.on_pod_event(&watcher::Event::Apply(pod("a", "p", "db", &[])));
+        let l = Arc::new(ll("a", "l", 0, "db", &[("d", None)]));
+        assert_eq!(idx.view(&l).pods.keys().collect::<Vec<_>>(), ["p"]);
+        idx.on_pod_event(&watcher::Event::Delete(pod("a", "p", "db", &[])));
+        assert!(idx.view(&l).pods.is_empty());
+        let inner = idx.read();
+        assert!(inner.pods.table.by_label.0.is_empty() && inner.pods.table.by_namespace.0.is_empty() && inner.pods.table.by_lock.0.is_empty());
+    }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// (namespace, age, locks as (name, etcdKey)) from small alphabets, so that names and
+        /// prefixes collide often (including disallowed keys and nested prefixes).
+        fn arb_ll() -> impl Strategy<Value = (u8, i64, Vec<(u8, Option<u8>)>)> {
+            let key = prop_oneof![Just(None), (0u8..6).prop_map(Some)];
+            (0u8..2, 0i64..4, proptest::collection::vec((0u8..4, key), 1..3))
+        }
+
+        const KEYS: [&str; 6] = ["/shared/p", "/shared/p/x", "/shared/p/x/y", "/shared/q", "/elsewhere", "/shared/p-x"];
+
+        proptest! {
+            #[test]
+            fn each_view_resolves_its_leaderlock_as_the_whole_namespace_does(specs in proptest::collection::vec(arb_ll(), 1..12)) {
+                let lls: Vec<Arc<LeaderLock>> = specs
+                    .iter()
+                    .enumerate()
+                    .map(|(i, (ns, age, locks))| {
+                        let mut locks: Vec<(String, Option<&str>)> = locks.iter().map(|(n, k)| (format!("l{n}"), k.map(|k| KEYS[k as usize]))).collect();
+                        locks.sort_by(|a, b| a.0.cmp(&b.0));
+                        locks.dedup_by(|a, b| a.0 == b.0);
+                        let locks: Vec<(&str, Option<&str>)> = locks.iter().map(|(n, k)| (n.as_str(), *k)).collect();
+                        Arc::new(ll(&format!("ns{ns}"), &format!("ll{i}"), *age, "x", &locks))
+                    })
+                    .collect();
+                let idx = index(&lls.iter().map(|l| (**l).clone()).collect::<Vec<_>>(), &[]);
+                for l in &lls {
+                    let ns = l.namespace().unwrap();
+                    let (local, foreign): (Vec<_>, Vec<_>) = lls.iter().cloned().partition(|o| o.namespace().unwrap() == ns);
+                    let foreign: Vec<_> = foreign.into_iter().filter(|o| o.spec.locks.iter().any(|k| k.etcd_key.is_some())).collect();
+                    let whole = resolve_namespace(&local, &foreign, prefix_of, |_, _| false);
+                    let view = idx.view(l);
+                    prop_assert_eq!(&view.resolved[&l.name_any()], &whole[&l.name_any()], "LeaderLock {}/{}", ns, l.name_any());
+                }
+            }
+        }
+    }
+}
