@@ -10,7 +10,7 @@
 //!
 //! Nothing here polls: every reconcile is triggered by a LeaderLock, a pod or an etcd change.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -31,7 +31,7 @@ use crate::etcd::engine::Engine;
 use crate::lock::{Candidate, Holder, Op};
 use crate::metrics::{LockLabels, Metrics};
 use crate::index::{Index, View};
-use crate::pods::{self, PodKeys};
+use crate::pods::{self, PodInfo, PodKeys};
 use crate::resolve::{Resolution, selector_problem};
 use crate::resource::{LeaderLock, LeaderLockStatus, LockStatus, reasons};
 
@@ -87,16 +87,57 @@ pub struct Context {
     pub recorder: Recorder,
     /// Counters and histograms served at `/metrics`.
     pub metrics: Arc<Metrics>,
+    /// Our status writes the watch has not delivered yet.
+    pub written: Arc<WrittenStatus>,
+}
+
+/// The status this controller last wrote per LeaderLock (by UID), with the resourceVersion the
+/// write produced, kept until the watch delivers that version. A reconcile triggered by a pod
+/// event can start first; acting on the older status it would announce the same holder change
+/// twice and write the status again (seen on most LeaderLocks at 10,000 of them).
+#[derive(Default)]
+pub struct WrittenStatus(std::sync::Mutex<HashMap<String, (u64, LeaderLockStatus)>>);
+
+fn uid_and_version(ll: &LeaderLock) -> Option<(&str, u64)> {
+    Some((ll.metadata.uid.as_deref()?, ll.resource_version()?.parse().ok()?))
+}
+
+impl WrittenStatus {
+    /// Remembers what a status write returned.
+    pub fn record(&self, updated: &LeaderLock) {
+        if let Some((uid, rv)) = uid_and_version(updated) {
+            let mut m = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            m.insert(uid.to_string(), (rv, updated.status.clone().unwrap_or_default()));
+        }
+    }
+
+    /// `ll`, with our last written status if `ll` is older than that write.
+    pub fn latest(&self, ll: Arc<LeaderLock>) -> Arc<LeaderLock> {
+        let Some((uid, rv)) = uid_and_version(&ll) else { return ll };
+        let mut m = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        match m.get(uid) {
+            Some((wrote, status)) if rv < *wrote => {
+                let mut newer = (*ll).clone();
+                newer.status = Some(status.clone());
+                Arc::new(newer)
+            }
+            Some(_) => {
+                m.remove(uid); // the watch has caught up
+                ll
+            }
+            None => ll,
+        }
+    }
 }
 
 /// The candidate pod whose key is `h` (matched by pod UID, never by name alone).
-fn holder_pod(h: &Holder, candidates: &[Arc<Pod>]) -> Option<String> {
+fn holder_pod(h: &Holder, candidates: &[Arc<PodInfo>]) -> Option<String> {
     let id = h.candidate.as_deref()?;
-    candidates.iter().find(|p| p.metadata.uid.as_deref() == Some(id)).map(|p| p.name_any())
+    candidates.iter().find(|p| p.uid.as_deref() == Some(id)).map(|p| p.name.clone())
 }
 
-fn candidate_of(pod: &Pod) -> Option<Candidate> {
-    Some(Candidate { id: pod.metadata.uid.clone()?, name: format!("{}/{}", pod.namespace()?, pod.name_any()) })
+fn candidate_of(pod: &PodInfo) -> Option<Candidate> {
+    Some(Candidate { id: pod.uid.clone()?, name: format!("{}/{}", pod.namespace, pod.name) })
 }
 
 /// Writes the `leaderlock.dev/*` keys of the pods `ll` concerns — each pod's full set, across
@@ -108,11 +149,11 @@ async fn sync_pods(ctx: &Context, ns: &str, view: &View) -> Result<usize> {
     for (name, pod) in &view.pods {
         let name = name.clone();
         let roles = view.roles_for(pod, |prefix| ctx.engine.holder(prefix));
-        let current = PodKeys::current(pod);
+        let current = pod.keys.clone();
         let desired = pods::desired(&name, &roles);
         if current != desired {
             let first = pods::demotions_only(&current, &desired, &roles);
-            plans.push(((name, pod.metadata.uid.clone()), current, first, desired));
+            plans.push(((name, pod.uid.clone()), current, first, desired));
         }
     }
     let mut writes = 0;
@@ -185,6 +226,7 @@ pub async fn reconcile(ll: Arc<LeaderLock>, ctx: Arc<Context>) -> Result<Action>
 
 /// Makes etcd and the pods match the LeaderLock, then reports what etcd says in the status.
 async fn apply(ll: Arc<LeaderLock>, ctx: &Context) -> Result<Action> {
+    let ll = ctx.written.latest(ll);
     let ns = ll.namespace().ok_or(Error::NoNamespace)?;
     let name = ll.name_any();
     let view = ctx.index.view(&ll);
@@ -203,10 +245,8 @@ async fn apply(ll: Arc<LeaderLock>, ctx: &Context) -> Result<Action> {
         for (_, res) in &mine {
             if let Resolution::Accepted(prefix) = res {
                 let ops = ctx.engine.plan(prefix, &wanted, ll.spec.ttl_seconds).await?;
-                for op in &ops {
-                    ctx.engine.apply(prefix, op).await?;
-                    ctx.metrics.etcd_op(op_kind(op));
-                }
+                ctx.engine.apply_all(prefix, &ops, |op| ctx.metrics.etcd_op(op_kind(op))).await?;
+                ctx.engine.remember_holder(prefix);
                 wrote |= !ops.is_empty();
                 log_ops(&name, &ops);
             }
@@ -272,7 +312,7 @@ fn log_ops(ll: &str, ops: &[Op]) {
 }
 
 /// The status from what etcd's mirror says now.
-fn observed_status(ctx: &Context, ll: &LeaderLock, mine: &[(String, Resolution)], candidates: &[Arc<Pod>]) -> LeaderLockStatus {
+fn observed_status(ctx: &Context, ll: &LeaderLock, mine: &[(String, Resolution)], candidates: &[Arc<PodInfo>]) -> LeaderLockStatus {
     let old = ll.status.clone().unwrap_or_default();
     let now = jiff_now();
     let mut locks = Vec::new();
@@ -360,9 +400,11 @@ fn set_condition(conditions: &mut Vec<Condition>, mut new: Condition) {
 async fn write_status(ctx: &Context, ll: &LeaderLock, status: &LeaderLockStatus) -> Result<()> {
     let api: Api<LeaderLock> = Api::namespaced(ctx.client.clone(), &ll.namespace().ok_or(Error::NoNamespace)?);
     let patch = json!({"apiVersion": "leaderlock.dev/v1alpha1", "kind": "LeaderLock", "status": status});
-    api.patch_status(&ll.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch))
+    let updated = api
+        .patch_status(&ll.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch))
         .await
         .map_err(kube_err("apply LeaderLock status"))?;
+    ctx.written.record(&updated);
     Ok(())
 }
 
@@ -488,6 +530,7 @@ pub async fn run(client: kube::Client, engine: Arc<Engine>, settings: Settings) 
     let ll_index = index.clone();
     let ll_events = watcher(lls, watcher::Config::default().any_semantic())
         .default_backoff()
+        .modify(|ll: &mut LeaderLock| ll.managed_fields_mut().clear()) // kept twice, never read
         .reflect(writer)
         .inspect(move |ev| {
             if let Ok(ev) = ev {
@@ -508,6 +551,7 @@ pub async fn run(client: kube::Client, engine: Arc<Engine>, settings: Settings) 
         trigger,
         recorder: Recorder::new(client.clone(), Reporter { controller: "leaderlock".into(), instance: Some(settings.instance) }),
         metrics: settings.metrics.clone(),
+        written: Default::default(),
     });
 
     let pod_index = index.clone();
@@ -557,4 +601,35 @@ fn etcd_triggers(engine: Arc<Engine>, index: Arc<Index>) -> impl futures::Stream
         };
         futures::stream::iter(refs)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::resource::LeaderLockSpec;
+
+    fn ll(rv: &str, holder: Option<&str>) -> Arc<LeaderLock> {
+        let spec = LeaderLockSpec { selector: Default::default(), locks: vec![], ttl_seconds: 15, pod_labels: false };
+        let mut l = LeaderLock::new("payments", spec);
+        l.metadata.uid = Some("u1".into());
+        l.metadata.resource_version = Some(rv.into());
+        l.status = Some(LeaderLockStatus {
+            locks: vec![LockStatus { name: "ledger".into(), holder: holder.map(str::to_string), ..Default::default() }],
+            ..Default::default()
+        });
+        Arc::new(l)
+    }
+
+    #[test]
+    fn a_reconcile_reading_a_copy_older_than_our_status_write_sees_the_write() {
+        let written = WrittenStatus::default();
+        written.record(&ll("20", Some("w-1")));
+        let stale = written.latest(ll("19", None));
+        assert_eq!(stale.status.as_ref().unwrap().locks[0].holder.as_deref(), Some("w-1"));
+        assert_eq!(stale.resource_version().as_deref(), Some("19"), "only the status is replaced");
+        // Once the watch delivers the write (or anything newer), the copy is used as it is.
+        let caught_up = written.latest(ll("21", Some("w-2")));
+        assert_eq!(caught_up.status.as_ref().unwrap().locks[0].holder.as_deref(), Some("w-2"));
+        assert_eq!(written.latest(ll("19", None)).status.as_ref().unwrap().locks[0].holder, None, "forgotten once caught up");
+    }
 }

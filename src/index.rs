@@ -24,7 +24,7 @@ use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 
 use crate::lock::Holder;
-use crate::pods::{self, LockRoles};
+use crate::pods::{LockRoles, PodInfo};
 use crate::resolve::{Resolution, resolve_namespace, selector_problem};
 use crate::resource::{GROUP, LeaderLock, LockSpec};
 
@@ -64,11 +64,6 @@ impl<K: Hash + Eq, V: Ord> Multi<K, V> {
     }
 }
 
-fn labels_of(pod: &Pod) -> &BTreeMap<String, String> {
-    static EMPTY: BTreeMap<String, String> = BTreeMap::new();
-    pod.metadata.labels.as_ref().unwrap_or(&EMPTY)
-}
-
 fn key_of<K: ResourceExt>(o: &K) -> Key {
     (o.namespace().unwrap_or_default(), o.name_any())
 }
@@ -96,15 +91,15 @@ impl Entry {
         self.ll.spec.selector.match_labels.as_ref()?.iter().next()
     }
 
-    fn selects(&self, pod: &Pod) -> bool {
-        self.selector.as_ref().is_some_and(|s| s.matches(labels_of(pod)))
+    fn selects(&self, pod: &PodInfo) -> bool {
+        self.selector.as_ref().is_some_and(|s| s.matches(&pod.labels))
     }
 }
 
 /// One kind's objects and lookups.
 trait Table: Default {
-    type Object: Clone;
-    fn insert(&mut self, obj: Arc<Self::Object>, prefix_of: &PrefixOf);
+    type Object;
+    fn insert(&mut self, obj: &Self::Object, prefix_of: &PrefixOf);
     fn remove(&mut self, obj: &Self::Object);
 }
 
@@ -163,10 +158,10 @@ impl LeaderLocks {
 impl Table for LeaderLocks {
     type Object = LeaderLock;
 
-    fn insert(&mut self, ll: Arc<LeaderLock>, prefix_of: &PrefixOf) {
-        self.remove(&ll);
-        let key = key_of(&*ll);
-        let e = Entry::new(ll, prefix_of);
+    fn insert(&mut self, ll: &LeaderLock, prefix_of: &PrefixOf) {
+        self.remove(ll);
+        let key = key_of(ll);
+        let e = Entry::new(Arc::new(ll.clone()), prefix_of);
         let (ns, name) = &key;
         match e.anchor() {
             Some((k, v)) => self.by_label.add((ns.clone(), k.clone(), v.clone()), name.clone()),
@@ -192,7 +187,7 @@ impl Table for LeaderLocks {
 
 #[derive(Default)]
 struct Pods {
-    by_key: HashMap<Key, Arc<Pod>>,
+    by_key: HashMap<Key, Arc<PodInfo>>,
     by_label: Multi<LabelKey, String>,
     by_namespace: Multi<String, String>,
     /// Pods carrying a `leaderlock.dev/<lock>` key, by `(namespace, lock)`.
@@ -200,28 +195,28 @@ struct Pods {
 }
 
 /// The locks whose keys (`leaderlock.dev/<lock>`, `leaderlock.dev/<lock>.token`) a pod carries.
-fn locks_named_on(pod: &Pod) -> BTreeSet<String> {
-    let keys = pod.metadata.annotations.iter().flatten().chain(pod.metadata.labels.iter().flatten()).map(|(k, _)| k);
+fn locks_named_on(pod: &PodInfo) -> BTreeSet<String> {
+    let keys = pod.keys.annotations.keys().chain(pod.keys.labels.keys());
     keys.filter_map(|k| k.strip_prefix(GROUP)?.strip_prefix('/'))
         .map(|rest| rest.strip_suffix(".token").unwrap_or(rest).to_string())
         .collect()
 }
 
 impl Pods {
-    fn index(&mut self, pod: &Pod, add: bool) {
-        let (ns, name) = key_of(pod);
-        let each = |m: &mut Multi<LabelKey, String>, k: LabelKey| if add { m.add(k, name.clone()) } else { m.remove(&k, &name) };
-        for (k, v) in labels_of(pod) {
+    fn index(&mut self, pod: &PodInfo, add: bool) {
+        let (ns, name) = (&pod.namespace, &pod.name);
+        let each = |m: &mut Multi<LabelKey, String>, k: LabelKey| if add { m.add(k, name.clone()) } else { m.remove(&k, name) };
+        for (k, v) in &pod.labels {
             each(&mut self.by_label, (ns.clone(), k.clone(), v.clone()));
         }
-        let each = |m: &mut Multi<Key, String>, k: Key| if add { m.add(k, name.clone()) } else { m.remove(&k, &name) };
+        let each = |m: &mut Multi<Key, String>, k: Key| if add { m.add(k, name.clone()) } else { m.remove(&k, name) };
         for lock in locks_named_on(pod) {
             each(&mut self.by_lock, (ns.clone(), lock));
         }
         if add {
-            self.by_namespace.add(ns, name);
+            self.by_namespace.add(ns.clone(), name.clone());
         } else {
-            self.by_namespace.remove(&ns, &name);
+            self.by_namespace.remove(ns, name);
         }
     }
 }
@@ -229,10 +224,11 @@ impl Pods {
 impl Table for Pods {
     type Object = Pod;
 
-    fn insert(&mut self, pod: Arc<Pod>, _: &PrefixOf) {
-        self.remove(&pod);
-        self.index(&pod, true);
-        self.by_key.insert(key_of(&*pod), pod);
+    fn insert(&mut self, pod: &Pod, _: &PrefixOf) {
+        self.remove(pod);
+        let info = PodInfo::of(pod);
+        self.index(&info, true);
+        self.by_key.insert((info.namespace.clone(), info.name.clone()), Arc::new(info));
     }
 
     fn remove(&mut self, pod: &Pod) {
@@ -252,10 +248,10 @@ struct Kind<T> {
 impl<T: Table> Kind<T> {
     fn on_event(&mut self, ev: &watcher::Event<T::Object>, prefix_of: &PrefixOf) {
         match ev {
-            watcher::Event::Apply(o) => self.table.insert(Arc::new(o.clone()), prefix_of),
+            watcher::Event::Apply(o) => self.table.insert(o, prefix_of),
             watcher::Event::Delete(o) => self.table.remove(o),
             watcher::Event::Init => self.relist = Some(T::default()),
-            watcher::Event::InitApply(o) => self.relist.get_or_insert_default().insert(Arc::new(o.clone()), prefix_of),
+            watcher::Event::InitApply(o) => self.relist.get_or_insert_default().insert(o, prefix_of),
             watcher::Event::InitDone => {
                 if let Some(t) = self.relist.take() {
                     self.table = t;
@@ -322,11 +318,12 @@ impl Index {
     /// The LeaderLocks a change of `pod` may matter to: those selecting it and those whose
     /// locks it carries keys of (to be removed).
     pub fn leaderlocks_for_pod(&self, pod: &Pod) -> Vec<ObjectRef<LeaderLock>> {
+        let pod = PodInfo::of(pod);
         let inner = self.read();
         let lls = &inner.lls.table;
-        let ns = pod.namespace().unwrap_or_default();
-        let mut names: BTreeSet<&String> = selecting(lls, pod).into_iter().collect();
-        for lock in locks_named_on(pod) {
+        let ns = pod.namespace.clone();
+        let mut names: BTreeSet<&String> = selecting(lls, &pod).into_iter().collect();
+        for lock in locks_named_on(&pod) {
             names.extend(lls.by_lock.get(&(ns.clone(), lock)));
         }
         names.into_iter().map(|n| ObjectRef::new(n).within(&ns)).collect()
@@ -358,7 +355,7 @@ impl Index {
         let inner = self.read();
         let (lls, pods) = (Lookup::new(&inner.lls.table, ll, &*self.prefix_of), &inner.pods.table);
         let (ns, me) = key_of(&**ll);
-        let mut concerned: BTreeMap<String, Arc<Pod>> = BTreeMap::new();
+        let mut concerned: BTreeMap<String, Arc<PodInfo>> = BTreeMap::new();
         let anchored = lls.origin.anchor().map(|(k, v)| (ns.clone(), k.clone(), v.clone()));
         let selectable: Vec<&String> = match (&lls.origin.selector, anchored) {
             (None, _) => vec![],
@@ -400,11 +397,11 @@ impl Index {
 }
 
 /// Names (same namespace) of the LeaderLocks with a valid selector matching `pod`.
-fn selecting<'a>(lls: &'a LeaderLocks, pod: &Pod) -> Vec<&'a String> {
-    let ns = pod.namespace().unwrap_or_default();
-    let anchored = labels_of(pod).iter().flat_map(|(k, v)| lls.by_label.get(&(ns.clone(), k.clone(), v.clone())));
+fn selecting<'a>(lls: &'a LeaderLocks, pod: &PodInfo) -> Vec<&'a String> {
+    let ns = &pod.namespace;
+    let anchored = pod.labels.iter().flat_map(|(k, v)| lls.by_label.get(&(ns.clone(), k.clone(), v.clone())));
     let mut out: Vec<&String> = anchored
-        .chain(lls.unanchored.get(&ns))
+        .chain(lls.unanchored.get(ns))
         .filter(|n| lls.by_key.get(&(ns.clone(), (*n).clone())).is_some_and(|e| e.selects(pod)))
         .collect();
     out.sort();
@@ -465,7 +462,7 @@ pub struct View {
     /// its parsed selector (None: selects nothing).
     pub leaderlocks: BTreeMap<String, (Arc<LeaderLock>, Option<Selector>)>,
     /// The pods the reconciled LeaderLock selects or whose keys name one of its locks, by name.
-    pub pods: BTreeMap<String, Arc<Pod>>,
+    pub pods: BTreeMap<String, Arc<PodInfo>>,
     /// For each pod in `pods`, the LeaderLocks (names) selecting it.
     pub selecting: BTreeMap<String, Vec<String>>,
     /// How every lock of the LeaderLocks in `leaderlocks` resolves.
@@ -473,24 +470,24 @@ pub struct View {
 }
 
 impl View {
-    fn selects(&self, ll: &str, pod: &Pod) -> bool {
-        self.leaderlocks.get(ll).and_then(|(_, s)| s.as_ref()).is_some_and(|s| s.matches(labels_of(pod)))
+    fn selects(&self, ll: &str, pod: &PodInfo) -> bool {
+        self.leaderlocks.get(ll).and_then(|(_, s)| s.as_ref()).is_some_and(|s| s.matches(&pod.labels))
     }
 
     /// Candidate pods of `ll`, in creation-priority order (oldest pod first).
-    pub fn candidates(&self, ll: &str) -> Vec<Arc<Pod>> {
-        let mut c: Vec<Arc<Pod>> = self.pods.values().filter(|p| pods::is_candidate(p) && self.selects(ll, p)).cloned().collect();
-        c.sort_by_key(|p| (p.metadata.creation_timestamp.clone().map(|t| t.0), p.name_any()));
+    pub fn candidates(&self, ll: &str) -> Vec<Arc<PodInfo>> {
+        let mut c: Vec<Arc<PodInfo>> = self.pods.values().filter(|p| p.candidate && self.selects(ll, p)).cloned().collect();
+        c.sort_by(|a, b| (a.created, &a.name).cmp(&(b.created, &b.name)));
         c
     }
 
     /// The roles every accepted lock of the namespace assigns to `pod`, given each lock
     /// prefix's holder. LeaderLocks being deleted assign nothing: their keys are to be removed.
-    pub fn roles_for(&self, pod: &Pod, holder: impl Fn(&str) -> Option<Holder>) -> Vec<LockRoles> {
-        if !pods::is_candidate(pod) {
+    pub fn roles_for(&self, pod: &PodInfo, holder: impl Fn(&str) -> Option<Holder>) -> Vec<LockRoles> {
+        if !pod.candidate {
             return vec![];
         }
-        let name = pod.name_any();
+        let name = pod.name.clone();
         let mut out = Vec::new();
         for ll in self.selecting.get(&name).into_iter().flatten() {
             let Some((obj, _)) = self.leaderlocks.get(ll) else { continue };
@@ -499,7 +496,7 @@ impl View {
             }
             for (lock, res) in self.resolved.get(ll).into_iter().flatten() {
                 let Resolution::Accepted(prefix) = res else { continue };
-                let holds = |h: &Holder| h.candidate.is_some() && h.candidate.as_deref() == pod.metadata.uid.as_deref();
+                let holds = |h: &Holder| h.candidate.is_some() && h.candidate == pod.uid;
                 let leader = holder(prefix).filter(holds).map(|h| (name.clone(), h.token));
                 out.push(LockRoles { lock: lock.clone(), candidates: vec![name.clone()], leader, labels: obj.spec.pod_labels });
             }

@@ -599,9 +599,7 @@ async fn hostile_leaderlocks_neither_crash_the_controller_nor_touch_valid_locks_
                 unclear.push(format!("{} ({kind}): {:?}", ll.name_any(), ll.status.as_ref().map(|s| &s.conditions)));
             }
         }
-        // bad-crossns ones are accepted by the product today (the ignored test
-        // an_etcd_key_under_another_namespaces_lock_prefix_is_refused): reported, not waited for.
-        if unclear.iter().all(|u| u.contains("(bad-crossns)")) || start.elapsed() > bound {
+        if unclear.is_empty() || start.elapsed() > bound {
             break;
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
@@ -640,10 +638,8 @@ async fn hostile_leaderlocks_neither_crash_the_controller_nor_touch_valid_locks_
     assert!(s.outside_keys.is_empty(), "keys outside root/allowed: {:?}", s.outside_keys);
     assert_eq!(victim_before, victim_after, "hostile LeaderLocks changed a valid lock's holder");
     assert_eq!(bystanders, pod_versions(&c, &other).await, "pods of another namespace were written");
-    let unclear_not_crossns: Vec<_> = unclear.iter().filter(|u| !u.contains("bad-crossns")).collect();
-    assert!(unclear_not_crossns.is_empty(), "LeaderLocks without a clear Ready condition: {unclear_not_crossns:#?}");
-    // Known bug (ignored test an_etcd_key_under_another_namespaces_lock_prefix_is_refused):
-    // `foreign` lists the keys written under the bystander namespace's prefix; reported above.
+    assert!(unclear.is_empty(), "LeaderLocks without a clear Ready condition: {unclear:#?}");
+    assert!(foreign.is_empty(), "keys written under the bystander namespace's lock prefix: {foreign}");
 }
 
 async fn holders_of(c: &kube::Client, ns: &str, ll: &str) -> Vec<(String, Option<String>, Option<String>)> {

@@ -192,6 +192,25 @@ async fn etcdctl_lock_and_go_mutex_wait_while_we_hold_and_acquire_in_order_when_
     mutex.terminate();
 }
 
+/// The mirror lists page by page: one response with every key under the root passed gRPC's
+/// 4 MiB message limit at 10,000 LeaderLocks × 3 pods, and a restarted controller could not start.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_mirror_starts_over_more_keys_than_one_grpc_message_holds() {
+    use etcd_client::{Txn, TxnOp};
+    let etcd = EtcdServer::start();
+    let root = unique_root("many");
+    let mut c = etcd_client::Client::connect([etcd.endpoint()], None).await.unwrap();
+    let value = "v".repeat(1024); // 5,000 keys of 1 KiB: over 4 MiB in all
+    for lock in 0..50 {
+        let puts: Vec<TxnOp> = (0..100).map(|i| TxnOp::put(format!("{root}locks/ns/l-{lock}/{i:04}"), value.clone(), None)).collect();
+        c.txn(Txn::new().and_then(puts)).await.unwrap();
+    }
+    let engine = engine_at(&etcd.endpoint(), &root).await;
+    let keys = engine.mirror().keys_under(&root);
+    assert_eq!(keys.len(), 5000, "every key, once");
+    assert_eq!(engine.keys(&format!("{root}locks/ns/l-49")).len(), 100);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_restarted_engine_adopts_its_lease_changes_no_holder_and_writes_nothing() {
     let etcd = EtcdServer::start();

@@ -4,12 +4,13 @@
 //! poll. When the active replica dies its lease expires after `ttl`, its key goes, and the next
 //! replica takes over, adopting the recorded lock leases before they expire (see [`super::session`]).
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use etcd_client::{Client, Compare, CompareOp, EventType, GetOptions, PutOptions, SortOrder, SortTarget, Txn, TxnOp, WatchOptions};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use super::session::{WhenUnsure, keep_alive};
 use super::{Error, Result, call};
 
 /// This replica is active until [`Leadership::lost`] resolves.
@@ -49,7 +50,14 @@ pub async fn campaign(client: &Client, root: &str, instance: &str, ttl: i64, tim
     let mut c = client.clone();
     let lease = call("lease grant", timeout, c.lease_grant(ttl, None)).await?.id();
     let (alive_tx, alive) = watch::channel(true);
-    let keeper = tokio::spawn(keep_alive(client.clone(), lease, ttl, timeout, alive_tx));
+    // Gives up after a whole TTL without renewal unless etcd confirms the lease is still alive:
+    // on a lease that may be gone, another replica may already be active.
+    let period = Duration::from_millis((ttl as u64 * 1000 / 3).max(300));
+    let keeper_client = client.clone();
+    let keeper = tokio::spawn(async move {
+        keep_alive(&keeper_client, lease, ttl, period, timeout, WhenUnsure::GiveUp).await;
+        let _ = alive_tx.send(false);
+    });
     let dir = format!("{root}controller/");
     let key = format!("{dir}{lease:x}");
     let txn = Txn::new()
@@ -98,49 +106,6 @@ async fn wait_deleted(c: &mut Client, key: Vec<u8>, from: i64) -> Result<()> {
             Ok(None) => return Err(Error::WatchEnded("election watch closed".into())),
             Err(source) => return Err(Error::Call { op: "watch", source }),
         }
-    }
-}
-
-/// Renews the session lease every third of its TTL; reports it lost when etcd says it expired
-/// or when no renewal succeeded for a whole TTL.
-async fn keep_alive(client: Client, lease: i64, ttl: i64, timeout: Duration, alive: watch::Sender<bool>) {
-    let period = Duration::from_millis((ttl as u64 * 1000 / 3).max(300));
-    let mut last_ok = Instant::now();
-    loop {
-        let mut c = client.clone();
-        if let Ok((mut keeper, mut stream)) = call("lease keep-alive", timeout, c.lease_keep_alive(lease)).await {
-            loop {
-                if call("lease keep-alive", timeout, keeper.keep_alive()).await.is_err() {
-                    break;
-                }
-                match call("lease keep-alive", timeout, stream.message()).await {
-                    Ok(Some(r)) if r.ttl() > 0 => last_ok = Instant::now(),
-                    Ok(Some(_)) => {
-                        let _ = alive.send(false);
-                        return;
-                    }
-                    _ => break,
-                }
-                tokio::time::sleep(period).await;
-            }
-        }
-        if last_ok.elapsed() >= Duration::from_secs(ttl as u64) {
-            // No renewal for a whole TTL here (a busy machine, a slow etcd): etcd decides. While
-            // it still has the lease nobody else can be active; if it cannot say, step down.
-            let mut c = client.clone();
-            match call("lease time-to-live", timeout, c.lease_time_to_live(lease, None)).await {
-                // Alive for r.ttl() more seconds at most: check again by then.
-                Ok(r) if r.ttl() > 0 => {
-                    let spent = Duration::from_secs((ttl - r.ttl()).max(0) as u64);
-                    last_ok = Instant::now().checked_sub(spent).unwrap_or_else(Instant::now);
-                }
-                _ => {
-                    let _ = alive.send(false);
-                    return;
-                }
-            }
-        }
-        tokio::time::sleep(period / 2).await;
     }
 }
 

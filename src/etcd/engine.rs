@@ -81,11 +81,15 @@ impl Engine {
 
     /// The holder of the lock `prefix`, from the mirror (no I/O).
     pub fn holder(&self, prefix: &str) -> Option<Holder> {
-        let h = lock::holder(prefix, &self.keys(prefix));
-        if let Some(id) = h.as_ref().and_then(|h| h.candidate.clone()) {
+        lock::holder(prefix, &self.keys(prefix))
+    }
+
+    /// Remembers the current holder of `prefix`: if a lost lease wipes the lock's keys, they are
+    /// recreated with this candidate first, so it keeps the lock.
+    pub fn remember_holder(&self, prefix: &str) {
+        if let Some(id) = self.holder(prefix).and_then(|h| h.candidate) {
             self.last_holder.lock().expect("holder map poisoned").insert(prefix.to_string(), id);
         }
-        h
     }
 
     /// What [`Engine::sync`] would do now (no I/O besides adopting/granting the lease).
@@ -104,29 +108,30 @@ impl Engine {
     /// the mirror shows the result. Returns the operations applied; none when nothing changed.
     pub async fn sync(&self, prefix: &str, wanted: &[Candidate], ttl: i64) -> Result<Vec<Op>> {
         let ops = self.plan(prefix, wanted, ttl).await?;
-        for op in &ops {
-            self.apply(prefix, op).await?;
-        }
-        self.holder(prefix);
+        self.apply_all(prefix, &ops, |_| {}).await?;
+        self.remember_holder(prefix);
         Ok(ops)
     }
 
-    /// Applies one operation in one guarded transaction and waits for the mirror to see it.
-    pub async fn apply(&self, prefix: &str, op: &Op) -> Result<()> {
-        let (name, txn) = txn_for(prefix, op);
+    /// Applies each operation in its own guarded transaction (one create per candidate keeps
+    /// etcd's one-key-per-revision mutex semantics), calling `applied` after each, then waits
+    /// once for the mirror to show them all, so the next decision sees them.
+    pub async fn apply_all(&self, prefix: &str, ops: &[Op], mut applied: impl FnMut(&Op)) -> Result<()> {
         let t = self.cfg.call_timeout;
-        let resp = retry(5, || {
-            let mut c = self.client.clone();
-            let txn = txn.clone();
-            async move { call(name, t, c.txn(txn)).await }
-        })
-        .await?;
-        let rev = resp.header().map_or(0, |h| h.revision());
-        let key = match op {
-            Op::Create { key, .. } | Op::Delete { key, .. } | Op::Reattach { key, .. } => key,
-        };
-        if !self.mirror.wait_for(key, rev, t).await {
-            tracing::warn!(key, rev, "mirror did not catch up with our write in time");
+        let mut last = 0;
+        for op in ops {
+            let (name, txn) = txn_for(prefix, op);
+            let resp = retry(5, || {
+                let mut c = self.client.clone();
+                let txn = txn.clone();
+                async move { call(name, t, c.txn(txn)).await }
+            })
+            .await?;
+            last = last.max(resp.header().map_or(0, |h| h.revision()));
+            applied(op);
+        }
+        if !ops.is_empty() && !self.mirror.wait_for(&format!("{prefix}/"), last, t).await {
+            tracing::warn!(prefix, revision = last, "mirror did not catch up with our writes in time");
         }
         Ok(())
     }
@@ -137,9 +142,7 @@ impl Engine {
             .into_iter()
             .filter(|op| matches!(op, Op::Delete { .. }))
             .collect();
-        for op in &ops {
-            self.apply(prefix, op).await?;
-        }
+        self.apply_all(prefix, &ops, |_| {}).await?;
         Ok(ops.len())
     }
 }

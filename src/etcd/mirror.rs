@@ -151,25 +151,53 @@ impl Mirror {
     }
 }
 
-/// Replaces the copy with a fresh list of every range at one revision; announces the diff.
+/// Keys per list request: a whole range in one response would exceed gRPC's 4 MiB message limit
+/// at a few tens of thousands of candidate keys.
+const LIST_PAGE: i64 = 1000;
+
+/// The first key after every key starting with `prefix` (etcd's prefix range end).
+fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0] // all keys
+}
+
+/// Replaces the copy with a fresh list of every range at one revision, page by page; announces
+/// the diff.
 async fn relist(client: &Client, inner: &Inner, timeout: Duration) -> Result<()> {
     let mut fresh = BTreeMap::new();
     let mut at = 0;
     for range in &inner.ranges {
-        let opts = GetOptions::new().with_prefix();
-        let opts = if at > 0 { opts.with_revision(at) } else { opts };
-        let resp = retry(10, || {
-            let mut c = client.clone();
-            let (range, opts) = (range.clone(), opts.clone());
-            async move { call("list lock keys", timeout, c.get(range, Some(opts))).await }
-        })
-        .await?;
-        if at == 0 {
-            at = resp.header().map_or(0, |h| h.revision());
-        }
-        for kv in resp.kvs() {
-            let ks = key_state(kv);
-            fresh.insert(ks.key.clone(), ks);
+        let end = prefix_end(range.as_bytes());
+        let mut from = range.as_bytes().to_vec();
+        loop {
+            let opts = GetOptions::new().with_range(end.clone()).with_limit(LIST_PAGE);
+            let opts = if at > 0 { opts.with_revision(at) } else { opts };
+            let resp = retry(10, || {
+                let mut c = client.clone();
+                let (key, opts) = (from.clone(), opts.clone());
+                async move { call("list lock keys", timeout, c.get(key, Some(opts))).await }
+            })
+            .await?;
+            if at == 0 {
+                at = resp.header().map_or(0, |h| h.revision());
+            }
+            for kv in resp.kvs() {
+                let ks = key_state(kv);
+                fresh.insert(ks.key.clone(), ks);
+            }
+            match resp.kvs().last() {
+                Some(kv) if resp.more() => {
+                    from = kv.key().to_vec();
+                    from.push(0); // the next key after it
+                }
+                _ => break,
+            }
         }
     }
     let changed: Vec<String> = {
@@ -303,7 +331,14 @@ fn apply(inner: &Inner, range: Option<usize>, events: &[etcd_client::Event], hea
 
 #[cfg(test)]
 mod tests {
-    use super::disjoint_ranges;
+    use super::{disjoint_ranges, prefix_end};
+
+    #[test]
+    fn a_prefix_range_ends_after_its_last_possible_key() {
+        assert_eq!(prefix_end(b"/ll/"), b"/ll0".to_vec());
+        assert_eq!(prefix_end(b"a\xff"), b"b".to_vec());
+        assert_eq!(prefix_end(b"\xff"), vec![0]);
+    }
 
     #[test]
     fn nested_and_duplicate_prefixes_are_watched_once() {

@@ -87,7 +87,7 @@ impl Leases {
             None => self.grant_and_record(ttl).await?,
         };
         let mut live = self.inner.live.lock().expect("lease map poisoned");
-        let task = tokio::spawn(keep_alive(self.inner.clone(), ttl, id));
+        let task = tokio::spawn(hold(self.inner.clone(), ttl, id));
         live.insert(ttl, Live { id, task });
         Ok(id)
     }
@@ -128,51 +128,73 @@ impl Leases {
     }
 }
 
-/// Renews `id` every third of its TTL over one keep-alive stream, reopening the stream after
-/// errors. Gives up — reporting the lease lost — when etcd says it expired.
-async fn keep_alive(inner: Arc<Inner>, ttl: i64, id: i64) {
+/// Keeps the lease for `ttl` alive; when it expires, forgets it and reports it lost.
+async fn hold(inner: Arc<Inner>, ttl: i64, id: i64) {
     // A third of the TTL, at most 2 s: after a crash of the active controller, the lease keeps
     // at least TTL - 2 s for a standby to take over and adopt it.
     let period = Duration::from_millis((ttl as u64 * 1000 / 3).clamp(500, 2000));
+    keep_alive(&inner.client, id, ttl, period, inner.timeout, WhenUnsure::KeepTrying).await;
+    tracing::warn!(lease = id, ttl, "lease expired; its candidate keys are gone and will be recreated");
+    if let Ok(mut live) = inner.live.lock()
+        && live.get(&ttl).is_some_and(|l| l.id == id)
+    {
+        live.remove(&ttl);
+    }
+    let _ = inner.lost.send(id);
+}
+
+/// What [`keep_alive`] does when no renewal succeeded for a whole TTL and etcd cannot be asked
+/// whether the lease is still alive.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WhenUnsure {
+    /// Treat it as lost: the replica election, where acting on a lease that may be gone could
+    /// make two replicas active.
+    GiveUp,
+    /// Keep trying: the lock leases, whose keys etcd itself deletes if the lease does expire.
+    KeepTrying,
+}
+
+/// Renews `lease` every `period` over one keep-alive stream, reopening the stream after errors
+/// (retrying at least every `period`). Returns when the lease is gone: etcd says it expired, or
+/// — after a whole TTL without a renewal — etcd cannot confirm it and `unsure` says give up.
+pub async fn keep_alive(client: &Client, lease: i64, ttl: i64, period: Duration, timeout: Duration, unsure: WhenUnsure) {
     let mut backoff = Backoff::default();
     let mut last_renewed = Instant::now();
     loop {
-        let outcome = renew_until_error(&inner, id, period, &mut last_renewed, &mut backoff).await;
-        let expired = match outcome {
-            Err(Error::LeaseLost { .. }) => true,
-            // The stream broke (etcd restart, network). If the TTL passed meanwhile, ask etcd.
-            _ if last_renewed.elapsed() >= Duration::from_secs(ttl as u64) => {
-                let mut c = inner.client.clone();
-                matches!(call("lease time-to-live", inner.timeout, c.lease_time_to_live(id, None)).await, Ok(r) if r.ttl() <= 0)
-            }
-            _ => false,
-        };
-        if expired {
-            tracing::warn!(lease = id, ttl, "lease expired; its candidate keys are gone and will be recreated");
-            if let Ok(mut live) = inner.live.lock()
-                && live.get(&ttl).is_some_and(|l| l.id == id)
-            {
-                live.remove(&ttl);
-            }
-            let _ = inner.lost.send(id);
+        if let Err(Error::LeaseLost { .. }) = renew_until_error(client, lease, period, timeout, &mut last_renewed, &mut backoff).await {
             return;
         }
-        tokio::time::sleep(backoff.next_delay()).await;
+        if last_renewed.elapsed() >= Duration::from_secs(ttl as u64) {
+            // No renewal for a whole TTL here (etcd away, a busy machine): etcd decides.
+            let mut c = client.clone();
+            match call("lease time-to-live", timeout, c.lease_time_to_live(lease, None)).await {
+                // Alive for r.ttl() more seconds at most: check again by then.
+                Ok(r) if r.ttl() > 0 => {
+                    let spent = Duration::from_secs((ttl - r.ttl()).max(0) as u64);
+                    last_renewed = Instant::now().checked_sub(spent).unwrap_or_else(Instant::now);
+                }
+                Ok(_) => return,
+                Err(_) if unsure == WhenUnsure::GiveUp => return,
+                Err(_) => {}
+            }
+        }
+        tokio::time::sleep(backoff.next_delay().min(period)).await;
     }
 }
 
 async fn renew_until_error(
-    inner: &Inner,
+    client: &Client,
     id: i64,
     period: Duration,
+    timeout: Duration,
     last_renewed: &mut Instant,
     backoff: &mut Backoff,
 ) -> Result<()> {
-    let mut c = inner.client.clone();
-    let (mut keeper, mut stream) = call("lease keep-alive", inner.timeout, c.lease_keep_alive(id)).await?;
+    let mut c = client.clone();
+    let (mut keeper, mut stream) = call("lease keep-alive", timeout, c.lease_keep_alive(id)).await?;
     loop {
-        call("lease keep-alive", inner.timeout, keeper.keep_alive()).await?;
-        let resp = call("lease keep-alive", inner.timeout, stream.message()).await?;
+        call("lease keep-alive", timeout, keeper.keep_alive()).await?;
+        let resp = call("lease keep-alive", timeout, stream.message()).await?;
         match resp {
             Some(r) if r.ttl() > 0 => {
                 *last_renewed = Instant::now();

@@ -5,7 +5,7 @@
 // so revision counts never mix; client-go writes through the apiserver into its etcd
 // (APISERVER_ETCD_ENDPOINTS).
 //
-// Phases, in priority order: idle write amplification, failover latency, 1k-lock scale,
+// Phases, in priority order: idle write amplification, failover latency, scale (1k and 10k),
 // controller restart. It prints a table, writes BENCHMARKS.md (-out) and ends stdout with one
 // machine-readable "BENCH ..." line. Run it through hack/bench.sh.
 package main
@@ -25,11 +25,12 @@ import (
 )
 
 type config struct {
-	idleLocks, idleSecs, handovers, slowHandovers, scale int
-	clientgoHandovers                                    int
-	trylockInterval                                      string
-	controllerBin, electorBin, etcdBinDir, kubeconfig    string
-	apiserverEtcd, clusterDir, crd, out                  string
+	idleLocks, idleSecs, handovers, slowHandovers     int
+	clientgoHandovers                                 int
+	scales                                            []int
+	trylockInterval                                   string
+	controllerBin, electorBin, etcdBinDir, kubeconfig string
+	apiserverEtcd, clusterDir, crd, out               string
 }
 
 var (
@@ -50,7 +51,13 @@ func main() {
 	cfg.handovers = envInt("BENCH_HANDOVERS", 50)
 	cfg.slowHandovers = envInt("BENCH_SLOW_HANDOVERS", 3)
 	cfg.clientgoHandovers = min(envInt("BENCH_CLIENTGO_HANDOVERS", 20), cfg.handovers)
-	cfg.scale = envInt("BENCH_SCALE", 1000)
+	for _, f := range strings.Split(envStr("BENCH_SCALE", "1000,10000"), ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(f))
+		if err != nil || n <= 0 {
+			fatalf("BENCH_SCALE: %q is not a positive number of LeaderLocks", f)
+		}
+		cfg.scales = append(cfg.scales, n)
+	}
 	cfg.trylockInterval = envStr("BENCH_TRYLOCK_INTERVAL", "1s")
 	cfg.etcdBinDir = mustEnv("LEADERLOCK_ETCD_BIN_DIR")
 	cfg.kubeconfig = mustEnv("KUBECONFIG")
@@ -94,8 +101,10 @@ func main() {
 		report(false)
 	}
 	if strings.Contains(phases, "scale") {
-		scale(etcds, ctl, apiPid)
-		report(false)
+		for _, n := range cfg.scales {
+			scale(etcds, ctl, apiPid, n)
+			report(false)
+		}
 	}
 	if strings.Contains(phases, "restart") {
 		restart(etcds, ctl)
@@ -415,9 +424,9 @@ func mutexFailover(endpoint, prefix string, crash bool, h int) []time.Duration {
 // ---------------------------------------------------------------------------------------------
 // 3. Scale: N LeaderLocks x 3 pods from empty
 
-func scale(etcds map[string]*etcd, ctl *controller, apiPid int) {
-	n := cfg.scale
-	ns := "bench-scale"
+func scale(etcds map[string]*etcd, ctl *controller, apiPid int, n int) {
+	ns := "bench-scale-" + label(n)
+	key := func(k string) string { return "scale_" + label(n) + "_" + k }
 	logf("scale: %d LeaderLocks x 3 pods", n)
 	k.namespace(ns)
 	t := k.track(ns, false)
@@ -425,21 +434,22 @@ func scale(etcds map[string]*etcd, ctl *controller, apiPid int) {
 	must(parallel(3*n, 32, func(i int) error {
 		return k.readyPod(ns, fmt.Sprintf("l-%05d-%d", i/3, i%3), fmt.Sprintf("l-%05d", i/3))
 	}))
-	results["scale_pods_s"] = fmt.Sprintf("%.1f", time.Since(t0).Seconds())
+	results[key("pods_s")] = fmt.Sprintf("%.1f", time.Since(t0).Seconds())
 	time.Sleep(2 * time.Second)
+	results[key("rss_pods_mb")] = fmt.Sprintf("%.1f", statusKB(ctl.p.pid(), "VmRSS")/1024)
 	endpoint := etcds["leaderlock"].endpoint
 	rev0, m0, ctlCPU, apiCPU := mustRevision(endpoint), k.apiMetrics(), cpuSeconds(ctl.p.pid()), cpuSeconds(apiPid)
 	t0 = time.Now()
 	must(parallel(n, 32, func(i int) error { return k.leaderLock(ns, fmt.Sprintf("l-%05d", i)) }))
-	results["scale_create_s"] = fmt.Sprintf("%.1f", time.Since(t0).Seconds())
+	results[key("create_s")] = fmt.Sprintf("%.1f", time.Since(t0).Seconds())
 	at := ctl.waitTracker(t, "every scale lock elected and every pod annotated", 1200*time.Second, func(t *tracker) bool {
 		return t.annotated == 3*n && t.leaders == n && t.held == n
 	})
 	conv := at.Sub(t0)
-	results["scale_converge_s"] = fmt.Sprintf("%.1f", conv.Seconds())
+	results[key("converge_s")] = fmt.Sprintf("%.1f", conv.Seconds())
 	time.Sleep(2 * time.Second) // trailing writes (events) count too
 	revs := mustRevision(endpoint) - rev0
-	results["scale_etcd_writes_per_lock"] = fmt.Sprintf("%.2f", float64(revs)/float64(n))
+	results[key("etcd_writes_per_lock")] = fmt.Sprintf("%.2f", float64(revs)/float64(n))
 	m1 := k.apiMetrics()
 	ours := func(res string) bool {
 		return strings.HasPrefix(res, "pods") || strings.HasPrefix(res, "leaderlocks") || strings.HasPrefix(res, "events")
@@ -448,20 +458,24 @@ func scale(etcds map[string]*etcd, ctl *controller, apiPid int) {
 	all, _ := metricDelta(m0, m1, false, ours)
 	// The harness itself issued n POST leaderlocks; everything else on these resources is the
 	// controller's (the harness's informers were already watching).
-	results["scale_api_writes"] = fmt.Sprintf("%.0f", writes-float64(n))
-	results["scale_api_requests"] = fmt.Sprintf("%.0f", all-float64(n))
+	results[key("api_writes")] = fmt.Sprintf("%.0f", writes-float64(n))
+	results[key("api_requests")] = fmt.Sprintf("%.0f", all-float64(n))
 	by["POST leaderlocks"] -= float64(n)
-	results["scale_api_writes_by"] = fmtByKey(by)
-	results["scale_ctl_cpu_s"] = fmt.Sprintf("%.1f", cpuSeconds(ctl.p.pid())-ctlCPU)
-	results["scale_api_cpu_s"] = fmt.Sprintf("%.1f", cpuSeconds(apiPid)-apiCPU)
-	results["scale_rss_mb"] = fmt.Sprintf("%.1f", statusKB(ctl.p.pid(), "VmHWM")/1024)
-	results["scale_rss_now_mb"] = fmt.Sprintf("%.1f", statusKB(ctl.p.pid(), "VmRSS")/1024)
+	results[key("api_writes_by")] = fmtByKey(by)
+	results[key("ctl_cpu_s")] = fmt.Sprintf("%.1f", cpuSeconds(ctl.p.pid())-ctlCPU)
+	results[key("api_cpu_s")] = fmt.Sprintf("%.1f", cpuSeconds(apiPid)-apiCPU)
+	results[key("rss_mb")] = fmt.Sprintf("%.1f", statusKB(ctl.p.pid(), "VmHWM")/1024)
+	results[key("rss_now_mb")] = fmt.Sprintf("%.1f", statusKB(ctl.p.pid(), "VmRSS")/1024)
 	logf("scale: converged in %.1fs; %s etcd writes/lock; controller peak RSS %s MB, %s CPU s; apiserver %s CPU s",
-		conv.Seconds(), results["scale_etcd_writes_per_lock"], results["scale_rss_mb"], results["scale_ctl_cpu_s"], results["scale_api_cpu_s"])
-	scaleTracker = t
+		conv.Seconds(), results[key("etcd_writes_per_lock")], results[key("rss_mb")], results[key("ctl_cpu_s")], results[key("api_cpu_s")])
+	scaleTracker, scaleNS = t, ns
 }
 
-var scaleTracker *tracker
+// The largest scale phase's LeaderLocks, for the restart phase.
+var (
+	scaleTracker *tracker
+	scaleNS      string
+)
 
 // ---------------------------------------------------------------------------------------------
 // 4. Controller restart (SIGTERM, then a new process) with every LeaderLock of the run in place
@@ -490,13 +504,13 @@ func restart(etcds map[string]*etcd, ctl *controller) {
 	must(ctl2.waitFor("active", 60*time.Second, func(c *controller) bool { return !c.activeAt.IsZero() }))
 	must(ctl2.waitFor("a first reconcile", 60*time.Second, func(c *controller) bool { return !c.firstRecAt.IsZero() }))
 	n := len(holders)
-	allWait := time.Duration(envInt("BENCH_RESTART_WAIT_SECONDS", 90)) * time.Second
+	allWait := time.Duration(envInt("BENCH_RESTART_WAIT_SECONDS", 300)) * time.Second
 	if err := ctl2.waitFor("every scale LeaderLock reconciled", allWait, func(c *controller) bool {
-		got, _ := c.reconciledIn("bench-scale")
+		got, _ := c.reconciledIn(scaleNS)
 		return got >= n
 	}); err != nil {
 		ctl2.mu.Lock()
-		got, _ := ctl2.reconciledIn("bench-scale")
+		got, _ := ctl2.reconciledIn(scaleNS)
 		ctl2.mu.Unlock()
 		results["restart_all_reconciled_note"] = fmt.Sprintf("only %d of %d reconciled within %s", got, n, allWait)
 		notes = append(notes, fmt.Sprintf("Restart: the new controller logged \"reconciled\" for only %d of the %d scale LeaderLocks within %s "+
@@ -508,7 +522,7 @@ func restart(etcds map[string]*etcd, ctl *controller) {
 	ctl2.mu.Lock()
 	results["restart_active_s"] = fmt.Sprintf("%.2f", ctl2.activeAt.Sub(started).Seconds())
 	results["restart_first_reconciled_s"] = fmt.Sprintf("%.2f", ctl2.firstRecAt.Sub(started).Seconds())
-	_, last := ctl2.reconciledIn("bench-scale")
+	_, last := ctl2.reconciledIn(scaleNS)
 	results["restart_all_reconciled_s"] = fmt.Sprintf("%.2f", last.Sub(started).Seconds())
 	if note := results["restart_all_reconciled_note"]; note != "" {
 		results["restart_all_reconciled_s"] = "not reached: " + note
@@ -659,19 +673,38 @@ func report(final bool) {
 	w("  client-go's graceful row BENCH_CLIENTGO_HANDOVERS=%d (each costs ~2.5 s of settling plus the handover: a", cfg.clientgoHandovers)
 	w("  restarted elector tries at once, so the harness waits for it to fall into its RetryPeriod rhythm).")
 	w("")
-	w("## 3. Scale: %d LeaderLocks × 3 pods from empty", cfg.scale)
+	w("## 3. Scale: LeaderLocks × 3 pods from empty")
 	w("")
-	w("| figure | value |")
-	w("|---|---:|")
-	w("| pods created and marked Ready by the harness (before the window) | %s s |", r("scale_pods_s"))
-	w("| LeaderLocks created by the harness | %s s |", r("scale_create_s"))
-	w("| **first create → every status has a holder and every pod is annotated** | **%s s** |", r("scale_converge_s"))
-	w("| etcd writes per lock (revision delta / locks) | %s |", r("scale_etcd_writes_per_lock"))
-	w("| controller API requests (pods, leaderlocks, events; harness's creates excluded) | %s |", r("scale_api_requests"))
-	w("| of which writes | %s (%s) |", r("scale_api_writes"), r("scale_api_writes_by"))
-	w("| controller peak RSS (VmHWM, whole run so far) | %s MB |", r("scale_rss_mb"))
-	w("| controller CPU during convergence | %s s |", r("scale_ctl_cpu_s"))
-	w("| kube-apiserver CPU during convergence | %s s |", r("scale_api_cpu_s"))
+	head, rule := "| figure |", "|---|"
+	for _, n := range cfg.scales {
+		head += fmt.Sprintf(" %d |", n)
+		rule += "---:|"
+	}
+	w("%s", head)
+	w("%s", rule)
+	row := func(title, k, unit string) {
+		line := "| " + title + " |"
+		for _, n := range cfg.scales {
+			v := r("scale_" + label(n) + "_" + k)
+			if unit != "" && v != "n/a" {
+				v += " " + unit
+			}
+			line += " " + v + " |"
+		}
+		w("%s", line)
+	}
+	row("pods created and marked Ready by the harness (before the window)", "pods_s", "s")
+	row("LeaderLocks created by the harness", "create_s", "s")
+	row("**first create → every status has a holder and every pod is annotated**", "converge_s", "s")
+	row("etcd writes per lock (revision delta / locks)", "etcd_writes_per_lock", "")
+	row("controller API requests (pods, leaderlocks, events; harness's creates excluded)", "api_requests", "")
+	row("of which writes", "api_writes", "")
+	row("writes by verb and resource", "api_writes_by", "")
+	row("controller RSS with the pods listed, before the LeaderLocks", "rss_pods_mb", "MB")
+	row("controller RSS after convergence", "rss_now_mb", "MB")
+	row("controller peak RSS (VmHWM, whole run so far)", "rss_mb", "MB")
+	row("controller CPU during convergence", "ctl_cpu_s", "s")
+	row("kube-apiserver CPU during convergence", "api_cpu_s", "s")
 	w("")
 	w("* 3 candidates per lock cost 3 etcd creates per lock; the rest is the controller's lease grant. Every pod is")
 	w("  patched once (leader or standby) and every status once or twice, plus one finalizer patch and one Event per lock.")
@@ -708,7 +741,7 @@ func report(final bool) {
 	w("")
 	w("Knobs (env): `BENCH_IDLE_LOCKS` (100), `BENCH_IDLE_SECONDS` (60), `BENCH_HANDOVERS` (50),")
 	w("`BENCH_SLOW_HANDOVERS` (3: the handovers bounded by a 15 s expiry), `BENCH_CLIENTGO_HANDOVERS` (20),")
-	w("`BENCH_SCALE` (1000; 10000 optional), `BENCH_RESTART_SIGNAL` (TERM; KILL), `BENCH_RESTART_WAIT_SECONDS` (90),")
+	w("`BENCH_SCALE` (1000,10000: comma-separated sizes; the restart phase uses the last), `BENCH_RESTART_SIGNAL` (TERM; KILL), `BENCH_RESTART_WAIT_SECONDS` (300),")
 	w("`BENCH_TRYLOCK_INTERVAL` (1s), `BENCH_PHASES` (idle,failover,scale,restart). Logs of every process are")
 	w("kept in the temp dir printed at the start.")
 
@@ -721,18 +754,23 @@ func report(final bool) {
 		return
 	}
 	fmt.Println(md)
-	fmt.Printf("BENCH idle_writes_per_min leaderlock=%s trylock=%s mutex=%s clientgo=%s failover_p99_ms leaderlock=%s clientgo=%s mutex=%s crash_p99_ms leaderlock=%s clientgo=%s mutex=%s converge_%s_s=%s rss_%s_mb=%s restart_holder_changes=%s restart_lock_writes=%s\n",
+	scaled := ""
+	for _, n := range cfg.scales {
+		scaled += fmt.Sprintf(" converge_%s_s=%s rss_%s_mb=%s", label(n), r("scale_"+label(n)+"_converge_s"), label(n), r("scale_"+label(n)+"_rss_mb"))
+	}
+	fmt.Printf("BENCH idle_writes_per_min leaderlock=%s trylock=%s mutex=%s clientgo=%s failover_p99_ms leaderlock=%s clientgo=%s mutex=%s crash_p99_ms leaderlock=%s clientgo=%s mutex=%s%s restart_holder_changes=%s restart_lock_writes=%s\n",
 		r("idle_leaderlock"), r("idle_trylock"), r("idle_mutex"), r("idle_clientgo"),
 		r("fo_leaderlock_graceful_p99"), r("fo_clientgo_release_p99"), r("fo_mutex_graceful_p99"),
 		r("fo_leaderlock_crash_p99"), r("fo_clientgo_crash_p99"), r("fo_mutex_crash_p99"),
-		scaleLabel(), r("scale_converge_s"), scaleLabel(), r("scale_rss_mb"), r("restart_holder_changes"), r("restart_lock_writes"))
+		scaled, r("restart_holder_changes"), r("restart_lock_writes"))
 }
 
-func scaleLabel() string {
-	if cfg.scale%1000 == 0 {
-		return fmt.Sprintf("%dk", cfg.scale/1000)
+// label names a scale: 1000 → "1k", 300 → "300".
+func label(n int) string {
+	if n%1000 == 0 {
+		return fmt.Sprintf("%dk", n/1000)
 	}
-	return strconv.Itoa(cfg.scale)
+	return strconv.Itoa(n)
 }
 
 func orNone(s string) string {
