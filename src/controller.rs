@@ -140,33 +140,45 @@ fn candidate_of(pod: &PodInfo) -> Option<Candidate> {
     Some(Candidate { id: pod.uid.clone()?, name: format!("{}/{}", pod.namespace, pod.name) })
 }
 
-/// Writes the `leaderlock.dev/*` keys of the pods `ll` concerns — each pod's full set, across
-/// every LeaderLock of the namespace, as one field manager must — all demotions before any
-/// promotion. Writes nothing for pods already right.
-async fn sync_pods(ctx: &Context, ns: &str, view: &View) -> Result<usize> {
+/// Which pod writes a [`sync_pods`] call makes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Pass {
+    /// Only pods losing a `leader` role (before their etcd keys go).
+    Demotions,
+    /// Everything: demotions and settled pods first, then promotions.
+    All,
+}
+
+/// Writes the `leaderlock.dev/*` keys of the pods a view concerns — each pod's full set, across
+/// every LeaderLock of the namespace, as one field manager must — every demotion before any
+/// promotion. Writes nothing for pods already right, and each pod at most twice (only a pod
+/// that loses one lock and gains another needs the intermediate step).
+async fn sync_pods(ctx: &Context, ns: &str, view: &View, pass: Pass) -> Result<usize> {
     let api: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
     let mut plans = Vec::new();
     for (name, pod) in &view.pods {
-        let name = name.clone();
         let roles = view.roles_for(pod, |prefix| ctx.engine.holder(prefix));
-        let current = pod.keys.clone();
-        let desired = pods::desired(&name, &roles);
-        if current != desired {
-            let first = pods::demotions_only(&current, &desired, &roles);
-            plans.push(((name, pod.uid.clone()), current, first, desired));
+        let desired = pods::desired(name, &roles);
+        if pod.keys != desired {
+            let first = pods::demotions_only(&pod.keys, &desired, &roles);
+            plans.push((name, pod.uid.as_deref(), pod.keys.clone(), first, desired));
         }
     }
     let mut writes = 0;
-    for ((name, uid), current, first, _) in &plans {
-        if first != current {
-            write_pod_keys(&api, name, uid.as_deref(), current, first).await?;
+    for (name, uid, current, first, desired) in &mut plans {
+        let settles = pass == Pass::All && first == desired;
+        if first != current && (settles || pods::is_demotion(current, first)) {
+            write_pod_keys(&api, name, *uid, current, first).await?;
+            *current = first.clone();
             writes += 1;
         }
     }
-    for ((name, uid), _, first, desired) in &plans {
-        if desired != first {
-            write_pod_keys(&api, name, uid.as_deref(), first, desired).await?;
-            writes += 1;
+    if pass == Pass::All {
+        for (name, uid, current, _, desired) in &plans {
+            if desired != current {
+                write_pod_keys(&api, name, *uid, current, desired).await?;
+                writes += 1;
+            }
         }
     }
     Ok(writes)
@@ -238,7 +250,7 @@ async fn apply(ll: Arc<LeaderLock>, ctx: &Context) -> Result<Action> {
     // Phase 1: demote pods that must not lead any more (before their keys go).
     tracing::debug!(leaderlock = %name, "reconcile: phase 1 (demotions)");
     let result = async {
-        sync_pods(ctx, &ns, &view).await?;
+        sync_pods(ctx, &ns, &view, Pass::Demotions).await?;
         tracing::debug!(leaderlock = %name, "reconcile: phase 2 (etcd)");
         // Phase 2: etcd — one create per joining candidate, one delete per leaving one.
         let mut wrote = false;
@@ -252,10 +264,9 @@ async fn apply(ll: Arc<LeaderLock>, ctx: &Context) -> Result<Action> {
             }
         }
         tracing::debug!(leaderlock = %name, wrote, "reconcile: phase 3 (promotions)");
-        // Phase 3: promote the new holders, now visible in the mirror.
-        if wrote {
-            sync_pods(ctx, &ns, &ctx.index.view(&ll)).await?;
-        }
+        // Phase 3: everything else, promotions of the holders now visible in the mirror last.
+        let view = if wrote { ctx.index.view(&ll) } else { view };
+        sync_pods(ctx, &ns, &view, Pass::All).await?;
         Ok::<_, Error>(())
     }
     .await;
@@ -455,7 +466,7 @@ async fn publish_holder_changes(ctx: &Context, ll: &LeaderLock, mine: &[(String,
 async fn cleanup(ll: Arc<LeaderLock>, ctx: &Context) -> Result<Action> {
     let ns = ll.namespace().ok_or(Error::NoNamespace)?;
     let view = ctx.index.view(&ll); // this LeaderLock, being deleted, assigns no roles
-    sync_pods(ctx, &ns, &view).await?;
+    sync_pods(ctx, &ns, &view, Pass::All).await?;
     for (_, res) in view.resolved.get(&ll.name_any()).into_iter().flatten() {
         if let Resolution::Accepted(prefix) = res {
             let released = ctx.engine.release_all(prefix).await;
@@ -512,34 +523,17 @@ pub async fn run(client: kube::Client, engine: Arc<Engine>, settings: Settings) 
     let pod_index = index.clone();
     let pod_events = watcher(pods_api, watcher::Config::default())
         .default_backoff()
-        .modify(|p: &mut Pod| {
-            p.managed_fields_mut().clear(); // not needed, and the bulk of a pod's size
-            p.spec = None;
-        })
-        .inspect(move |ev| {
-            if let Ok(ev) = ev {
-                pod_index.on_pod_event(ev);
-                if matches!(ev, watcher::Event::InitDone) {
-                    let _ = pods_synced_tx.send(true);
-                }
-            }
-        })
+        .inspect(indexing(move |ev| pod_index.on_pod_event(ev), pods_synced_tx))
         .touched_objects();
 
     let (reader, writer) = reflector::store();
     let ll_index = index.clone();
-    let ll_events = watcher(lls, watcher::Config::default().any_semantic())
+    // Paginated lists (not `any_semantic`, which returns every LeaderLock in one response).
+    let ll_events = watcher(lls, watcher::Config::default())
         .default_backoff()
         .modify(|ll: &mut LeaderLock| ll.managed_fields_mut().clear()) // kept twice, never read
         .reflect(writer)
-        .inspect(move |ev| {
-            if let Ok(ev) = ev {
-                ll_index.on_leaderlock_event(ev);
-                if matches!(ev, watcher::Event::InitDone) {
-                    let _ = lls_synced_tx.send(true);
-                }
-            }
-        })
+        .inspect(indexing(move |ev| ll_index.on_leaderlock_event(ev), lls_synced_tx))
         .applied_objects();
     let controller = Controller::for_stream(ll_events, reader)
         .with_config(kube::runtime::controller::Config::default().concurrency(settings.concurrency));
@@ -585,6 +579,21 @@ pub async fn run(client: kube::Client, engine: Arc<Engine>, settings: Settings) 
             }
         })
         .await;
+}
+
+/// Feeds each watch event to the index, and says when the first complete list is indexed.
+fn indexing<K>(
+    index: impl Fn(&watcher::Event<K>),
+    synced: tokio::sync::watch::Sender<bool>,
+) -> impl FnMut(&Result<watcher::Event<K>, watcher::Error>) {
+    move |ev| {
+        if let Ok(ev) = ev {
+            index(ev);
+            if matches!(ev, watcher::Event::InitDone) {
+                let _ = synced.send(true);
+            }
+        }
+    }
 }
 
 /// Maps etcd mirror changes to the LeaderLocks owning the changed lock prefixes (ours or an

@@ -36,8 +36,9 @@ type LabelKey = (String, String, String);
 /// Maps a lock of a LeaderLock in a namespace to its etcd prefix, or says why it may not have one.
 pub type PrefixOf = dyn Fn(&str, &LockSpec) -> Result<String, String> + Send + Sync;
 
-/// A multimap whose empty sets are dropped, so it never grows with deleted objects.
-struct Multi<K, V>(HashMap<K, BTreeSet<V>>);
+/// A multimap whose empty sets are dropped, so it never grows with deleted objects. Hash sets:
+/// most hold one to three names, where a B-tree's node allocation is several times the data.
+struct Multi<K, V>(HashMap<K, HashSet<V>>);
 
 impl<K, V> Default for Multi<K, V> {
     fn default() -> Self {
@@ -45,7 +46,7 @@ impl<K, V> Default for Multi<K, V> {
     }
 }
 
-impl<K: Hash + Eq, V: Ord> Multi<K, V> {
+impl<K: Hash + Eq, V: Hash + Eq> Multi<K, V> {
     fn add(&mut self, k: K, v: V) {
         self.0.entry(k).or_default().insert(v);
     }
@@ -113,7 +114,7 @@ struct LeaderLocks {
     /// By `(namespace, lock name)`.
     by_lock: Multi<Key, String>,
     /// By etcd prefix (ordered, for overlap queries).
-    by_prefix: BTreeMap<String, BTreeSet<Key>>,
+    by_prefix: BTreeMap<String, HashSet<Key>>,
 }
 
 impl LeaderLocks {

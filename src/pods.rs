@@ -143,6 +143,12 @@ pub fn demotions_only(current: &PodKeys, desired: &PodKeys, locks: &[LockRoles])
     step
 }
 
+/// Whether going from `current` to `next` takes a `leader` role away: such a write must land
+/// before any promotion.
+pub fn is_demotion(current: &PodKeys, next: &PodKeys) -> bool {
+    current.annotations.iter().any(|(k, v)| v == LEADER && next.annotations.get(k).map(String::as_str) != Some(LEADER))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -194,6 +200,17 @@ mod tests {
         // b: stays standby in phase 1, leader only in phase 2.
         assert_eq!(demotions_only(&was_standby, &desired("b", &locks), &locks), was_standby);
         assert_eq!(desired("b", &locks).annotations["leaderlock.dev/ledger"], "leader");
+    }
+
+    #[test]
+    fn losing_a_leader_role_is_a_demotion_gaining_or_keeping_one_is_not() {
+        let leader = PodKeys { annotations: keys(&[("leaderlock.dev/ledger", "leader"), ("leaderlock.dev/ledger.token", "42")]), ..Default::default() };
+        let standby = PodKeys { annotations: keys(&[("leaderlock.dev/ledger", "standby")]), ..Default::default() };
+        assert!(is_demotion(&leader, &standby));
+        assert!(is_demotion(&leader, &PodKeys::default()), "removing the keys of a leader demotes it");
+        assert!(!is_demotion(&standby, &leader));
+        assert!(!is_demotion(&leader, &leader));
+        assert!(!is_demotion(&PodKeys::default(), &standby));
     }
 
     #[test]
