@@ -522,7 +522,7 @@ pub async fn run(client: kube::Client, engine: Arc<Engine>, settings: Settings) 
     let (lls_synced_tx, lls_synced) = tokio::sync::watch::channel(false);
     let pod_index = index.clone();
     let pod_events = watcher(pods_api, watcher::Config::default())
-        .default_backoff()
+        .backoff(WatchBackoff::default())
         .inspect(indexing(move |ev| pod_index.on_pod_event(ev), pods_synced_tx))
         .touched_objects();
 
@@ -530,7 +530,7 @@ pub async fn run(client: kube::Client, engine: Arc<Engine>, settings: Settings) 
     let ll_index = index.clone();
     // Paginated lists (not `any_semantic`, which returns every LeaderLock in one response).
     let ll_events = watcher(lls, watcher::Config::default())
-        .default_backoff()
+        .backoff(WatchBackoff::default())
         .modify(|ll: &mut LeaderLock| ll.managed_fields_mut().clear()) // kept twice, never read
         .reflect(writer)
         .inspect(indexing(move |ev| ll_index.on_leaderlock_event(ev), lls_synced_tx))
@@ -581,6 +581,37 @@ pub async fn run(client: kube::Client, engine: Arc<Engine>, settings: Settings) 
         .await;
 }
 
+/// Retry delays of the watches: 200 ms doubling up to 5 s. kube's default grows to 30 s plus
+/// jitter, and every decision waits for the watches: after a 30 s apiserver cut the pod watch
+/// came back 84 s after the cut began, then replayed all that pod history at once.
+struct WatchBackoff(Duration);
+
+impl WatchBackoff {
+    const FIRST: Duration = Duration::from_millis(200);
+    const MAX: Duration = Duration::from_secs(5);
+}
+
+impl Default for WatchBackoff {
+    fn default() -> Self {
+        WatchBackoff(Self::FIRST)
+    }
+}
+
+impl Iterator for WatchBackoff {
+    type Item = Duration;
+    fn next(&mut self) -> Option<Duration> {
+        let d = self.0;
+        self.0 = (self.0 * 2).min(Self::MAX);
+        Some(d)
+    }
+}
+
+impl kube::runtime::utils::Backoff for WatchBackoff {
+    fn reset(&mut self) {
+        self.0 = Self::FIRST;
+    }
+}
+
 /// Feeds each watch event to the index, and says when the first complete list is indexed.
 fn indexing<K>(
     index: impl Fn(&watcher::Event<K>),
@@ -627,6 +658,16 @@ mod tests {
             ..Default::default()
         });
         Arc::new(l)
+    }
+
+    #[test]
+    fn watches_retry_within_five_seconds_and_start_over_after_a_success() {
+        use kube::runtime::utils::Backoff;
+        let mut b = WatchBackoff::default();
+        let delays: Vec<u64> = b.by_ref().take(7).map(|d| d.as_millis() as u64).collect();
+        assert_eq!(delays, [200, 400, 800, 1600, 3200, 5000, 5000]);
+        b.reset();
+        assert_eq!(b.next(), Some(Duration::from_millis(200)));
     }
 
     #[test]
