@@ -88,45 +88,56 @@ pub struct Context {
     /// Counters and histograms served at `/metrics`.
     pub metrics: Arc<Metrics>,
     /// Our status writes the watch has not delivered yet.
-    pub written: Arc<WrittenStatus>,
+    pub written: Arc<Written<LeaderLockStatus>>,
+    /// Our pod key writes the watch has not delivered yet.
+    pub written_pods: Arc<Written<PodKeys>>,
 }
 
-/// The status this controller last wrote per LeaderLock (by UID), with the resourceVersion the
-/// write produced, kept until the watch delivers that version. A reconcile triggered by a pod
-/// event can start first; acting on the older status it would announce the same holder change
-/// twice and write the status again (seen on most LeaderLocks at 10,000 of them).
-#[derive(Default)]
-pub struct WrittenStatus(std::sync::Mutex<HashMap<String, (u64, LeaderLockStatus)>>);
+/// What this controller last wrote to objects of one kind (by UID), with the resourceVersion the
+/// write produced, kept until the watch delivers that version. A reconcile can start before the
+/// watch shows our previous write; deciding from the older copy it would announce the same
+/// holder change twice and write the status again, or — for pods — think a pod it just promoted
+/// is still standby and skip its demotion: two leaders.
+pub struct Written<T>(std::sync::Mutex<HashMap<String, (u64, T)>>);
 
-fn uid_and_version(ll: &LeaderLock) -> Option<(&str, u64)> {
-    Some((ll.metadata.uid.as_deref()?, ll.resource_version()?.parse().ok()?))
+impl<T> Default for Written<T> {
+    fn default() -> Self {
+        Written(std::sync::Mutex::default())
+    }
 }
 
-impl WrittenStatus {
-    /// Remembers what a status write returned.
-    pub fn record(&self, updated: &LeaderLock) {
-        if let Some((uid, rv)) = uid_and_version(updated) {
-            let mut m = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            m.insert(uid.to_string(), (rv, updated.status.clone().unwrap_or_default()));
+impl<T: Clone> Written<T> {
+    /// Remembers that writing `value` produced version `rv` of object `uid`.
+    pub fn record(&self, uid: Option<&str>, rv: Option<&str>, value: T) {
+        if let (Some(uid), Some(rv)) = (uid, rv.and_then(|v| v.parse::<u64>().ok())) {
+            self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(uid.to_string(), (rv, value));
         }
     }
 
-    /// `ll`, with our last written status if `ll` is older than that write.
-    pub fn latest(&self, ll: Arc<LeaderLock>) -> Arc<LeaderLock> {
-        let Some((uid, rv)) = uid_and_version(&ll) else { return ll };
+    /// What we wrote, if the copy at version `rv` the caller holds is older than that write.
+    pub fn newer_than(&self, uid: Option<&str>, rv: Option<&str>) -> Option<T> {
+        let (uid, rv) = (uid?, rv?.parse::<u64>().ok()?);
         let mut m = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         match m.get(uid) {
-            Some((wrote, status)) if rv < *wrote => {
-                let mut newer = (*ll).clone();
-                newer.status = Some(status.clone());
-                Arc::new(newer)
-            }
+            Some((wrote, value)) if rv < *wrote => Some(value.clone()),
             Some(_) => {
                 m.remove(uid); // the watch has caught up
-                ll
+                None
             }
-            None => ll,
+            None => None,
         }
+    }
+}
+
+/// `ll`, with the status we last wrote if `ll` is older than that write.
+fn with_latest_status(written: &Written<LeaderLockStatus>, ll: Arc<LeaderLock>) -> Arc<LeaderLock> {
+    match written.newer_than(ll.metadata.uid.as_deref(), ll.metadata.resource_version.as_deref()) {
+        Some(status) => {
+            let mut newer = (*ll).clone();
+            newer.status = Some(status);
+            Arc::new(newer)
+        }
+        None => ll,
     }
 }
 
@@ -159,16 +170,17 @@ async fn sync_pods(ctx: &Context, ns: &str, view: &View, pass: Pass) -> Result<u
     for (name, pod) in &view.pods {
         let roles = view.roles_for(pod, |prefix| ctx.engine.holder(prefix));
         let desired = pods::desired(name, &roles);
-        if pod.keys != desired {
-            let first = pods::demotions_only(&pod.keys, &desired, &roles);
-            plans.push((name, pod.uid.as_deref(), pod.keys.clone(), first, desired));
+        let current = ctx.written_pods.newer_than(pod.uid.as_deref(), pod.resource_version.as_deref()).unwrap_or_else(|| pod.keys.clone());
+        if current != desired {
+            let first = pods::demotions_only(&current, &desired, &roles);
+            plans.push((name, pod.uid.as_deref(), current, first, desired));
         }
     }
     let mut writes = 0;
     for (name, uid, current, first, desired) in &mut plans {
         let settles = pass == Pass::All && first == desired;
         if first != current && (settles || pods::is_demotion(current, first)) {
-            write_pod_keys(&api, name, *uid, current, first).await?;
+            write_pod_keys(ctx, &api, name, *uid, current, first).await?;
             *current = first.clone();
             writes += 1;
         }
@@ -176,7 +188,7 @@ async fn sync_pods(ctx: &Context, ns: &str, view: &View, pass: Pass) -> Result<u
     if pass == Pass::All {
         for (name, uid, current, _, desired) in &plans {
             if desired != current {
-                write_pod_keys(&api, name, *uid, current, desired).await?;
+                write_pod_keys(ctx, &api, name, *uid, current, desired).await?;
                 writes += 1;
             }
         }
@@ -186,7 +198,7 @@ async fn sync_pods(ctx: &Context, ns: &str, view: &View, pass: Pass) -> Result<u
 
 /// Server-side applies `want` as the pod's `leaderlock.dev/*` keys under our field manager.
 /// Keys we do not own (a manual edit under another manager) are removed explicitly.
-async fn write_pod_keys(api: &Api<Pod>, name: &str, uid: Option<&str>, have: &PodKeys, want: &PodKeys) -> Result<()> {
+async fn write_pod_keys(ctx: &Context, api: &Api<Pod>, name: &str, uid: Option<&str>, have: &PodKeys, want: &PodKeys) -> Result<()> {
     let stray = |h: &BTreeMap<String, String>, w: &BTreeMap<String, String>| -> serde_json::Map<String, serde_json::Value> {
         h.keys().filter(|k| !w.contains_key(*k)).map(|k| (k.clone(), serde_json::Value::Null)).collect()
     };
@@ -206,7 +218,10 @@ async fn write_pod_keys(api: &Api<Pod>, name: &str, uid: Option<&str>, have: &Po
         "metadata": {"name": name, "uid": uid, "annotations": want.annotations, "labels": want.labels},
     });
     match api.patch(name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&apply)).await {
-        Ok(_) => Ok(()),
+        Ok(pod) => {
+            ctx.written_pods.record(pod.metadata.uid.as_deref(), pod.metadata.resource_version.as_deref(), PodKeys::current(&pod));
+            Ok(())
+        }
         Err(e) if pod_replaced_or_gone(&e) => Ok(()), // its own watch event reconciles again
         Err(e) => Err(kube_err("apply pod keys")(e)),
     }
@@ -238,7 +253,7 @@ pub async fn reconcile(ll: Arc<LeaderLock>, ctx: Arc<Context>) -> Result<Action>
 
 /// Makes etcd and the pods match the LeaderLock, then reports what etcd says in the status.
 async fn apply(ll: Arc<LeaderLock>, ctx: &Context) -> Result<Action> {
-    let ll = ctx.written.latest(ll);
+    let ll = with_latest_status(&ctx.written, ll);
     let ns = ll.namespace().ok_or(Error::NoNamespace)?;
     let name = ll.name_any();
     let view = ctx.index.view(&ll);
@@ -415,7 +430,7 @@ async fn write_status(ctx: &Context, ll: &LeaderLock, status: &LeaderLockStatus)
         .patch_status(&ll.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch))
         .await
         .map_err(kube_err("apply LeaderLock status"))?;
-    ctx.written.record(&updated);
+    ctx.written.record(updated.metadata.uid.as_deref(), updated.metadata.resource_version.as_deref(), updated.status.clone().unwrap_or_default());
     Ok(())
 }
 
@@ -546,6 +561,7 @@ pub async fn run(client: kube::Client, engine: Arc<Engine>, settings: Settings) 
         recorder: Recorder::new(client.clone(), Reporter { controller: "leaderlock".into(), instance: Some(settings.instance) }),
         metrics: settings.metrics.clone(),
         written: Default::default(),
+        written_pods: Default::default(),
     });
 
     let pod_index = index.clone();
@@ -672,14 +688,26 @@ mod tests {
 
     #[test]
     fn a_reconcile_reading_a_copy_older_than_our_status_write_sees_the_write() {
-        let written = WrittenStatus::default();
-        written.record(&ll("20", Some("w-1")));
-        let stale = written.latest(ll("19", None));
+        let written = Written::default();
+        let wrote = ll("20", Some("w-1"));
+        written.record(Some("u1"), Some("20"), wrote.status.clone().unwrap());
+        let stale = with_latest_status(&written, ll("19", None));
         assert_eq!(stale.status.as_ref().unwrap().locks[0].holder.as_deref(), Some("w-1"));
         assert_eq!(stale.resource_version().as_deref(), Some("19"), "only the status is replaced");
         // Once the watch delivers the write (or anything newer), the copy is used as it is.
-        let caught_up = written.latest(ll("21", Some("w-2")));
+        let caught_up = with_latest_status(&written, ll("21", Some("w-2")));
         assert_eq!(caught_up.status.as_ref().unwrap().locks[0].holder.as_deref(), Some("w-2"));
-        assert_eq!(written.latest(ll("19", None)).status.as_ref().unwrap().locks[0].holder, None, "forgotten once caught up");
+        assert_eq!(with_latest_status(&written, ll("19", None)).status.as_ref().unwrap().locks[0].holder, None, "forgotten once caught up");
+    }
+
+    #[test]
+    fn a_pod_just_promoted_is_seen_as_leader_even_from_an_older_copy() {
+        let written: Written<PodKeys> = Written::default();
+        let leader = PodKeys { annotations: [("leaderlock.dev/ledger".to_string(), "leader".to_string())].into(), ..Default::default() };
+        written.record(Some("p1"), Some("7"), leader.clone());
+        assert_eq!(written.newer_than(Some("p1"), Some("6")), Some(leader), "the watch still shows version 6");
+        assert_eq!(written.newer_than(Some("p2"), Some("6")), None, "another pod");
+        assert_eq!(written.newer_than(Some("p1"), Some("7")), None);
+        assert_eq!(written.newer_than(Some("p1"), Some("6")), None, "forgotten once caught up");
     }
 }

@@ -73,6 +73,7 @@ pub struct PodInfo {
     pub namespace: String,
     pub name: String,
     pub uid: Option<String>,
+    pub resource_version: Option<String>,
     pub created: Option<jiff::Timestamp>,
     pub labels: BTreeMap<String, String>,
     /// Running, Ready and not terminating.
@@ -87,6 +88,7 @@ impl PodInfo {
             namespace: pod.metadata.namespace.clone().unwrap_or_default(),
             name: pod.metadata.name.clone().unwrap_or_default(),
             uid: pod.metadata.uid.clone(),
+            resource_version: pod.metadata.resource_version.clone(),
             created: pod.metadata.creation_timestamp.as_ref().map(|t| t.0),
             labels: pod.metadata.labels.clone().unwrap_or_default(),
             candidate: is_candidate(pod),
