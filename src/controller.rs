@@ -534,11 +534,18 @@ pub async fn run(client: kube::Client, engine: Arc<Engine>, settings: Settings) 
     // wakes only the last of several concurrent waiters, which left LeaderLocks unreconciled
     // forever after a takeover; a watch channel wakes them all.)
     let (pods_synced_tx, pods_synced) = tokio::sync::watch::channel(false);
+    let (trigger, triggers) = mpsc::unbounded_channel();
+    // A relist is indexed as a whole when it completes, but the reconciles its objects triggered
+    // ran before that, against the previous table: reconcile everything once more.
+    let relisted = {
+        let (index, trigger) = (index.clone(), trigger.clone());
+        move || index.all_leaderlocks().into_iter().for_each(|r| drop(trigger.send(r)))
+    };
     let (lls_synced_tx, lls_synced) = tokio::sync::watch::channel(false);
     let pod_index = index.clone();
     let pod_events = watcher(pods_api, watcher::Config::default())
         .backoff(WatchBackoff::default())
-        .inspect(indexing(move |ev| pod_index.on_pod_event(ev), pods_synced_tx))
+        .inspect(indexing(move |ev| pod_index.on_pod_event(ev), pods_synced_tx, relisted.clone()))
         .touched_objects();
 
     let (reader, writer) = reflector::store();
@@ -548,11 +555,10 @@ pub async fn run(client: kube::Client, engine: Arc<Engine>, settings: Settings) 
         .backoff(WatchBackoff::default())
         .modify(|ll: &mut LeaderLock| ll.managed_fields_mut().clear()) // kept twice, never read
         .reflect(writer)
-        .inspect(indexing(move |ev| ll_index.on_leaderlock_event(ev), lls_synced_tx))
+        .inspect(indexing(move |ev| ll_index.on_leaderlock_event(ev), lls_synced_tx, relisted))
         .applied_objects();
     let controller = Controller::for_stream(ll_events, reader)
         .with_config(kube::runtime::controller::Config::default().concurrency(settings.concurrency));
-    let (trigger, triggers) = mpsc::unbounded_channel();
     let ctx = Arc::new(Context {
         client: client.clone(),
         engine: engine.clone(),
@@ -628,16 +634,18 @@ impl kube::runtime::utils::Backoff for WatchBackoff {
     }
 }
 
-/// Feeds each watch event to the index, and says when the first complete list is indexed.
+/// Feeds each watch event to the index; when a (re)list is complete, says so and calls `relisted`.
 fn indexing<K>(
     index: impl Fn(&watcher::Event<K>),
     synced: tokio::sync::watch::Sender<bool>,
+    relisted: impl Fn(),
 ) -> impl FnMut(&Result<watcher::Event<K>, watcher::Error>) {
     move |ev| {
         if let Ok(ev) = ev {
             index(ev);
             if matches!(ev, watcher::Event::InitDone) {
                 let _ = synced.send(true);
+                relisted();
             }
         }
     }
