@@ -6,6 +6,7 @@
 #   LEADERLOCK_CHAOS_SEED=N hack/chaos.sh   another seed for the random churn and hostile specs
 #   hack/chaos.sh -- --include-ignored      also run the scenarios ignored for known product bugs
 #   hack/chaos.sh --assemble REPORT LOG     only rewrite CHAOS.md from a kept report and test log
+#                                           (CHAOS_TOOK="441 s" to keep the run's duration)
 #
 # The report and the log of the last run are kept in target/chaos/ (override CHAOS_OUT).
 set -euo pipefail
@@ -13,7 +14,7 @@ source "$(dirname "$0")/lib.sh"
 cd "$ROOT"
 seed="${LEADERLOCK_CHAOS_SEED:-407705136615}"
 if [[ "${1:-}" == "--assemble" ]]; then
-  report="$2" testlog="$3" rc=0 took="?"
+  report="$2" testlog="$3" rc=0 took="${CHAOS_TOOK:-?}"
 else
   [[ "${1:-}" == "--" ]] && shift
   out="${CHAOS_OUT:-${CARGO_TARGET_DIR:-$ROOT/target}/chaos}"
@@ -76,6 +77,16 @@ failures="$(grep -A1 -E "^thread '.*' \([0-9]+\) panicked at" "$testlog" | grep 
    election runs on its own thread, runtime and etcd connection. Scenario 6–7 at full size.
 5. Minor: applying pod keys to a pod deleted meanwhile failed with 422 (apply-as-create) and
    retried; pod writes carry the UID as a precondition and treat 404/409/422 as "gone".
+6. **Two leaders after an apiserver outage** (scenario 4): when the watch came back and
+   replayed the pod history it missed, a reconcile read a pod copy older than its own promotion
+   of that pod, took it for a standby, skipped its demotion and promoted the next holder. The
+   controller now remembers its pod and status writes until the watch delivers them.
+7. **Slow return after an apiserver outage** (scenario 4): kube's watch backoff grows to 30 s
+   plus jitter; after a 30 s cut the pod watch resumed 84 s after the cut began, and the replay
+   of that history produced holder changes without a cause. Watches now retry within 5 s.
+8. **A pod created during an outage never got its key** (scenario 4): a relist is indexed as a
+   whole when complete, but the reconciles its objects triggered ran against the previous
+   table. Every LeaderLock is reconciled once more after a relist.
 
 What happens after an outage longer than the TTL is in README ("Faults and safety") and in
 scenario 3 below.
