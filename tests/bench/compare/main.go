@@ -716,8 +716,10 @@ func report(final bool) {
 	w("  Every pod is written once (standby, or leader with its token), every status once, plus one finalizer patch")
 	w("  and one Event per LeaderLock.")
 	w("* What bounds convergence: kube-apiserver. On these 2 cores it is busy most of the window (see the cores row)")
-	w("  serving the controller's writes and the harness's watches, while the controller uses a fraction of a core;")
-	w("  the 60 s target for 10,000 LeaderLocks would need about 3× the apiserver throughput measured here.")
+	w("  serving the controller's writes and the harness's watches, while the controller uses a fraction of a core.")
+	if v, err := strconv.ParseFloat(r("scale_10k_converge_s"), 64); err == nil {
+		w("  The 60 s target for 10,000 LeaderLocks would need %.1f× the apiserver throughput measured here.", v/60)
+	}
 	w("* Memory (target 150 MB at 10,000): pods are kept as compact records, LeaderLocks without managedFields, etcd keys")
 	w("  in one mirror. Per LeaderLock the controller still holds the object twice (kube-runtime's store, which its")
 	w("  Controller requires, and the index), its index entries, 3 mirror keys and 3 pod records, the Event recorder's")
