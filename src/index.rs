@@ -11,6 +11,8 @@
 //! ```
 //!
 //! A relist (Init … InitDone) builds a new table and swaps it in whole, as kube's reflector does.
+//! LeaderLocks are not copied: the index shares the objects of kube-runtime's store (which the
+//! `Controller` needs anyway), and is fed each event after that store applied it.
 //! Pure: no I/O, unit-tested below.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
@@ -19,12 +21,11 @@ use std::sync::{Arc, RwLock};
 
 use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
-use kube::core::{Selector, SelectorExt};
-use kube::runtime::reflector::ObjectRef;
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
 
 use crate::lock::Holder;
-use crate::pods::{LockRoles, PodInfo};
+use crate::pods::{LockRoles, Matcher, PodInfo};
 use crate::resolve::{Resolution, resolve_namespace, selector_problem};
 use crate::resource::{GROUP, LeaderLock, LockSpec};
 
@@ -73,14 +74,14 @@ fn key_of<K: ResourceExt>(o: &K) -> Key {
 struct Entry {
     ll: Arc<LeaderLock>,
     /// None when the selector cannot be evaluated: it selects nothing.
-    selector: Option<Selector>,
+    selector: Option<Matcher>,
     /// The etcd prefix of each lock the operator allows, and whether it comes from `etcdKey`.
     prefixes: Vec<(String, bool)>,
 }
 
 impl Entry {
     fn new(ll: Arc<LeaderLock>, prefix_of: &PrefixOf) -> Entry {
-        let selector = selector_problem(&ll.spec.selector).is_none().then(|| Selector::try_from(ll.spec.selector.clone()).ok()).flatten();
+        let selector = selector_problem(&ll.spec.selector).is_none().then(|| Matcher::new(&ll.spec.selector)).flatten();
         let ns = ll.namespace().unwrap_or_default();
         let prefixes = ll.spec.locks.iter().filter_map(|l| prefix_of(&ns, l).ok().map(|p| (p, l.etcd_key.is_some()))).collect();
         Entry { ll, selector, prefixes }
@@ -95,13 +96,6 @@ impl Entry {
     fn selects(&self, pod: &PodInfo) -> bool {
         self.selector.as_ref().is_some_and(|s| s.matches(&pod.labels))
     }
-}
-
-/// One kind's objects and lookups.
-trait Table: Default {
-    type Object;
-    fn insert(&mut self, obj: &Self::Object, prefix_of: &PrefixOf);
-    fn remove(&mut self, obj: &Self::Object);
 }
 
 #[derive(Default)]
@@ -156,13 +150,11 @@ impl LeaderLocks {
     }
 }
 
-impl Table for LeaderLocks {
-    type Object = LeaderLock;
-
-    fn insert(&mut self, ll: &LeaderLock, prefix_of: &PrefixOf) {
-        self.remove(ll);
-        let key = key_of(ll);
-        let e = Entry::new(Arc::new(ll.clone()), prefix_of);
+impl LeaderLocks {
+    fn insert(&mut self, ll: Arc<LeaderLock>, prefix_of: &PrefixOf) {
+        let key = key_of(&*ll);
+        self.remove(&key);
+        let e = Entry::new(ll, prefix_of);
         let (ns, name) = &key;
         match e.anchor() {
             Some((k, v)) => self.by_label.add((ns.clone(), k.clone(), v.clone()), name.clone()),
@@ -178,11 +170,18 @@ impl Table for LeaderLocks {
         self.by_key.insert(key, e);
     }
 
-    fn remove(&mut self, ll: &LeaderLock) {
-        let key = key_of(ll);
-        if let Some(old) = self.by_key.remove(&key) {
-            self.unindex(&key, &old);
+    fn remove(&mut self, key: &Key) {
+        if let Some(old) = self.by_key.remove(key) {
+            self.unindex(key, &old);
         }
+    }
+
+    fn of(lls: Vec<Arc<LeaderLock>>, prefix_of: &PrefixOf) -> LeaderLocks {
+        let mut table = LeaderLocks::default();
+        for ll in lls {
+            table.insert(ll, prefix_of);
+        }
+        table
     }
 }
 
@@ -197,7 +196,7 @@ struct Pods {
 
 /// The locks whose keys (`leaderlock.dev/<lock>`, `leaderlock.dev/<lock>.token`) a pod carries.
 fn locks_named_on(pod: &PodInfo) -> BTreeSet<String> {
-    let keys = pod.keys.annotations.keys().chain(pod.keys.labels.keys());
+    let keys = pod.our_annotations.keys().chain(pod.our_labels.keys());
     keys.filter_map(|k| k.strip_prefix(GROUP)?.strip_prefix('/'))
         .map(|rest| rest.strip_suffix(".token").unwrap_or(rest).to_string())
         .collect()
@@ -207,8 +206,8 @@ impl Pods {
     fn index(&mut self, pod: &PodInfo, add: bool) {
         let (ns, name) = (&pod.namespace, &pod.name);
         let each = |m: &mut Multi<LabelKey, String>, k: LabelKey| if add { m.add(k, name.clone()) } else { m.remove(&k, name) };
-        for (k, v) in &pod.labels {
-            each(&mut self.by_label, (ns.clone(), k.clone(), v.clone()));
+        for (k, v) in pod.labels.iter() {
+            each(&mut self.by_label, (ns.clone(), k.to_string(), v.to_string()));
         }
         let each = |m: &mut Multi<Key, String>, k: Key| if add { m.add(k, name.clone()) } else { m.remove(&k, name) };
         for lock in locks_named_on(pod) {
@@ -222,10 +221,8 @@ impl Pods {
     }
 }
 
-impl Table for Pods {
-    type Object = Pod;
-
-    fn insert(&mut self, pod: &Pod, _: &PrefixOf) {
+impl Pods {
+    fn insert(&mut self, pod: &Pod) {
         self.remove(pod);
         let info = PodInfo::of(pod);
         self.index(&info, true);
@@ -239,53 +236,35 @@ impl Table for Pods {
     }
 }
 
-/// A table and, during a relist, the one being built to replace it.
-#[derive(Default)]
-struct Kind<T> {
-    table: T,
-    relist: Option<T>,
-}
-
-impl<T: Table> Kind<T> {
-    fn on_event(&mut self, ev: &watcher::Event<T::Object>, prefix_of: &PrefixOf) {
-        match ev {
-            watcher::Event::Apply(o) => self.table.insert(o, prefix_of),
-            watcher::Event::Delete(o) => self.table.remove(o),
-            watcher::Event::Init => self.relist = Some(T::default()),
-            watcher::Event::InitApply(o) => self.relist.get_or_insert_default().insert(o, prefix_of),
-            watcher::Event::InitDone => {
-                if let Some(t) = self.relist.take() {
-                    self.table = t;
-                }
-            }
-        }
-    }
-}
-
 #[derive(Default)]
 struct Inner {
-    lls: Kind<LeaderLocks>,
-    pods: Kind<Pods>,
+    lls: LeaderLocks,
+    pods: Pods,
+    /// During a pod relist, the table being built to replace `pods`.
+    pods_relist: Option<Pods>,
 }
 
 /// The indexes. Updated from the watch streams, read by reconciles and trigger mappers.
 pub struct Index {
     inner: RwLock<Inner>,
     prefix_of: Box<PrefixOf>,
+    /// kube-runtime's store of the LeaderLocks, whose objects the index shares.
+    stored: Store<LeaderLock>,
     /// (UID, lock) of the locks the last reconcile here accepted for their LeaderLock (see
     /// [`crate::resolve`]'s seniority: it settles same-second ties before the status shows it).
-    claimed: RwLock<HashMap<String, BTreeSet<String>>>,
+    /// (A boxed slice: a one-element `BTreeSet` is a 300-byte node, per LeaderLock.)
+    claimed: RwLock<HashMap<String, Box<[String]>>>,
 }
 
 impl Index {
-    pub fn new(prefix_of: impl Fn(&str, &LockSpec) -> Result<String, String> + Send + Sync + 'static) -> Index {
-        Index { inner: RwLock::default(), prefix_of: Box::new(prefix_of), claimed: RwLock::default() }
+    pub fn new(prefix_of: impl Fn(&str, &LockSpec) -> Result<String, String> + Send + Sync + 'static, stored: Store<LeaderLock>) -> Index {
+        Index { inner: RwLock::default(), prefix_of: Box::new(prefix_of), stored, claimed: RwLock::default() }
     }
 
     /// Records which locks the reconcile of `ll` just accepted (none: forget it).
     pub fn record_claims(&self, ll: &LeaderLock, resolved: &[(String, Resolution)]) {
         let Some(uid) = ll.metadata.uid.clone() else { return };
-        let accepted: BTreeSet<String> = resolved.iter().filter(|(_, r)| matches!(r, Resolution::Accepted(_))).map(|(n, _)| n.clone()).collect();
+        let accepted: Box<[String]> = resolved.iter().filter(|(_, r)| matches!(r, Resolution::Accepted(_))).map(|(n, _)| n.clone()).collect();
         let mut claimed = self.claimed.write().unwrap_or_else(std::sync::PoisonError::into_inner);
         if accepted.is_empty() || ll.metadata.deletion_timestamp.is_some() {
             claimed.remove(&uid);
@@ -296,24 +275,49 @@ impl Index {
 
     fn is_claimed(&self, ll: &LeaderLock, lock: &str) -> bool {
         let claimed = self.claimed.read().unwrap_or_else(std::sync::PoisonError::into_inner);
-        ll.metadata.uid.as_ref().and_then(|u| claimed.get(u)).is_some_and(|locks| locks.contains(lock))
+        ll.metadata.uid.as_ref().and_then(|u| claimed.get(u)).is_some_and(|locks| locks.iter().any(|l| l == lock))
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, Inner> {
         self.inner.read().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Inner> {
+        self.inner.write().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Indexes `ev` once the store has applied it (a relist is taken from the store whole).
     pub fn on_leaderlock_event(&self, ev: &watcher::Event<LeaderLock>) {
-        if let watcher::Event::Delete(ll) = ev {
-            self.record_claims(ll, &[]);
+        match ev {
+            watcher::Event::Apply(ll) => {
+                let shared = self.stored.get(&ObjectRef::from_obj(ll)).unwrap_or_else(|| Arc::new(ll.clone()));
+                self.write().lls.insert(shared, &*self.prefix_of);
+            }
+            watcher::Event::Delete(ll) => {
+                self.record_claims(ll, &[]);
+                self.write().lls.remove(&key_of(ll));
+            }
+            watcher::Event::Init | watcher::Event::InitApply(_) => {} // the store gathers them
+            watcher::Event::InitDone => {
+                let table = LeaderLocks::of(self.stored.state(), &*self.prefix_of);
+                self.write().lls = table;
+            }
         }
-        let mut inner = self.inner.write().unwrap_or_else(std::sync::PoisonError::into_inner);
-        inner.lls.on_event(ev, &*self.prefix_of);
     }
 
     pub fn on_pod_event(&self, ev: &watcher::Event<Pod>) {
-        let mut inner = self.inner.write().unwrap_or_else(std::sync::PoisonError::into_inner);
-        inner.pods.on_event(ev, &*self.prefix_of);
+        let mut inner = self.write();
+        match ev {
+            watcher::Event::Apply(pod) => inner.pods.insert(pod),
+            watcher::Event::Delete(pod) => inner.pods.remove(pod),
+            watcher::Event::Init => inner.pods_relist = Some(Pods::default()),
+            watcher::Event::InitApply(pod) => inner.pods_relist.get_or_insert_default().insert(pod),
+            watcher::Event::InitDone => {
+                if let Some(table) = inner.pods_relist.take() {
+                    inner.pods = table;
+                }
+            }
+        }
     }
 
     /// The LeaderLocks a change of `pod` may matter to: those selecting it and those whose
@@ -321,7 +325,7 @@ impl Index {
     pub fn leaderlocks_for_pod(&self, pod: &Pod) -> Vec<ObjectRef<LeaderLock>> {
         let pod = PodInfo::of(pod);
         let inner = self.read();
-        let lls = &inner.lls.table;
+        let lls = &inner.lls;
         let ns = pod.namespace.clone();
         let mut names: BTreeSet<&String> = selecting(lls, &pod).into_iter().collect();
         for lock in locks_named_on(&pod) {
@@ -333,19 +337,19 @@ impl Index {
     /// The LeaderLocks with a lock under exactly `prefix` (an etcd change there concerns them).
     pub fn leaderlocks_with_prefix(&self, prefix: &str) -> Vec<ObjectRef<LeaderLock>> {
         let inner = self.read();
-        inner.lls.table.by_prefix.get(prefix).into_iter().flatten().map(|(ns, n)| ObjectRef::new(n).within(ns)).collect()
+        inner.lls.by_prefix.get(prefix).into_iter().flatten().map(|(ns, n)| ObjectRef::new(n).within(ns)).collect()
     }
 
     pub fn all_leaderlocks(&self) -> Vec<ObjectRef<LeaderLock>> {
         let inner = self.read();
-        inner.lls.table.by_key.keys().map(|(ns, n)| ObjectRef::new(n).within(ns)).collect()
+        inner.lls.by_key.keys().map(|(ns, n)| ObjectRef::new(n).within(ns)).collect()
     }
 
     /// The other LeaderLocks whose lock resolution may depend on `ll` (shared lock names or
     /// overlapping prefixes, transitively): deleting `ll` may hand them a lock.
     pub fn contenders(&self, ll: &Arc<LeaderLock>) -> Vec<ObjectRef<LeaderLock>> {
         let inner = self.read();
-        let lls = Lookup::new(&inner.lls.table, ll, &*self.prefix_of);
+        let lls = Lookup::new(&inner.lls, ll, &*self.prefix_of);
         let me = key_of(&**ll);
         lls.component([me.clone()]).into_iter().filter(|k| *k != me).map(|(ns, n)| ObjectRef::new(&n).within(&ns)).collect()
     }
@@ -354,7 +358,7 @@ impl Index {
     /// every LeaderLock selecting one of those pods, and how their locks resolve.
     pub fn view(&self, ll: &Arc<LeaderLock>) -> View {
         let inner = self.read();
-        let (lls, pods) = (Lookup::new(&inner.lls.table, ll, &*self.prefix_of), &inner.pods.table);
+        let (lls, pods) = (Lookup::new(&inner.lls, ll, &*self.prefix_of), &inner.pods);
         let (ns, me) = key_of(&**ll);
         let mut concerned: BTreeMap<String, Arc<PodInfo>> = BTreeMap::new();
         let anchored = lls.origin.anchor().map(|(k, v)| (ns.clone(), k.clone(), v.clone()));
@@ -400,7 +404,7 @@ impl Index {
 /// Names (same namespace) of the LeaderLocks with a valid selector matching `pod`.
 fn selecting<'a>(lls: &'a LeaderLocks, pod: &PodInfo) -> Vec<&'a String> {
     let ns = &pod.namespace;
-    let anchored = pod.labels.iter().flat_map(|(k, v)| lls.by_label.get(&(ns.clone(), k.clone(), v.clone())));
+    let anchored = pod.labels.iter().flat_map(|(k, v)| lls.by_label.get(&(ns.clone(), k.to_string(), v.to_string())));
     let mut out: Vec<&String> = anchored
         .chain(lls.unanchored.get(ns))
         .filter(|n| lls.by_key.get(&(ns.clone(), (*n).clone())).is_some_and(|e| e.selects(pod)))
@@ -461,7 +465,7 @@ impl<'a> Lookup<'a> {
 pub struct View {
     /// The reconciled LeaderLock and every LeaderLock selecting a pod in `pods`, by name, with
     /// its parsed selector (None: selects nothing).
-    pub leaderlocks: BTreeMap<String, (Arc<LeaderLock>, Option<Selector>)>,
+    pub leaderlocks: BTreeMap<String, (Arc<LeaderLock>, Option<Matcher>)>,
     /// The pods the reconciled LeaderLock selects or whose keys name one of its locks, by name.
     pub pods: BTreeMap<String, Arc<PodInfo>>,
     /// For each pod in `pods`, the LeaderLocks (names) selecting it.
@@ -551,15 +555,43 @@ mod tests {
         p
     }
 
-    fn index(lls: &[LeaderLock], pods: &[Pod]) -> Index {
-        let idx = Index::new(prefix_of);
+    /// An index and the store it shares LeaderLocks with, fed as the controller feeds them.
+    struct Fixture {
+        idx: Index,
+        writer: kube::runtime::reflector::store::Writer<LeaderLock>,
+    }
+
+    impl Fixture {
+        fn ll_event(&mut self, ev: watcher::Event<LeaderLock>) {
+            self.writer.apply_watcher_event(&ev);
+            self.idx.on_leaderlock_event(&ev);
+        }
+    }
+
+    impl std::ops::Deref for Fixture {
+        type Target = Index;
+        fn deref(&self) -> &Index {
+            &self.idx
+        }
+    }
+
+    fn index(lls: &[LeaderLock], pods: &[Pod]) -> Fixture {
+        let (reader, writer) = kube::runtime::reflector::store();
+        let mut f = Fixture { idx: Index::new(prefix_of, reader), writer };
         for l in lls {
-            idx.on_leaderlock_event(&watcher::Event::Apply(l.clone()));
+            f.ll_event(watcher::Event::Apply(l.clone()));
         }
         for p in pods {
-            idx.on_pod_event(&watcher::Event::Apply(p.clone()));
+            f.on_pod_event(&watcher::Event::Apply(p.clone()));
         }
-        idx
+        f
+    }
+
+    #[test]
+    fn leaderlocks_are_shared_with_the_store_not_copied() {
+        let idx = index(&[ll("a", "web", 0, "web", &[("w", None)])], &[]);
+        let stored = idx.stored.state().pop().unwrap();
+        assert!(Arc::ptr_eq(&idx.read().lls.by_key[&("a".to_string(), "web".to_string())].ll, &stored));
     }
 
     fn names(refs: Vec<ObjectRef<LeaderLock>>) -> Vec<String> {
@@ -603,13 +635,13 @@ mod tests {
     fn views_resolve_conflicts_like_the_whole_namespace_would() {
         let older = ll("a", "older", 0, "x", &[("shared", None)]);
         let newer = Arc::new(ll("a", "newer", 5, "y", &[("shared", None), ("own", None)]));
-        let idx = index(&[older.clone(), (*newer).clone()], &[]);
+        let mut idx = index(&[older.clone(), (*newer).clone()], &[]);
         let v = idx.view(&newer);
         assert!(matches!(&v.resolved["newer"][0].1, Resolution::Rejected { .. }));
         assert_eq!(v.resolved["newer"][1].1, Resolution::Accepted("/ll/locks/a/own".into()));
         assert_eq!(names(idx.contenders(&newer)), ["a/older"]);
         // Deleted: the name goes to the newer one.
-        idx.on_leaderlock_event(&watcher::Event::Delete(older));
+        idx.ll_event(watcher::Event::Delete(older));
         assert_eq!(idx.view(&newer).resolved["newer"][0].1, Resolution::Accepted("/ll/locks/a/shared".into()));
     }
 
@@ -629,19 +661,19 @@ mod tests {
 
     #[test]
     fn a_relist_replaces_everything_at_once() {
-        let idx = index(&[ll("a", "gone", 0, "web", &[("w", None)])], &[pod("a", "p", "web", &[])]);
-        idx.on_leaderlock_event(&watcher::Event::Init);
-        idx.on_leaderlock_event(&watcher::Event::InitApply(ll("a", "new", 0, "web", &[("w", None)])));
+        let mut idx = index(&[ll("a", "gone", 0, "web", &[("w", None)])], &[pod("a", "p", "web", &[])]);
+        idx.ll_event(watcher::Event::Init);
+        idx.ll_event(watcher::Event::InitApply(ll("a", "new", 0, "web", &[("w", None)])));
         assert_eq!(names(idx.all_leaderlocks()), ["a/gone"], "the old table serves until InitDone");
-        idx.on_leaderlock_event(&watcher::Event::InitDone);
+        idx.ll_event(watcher::Event::InitDone);
         assert_eq!(names(idx.all_leaderlocks()), ["a/new"]);
         assert_eq!(names(idx.leaderlocks_for_pod(&pod("a", "p", "web", &[]))), ["a/new"]);
     }
 
     #[test]
     fn updates_and_deletions_leave_no_stale_entries() {
-        let idx = index(&[ll("a", "l", 0, "web", &[("w", None)])], &[pod("a", "p", "web", &["leaderlock.dev/w"])]);
-        idx.on_leaderlock_event(&watcher::Event::Apply(ll("a", "l", 0, "db", &[("d", None)])));
+        let mut idx = index(&[ll("a", "l", 0, "web", &[("w", None)])], &[pod("a", "p", "web", &["leaderlock.dev/w"])]);
+        idx.ll_event(watcher::Event::Apply(ll("a", "l", 0, "db", &[("d", None)])));
         assert!(idx.leaderlocks_with_prefix("/ll/locks/a/w").is_empty());
         assert_eq!(names(idx.leaderlocks_with_prefix("/ll/locks/a/d")), ["a/l"]);
         idx.on_pod_event(&watcher::Event::Apply(pod("a", "p", "db", &[])));
@@ -650,7 +682,7 @@ mod tests {
         idx.on_pod_event(&watcher::Event::Delete(pod("a", "p", "db", &[])));
         assert!(idx.view(&l).pods.is_empty());
         let inner = idx.read();
-        assert!(inner.pods.table.by_label.0.is_empty() && inner.pods.table.by_namespace.0.is_empty() && inner.pods.table.by_lock.0.is_empty());
+        assert!(inner.pods.by_label.0.is_empty() && inner.pods.by_namespace.0.is_empty() && inner.pods.by_lock.0.is_empty());
     }
 
     mod properties {

@@ -26,6 +26,7 @@ const FULL: &[&str] = &[
     "metrics.serviceMonitor.enabled=true",
     "networkPolicy.enabled=true",
     "log.format=json",
+    "controller.maxConcurrentReconciles=32",
 ];
 
 /// Runs the pinned helm with its state dirs in a temp dir (it must not need or touch $HOME).
@@ -136,7 +137,7 @@ fn cluster_role_grants_exactly_what_the_controller_needs() {
 - {apiGroups: [leaderlock.dev], resources: [leaderlocks], verbs: [get, list, watch, patch, update]}
 - {apiGroups: [leaderlock.dev], resources: [leaderlocks/status], verbs: [get, patch]}
 - {apiGroups: [""], resources: [pods], verbs: [get, list, watch, patch]}
-- {apiGroups: [events.k8s.io], resources: [events], verbs: [create, patch]}
+- {apiGroups: [events.k8s.io], resources: [events], verbs: [create]}
 "#,
     );
     assert_eq!(one(&docs, "ClusterRole")["rules"], expected);
@@ -189,6 +190,7 @@ fn default_values_render_a_hardened_two_replica_deployment() {
             "--log-level=info",
             "--http-addr=0.0.0.0:8080",
             "--election-ttl=3",
+            "--max-concurrent-reconciles=16",
         ]
     );
     assert_eq!(c["env"][0], yaml("{name: POD_NAME, valueFrom: {fieldRef: {fieldPath: metadata.name}}}"));
@@ -230,6 +232,7 @@ fn full_values_wire_etcd_tls_auth_prefixes_and_extras() {
         "--etcd-cert-file=/etc/leaderlock/etcd-tls/tls.crt",
         "--etcd-key-file=/etc/leaderlock/etcd-tls/tls.key",
         "--log-format=json",
+        "--max-concurrent-reconciles=32",
     ] {
         assert!(a.iter().any(|x| x == want), "missing {want} in {a:?}");
     }
@@ -281,7 +284,11 @@ fn one_replica_gets_a_pdb_that_does_not_block_drains() {
 
 #[test]
 fn bad_values_are_refused_at_render_time() {
-    for (set, msg) in [("log.format=xml", "log.format must be text or json"), ("etcd.endpoints=null", "etcd.endpoints")] {
+    for (set, msg) in [
+        ("log.format=xml", "log.format must be text or json"),
+        ("etcd.endpoints=null", "etcd.endpoints"),
+        ("controller.maxConcurrentReconciles=0", "controller.maxConcurrentReconciles must be at least 1"),
+    ] {
         let out = helm(&["template", "ll", CHART, "--set", set]);
         assert!(!out.status.success(), "--set {set} rendered");
         let err = String::from_utf8_lossy(&out.stderr);
