@@ -4,7 +4,8 @@
 # and the Go harness + client-go peer (tests/bench), then runs the harness inside
 # `hack/cluster.sh run`. Writes BENCHMARKS.md; the last stdout line is "BENCH key=value ...".
 # Knobs: BENCH_IDLE_LOCKS, BENCH_IDLE_SECONDS, BENCH_HANDOVERS, BENCH_SLOW_HANDOVERS, BENCH_SCALE,
-# BENCH_TRYLOCK_INTERVAL, BENCH_PHASES (see tests/bench/compare/main.go).
+# BENCH_TRYLOCK_INTERVAL, BENCH_APISERVER_PROFILE_SECONDS, BENCH_PHASES (see tests/bench/compare/main.go).
+# The kube-apiserver CPU profile is summarised with `go tool pprof` (Go is already needed here).
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 cd "$ROOT"
