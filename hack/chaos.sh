@@ -86,7 +86,9 @@ failures="$(grep -A1 -E "^thread '.*' \([0-9]+\) panicked at" "$testlog" | grep 
    of that history produced holder changes without a cause. Watches now retry within 5 s.
 8. **A pod created during an outage never got its key** (scenario 4): a relist is indexed as a
    whole when complete, but the reconciles its objects triggered ran against the previous
-   table. Every LeaderLock is reconciled once more after a relist.
+   table. Now a relist's objects trigger nothing one by one: when it completes, the index names
+   the LeaderLocks whose pods or objects changed, appeared or vanished, and only those are
+   reconciled, against the new table.
 
 What happens after an outage longer than the TTL is in README ("Faults and safety") and in
 scenario 3 below.

@@ -558,27 +558,33 @@ pub async fn run(client: kube::Client, engine: Arc<Engine>, settings: Settings) 
     // forever after a takeover; a watch channel wakes them all.)
     let (pods_synced_tx, pods_synced) = tokio::sync::watch::channel(false);
     let (trigger, triggers) = mpsc::unbounded_channel();
-    // A relist is indexed as a whole when it completes, but the reconciles its objects triggered
-    // ran before that, against the previous table: reconcile everything once more.
-    let relisted = {
-        let (index, trigger) = (index.clone(), trigger.clone());
-        move || index.all_leaderlocks().into_iter().for_each(|r| drop(trigger.send(r)))
-    };
     let (lls_synced_tx, lls_synced) = tokio::sync::watch::channel(false);
+    // The pod watch only feeds the index, which names the LeaderLocks each event concerns.
     let pod_index = index.clone();
-    let pod_events = watcher(pods_api, watcher::Config::default())
+    let mut pod_indexing = indexing(move |ev| pod_index.on_pod_event(ev), pods_synced_tx);
+    let pod_triggers = watcher(pods_api, watcher::Config::default())
         .backoff(WatchBackoff::default())
-        .inspect(indexing(move |ev| pod_index.on_pod_event(ev), pods_synced_tx, relisted.clone()))
-        .touched_objects();
+        .flat_map(move |ev| futures::stream::iter(pod_indexing(&ev)));
 
-    let ll_index = index.clone();
     // Paginated lists (not `any_semantic`, which returns every LeaderLock in one response).
+    // Only Apply events trigger their object directly: a relist's objects are indexed when it
+    // completes, and the index then names what changed (a reconcile run on a relisted object
+    // before that would read the previous table).
+    let ll_index = index.clone();
+    let mut ll_indexing = indexing(move |ev| ll_index.on_leaderlock_event(ev), lls_synced_tx);
+    let ll_trigger = trigger.clone();
     let ll_events = watcher(lls, watcher::Config::default())
         .backoff(WatchBackoff::default())
         .modify(|ll: &mut LeaderLock| ll.managed_fields_mut().clear()) // never read
         .reflect(writer)
-        .inspect(indexing(move |ev| ll_index.on_leaderlock_event(ev), lls_synced_tx, relisted))
-        .applied_objects();
+        .inspect(move |ev| ll_indexing(ev).into_iter().for_each(|r| drop(ll_trigger.send(r))))
+        .filter_map(|ev| {
+            futures::future::ready(match ev {
+                Ok(watcher::Event::Apply(ll)) => Some(Ok(ll)),
+                Ok(_) => None,
+                Err(e) => Some(Err(e)),
+            })
+        });
     let controller = Controller::for_stream(ll_events, reader)
         .with_config(kube::runtime::controller::Config::default().concurrency(settings.concurrency));
     let ctx = Arc::new(Context {
@@ -592,13 +598,11 @@ pub async fn run(client: kube::Client, engine: Arc<Engine>, settings: Settings) 
         written_pods: Default::default(),
     });
 
-    let pod_index = index.clone();
-    let pod_to_lls = move |pod: Pod| pod_index.leaderlocks_for_pod(&pod);
     let etcd_changes = etcd_triggers(engine.clone(), index);
     let extra = tokio_stream::wrappers::UnboundedReceiverStream::new(triggers);
 
     controller
-        .watches_stream(pod_events, pod_to_lls)
+        .reconcile_on(pod_triggers)
         .reconcile_on(futures::stream::select(etcd_changes, extra))
         .shutdown_on_signal()
         .run(
@@ -656,19 +660,23 @@ impl kube::runtime::utils::Backoff for WatchBackoff {
     }
 }
 
-/// Feeds each watch event to the index; when a (re)list is complete, says so and calls `relisted`.
+/// Feeds each watch event to the index and returns the LeaderLocks it concerns; says when a
+/// (re)list is complete.
 fn indexing<K>(
-    index: impl Fn(&watcher::Event<K>),
+    index: impl Fn(&watcher::Event<K>) -> Vec<ObjectRef<LeaderLock>>,
     synced: tokio::sync::watch::Sender<bool>,
-    relisted: impl Fn(),
-) -> impl FnMut(&Result<watcher::Event<K>, watcher::Error>) {
-    move |ev| {
-        if let Ok(ev) = ev {
-            index(ev);
+) -> impl FnMut(&Result<watcher::Event<K>, watcher::Error>) -> Vec<ObjectRef<LeaderLock>> {
+    move |ev| match ev {
+        Ok(ev) => {
+            let concerned = index(ev);
             if matches!(ev, watcher::Event::InitDone) {
                 let _ = synced.send(true);
-                relisted();
             }
+            concerned
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "watch failed; retrying within 5 s");
+            vec![]
         }
     }
 }

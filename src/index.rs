@@ -7,7 +7,7 @@
 //!  watch events ─▶ Index ──view(LeaderLock)──▶ View: the LeaderLock, the pods it concerns,
 //!                   │                               the LeaderLocks selecting those pods,
 //!                   │                               and their lock resolutions
-//!                   └──leaderlocks_for_pod / _with_prefix──▶ reconcile triggers
+//!                   └──on_*_event / leaderlocks_with_prefix──▶ reconcile triggers
 //! ```
 //!
 //! A relist (Init … InitDone) builds a new table and swaps it in whole, as kube's reflector does.
@@ -222,18 +222,34 @@ impl Pods {
 }
 
 impl Pods {
-    fn insert(&mut self, pod: &Pod) {
-        self.remove(pod);
-        let info = PodInfo::of(pod);
+    /// Returns the version it replaces.
+    fn insert(&mut self, pod: &Pod) -> (Arc<PodInfo>, Option<Arc<PodInfo>>) {
+        let info = Arc::new(PodInfo::of(pod));
+        let old = self.remove(&(info.namespace.clone(), info.name.clone()));
         self.index(&info, true);
-        self.by_key.insert((info.namespace.clone(), info.name.clone()), Arc::new(info));
+        self.by_key.insert((info.namespace.clone(), info.name.clone()), info.clone());
+        (info, old)
     }
 
-    fn remove(&mut self, pod: &Pod) {
-        if let Some(old) = self.by_key.remove(&key_of(pod)) {
-            self.index(&old, false);
-        }
+    fn remove(&mut self, key: &Key) -> Option<Arc<PodInfo>> {
+        let old = self.by_key.remove(key)?;
+        self.index(&old, false);
+        Some(old)
     }
+}
+
+/// Adds the LeaderLocks one version of a pod concerns: those selecting it and those whose lock
+/// keys it carries (to be removed).
+fn concerned_by(lls: &LeaderLocks, pod: &PodInfo, out: &mut BTreeSet<Key>) {
+    let ns = &pod.namespace;
+    out.extend(selecting(lls, pod).into_iter().map(|n| (ns.clone(), n.clone())));
+    for lock in locks_named_on(pod) {
+        out.extend(lls.by_lock.get(&(ns.clone(), lock)).map(|n| (ns.clone(), n.clone())));
+    }
+}
+
+fn refs(keys: impl IntoIterator<Item = Key>) -> Vec<ObjectRef<LeaderLock>> {
+    keys.into_iter().map(|(ns, n)| ObjectRef::new(&n).within(&ns)).collect()
 }
 
 #[derive(Default)]
@@ -286,52 +302,81 @@ impl Index {
         self.inner.write().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Indexes `ev` once the store has applied it (a relist is taken from the store whole).
-    pub fn on_leaderlock_event(&self, ev: &watcher::Event<LeaderLock>) {
+    /// Indexes `ev` once the store has applied it, and returns the LeaderLocks to reconcile
+    /// besides the one applied (which the controller's own stream triggers): after a relist,
+    /// those that changed or are new, and the contenders of those that vanished; after a
+    /// deletion, its contenders. A relist's objects are indexed at InitDone, from the store.
+    pub fn on_leaderlock_event(&self, ev: &watcher::Event<LeaderLock>) -> Vec<ObjectRef<LeaderLock>> {
         match ev {
             watcher::Event::Apply(ll) => {
                 let shared = self.stored.get(&ObjectRef::from_obj(ll)).unwrap_or_else(|| Arc::new(ll.clone()));
                 self.write().lls.insert(shared, &*self.prefix_of);
+                vec![]
             }
             watcher::Event::Delete(ll) => {
                 self.record_claims(ll, &[]);
-                self.write().lls.remove(&key_of(ll));
+                let mut inner = self.write();
+                let gone = inner.lls.by_key.get(&key_of(ll)).map(|e| e.ll.clone());
+                inner.lls.remove(&key_of(ll));
+                refs(gone.map(|ll| self.contenders_in(&inner.lls, &ll)).unwrap_or_default())
             }
-            watcher::Event::Init | watcher::Event::InitApply(_) => {} // the store gathers them
+            watcher::Event::Init | watcher::Event::InitApply(_) => vec![], // the store gathers them
             watcher::Event::InitDone => {
                 let table = LeaderLocks::of(self.stored.state(), &*self.prefix_of);
-                self.write().lls = table;
+                let mut inner = self.write();
+                let version = |e: &Entry| e.ll.metadata.resource_version.clone();
+                let mut changed: BTreeSet<Key> =
+                    table.by_key.iter().filter(|(k, e)| inner.lls.by_key.get(*k).map(version) != Some(version(e))).map(|(k, _)| k.clone()).collect();
+                let gone: Vec<Arc<LeaderLock>> = inner.lls.by_key.iter().filter(|(k, _)| !table.by_key.contains_key(*k)).map(|(_, e)| e.ll.clone()).collect();
+                inner.lls = table;
+                for ll in &gone {
+                    self.record_claims(ll, &[]);
+                    changed.extend(self.contenders_in(&inner.lls, ll));
+                }
+                refs(changed)
             }
         }
     }
 
-    pub fn on_pod_event(&self, ev: &watcher::Event<Pod>) {
-        let mut inner = self.write();
+    /// Indexes `ev` and returns the LeaderLocks it concerns (see [`concerned_by`]), for the
+    /// version it replaces too. A relist is indexed whole at InitDone: then only the pods that
+    /// changed, appeared or vanished since the previous table count.
+    pub fn on_pod_event(&self, ev: &watcher::Event<Pod>) -> Vec<ObjectRef<LeaderLock>> {
+        let mut guard = self.write();
+        let inner = &mut *guard;
+        let mut concerned = BTreeSet::new();
         match ev {
-            watcher::Event::Apply(pod) => inner.pods.insert(pod),
-            watcher::Event::Delete(pod) => inner.pods.remove(pod),
-            watcher::Event::Init => inner.pods_relist = Some(Pods::default()),
-            watcher::Event::InitApply(pod) => inner.pods_relist.get_or_insert_default().insert(pod),
-            watcher::Event::InitDone => {
-                if let Some(table) = inner.pods_relist.take() {
-                    inner.pods = table;
+            watcher::Event::Apply(pod) => {
+                let (new, old) = inner.pods.insert(pod);
+                for version in std::iter::once(&new).chain(&old) {
+                    concerned_by(&inner.lls, version, &mut concerned);
                 }
             }
+            watcher::Event::Delete(pod) => {
+                let old = inner.pods.remove(&key_of(pod)).unwrap_or_else(|| Arc::new(PodInfo::of(pod)));
+                concerned_by(&inner.lls, &old, &mut concerned);
+            }
+            watcher::Event::Init => inner.pods_relist = Some(Pods::default()),
+            watcher::Event::InitApply(pod) => drop(inner.pods_relist.get_or_insert_default().insert(pod)),
+            watcher::Event::InitDone => {
+                let Some(table) = inner.pods_relist.take() else { return vec![] };
+                for (key, pod) in &table.by_key {
+                    match inner.pods.by_key.get(key) {
+                        Some(old) if old.resource_version == pod.resource_version => {}
+                        Some(old) => {
+                            concerned_by(&inner.lls, old, &mut concerned);
+                            concerned_by(&inner.lls, pod, &mut concerned);
+                        }
+                        None => concerned_by(&inner.lls, pod, &mut concerned),
+                    }
+                }
+                for (_, old) in inner.pods.by_key.iter().filter(|(k, _)| !table.by_key.contains_key(*k)) {
+                    concerned_by(&inner.lls, old, &mut concerned);
+                }
+                inner.pods = table;
+            }
         }
-    }
-
-    /// The LeaderLocks a change of `pod` may matter to: those selecting it and those whose
-    /// locks it carries keys of (to be removed).
-    pub fn leaderlocks_for_pod(&self, pod: &Pod) -> Vec<ObjectRef<LeaderLock>> {
-        let pod = PodInfo::of(pod);
-        let inner = self.read();
-        let lls = &inner.lls;
-        let ns = pod.namespace.clone();
-        let mut names: BTreeSet<&String> = selecting(lls, &pod).into_iter().collect();
-        for lock in locks_named_on(&pod) {
-            names.extend(lls.by_lock.get(&(ns.clone(), lock)));
-        }
-        names.into_iter().map(|n| ObjectRef::new(n).within(&ns)).collect()
+        refs(concerned)
     }
 
     /// The LeaderLocks with a lock under exactly `prefix` (an etcd change there concerns them).
@@ -348,10 +393,14 @@ impl Index {
     /// The other LeaderLocks whose lock resolution may depend on `ll` (shared lock names or
     /// overlapping prefixes, transitively): deleting `ll` may hand them a lock.
     pub fn contenders(&self, ll: &Arc<LeaderLock>) -> Vec<ObjectRef<LeaderLock>> {
-        let inner = self.read();
-        let lls = Lookup::new(&inner.lls, ll, &*self.prefix_of);
+        refs(self.contenders_in(&self.read().lls, ll))
+    }
+
+    fn contenders_in(&self, table: &LeaderLocks, ll: &Arc<LeaderLock>) -> BTreeSet<Key> {
         let me = key_of(&**ll);
-        lls.component([me.clone()]).into_iter().filter(|k| *k != me).map(|(ns, n)| ObjectRef::new(&n).within(&ns)).collect()
+        let mut component = Lookup::new(table, ll, &*self.prefix_of).component([me.clone()]);
+        component.remove(&me);
+        component
     }
 
     /// Everything a reconcile of `ll` reads: the pods it selects or whose keys name its locks,
@@ -562,9 +611,9 @@ mod tests {
     }
 
     impl Fixture {
-        fn ll_event(&mut self, ev: watcher::Event<LeaderLock>) {
+        fn ll_event(&mut self, ev: watcher::Event<LeaderLock>) -> Vec<ObjectRef<LeaderLock>> {
             self.writer.apply_watcher_event(&ev);
-            self.idx.on_leaderlock_event(&ev);
+            self.idx.on_leaderlock_event(&ev)
         }
     }
 
@@ -582,7 +631,7 @@ mod tests {
             f.ll_event(watcher::Event::Apply(l.clone()));
         }
         for p in pods {
-            f.on_pod_event(&watcher::Event::Apply(p.clone()));
+            f.idx.on_pod_event(&watcher::Event::Apply(p.clone()));
         }
         f
     }
@@ -606,10 +655,15 @@ mod tests {
             &[ll("a", "web", 0, "web", &[("w", None)]), ll("a", "db", 0, "db", &[("d", None)]), ll("b", "web", 0, "web", &[("w", None)])],
             &[],
         );
-        assert_eq!(names(idx.leaderlocks_for_pod(&pod("a", "p", "web", &[]))), ["a/web"]);
+        let applied = |p: Pod| names(idx.on_pod_event(&watcher::Event::Apply(p)));
+        assert_eq!(applied(pod("a", "p", "web", &[])), ["a/web"]);
         // Relabelled away from db, still carrying db's lock key: db must remove it.
-        assert_eq!(names(idx.leaderlocks_for_pod(&pod("a", "p", "web", &["leaderlock.dev/d.token"]))), ["a/db", "a/web"]);
-        assert_eq!(names(idx.leaderlocks_for_pod(&pod("c", "p", "web", &[]))), Vec::<String>::new());
+        assert_eq!(applied(pod("a", "p", "web", &["leaderlock.dev/d.token"])), ["a/db", "a/web"]);
+        assert_eq!(applied(pod("c", "p", "web", &[])), Vec::<String>::new());
+        // A relabelled pod concerns the LeaderLock it leaves too.
+        assert_eq!(applied(pod("c", "p", "db", &[])), Vec::<String>::new());
+        assert_eq!(applied(pod("a", "p", "db", &[])), ["a/db", "a/web"]);
+        assert_eq!(names(idx.on_pod_event(&watcher::Event::Delete(pod("a", "p", "db", &[])))), ["a/db"]);
     }
 
     #[test]
@@ -641,7 +695,7 @@ mod tests {
         assert_eq!(v.resolved["newer"][1].1, Resolution::Accepted("/ll/locks/a/own".into()));
         assert_eq!(names(idx.contenders(&newer)), ["a/older"]);
         // Deleted: the name goes to the newer one.
-        idx.ll_event(watcher::Event::Delete(older));
+        assert_eq!(names(idx.ll_event(watcher::Event::Delete(older))), ["a/newer"], "its contenders are reconciled");
         assert_eq!(idx.view(&newer).resolved["newer"][0].1, Resolution::Accepted("/ll/locks/a/shared".into()));
     }
 
@@ -665,9 +719,48 @@ mod tests {
         idx.ll_event(watcher::Event::Init);
         idx.ll_event(watcher::Event::InitApply(ll("a", "new", 0, "web", &[("w", None)])));
         assert_eq!(names(idx.all_leaderlocks()), ["a/gone"], "the old table serves until InitDone");
-        idx.ll_event(watcher::Event::InitDone);
+        assert_eq!(names(idx.ll_event(watcher::Event::InitDone)), ["a/new"]);
         assert_eq!(names(idx.all_leaderlocks()), ["a/new"]);
-        assert_eq!(names(idx.leaderlocks_for_pod(&pod("a", "p", "web", &[]))), ["a/new"]);
+        assert_eq!(names(idx.on_pod_event(&watcher::Event::Apply(pod("a", "p", "web", &[])))), ["a/new"]);
+    }
+
+    fn versioned<K: kube::Resource>(mut o: K, rv: &str) -> K {
+        o.meta_mut().resource_version = Some(rv.into());
+        o
+    }
+
+    #[test]
+    fn a_pod_relist_concerns_the_leaderlocks_of_the_pods_that_changed_appeared_or_vanished() {
+        let lls: Vec<LeaderLock> = ["a", "b", "c", "d"].iter().map(|x| ll("ns", x, 0, x, &[(x, None)])).collect();
+        let pods = ["a", "b", "c"].map(|x| versioned(pod("ns", &format!("p{x}"), x, &[]), "1"));
+        let idx = index(&lls, &pods);
+        for ev in [
+            watcher::Event::Init,
+            watcher::Event::InitApply(versioned(pod("ns", "pa", "a", &[]), "1")), // unchanged
+            watcher::Event::InitApply(versioned(pod("ns", "pb", "b", &[]), "2")), // changed
+            watcher::Event::InitApply(versioned(pod("ns", "pd", "d", &[]), "3")), // new; pc vanished
+        ] {
+            assert!(idx.on_pod_event(&ev).is_empty(), "nothing before the relist is complete");
+        }
+        let c = Arc::new(lls[2].clone());
+        assert_eq!(idx.view(&c).pods.keys().collect::<Vec<_>>(), ["pc"], "the old table serves until InitDone");
+        assert_eq!(names(idx.on_pod_event(&watcher::Event::InitDone)), ["ns/b", "ns/c", "ns/d"]);
+        assert!(idx.view(&c).pods.is_empty());
+    }
+
+    #[test]
+    fn a_leaderlock_relist_concerns_those_that_changed_or_appeared_and_the_contenders_of_those_that_vanished() {
+        let x = versioned(ll("ns", "x", 0, "x", &[("x", None)]), "1");
+        let y = versioned(ll("ns", "y", 0, "y", &[("y", None)]), "1");
+        let z = versioned(ll("ns", "z", 0, "z", &[("shared", None)]), "1");
+        let w = versioned(ll("ns", "w", 5, "w", &[("shared", None)]), "1");
+        let mut idx = index(&[x.clone(), y, z, w.clone()], &[]);
+        idx.ll_event(watcher::Event::Init);
+        for l in [x, versioned(ll("ns", "y", 0, "y", &[("y", None)]), "2"), w, versioned(ll("ns", "v", 9, "v", &[("v", None)]), "3")] {
+            assert!(idx.ll_event(watcher::Event::InitApply(l)).is_empty());
+        }
+        // y changed, v is new, z vanished: w may now hold "shared". x is as it was.
+        assert_eq!(names(idx.ll_event(watcher::Event::InitDone)), ["ns/v", "ns/w", "ns/y"]);
     }
 
     #[test]

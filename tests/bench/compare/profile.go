@@ -27,7 +27,7 @@ var profileGroups = []profileGroup{
 	{"PATCH requests (server-side apply of pods and status, finalizer patches), whole handler", []string{"handlers.(*patcher).patchResource"}},
 	{"  of which field management (managedFields, structured-merge-diff)", []string{"managedfields/internal.(*FieldManager).Apply", "managedfields/internal.(*FieldManager).Update"}},
 	{"  of which the etcd transaction", []string{"etcd/client/v3/kubernetes.Client.OptimisticPut"}},
-	{"POST requests (LeaderLocks by the harness, Events), whole handler", []string{"createHandler"}},
+	{"POST requests (Events), whole handler", []string{"createHandler"}},
 	{"decoding request bodies into objects", []string{"serializer/versioning.(*codec).Decode"}},
 	{"serving watches (the controller's, the harness's informers)", []string{"handlers.(*WatchServer).HandleHTTP"}},
 	{"authenticating requests (client certificates)", []string{"union.(*unionAuthRequestHandler).AuthenticateRequest"}},
