@@ -219,7 +219,19 @@ async fn run_controller(args: ControllerArgs) -> Result<(), Box<dyn std::error::
     }
 }
 
+/// Caps glibc's malloc at two arenas. By default each thread that meets contention gets its own
+/// (up to 8 per core), and memory freed in one arena is never reused by another: at 10,000
+/// LeaderLocks that held about 12 MB of RSS that the heap no longer used (`make bench`).
+fn limit_malloc_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: first thing in main, before any other thread exists; mallopt only sets a parameter.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
+}
+
 fn main() -> ExitCode {
+    limit_malloc_arenas();
     let cli = Cli::parse();
     init_logging(&cli);
     match cli.command {
