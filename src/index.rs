@@ -148,9 +148,7 @@ impl LeaderLocks {
         }
         out
     }
-}
 
-impl LeaderLocks {
     fn insert(&mut self, ll: Arc<LeaderLock>, prefix_of: &PrefixOf) {
         let key = key_of(&*ll);
         self.remove(&key);
@@ -219,9 +217,7 @@ impl Pods {
             self.by_namespace.remove(ns, name);
         }
     }
-}
 
-impl Pods {
     /// Returns the version it replaces.
     fn insert(&mut self, pod: &Pod) -> (Arc<PodInfo>, Option<Arc<PodInfo>>) {
         let info = Arc::new(PodInfo::of(pod));
