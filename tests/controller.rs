@@ -99,6 +99,45 @@ async fn a_holder_that_turns_not_ready_is_demoted_and_replaced() {
     checker.assert_clean(&ns);
 }
 
+/// Makes `from` unready, waits for `to` to hold alone, then makes `from` ready again (standby).
+async fn hand_over(c: &kube::Client, ns: &str, from: &str, to: &str) -> i64 {
+    set_ready(c, ns, from, false).await;
+    let (holder, token) = elected(c, ns, "payments", "ledger", 1).await;
+    assert_eq!(holder, to);
+    set_ready(c, ns, from, true).await;
+    assert_eq!(elected(c, ns, "payments", "ledger", 2).await, (holder, token), "a returning pod is a standby");
+    token
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_holder_change_is_its_own_event_even_when_a_transition_repeats() {
+    let (ns, checker) = setup("events-repeat");
+    let c = client().await;
+    ready_pods(&c, &ns, &["w-1", "w-2"], WORKER).await;
+    apply_ll(&ns, "payments", "[{name: ledger}]", "");
+    let (first, t1) = elected(&c, &ns, "payments", "ledger", 2).await;
+    assert_eq!(first, "w-1");
+    let t2 = hand_over(&c, &ns, "w-1", "w-2").await;
+    let t3 = hand_over(&c, &ns, "w-2", "w-1").await;
+    let t4 = hand_over(&c, &ns, "w-1", "w-2").await; // the same transition as t2, minutes apart at most
+    let want = [
+        format!("lock ledger: <none> -> w-1 (fencing token {t1})"),
+        format!("lock ledger: w-1 -> w-2 (fencing token {t2})"),
+        format!("lock ledger: w-2 -> w-1 (fencing token {t3})"),
+        format!("lock ledger: w-1 -> w-2 (fencing token {t4})"),
+    ];
+    // kube-runtime's Recorder folded the repeat into the first one's series, with its old token.
+    let jsonpath = "jsonpath={range .items[*]}{.reason}|{.note}|{.series.count}{\"\\n\"}{end}";
+    let events = wait_until("four HolderChanged Events", T, || {
+        let out = kubectl_ok(&["get", "events.events.k8s.io", "-n", &ns, "--sort-by=.eventTime", "-o", jsonpath], None);
+        let ours: Vec<String> = out.lines().filter(|l| l.starts_with("HolderChanged|")).map(str::to_string).collect();
+        (ours.len() >= want.len()).then_some(ours)
+    });
+    let expected: Vec<String> = want.iter().map(|n| format!("HolderChanged|{n}|")).collect();
+    assert_eq!(events, expected);
+    checker.assert_clean(&ns);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn scaling_up_adds_standbys_without_changing_the_holder() {
     let (ns, checker) = setup("scale-up");
