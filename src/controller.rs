@@ -83,8 +83,6 @@ pub struct Context {
     /// Every LeaderLock and pod, indexed: candidacy, lock-name conflicts and a pod's keys are
     /// decided without API reads, touching only the objects concerned.
     pub index: Arc<Index>,
-    /// Extra reconcile triggers (a deleted LeaderLock frees lock names for its neighbours).
-    pub trigger: mpsc::UnboundedSender<ObjectRef<LeaderLock>>,
     /// This replica's name, the `reportingInstance` of its Events.
     pub instance: String,
     /// Counters and histograms served at `/metrics`.
@@ -515,10 +513,8 @@ async fn cleanup(ll: Arc<LeaderLock>, ctx: &Context) -> Result<Action> {
             }
         }
     }
-    // Lock names this LeaderLock held may now go to a newer neighbour.
-    for other in ctx.index.contenders(&ll) {
-        let _ = ctx.trigger.send(other);
-    }
+    // Lock names it held go to a newer neighbour once it is gone: its Delete event reconciles
+    // them (the index resolves against it until then).
     Ok(Action::await_change())
 }
 
@@ -557,6 +553,7 @@ pub async fn run(client: kube::Client, engine: Arc<Engine>, settings: Settings) 
     // wakes only the last of several concurrent waiters, which left LeaderLocks unreconciled
     // forever after a takeover; a watch channel wakes them all.)
     let (pods_synced_tx, pods_synced) = tokio::sync::watch::channel(false);
+    // Reconciles the index asks for beyond an object's own event (relists, deletions).
     let (trigger, triggers) = mpsc::unbounded_channel();
     let (lls_synced_tx, lls_synced) = tokio::sync::watch::channel(false);
     // The pod watch only feeds the index, which names the LeaderLocks each event concerns.
@@ -572,12 +569,11 @@ pub async fn run(client: kube::Client, engine: Arc<Engine>, settings: Settings) 
     // before that would read the previous table).
     let ll_index = index.clone();
     let mut ll_indexing = indexing(move |ev| ll_index.on_leaderlock_event(ev), lls_synced_tx);
-    let ll_trigger = trigger.clone();
     let ll_events = watcher(lls, watcher::Config::default())
         .backoff(WatchBackoff::default())
         .modify(|ll: &mut LeaderLock| ll.managed_fields_mut().clear()) // never read
         .reflect(writer)
-        .inspect(move |ev| ll_indexing(ev).into_iter().for_each(|r| drop(ll_trigger.send(r))))
+        .inspect(move |ev| ll_indexing(ev).into_iter().for_each(|r| drop(trigger.send(r))))
         .filter_map(|ev| {
             futures::future::ready(match ev {
                 Ok(watcher::Event::Apply(ll)) => Some(Ok(ll)),
@@ -591,7 +587,6 @@ pub async fn run(client: kube::Client, engine: Arc<Engine>, settings: Settings) 
         client: client.clone(),
         engine: engine.clone(),
         index: index.clone(),
-        trigger,
         instance: settings.instance,
         metrics: settings.metrics.clone(),
         written: Default::default(),

@@ -168,10 +168,11 @@ impl LeaderLocks {
         self.by_key.insert(key, e);
     }
 
-    fn remove(&mut self, key: &Key) {
-        if let Some(old) = self.by_key.remove(key) {
-            self.unindex(key, &old);
-        }
+    /// Returns the LeaderLock it removes.
+    fn remove(&mut self, key: &Key) -> Option<Arc<LeaderLock>> {
+        let old = self.by_key.remove(key)?;
+        self.unindex(key, &old);
+        Some(old.ll)
     }
 
     fn of(lls: Vec<Arc<LeaderLock>>, prefix_of: &PrefixOf) -> LeaderLocks {
@@ -312,9 +313,8 @@ impl Index {
             watcher::Event::Delete(ll) => {
                 self.record_claims(ll, &[]);
                 let mut inner = self.write();
-                let gone = inner.lls.by_key.get(&key_of(ll)).map(|e| e.ll.clone());
-                inner.lls.remove(&key_of(ll));
-                refs(gone.map(|ll| self.contenders_in(&inner.lls, &ll)).unwrap_or_default())
+                let gone = inner.lls.remove(&key_of(ll));
+                refs(gone.map(|ll| self.contenders(&inner.lls, &ll)).unwrap_or_default())
             }
             watcher::Event::Init | watcher::Event::InitApply(_) => vec![], // the store gathers them
             watcher::Event::InitDone => {
@@ -327,7 +327,7 @@ impl Index {
                 inner.lls = table;
                 for ll in &gone {
                     self.record_claims(ll, &[]);
-                    changed.extend(self.contenders_in(&inner.lls, ll));
+                    changed.extend(self.contenders(&inner.lls, ll));
                 }
                 refs(changed)
             }
@@ -386,13 +386,9 @@ impl Index {
         inner.lls.by_key.keys().map(|(ns, n)| ObjectRef::new(n).within(ns)).collect()
     }
 
-    /// The other LeaderLocks whose lock resolution may depend on `ll` (shared lock names or
-    /// overlapping prefixes, transitively): deleting `ll` may hand them a lock.
-    pub fn contenders(&self, ll: &Arc<LeaderLock>) -> Vec<ObjectRef<LeaderLock>> {
-        refs(self.contenders_in(&self.read().lls, ll))
-    }
-
-    fn contenders_in(&self, table: &LeaderLocks, ll: &Arc<LeaderLock>) -> BTreeSet<Key> {
+    /// The other LeaderLocks of `table` whose lock resolution may depend on `ll` (shared lock
+    /// names or overlapping prefixes, transitively): deleting `ll` may hand them a lock.
+    fn contenders(&self, table: &LeaderLocks, ll: &Arc<LeaderLock>) -> BTreeSet<Key> {
         let me = key_of(&**ll);
         let mut component = Lookup::new(table, ll, &*self.prefix_of).component([me.clone()]);
         component.remove(&me);
@@ -689,7 +685,7 @@ mod tests {
         let v = idx.view(&newer);
         assert!(matches!(&v.resolved["newer"][0].1, Resolution::Rejected { .. }));
         assert_eq!(v.resolved["newer"][1].1, Resolution::Accepted("/ll/locks/a/own".into()));
-        assert_eq!(names(idx.contenders(&newer)), ["a/older"]);
+        assert_eq!(names(refs(idx.contenders(&idx.read().lls, &newer))), ["a/older"]);
         // Deleted: the name goes to the newer one.
         assert_eq!(names(idx.ll_event(watcher::Event::Delete(older))), ["a/newer"], "its contenders are reconciled");
         assert_eq!(idx.view(&newer).resolved["newer"][0].1, Resolution::Accepted("/ll/locks/a/shared".into()));

@@ -38,6 +38,11 @@ pub fn is_ours(key: &str) -> bool {
     key.strip_prefix(GROUP).is_some_and(|rest| rest.starts_with('/'))
 }
 
+/// The `leaderlock.dev/*` entries of a pod's annotations or labels.
+fn ours(m: &Option<BTreeMap<String, String>>) -> impl Iterator<Item = (&String, &String)> {
+    m.iter().flatten().filter(|(k, _)| is_ours(k))
+}
+
 /// A pod competes while it is Running, Ready and not terminating.
 pub fn is_candidate(pod: &Pod) -> bool {
     if pod.metadata.deletion_timestamp.is_some() {
@@ -58,10 +63,8 @@ pub struct PodKeys {
 impl PodKeys {
     /// The keys a pod carries now.
     pub fn current(pod: &Pod) -> PodKeys {
-        let ours = |m: &Option<BTreeMap<String, String>>| {
-            m.iter().flatten().filter(|(k, _)| is_ours(k)).map(|(k, v)| (k.clone(), v.clone())).collect()
-        };
-        PodKeys { annotations: ours(&pod.metadata.annotations), labels: ours(&pod.metadata.labels) }
+        let owned = |m| ours(m).map(|(k, v)| (k.clone(), v.clone())).collect();
+        PodKeys { annotations: owned(&pod.metadata.annotations), labels: owned(&pod.metadata.labels) }
     }
 
     fn is_leader(&self, lock: &str) -> bool {
@@ -146,7 +149,6 @@ pub struct PodInfo {
 
 impl PodInfo {
     pub fn of(pod: &Pod) -> PodInfo {
-        let ours = |m: &Option<BTreeMap<String, String>>| m.iter().flatten().filter(|(k, _)| is_ours(k)).collect();
         PodInfo {
             namespace: pod.metadata.namespace.clone().unwrap_or_default(),
             name: pod.metadata.name.clone().unwrap_or_default(),
@@ -155,8 +157,8 @@ impl PodInfo {
             created: pod.metadata.creation_timestamp.as_ref().map(|t| t.0),
             labels: pod.metadata.labels.iter().flatten().collect(),
             candidate: is_candidate(pod),
-            our_annotations: ours(&pod.metadata.annotations),
-            our_labels: ours(&pod.metadata.labels),
+            our_annotations: ours(&pod.metadata.annotations).collect(),
+            our_labels: ours(&pod.metadata.labels).collect(),
         }
     }
 

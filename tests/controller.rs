@@ -183,6 +183,11 @@ async fn a_lock_name_already_used_in_the_namespace_is_a_conflict_for_the_newer_l
     assert!(message.contains("\"first\"") && message.contains("rename"), "{message}");
     elected(&c, &ns, "second", "other", 2).await; // its other lock still works
     assert_eq!(elected(&c, &ns, "first", "ledger", 2).await, holder, "the older LeaderLock keeps its holder");
+    // Once the older one is gone (its Delete event), the newer one takes the lock name.
+    Api::<LeaderLock>::namespaced(c.clone(), &ns).delete("first", &DeleteParams::default()).await.unwrap();
+    elected(&c, &ns, "second", "ledger", 2).await;
+    let ready = eventually("second Ready", T, || async { ready_condition(&c, &ns, "second").await.filter(|(s, _, _)| s == "True") }).await;
+    assert_eq!(ready.1, "Elected");
     checker.assert_clean(&ns);
 }
 
