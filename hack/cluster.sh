@@ -160,6 +160,30 @@ ENV
   log "control plane ready: source $DIR/env"
 }
 
+# running PID: the process exists and is not a zombie (a killed server waiting to be reaped).
+running() {
+  local stat
+  stat="$(cat "/proc/$1/stat" 2>/dev/null)" || return 1
+  [[ -n "$1" && "${stat##*) }" != Z* ]]
+}
+
+# reap_stale: remove the state dirs of earlier runs that were killed with SIGKILL (their servers
+# died with them, but nothing could remove the ~250 MB of etcd data). A dir is stale when none of
+# its recorded servers is alive and it has not changed for 2 minutes (a run still starting has
+# no pid file yet, or a fresh one).
+reap_stale() {
+  local d pidf live
+  for d in "${TMPDIR:-/tmp}"/leaderlock-cluster.*; do
+    [[ -d "$d" ]] && compgen -G "$d/*.pid" >/dev/null || continue
+    [[ -n "$(find "$d" -maxdepth 0 -mmin +2)" ]] || continue
+    live=0
+    for pidf in "$d"/*.pid; do
+      running "$(cat "$pidf" 2>/dev/null)" && live=1
+    done
+    ((live)) || { log "removing $d, left by a run that was killed"; rm -rf "$d"; }
+  done
+}
+
 cmd="${1:-}"; shift || true
 case "$cmd" in
   up) DIR="${1:-$ROOT/.cache/cluster}"; up ;;
@@ -167,6 +191,7 @@ case "$cmd" in
   run)
     [[ "${1:-}" == "--" ]] && shift
     (($#)) || die "usage: $0 run -- CMD..."
+    reap_stale
     DIR="$(mktemp -d "${TMPDIR:-/tmp}/leaderlock-cluster.XXXXXX")"
     trap 'stop_all "$DIR"; rm -rf "$DIR"' EXIT
     trap 'exit 130' INT TERM

@@ -394,12 +394,12 @@ async fn a_three_member_lock_etcd_loses_a_follower_then_its_leader_without_holde
 // ---------------------------------------------------------------------------------------------
 // 4. The apiserver unreachable from the controller (TcpProxy in front of it).
 
-fn kubeconfig_through(port: u16) -> std::path::PathBuf {
+fn kubeconfig_through(port: u16) -> tempfile::TempPath {
     let api = env("KUBE_APISERVER_URL");
     let text = std::fs::read_to_string(env("KUBECONFIG")).unwrap();
     let text = text.replace(&format!("server: {api}"), &format!("server: https://127.0.0.1:{port}"));
     assert!(text.contains(&format!("127.0.0.1:{port}")), "could not rewrite the kubeconfig");
-    let path = std::env::temp_dir().join(format!("chaos-kubeconfig-{}-{port}", std::process::id()));
+    let path = tempfile::NamedTempFile::new().unwrap().into_temp_path(); // removed on drop
     std::fs::write(&path, text).unwrap();
     path
 }

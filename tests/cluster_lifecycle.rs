@@ -1,5 +1,5 @@
 //! `hack/cluster.sh run` leaves no process behind, whether the command it runs ends, is
-//! interrupted (Ctrl-C), or the script itself is killed with SIGKILL.
+//! interrupted (Ctrl-C), or the script itself is killed with SIGKILL; and no state dir for long.
 mod common;
 
 use std::io::{BufRead, BufReader};
@@ -58,8 +58,19 @@ fn interrupting_a_run_stops_every_server_and_removes_its_data() {
 
 #[test]
 fn killing_the_script_with_sigkill_still_leaves_no_server_running() {
-    let (mut child, _dir, pids) = start_nested();
+    let (mut child, dir, pids) = start_nested();
     child.kill().unwrap(); // SIGKILL: no trap runs; the parent-death signal must do the job
     let _ = child.wait();
     wait_until("every server to die with its parent", Duration::from_secs(20), || pids.iter().all(|p| !alive(*p)).then_some(()));
+    // Nothing could remove the state dir (~250 MB of etcd data): the next run reaps it once it
+    // is 2 minutes old, while the live control plane this test runs under is left alone.
+    assert!(dir.exists());
+    let aged = Command::new("touch").args(["-d", "5 minutes ago"]).arg(&dir).status().unwrap();
+    assert!(aged.success());
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/hack/cluster.sh");
+    let next = Command::new(script).args(["run", "--", "true"]).stderr(Stdio::null()).status().unwrap();
+    assert!(next.success());
+    assert!(!dir.exists(), "the next run removes a killed run's state dir");
+    let outer = std::env::var("LEADERLOCK_CLUSTER_DIR").expect("run under hack/cluster.sh");
+    assert!(Path::new(&outer).join("kubeconfig").exists(), "a live run's state dir is kept");
 }

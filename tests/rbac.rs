@@ -33,7 +33,7 @@ use serde::Deserialize;
 
 /// Applies the chart's RBAC under a unique name (minus `drop`, a (resource, verb) to remove),
 /// and returns a kubeconfig acting as its ServiceAccount through a TokenRequest token.
-fn service_account_kubeconfig(ns: &str, drop: Option<(&str, &str)>) -> std::path::PathBuf {
+fn service_account_kubeconfig(ns: &str, drop: Option<(&str, &str)>) -> tempfile::TempPath {
     let mut docs = chart_rbac(ns);
     let unique = format!("leaderlock-{ns}");
     let mut sa_name = String::new();
@@ -70,7 +70,7 @@ fn service_account_kubeconfig(ns: &str, drop: Option<(&str, &str)>) -> std::path
         cluster["certificate-authority"].as_str().unwrap(),
         token.trim()
     );
-    let path = std::env::temp_dir().join(format!("kubeconfig-{ns}"));
+    let path = tempfile::NamedTempFile::new().unwrap().into_temp_path(); // removed on drop
     std::fs::write(&path, kubeconfig).unwrap();
     path
 }

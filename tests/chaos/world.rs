@@ -326,18 +326,15 @@ impl Supervised {
 
     /// Every log file of every incarnation so far, concatenated.
     pub fn logs(&self) -> String {
+        self.log_paths().iter().filter_map(|p| std::fs::read_to_string(p).ok()).collect()
+    }
+
+    /// The log file of every incarnation so far, oldest first.
+    fn log_paths(&self) -> Vec<std::path::PathBuf> {
         let current = self.inner.lock().unwrap().log.clone();
-        let Some(current) = current else { return String::new() };
+        let Some(current) = current else { return Vec::new() };
         let stem = current.file_name().unwrap().to_string_lossy().rsplit_once('-').unwrap().0.to_string();
-        let mut out = String::new();
-        for i in 0.. {
-            let p = current.with_file_name(format!("{stem}-{i}.log"));
-            match std::fs::read_to_string(&p) {
-                Ok(s) => out.push_str(&s),
-                Err(_) => break,
-            }
-        }
-        out
+        (0..).map(|i| current.with_file_name(format!("{stem}-{i}.log"))).take_while(|p| p.exists()).collect()
     }
 
     /// Whether the current incarnation says it is the active replica.
@@ -356,10 +353,14 @@ impl Supervised {
 }
 
 impl Drop for Supervised {
+    /// Stops the controller; removes its logs unless the test is failing (then they are read).
     fn drop(&mut self) {
         self.inner.lock().unwrap().stop = true;
         if let Some(t) = self.thread.take() {
             let _ = t.join();
+        }
+        if !std::thread::panicking() {
+            self.log_paths().iter().for_each(|p| drop(std::fs::remove_file(p)));
         }
     }
 }

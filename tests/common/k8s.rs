@@ -126,15 +126,29 @@ pub struct ControllerProcess {
     pub log: std::path::PathBuf,
 }
 
+/// A passing test's controller log is noise that would pile up in the temp dir run after run;
+/// a failing test's stays there to be read.
+impl Drop for ControllerProcess {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_file(&self.log);
+        }
+    }
+}
+
 impl ControllerProcess {
     pub fn start(extra: &[&str]) -> ControllerProcess {
         Self::start_with_env(extra, &[])
     }
 
     pub fn start_with_env(extra: &[&str], envs: &[(&str, &str)]) -> ControllerProcess {
+        Self::start_logging_in(&std::env::temp_dir(), extra, envs)
+    }
+
+    fn start_logging_in(dir: &std::path::Path, extra: &[&str], envs: &[(&str, &str)]) -> ControllerProcess {
         static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let log = std::env::temp_dir().join(format!("leaderlock-controller-{}-{n}.log", std::process::id()));
+        let log = dir.join(format!("leaderlock-controller-{}-{n}.log", std::process::id()));
         let out = std::fs::File::create(&log).unwrap();
         let child = Command::new("setpriv")
             .args(["--pdeathsig", "KILL", env!("CARGO_BIN_EXE_leaderlock"), "controller"])
@@ -183,14 +197,16 @@ impl ControllerProcess {
 }
 
 /// One controller shared by every test of a binary, started from a thread that lives as long
-/// as the test binary, with `--allowed-key-prefix /legacy/`.
+/// as the test binary, with `--allowed-key-prefix /legacy/`. It is never dropped, so its log
+/// goes in the control plane's folder and goes away with it.
 pub fn shared_controller() {
     static STARTED: OnceLock<()> = OnceLock::new();
     STARTED.get_or_init(|| {
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             let endpoints = env("LEADERLOCK_ETCD_ENDPOINTS");
-            let p = ControllerProcess::start(&["--etcd-endpoints", &endpoints, "--allowed-key-prefix", "/legacy/"]);
+            let dir = std::path::PathBuf::from(env("LEADERLOCK_CLUSTER_DIR"));
+            let p = ControllerProcess::start_logging_in(&dir, &["--etcd-endpoints", &endpoints, "--allowed-key-prefix", "/legacy/"], &[]);
             tx.send(()).unwrap();
             let _keep = p;
             loop {
