@@ -3,8 +3,8 @@
 # client-go leader election, on one loopback control plane in one run. Builds the release binary
 # and the Go harness + client-go peer (tests/bench), then runs the harness inside
 # `hack/cluster.sh run`. Writes BENCHMARKS.md; the last stdout line is "BENCH key=value ...".
-# Knobs: BENCH_IDLE_LOCKS, BENCH_IDLE_SECONDS, BENCH_HANDOVERS, BENCH_SLOW_HANDOVERS, BENCH_SCALE,
-# BENCH_TRYLOCK_INTERVAL, BENCH_APISERVER_PROFILE_SECONDS, BENCH_PHASES (see tests/bench/compare/main.go).
+# Knobs: BENCH_IDLE_LOCKS, BENCH_IDLE_SECONDS, BENCH_HANDOVERS, BENCH_SLOW_HANDOVERS, BENCH_LANES, BENCH_SCALE,
+# BENCH_TRYLOCK_INTERVAL, BENCH_APISERVER_PROFILE_SECONDS, BENCH_PHASES, BENCH_KEEP_LOGS (see tests/bench/compare/main.go).
 # The kube-apiserver CPU profile is summarised with `go tool pprof` (Go is already needed here).
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
@@ -28,6 +28,8 @@ else
     mv "$out/$pkg.tmp" "$out/$pkg"
   done
   touch "$out/.complete"
+  # Builds for older harness sources are never used again.
+  find "$CACHE_DIR/bin" -maxdepth 1 -name 'bench-*' ! -path "$out" -exec rm -rf {} +
 fi
 hack/build-tools.sh >/dev/null # etcd, the trylock and mutex peers, kube-apiserver, kubectl (cached)
 

@@ -20,13 +20,14 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 )
 
 type config struct {
 	idleLocks, idleSecs, handovers, slowHandovers     int
-	clientgoHandovers                                 int
+	lanes                                             int
 	scales                                            []int
 	profileSecs                                       int
 	trylockInterval                                   string
@@ -50,8 +51,8 @@ func main() {
 	cfg.idleLocks = envInt("BENCH_IDLE_LOCKS", 100)
 	cfg.idleSecs = envInt("BENCH_IDLE_SECONDS", 60)
 	cfg.handovers = envInt("BENCH_HANDOVERS", 50)
-	cfg.slowHandovers = envInt("BENCH_SLOW_HANDOVERS", 3)
-	cfg.clientgoHandovers = min(envInt("BENCH_CLIENTGO_HANDOVERS", 20), cfg.handovers)
+	cfg.slowHandovers = envInt("BENCH_SLOW_HANDOVERS", 50)
+	cfg.lanes = max(1, envInt("BENCH_LANES", 10))
 	for _, f := range strings.Split(envStr("BENCH_SCALE", "1000,10000"), ",") {
 		n, err := strconv.Atoi(strings.TrimSpace(f))
 		if err != nil || n <= 0 {
@@ -113,6 +114,13 @@ func main() {
 	}
 	results["total_s"] = fmt.Sprintf("%.0f", time.Since(startedAt).Seconds())
 	report(true)
+	killAll()
+	// Etcd data and logs run to hundreds of MB; a failed run keeps them (fatalf) to be read.
+	if os.Getenv("BENCH_KEEP_LOGS") == "" {
+		_ = os.RemoveAll(logDir)
+	} else {
+		logf("logs and etcd data kept in %s", logDir)
+	}
 }
 
 func kubectl(args ...string) string {
@@ -244,7 +252,8 @@ func idle(etcds map[string]*etcd, ctl *controller, apiPid int) {
 
 func failover(etcds map[string]*etcd) {
 	h, slow := cfg.handovers, cfg.slowHandovers
-	logf("failover: %d graceful and crash handovers (%d where a 15 s expiry bounds them)", h, slow)
+	logf("failover: %d graceful and crash handovers (%d where a 15 s expiry bounds them; timer-bound rows in %d lanes)",
+		h, slow, cfg.lanes)
 	record := func(name string, d []time.Duration) {
 		s := summarize(d)
 		results["fo_"+name] = fmt.Sprintf("%d|%.1f|%.1f|%.1f|%.1f", s.N, s.P50, s.P95, s.P99, s.Max)
@@ -254,11 +263,46 @@ func failover(etcds map[string]*etcd) {
 	graceful, crash := leaderLockFailover(h)
 	record("leaderlock_graceful", graceful)
 	record("leaderlock_crash", crash)
-	record("mutex_graceful", mutexFailover(etcds["mutex"].endpoint, "/bench/mutex/fo-graceful", false, h))
-	record("clientgo_release", clientgoFailover("fo-release", true, false, cfg.clientgoHandovers))
-	record("clientgo_norelease", clientgoFailover("fo-norelease", false, false, slow))
-	record("clientgo_crash", clientgoFailover("fo-crash", false, true, slow))
-	record("mutex_crash", mutexFailover(etcds["mutex"].endpoint, "/bench/mutex/fo-crash", true, slow))
+	mutex := etcds["mutex"].endpoint
+	k.namespace("bench-clientgo") // the idle phase makes it too; BENCH_PHASES may skip that
+	record("mutex_graceful", mutexFailover(mutex, "/bench/mutex/fo-graceful", false, h))
+	// Rows bounded by a timer (a RetryPeriod tick or a 15 s expiry) run in independent lanes side by
+	// side, each its own Lease or Mutex prefix with its own three peers; run one after another, 50
+	// expiry-bound handovers would take ~15 minutes per row.
+	record("clientgo_release", inLanes(h, func(lane string, n int) []time.Duration {
+		return clientgoFailover("fo-release-"+lane, true, false, n)
+	}))
+	record("clientgo_norelease", inLanes(slow, func(lane string, n int) []time.Duration {
+		return clientgoFailover("fo-norelease-"+lane, false, false, n)
+	}))
+	record("clientgo_crash", inLanes(slow, func(lane string, n int) []time.Duration {
+		return clientgoFailover("fo-crash-"+lane, false, true, n)
+	}))
+	record("mutex_crash", inLanes(slow, func(lane string, n int) []time.Duration {
+		return mutexFailover(mutex, "/bench/mutex/fo-crash-"+lane, true, n)
+	}))
+}
+
+// inLanes splits h handovers over cfg.lanes concurrent runs of f (lane names l0, l1, ...) and
+// returns all their latencies.
+func inLanes(h int, f func(lane string, n int) []time.Duration) []time.Duration {
+	lanes := min(cfg.lanes, h)
+	var (
+		mu  sync.Mutex
+		all []time.Duration
+	)
+	must(parallel(lanes, lanes, func(i int) error {
+		n := h / lanes
+		if i < h%lanes {
+			n++
+		}
+		d := f(fmt.Sprintf("l%d", i), n)
+		mu.Lock()
+		all = append(all, d...)
+		mu.Unlock()
+		return nil
+	}))
+	return all
 }
 
 // leaderLockFailover: graceful = delete the holder pod; crash = the holder pod turns NotReady
@@ -388,11 +432,11 @@ func mutexFailover(endpoint, prefix string, crash bool, h int) []time.Duration {
 			}
 		}
 	}
-	gen := 0
+	var peers []*proc
 	startOne := func() {
-		gen++
-		p := start(fmt.Sprintf("mutex-fo-%s-%d", filepath.Base(prefix), gen), ch, filepath.Join(cfg.etcdBinDir, "mutex"),
+		p := start(fmt.Sprintf("mutex-fo-%s-%d", filepath.Base(prefix), len(peers)+1), ch, filepath.Join(cfg.etcdBinDir, "mutex"),
 			"-endpoints", endpoint, "-prefix", prefix, "-ttl", "15")
+		peers = append(peers, p)
 		until("a mutex peer to queue", 30*time.Second, func() bool { return waiting[p] })
 	}
 	for i := 0; i < 3; i++ {
@@ -413,12 +457,8 @@ func mutexFailover(endpoint, prefix string, crash bool, h int) []time.Duration {
 		old.stop(syscall.SIGKILL, 10*time.Second)
 		startOne()
 	}
-	procsMu.Lock()
-	defer procsMu.Unlock()
-	for _, p := range procs {
-		if strings.HasPrefix(p.name, "mutex-fo-"+filepath.Base(prefix)) {
-			p.signal(syscall.SIGKILL)
-		}
+	for _, p := range peers {
+		p.signal(syscall.SIGKILL)
 	}
 	return out
 }
@@ -692,9 +732,11 @@ func report(final bool) {
 	w("* Target: graceful p99 under 50 ms on loopback — LeaderLock p99 = %s ms. client-go graceful p99 / LeaderLock p99 = %s.",
 		r("fo_leaderlock_graceful_p99"), ratio("fo_clientgo_release_p99", "fo_leaderlock_graceful_p99"))
 	w("  client-go's graceful handover is bounded by the waiters' RetryPeriod (2 s, jittered up to 4.4 s); without")
-	w("  ReleaseOnCancel and on a crash, by the 15 s LeaseDuration. The expiry-bound rows use BENCH_SLOW_HANDOVERS=%d runs;", cfg.slowHandovers)
-	w("  client-go's graceful row BENCH_CLIENTGO_HANDOVERS=%d (each costs ~2.5 s of settling plus the handover: a", cfg.clientgoHandovers)
-	w("  restarted elector tries at once, so the harness waits for it to fall into its RetryPeriod rhythm).")
+	w("  ReleaseOnCancel and on a crash, by the 15 s LeaseDuration. Those four timer-bound rows run in BENCH_LANES=%d", cfg.lanes)
+	w("  independent lanes side by side (each its own Lease or Mutex prefix and three peers; the expiry-bound rows")
+	w("  BENCH_SLOW_HANDOVERS=%d handovers in all), because one after another they would take ~15 minutes per row;", cfg.slowHandovers)
+	w("  LeaderLock's and Mutex's graceful rows run alone. Before each client-go handover the harness waits ~2.5 s:")
+	w("  a restarted elector tries at once, so it lets every follower fall into its RetryPeriod rhythm first.")
 	w("")
 	w("## 3. Scale: LeaderLocks × 3 pods from empty")
 	w("")
@@ -790,11 +832,12 @@ func report(final bool) {
 	w("```")
 	w("")
 	w("Knobs (env): `BENCH_IDLE_LOCKS` (100), `BENCH_IDLE_SECONDS` (60), `BENCH_HANDOVERS` (50),")
-	w("`BENCH_SLOW_HANDOVERS` (3: the handovers bounded by a 15 s expiry), `BENCH_CLIENTGO_HANDOVERS` (20),")
+	w("`BENCH_SLOW_HANDOVERS` (50: the handovers bounded by a 15 s expiry), `BENCH_LANES` (10: side-by-side lanes of the")
+	w("timer-bound rows),")
 	w("`BENCH_SCALE` (1000,10000: comma-separated sizes; the restart phase uses the last), `BENCH_RESTART_SIGNAL` (TERM; KILL), `BENCH_RESTART_WAIT_SECONDS` (300),")
 	w("`BENCH_TRYLOCK_INTERVAL` (1s), `BENCH_APISERVER_PROFILE_SECONDS` (30: kube-apiserver CPU profile in the largest")
-	w("scale phase), `BENCH_PHASES` (idle,failover,scale,restart). Logs of every process are")
-	w("kept in the temp dir printed at the start.")
+	w("scale phase), `BENCH_PHASES` (idle,failover,scale,restart), `BENCH_KEEP_LOGS` (unset: the temp dir printed at")
+	w("the start, with every process's log and etcd data, is removed after a successful run; a failed run keeps it).")
 
 	if !final {
 		w("_Partial: written after a phase; later phases had not run yet._")

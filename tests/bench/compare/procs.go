@@ -285,6 +285,9 @@ func must(err error) {
 
 func fatalf(format string, a ...any) {
 	fmt.Fprintf(os.Stderr, "bench: "+format+"\n", a...)
+	if logDir != "" {
+		fmt.Fprintf(os.Stderr, "bench: logs and etcd data kept in %s\n", logDir)
+	}
 	killAll()
 	os.Exit(1)
 }
