@@ -784,7 +784,7 @@ func report(final bool) {
 	if apiProfile != nil {
 		w("* Where kube-apiserver's time goes: a CPU profile of it (`/debug/pprof/profile`, %d s from the moment the harness", cfg.profileSecs)
 		w("  finished creating the %s LeaderLocks, so the load is the controller's; %.2f cores busy in that time; the file is", apiProfileOf, apiProfile["cores"]/100)
-		w("  kept in the logs dir). Shares of its samples; rows are nested where indented, not disjoint:")
+		w("  in the logs dir, kept with BENCH_KEEP_LOGS=1). Shares of its samples; rows are nested where indented, not disjoint:")
 		w("")
 		w("| kube-apiserver CPU, %s LeaderLocks converging | share |", apiProfileOf)
 		w("|---|---:|")
