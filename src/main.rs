@@ -33,7 +33,7 @@ enum LogFormat {
 #[derive(Subcommand)]
 enum Command {
     /// Run the controller: elect holders for every LeaderLock, annotate pods, write status.
-    Controller(ControllerArgs),
+    Controller(Box<ControllerArgs>),
     /// Print the LeaderLock CustomResourceDefinition as YAML (pipe it to `kubectl apply -f -`).
     Crd,
     /// Copy this binary to DEST (executable): an init container uses it to hand `leaderlock run`
@@ -182,7 +182,7 @@ fn init_logging(cli: &Cli) {
     }
 }
 
-async fn run_controller(args: ControllerArgs) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+async fn run_controller(args: Box<ControllerArgs>) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let etcd_cfg = EtcdConfig {
         endpoints: args.etcd_endpoints,
         ca_file: args.etcd_ca_file,

@@ -690,6 +690,14 @@ async fn sleep_until(deadline: Option<Instant>) {
     }
 }
 
+/// Copies the running binary to `dest` with mode 0755 (see `leaderlock copy-self`).
+pub fn copy_self(dest: &Path) -> Result<(), std::io::Error> {
+    use std::os::unix::fs::PermissionsExt;
+    let me = std::env::current_exe()?;
+    std::fs::copy(&me, dest).map_err(|e| std::io::Error::new(e.kind(), format!("cannot copy {} to {}: {e}", me.display(), dest.display())))?;
+    std::fs::set_permissions(dest, std::fs::Permissions::from_mode(0o755))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -874,10 +882,3 @@ leaderlock.dev/nightly-report="standby""#;
     }
 }
 
-/// Copies the running binary to `dest` with mode 0755 (see `leaderlock copy-self`).
-pub fn copy_self(dest: &Path) -> Result<(), std::io::Error> {
-    use std::os::unix::fs::PermissionsExt;
-    let me = std::env::current_exe()?;
-    std::fs::copy(&me, dest).map_err(|e| std::io::Error::new(e.kind(), format!("cannot copy {} to {}: {e}", me.display(), dest.display())))?;
-    std::fs::set_permissions(dest, std::fs::Permissions::from_mode(0o755))
-}

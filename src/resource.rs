@@ -14,6 +14,9 @@ use serde::{Deserialize, Serialize};
 pub const GROUP: &str = "leaderlock.dev";
 
 /// Desired state: which pods compete, for which locks.
+// `printcolumn(.., type_ = "string", ..)` repeats per column by design; clippy takes the repeats
+// for duplicated attributes.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
 #[kube(
     group = "leaderlock.dev",

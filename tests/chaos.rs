@@ -122,8 +122,6 @@ async fn the_checker_reports_a_second_leader_and_a_holder_key_deleted_without_ca
         assert!(Instant::now() < deadline, "the checker missed two leaders: {:?}", checker.summary());
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let s = checker.summary();
-    assert!(s.violations.iter().any(|v| v.contains("not above the largest seen")) || s.violations.len() >= 1);
 
     // Fault 2: the holder's etcd key deleted behind the controller's back, pod still Ready.
     let out = etcd.etcdctl(&["del", "--prefix", &format!("{ROOT}locks/{ns}/lk-0/")]);
@@ -187,7 +185,7 @@ async fn kill_9_of_the_active_controller_during_churn_hands_over_without_holder_
     let _serial = ONE_AT_A_TIME.lock().await;
     let Stage { c, ns } = stage("kill").await;
     let etcd = EtcdServer::start();
-    let replicas = vec![controller(&etcd.endpoint(), &ns, &[]), controller(&etcd.endpoint(), &ns, &[])];
+    let replicas = [controller(&etcd.endpoint(), &ns, &[]), controller(&etcd.endpoint(), &ns, &[])];
     let checker = Checker::start(c.clone(), &ns, &etcd.endpoint(), ROOT, &[]).await;
     let (n, secs) = (pick(5, 20), pick(6, 30));
     let mut fleet = Fleet::create(&c, &ns, n, 5, 10).await;

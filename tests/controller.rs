@@ -274,7 +274,7 @@ async fn a_manual_edit_of_our_keys_is_reverted() {
     eventually("the edits to be reverted", T, || async {
         let s = annotations(&c, &ns, standby).await;
         let h = annotations(&c, &ns, &holder).await;
-        (s.get("leaderlock.dev/ledger.token").is_none() && h.get("leaderlock.dev/ledger").map(String::as_str) == Some("leader")).then_some(())
+        (!s.contains_key("leaderlock.dev/ledger.token") && h.get("leaderlock.dev/ledger").map(String::as_str) == Some("leader")).then_some(())
     })
     .await;
     assert_eq!(elected(&c, &ns, "payments", "ledger", 2).await, (holder, token));
