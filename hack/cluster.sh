@@ -163,8 +163,8 @@ ENV
 # running PID: the process exists and is not a zombie (a killed server waiting to be reaped).
 running() {
   local stat
-  stat="$(cat "/proc/$1/stat" 2>/dev/null)" || return 1
-  [[ -n "$1" && "${stat##*) }" != Z* ]]
+  stat="$(cat "/proc/$1/stat" 2>/dev/null)" || return 1 # an empty PID reads /proc//stat: fails
+  [[ "${stat##*) }" != Z* ]]
 }
 
 # reap_stale: remove the state dirs of earlier runs that were killed with SIGKILL (their servers

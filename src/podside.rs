@@ -881,4 +881,3 @@ leaderlock.dev/nightly-report="standby""#;
         assert!(!is_relevant(&event(EventKind::Access(AccessKind::Close(AccessMode::Read)))));
     }
 }
-

@@ -29,6 +29,25 @@ fn apply_ll(ns: &str, name: &str, locks: &str, extra: &str) {
     kubectl_ok(&["apply", "-n", ns, "-f", "-"], Some(&yaml));
 }
 
+/// The stage most tests start from: Ready `pods` and LeaderLock `payments` whose lock `ledger`
+/// has elected one of them.
+struct Ledger {
+    ns: String,
+    checker: Checker,
+    c: kube::Client,
+    holder: String,
+    token: i64,
+}
+
+async fn ledger_among(test: &str, pods: &[&str]) -> Ledger {
+    let (ns, checker) = setup(test);
+    let c = client().await;
+    ready_pods(&c, &ns, pods, WORKER).await;
+    apply_ll(&ns, "payments", "[{name: ledger}]", "");
+    let (holder, token) = elected(&c, &ns, "payments", "ledger", pods.len()).await;
+    Ledger { ns, checker, c, holder, token }
+}
+
 async fn ready_condition(c: &kube::Client, ns: &str, ll: &str) -> Option<(String, String, String)> {
     let l = leaderlock(c, ns, ll).await;
     let cond = l.status?.conditions.into_iter().find(|c| c.type_ == "Ready")?;
@@ -61,11 +80,7 @@ async fn initial_election_annotates_one_leader_per_lock_and_reports_it_in_status
 
 #[tokio::test(flavor = "multi_thread")]
 async fn deleting_the_holder_pod_promotes_the_next_candidate_with_a_larger_token() {
-    let (ns, checker) = setup("holder-deleted");
-    let c = client().await;
-    ready_pods(&c, &ns, &["w-1", "w-2", "w-3"], WORKER).await;
-    apply_ll(&ns, "payments", "[{name: ledger}]", "");
-    let (old, old_token) = elected(&c, &ns, "payments", "ledger", 3).await;
+    let Ledger { ns, checker, c, holder: old, token: old_token } = ledger_among("holder-deleted", &["w-1", "w-2", "w-3"]).await;
     delete_pod(&c, &ns, &old).await;
     let (new, new_token) = eventually("a new holder", T, || async {
         let e = status_holder(&c, &ns, "payments", "ledger").await?;
@@ -79,11 +94,7 @@ async fn deleting_the_holder_pod_promotes_the_next_candidate_with_a_larger_token
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_holder_that_turns_not_ready_is_demoted_and_replaced() {
-    let (ns, checker) = setup("holder-unready");
-    let c = client().await;
-    ready_pods(&c, &ns, &["w-1", "w-2"], WORKER).await;
-    apply_ll(&ns, "payments", "[{name: ledger}]", "");
-    let (old, _) = elected(&c, &ns, "payments", "ledger", 2).await;
+    let Ledger { ns, checker, c, holder: old, .. } = ledger_among("holder-unready", &["w-1", "w-2"]).await;
     set_ready(&c, &ns, &old, false).await;
     let (new, _) = eventually("the other pod to lead", T, || async {
         let e = status_holder(&c, &ns, "payments", "ledger").await?;
@@ -111,11 +122,7 @@ async fn hand_over(c: &kube::Client, ns: &str, from: &str, to: &str) -> i64 {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn every_holder_change_is_its_own_event_even_when_a_transition_repeats() {
-    let (ns, checker) = setup("events-repeat");
-    let c = client().await;
-    ready_pods(&c, &ns, &["w-1", "w-2"], WORKER).await;
-    apply_ll(&ns, "payments", "[{name: ledger}]", "");
-    let (first, t1) = elected(&c, &ns, "payments", "ledger", 2).await;
+    let Ledger { ns, checker, c, holder: first, token: t1 } = ledger_among("events-repeat", &["w-1", "w-2"]).await;
     assert_eq!(first, "w-1");
     let t2 = hand_over(&c, &ns, "w-1", "w-2").await;
     let t3 = hand_over(&c, &ns, "w-2", "w-1").await;
@@ -140,13 +147,9 @@ async fn every_holder_change_is_its_own_event_even_when_a_transition_repeats() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn scaling_up_adds_standbys_without_changing_the_holder() {
-    let (ns, checker) = setup("scale-up");
-    let c = client().await;
-    ready_pods(&c, &ns, &["w-1"], WORKER).await;
-    apply_ll(&ns, "payments", "[{name: ledger}]", "");
-    let first = elected(&c, &ns, "payments", "ledger", 1).await;
+    let Ledger { ns, checker, c, holder, token } = ledger_among("scale-up", &["w-1"]).await;
     ready_pods(&c, &ns, &["w-2", "w-3"], WORKER).await;
-    assert_eq!(elected(&c, &ns, "payments", "ledger", 3).await, first);
+    assert_eq!(elected(&c, &ns, "payments", "ledger", 3).await, (holder, token));
     let st = leaderlock(&c, &ns, "payments").await.status.unwrap();
     assert_eq!(st.locks[0].transitions, 1, "joining standbys are not holder changes");
     checker.assert_clean(&ns);
@@ -263,11 +266,7 @@ async fn an_external_etcdctl_lock_holder_keeps_every_pod_standby_until_it_releas
 async fn a_manual_edit_of_our_keys_is_reverted() {
     // No checker assertion here: the test itself writes a bogus token, which the checker would
     // rightly flag when the controller reverts it.
-    let (ns, _) = setup("manual-edit");
-    let c = client().await;
-    ready_pods(&c, &ns, &["w-1", "w-2"], WORKER).await;
-    apply_ll(&ns, "payments", "[{name: ledger}]", "");
-    let (holder, token) = elected(&c, &ns, "payments", "ledger", 2).await;
+    let Ledger { ns, c, holder, token, .. } = ledger_among("manual-edit", &["w-1", "w-2"]).await;
     let standby = if holder == "w-1" { "w-2" } else { "w-1" };
     kubectl_ok(&["annotate", "-n", &ns, "--overwrite", "pod", standby, "leaderlock.dev/ledger.token=999999"], None);
     kubectl_ok(&["annotate", "-n", &ns, "pod", &holder, "leaderlock.dev/ledger-"], None);
