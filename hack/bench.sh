@@ -3,6 +3,8 @@
 # client-go leader election, on one loopback control plane in one run. Builds the release binary
 # and the Go harness + client-go peer (tests/bench), then runs the harness inside
 # `hack/cluster.sh run`. Writes BENCHMARKS.md; the last stdout line is "BENCH key=value ...".
+# Exits non-zero, after writing the report, when a figure LeaderLock promises is not 0 (idle
+# writes, holder/role changes and lock-key writes across a restart).
 # Knobs: BENCH_IDLE_LOCKS, BENCH_IDLE_SECONDS, BENCH_HANDOVERS, BENCH_SLOW_HANDOVERS, BENCH_LANES, BENCH_SCALE,
 # BENCH_TRYLOCK_INTERVAL, BENCH_APISERVER_PROFILE_SECONDS, BENCH_PHASES, BENCH_KEEP_LOGS (see tests/bench/compare/main.go).
 # The kube-apiserver CPU profile is summarised with `go tool pprof` (Go is already needed here).
@@ -18,6 +20,8 @@ export GOTOOLCHAIN=local CGO_ENABLED=0 GOFLAGS=-mod=readonly
 mod="$ROOT/tests/bench"
 key="$(cat "$mod/go.mod" "$mod/go.sum" $(find "$mod" -name '*.go' | sort) | sha256sum | cut -c1-16)"
 out="$CACHE_DIR/bin/bench-$key"
+log "testing the harness's own logic (go test ./compare)"
+(cd "$mod" && nice go test ./compare/ >&2) || die "the bench harness's unit tests failed"
 if [[ -f "$out/.complete" ]]; then
   log "bench harness and client-go peer cached in $out"
 else
