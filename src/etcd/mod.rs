@@ -1,17 +1,23 @@
 //! etcd access, shaped like etcd's own `client/v3/concurrency` package:
 //!
-//! * [`session`] — the lease owner: one controller-owned lease per TTL, kept alive, adopted by
-//!   the next instance, and a signal when a lease is lost;
+//! * [`session`] — one lease kept alive by a renewal policy, with one signal when it is lost;
+//! * [`election`] — which controller replica is active: etcd's election recipe on a session;
+//! * [`lease_pool`] — the candidate keys' leases: one session per TTL value, recorded in etcd
+//!   and adopted by the next controller;
+//! * [`mutex`] — etcd's mutex recipe as transactions: a guarded create, a guarded delete;
 //! * [`mirror`] — one watch stream over the root prefix (and allowed external prefixes) keeping
 //!   an in-memory copy of every lock key at a known revision: waiters wait on it, never on a timer;
-//! * [`engine`] — applies the pure [`crate::lock`] decision: a one-transaction guarded create,
-//!   a one-delete leave.
+//! * [`engine`] — applies the pure [`crate::lock`] decision through [`mutex`], reads holders from
+//!   the [`mirror`].
 //!
+//! Which keys exist and which the controller may touch is pure: [`crate::keyspace`].
 //! Every call is bounded by a timeout; transient failures are retried with backoff.
 
 pub mod election;
 pub mod engine;
+pub mod lease_pool;
 pub mod mirror;
+pub mod mutex;
 pub mod session;
 
 use std::future::Future;
@@ -33,8 +39,8 @@ pub enum Error {
     Denied { op: &'static str, source: etcd_client::Error },
     #[error("cannot read {what} {path}: {source}")]
     TlsFile { what: &'static str, path: PathBuf, source: std::io::Error },
-    #[error("etcdKey {key} is not allowed: use a key under {own} or under an --allowed-key-prefix (now: [{allowed}]); ask the operator to allow its prefix")]
-    KeyNotAllowed { key: String, own: String, allowed: String },
+    #[error(transparent)]
+    KeyNotAllowed(#[from] crate::keyspace::KeyNotAllowed),
     #[error("lease {lease} expired: the keys attached to it are gone")]
     LeaseLost { lease: i64 },
     #[error("the etcd watch ended: {0}")]
@@ -49,6 +55,13 @@ impl Error {
             Error::Call { source, .. } => is_transient(source),
             _ => false,
         }
+    }
+
+    /// etcd no longer knows the lease a write named: it expired or was revoked, and every key on
+    /// it is gone — the owner must start over on a new lease.
+    pub fn is_lease_not_found(&self) -> bool {
+        matches!(self, Error::Call { source: etcd_client::Error::GRpcStatus(s), .. }
+            if s.code() == tonic::Code::NotFound && s.message().contains("lease not found"))
     }
 }
 
