@@ -144,6 +144,7 @@ async fn deleting_the_holder_key_hands_the_lock_to_the_next_candidate_within_100
         }
     };
     let took = start.elapsed();
+    assert!(engine.mirror().last_delete(&prefix).is_some(), "the deletion is timed for the failover latency");
     assert_eq!(next.candidate.as_deref(), Some("uid-1"), "next in create-revision order");
     assert!(next.token > first.token, "fencing token must grow");
     assert!(took < Duration::from_millis(100), "hand-over took {took:?}");
@@ -388,5 +389,36 @@ async fn the_engine_keeps_watching_and_writing_through_the_loss_of_any_one_membe
         // ...and writes go through the remaining quorum: the deleted candidate rejoins.
         assert_eq!(engine.sync(&prefix, &cands(3), 30).await.unwrap().len(), 1);
         cluster.members[down].restart();
+    }
+}
+
+/// Before: the last-holder and deleted-at maps kept one entry per lock prefix ever used, so a
+/// controller under LeaderLock churn grew without bound. Now a lock whose keys are all gone
+/// leaves no entry in either.
+#[tokio::test(flavor = "multi_thread")]
+async fn locks_that_are_released_or_emptied_leave_no_map_entries() {
+    let endpoint = env("LEADERLOCK_ETCD_ENDPOINTS");
+    let engine = engine_at(&endpoint, &unique_root("maps")).await;
+    let mut other = etcd_client::Client::connect([endpoint.as_str()], None).await.unwrap();
+    for round in 0..3 {
+        let prefixes: Vec<String> = (0..10).map(|i| engine.lock_prefix("shop", &format!("l{round}-{i}"), None).unwrap()).collect();
+        for p in &prefixes {
+            engine.sync(p, &cands(3), 15).await.unwrap();
+            // A failover in each lock: the deletion is timed while candidates remain.
+            other.delete(engine.holder(p).unwrap().key, None).await.unwrap();
+        }
+        until_mirror(&engine, "every failover", Duration::from_secs(10), |e| (e.mirror().deleted_at_len() == 10).then_some(())).await;
+        assert_eq!(engine.holder_map_len(), 10);
+        // Half the locks go with their LeaderLock, the other half lose every candidate.
+        for (i, p) in prefixes.iter().enumerate() {
+            if i % 2 == 0 {
+                engine.release_all(p).await.unwrap();
+            } else {
+                engine.sync(p, &[], 15).await.unwrap();
+            }
+            assert!(engine.keys(p).is_empty());
+        }
+        assert_eq!(engine.holder_map_len(), 0, "round {round}: no holder remembered for a lock without candidates");
+        assert_eq!(engine.mirror().deleted_at_len(), 0, "round {round}: no deletion time kept for a lock without keys");
     }
 }

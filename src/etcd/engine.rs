@@ -35,8 +35,9 @@ pub struct Engine {
     call_timeout: Duration,
     mirror: Mirror,
     leases: LeasePool,
-    /// Last holder seen per lock prefix, so keys wiped by a lost lease are recreated with the
-    /// same candidate first (and it keeps the lock).
+    /// Last holder per lock prefix that still has candidates of ours, so keys wiped by a lost
+    /// lease are recreated with the same candidate first (and it keeps the lock). Forgotten when
+    /// nobody of ours wants the lock any more: nothing of ours is left to recreate.
     last_holder: Mutex<HashMap<String, String>>,
 }
 
@@ -76,6 +77,12 @@ impl Engine {
         lock::holder(prefix, &self.keys(prefix))
     }
 
+    /// How many lock prefixes have a remembered holder (for the `leaderlock_map_entries` gauge):
+    /// stays at most the number of locks with candidates.
+    pub fn holder_map_len(&self) -> usize {
+        self.holders().len()
+    }
+
     /// Makes the keys under `prefix` match `wanted` (in creation priority order) and waits until
     /// the mirror shows the result. Returns the operations applied; none when nothing changed.
     pub async fn sync(&self, prefix: &str, wanted: &[Candidate], ttl: i64) -> Result<Vec<Op>> {
@@ -94,6 +101,9 @@ impl Engine {
     /// What [`Engine::sync`] would do now (no I/O besides adopting/granting the lease). Part of
     /// `sync_observed`, public for callers that still split it.
     pub async fn plan(&self, prefix: &str, wanted: &[Candidate], ttl: i64) -> Result<Vec<Op>> {
+        if wanted.is_empty() {
+            self.forget_holder(prefix); // our keys are about to go: nothing left to recreate
+        }
         let lease = self.leases.get(ttl).await?;
         let keys = self.keys(prefix);
         let mut wanted = wanted.to_vec();
@@ -110,6 +120,10 @@ impl Engine {
         if let Some(id) = self.holder(prefix).and_then(|h| h.candidate) {
             self.holders().insert(prefix.to_string(), id);
         }
+    }
+
+    fn forget_holder(&self, prefix: &str) {
+        self.holders().remove(prefix);
     }
 
     fn holders(&self) -> MutexGuard<'_, HashMap<String, String>> {
@@ -140,9 +154,10 @@ impl Engine {
         Ok(())
     }
 
-    /// Deletes every key of ours under `prefix` (a LeaderLock or lock removed). Returns how many
-    /// keys it deleted.
+    /// Deletes every key of ours under `prefix` (a LeaderLock or lock removed) and forgets the
+    /// lock. Returns how many keys it deleted.
     pub async fn release_all(&self, prefix: &str) -> Result<usize> {
+        self.forget_holder(prefix);
         let ops: Vec<Op> =
             lock::plan(prefix, &self.keys(prefix), &[], 0).into_iter().filter(|op| matches!(op, Op::Delete { .. })).collect();
         self.apply_all(prefix, &ops, |_| {}).await?;
