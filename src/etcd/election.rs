@@ -16,6 +16,7 @@ use tokio::sync::{oneshot, watch};
 
 use super::session::{Renewal, Session};
 use super::{Backoff, Error, Result, call};
+use crate::keyspace::Keyspace;
 
 /// This replica is active until [`Leadership::lost`] resolves.
 pub struct Leadership {
@@ -53,7 +54,7 @@ enum Campaign {
 /// Campaigns under `<root>controller/` and returns once this replica is active. Transient etcd
 /// errors never end it; an error that retrying cannot fix (permissions) does, after resigning.
 pub async fn campaign(client: &Client, root: &str, instance: &str, ttl: i64, timeout: Duration) -> Result<Leadership> {
-    let dir = format!("{root}controller/");
+    let dir = Keyspace::new(root, vec![]).election_dir();
     let mut backoff = Backoff::default();
     loop {
         let session = match Session::grant(client, ttl, Renewal::election(ttl), timeout).await {
