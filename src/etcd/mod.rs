@@ -88,3 +88,25 @@ pub(crate) fn is_denied(e: &etcd_client::Error) -> bool {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::Error;
+
+    fn status(code: tonic::Code, message: &str) -> Error {
+        Error::Call { op: "txn", source: etcd_client::Error::GRpcStatus(tonic::Status::new(code, message)) }
+    }
+
+    #[test]
+    fn a_write_on_a_lease_etcd_no_longer_knows_means_start_over_not_retry() {
+        let gone = status(tonic::Code::NotFound, "etcdserver: requested lease not found");
+        assert!(gone.is_lease_not_found() && !gone.is_transient());
+        assert!(!status(tonic::Code::NotFound, "etcdserver: key not found").is_lease_not_found());
+    }
+
+    #[test]
+    fn unavailable_etcd_is_transient_and_denied_is_not() {
+        assert!(status(tonic::Code::Unavailable, "etcdserver: no leader").is_transient());
+        assert!(!status(tonic::Code::PermissionDenied, "etcdserver: permission denied").is_transient());
+    }
+}
