@@ -19,6 +19,8 @@ pub mod etcd;
 pub mod pods;
 /// What only the controller can judge (pure): lock-name conflicts, allowed etcd keys, selectors [§2].
 pub mod resolve;
+/// Where LeaderLock's keys live in etcd (pure): lock prefixes, allowed `etcdKey`s [§4].
+pub mod keyspace;
 /// In-memory indexes over LeaderLocks and pods: what one reconcile or one pod event concerns.
 pub mod index;
 /// The reconciler: LeaderLocks, pods and etcd changes in; etcd keys, pod keys, status out [§2–§4].

@@ -1,6 +1,6 @@
-//! The lock engine against a real etcd (SPEC §1, §4): zero writes while idle, watch-driven
-//! hand-over, interoperability with `etcdctl lock` and Go's `concurrency.Mutex`, lease adoption,
-//! TLS/auth, etcd restarts and compaction.
+//! The lock engine against a real etcd (docs/contract.md §1, §4): zero writes while idle,
+//! watch-driven hand-over, interoperability with `etcdctl lock` and Go's `concurrency.Mutex`,
+//! lease adoption, TLS/auth, etcd restarts and compaction, and maps that do not grow with churn.
 mod common;
 
 use std::io::{BufRead, BufReader};
@@ -8,10 +8,10 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::etcd::{ChildGuard, EtcdCluster, EtcdServer, TcpProxy, etcd_bin};
 use common::env;
+use common::etcd::{ChildGuard, EtcdCluster, EtcdServer, TcpProxy, etcd_bin};
 use leaderlock::etcd::engine::{Engine, EngineConfig};
-use leaderlock::etcd::{EtcdConfig, Error, connect};
+use leaderlock::etcd::{Error, EtcdConfig, connect};
 use leaderlock::lock::Candidate;
 
 fn cand(i: usize) -> Candidate {
@@ -144,6 +144,7 @@ async fn deleting_the_holder_key_hands_the_lock_to_the_next_candidate_within_100
         }
     };
     let took = start.elapsed();
+    assert!(engine.mirror().last_delete(&prefix).is_some(), "the deletion is timed for the failover latency");
     assert_eq!(next.candidate.as_deref(), Some("uid-1"), "next in create-revision order");
     assert!(next.token > first.token, "fencing token must grow");
     assert!(took < Duration::from_millis(100), "hand-over took {took:?}");
@@ -162,7 +163,9 @@ async fn etcdctl_lock_holder_is_external_and_its_release_hands_the_lock_to_our_f
     assert_eq!((h.key.as_str(), h.candidate.as_deref()), (external_key.as_str(), None), "holder must be etcdctl's key");
 
     etcdctl.terminate();
-    let h = until_mirror(&engine, "our candidate to hold", Duration::from_secs(10), |e| e.holder(&prefix).filter(|h| h.candidate.is_some())).await;
+    let h =
+        until_mirror(&engine, "our candidate to hold", Duration::from_secs(10), |e| e.holder(&prefix).filter(|h| h.candidate.is_some()))
+            .await;
     assert_eq!(h.candidate.as_deref(), Some("uid-0"));
     assert_eq!(engine.sync(&prefix, &cands(2), 15).await.unwrap(), vec![], "the external key was never ours to touch");
 }
@@ -243,11 +246,12 @@ async fn after_a_lost_lease_keys_are_recreated_with_the_previous_holder_first() 
     assert_eq!(before.candidate.as_deref(), Some("uid-2"));
 
     // The lease expires behind our back (an outage longer than the TTL).
-    let mut lost = engine.leases().lost();
-    let lease = engine.leases().live_id(15).unwrap();
+    let session = engine.leases().session(15).unwrap();
+    let lease = session.lease();
     let mut other = etcd_client::Client::connect([endpoint.as_str()], None).await.unwrap();
     other.lease_revoke(lease).await.unwrap();
-    assert_eq!(tokio::time::timeout(Duration::from_secs(15), lost.recv()).await.unwrap().unwrap(), lease);
+    tokio::time::timeout(Duration::from_secs(15), session.lost()).await.expect("the session reports its lease lost");
+    assert_eq!(engine.leases().live_id(15), None, "a lost lease is not handed out");
     until_mirror(&engine, "the keys to vanish", Duration::from_secs(5), |e| e.keys(&prefix).is_empty().then_some(())).await;
 
     engine.sync(&prefix, &cands(3), 15).await.unwrap(); // plain order: uid-0 first
@@ -279,9 +283,12 @@ async fn tls_with_client_certificates_and_password_auth() {
     cfg.username = Some("leaderlock".into());
     cfg.password = Some("s3cret".into());
     let client = connect(&cfg).await.unwrap();
-    let engine = Engine::start(client, EngineConfig { root: "/leaderlock.dev/".into(), allowed_prefixes: vec![], call_timeout: Duration::from_secs(5) })
-        .await
-        .unwrap();
+    let engine = Engine::start(
+        client,
+        EngineConfig { root: "/leaderlock.dev/".into(), allowed_prefixes: vec![], call_timeout: Duration::from_secs(5) },
+    )
+    .await
+    .unwrap();
     let prefix = engine.lock_prefix("shop", "ledger", None).unwrap();
     engine.sync(&prefix, &cands(2), 15).await.unwrap();
     assert_eq!(engine.holder(&prefix).unwrap().candidate.as_deref(), Some("uid-0"));
@@ -332,7 +339,8 @@ async fn a_partitioned_mirror_relists_when_its_revision_was_compacted() {
     assert!(etcd.etcdctl(&["compact", &rev.to_string()]).status.success());
     proxy.restore().await;
 
-    let h = until_mirror(&engine, "the relisted mirror", Duration::from_secs(20), |e| e.holder(&prefix).filter(|h| h.key != first.key)).await;
+    let h =
+        until_mirror(&engine, "the relisted mirror", Duration::from_secs(20), |e| e.holder(&prefix).filter(|h| h.key != first.key)).await;
     assert_eq!(h.candidate.as_deref(), Some("uid-1"));
 }
 
@@ -343,11 +351,8 @@ fn etcd_keys_outside_the_root_and_allowed_prefixes_are_refused() {
         let endpoint = env("LEADERLOCK_ETCD_ENDPOINTS");
         let client = connect(&EtcdConfig::new(vec![endpoint])).await.unwrap();
         let root = unique_root("allowed");
-        let cfg = EngineConfig {
-            root: root.clone(),
-            allowed_prefixes: vec!["/legacy/locks/".into()],
-            call_timeout: Duration::from_secs(5),
-        };
+        let cfg =
+            EngineConfig { root: root.clone(), allowed_prefixes: vec!["/legacy/locks/".into()], call_timeout: Duration::from_secs(5) };
         let engine = Engine::start(client, cfg).await.unwrap();
         assert_eq!(engine.lock_prefix("ns", "a", Some("/legacy/locks/a")).unwrap(), "/legacy/locks/a");
         let own = format!("{root}locks/ns/custom");
@@ -384,5 +389,36 @@ async fn the_engine_keeps_watching_and_writing_through_the_loss_of_any_one_membe
         // ...and writes go through the remaining quorum: the deleted candidate rejoins.
         assert_eq!(engine.sync(&prefix, &cands(3), 30).await.unwrap().len(), 1);
         cluster.members[down].restart();
+    }
+}
+
+/// Before: the last-holder and deleted-at maps kept one entry per lock prefix ever used, so a
+/// controller under LeaderLock churn grew without bound. Now a lock whose keys are all gone
+/// leaves no entry in either.
+#[tokio::test(flavor = "multi_thread")]
+async fn locks_that_are_released_or_emptied_leave_no_map_entries() {
+    let endpoint = env("LEADERLOCK_ETCD_ENDPOINTS");
+    let engine = engine_at(&endpoint, &unique_root("maps")).await;
+    let mut other = etcd_client::Client::connect([endpoint.as_str()], None).await.unwrap();
+    for round in 0..3 {
+        let prefixes: Vec<String> = (0..10).map(|i| engine.lock_prefix("shop", &format!("l{round}-{i}"), None).unwrap()).collect();
+        for p in &prefixes {
+            engine.sync(p, &cands(3), 15).await.unwrap();
+            // A failover in each lock: the deletion is timed while candidates remain.
+            other.delete(engine.holder(p).unwrap().key, None).await.unwrap();
+        }
+        until_mirror(&engine, "every failover", Duration::from_secs(10), |e| (e.mirror().deleted_at_len() == 10).then_some(())).await;
+        assert_eq!(engine.holder_map_len(), 10);
+        // Half the locks go with their LeaderLock, the other half lose every candidate.
+        for (i, p) in prefixes.iter().enumerate() {
+            if i % 2 == 0 {
+                engine.release_all(p).await.unwrap();
+            } else {
+                engine.sync(p, &[], 15).await.unwrap();
+            }
+            assert!(engine.keys(p).is_empty());
+        }
+        assert_eq!(engine.holder_map_len(), 0, "round {round}: no holder remembered for a lock without candidates");
+        assert_eq!(engine.mirror().deleted_at_len(), 0, "round {round}: no deletion time kept for a lock without keys");
     }
 }

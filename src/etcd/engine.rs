@@ -1,16 +1,21 @@
-//! The lock engine: applies the pure [`crate::lock`] decision to etcd, reads holders from the
-//! [`Mirror`]. Writes happen only when a candidate joins or leaves (or a lease had to be
-//! replaced); an unchanged world costs etcd nothing.
+//! The lock engine: applies the pure [`crate::lock`] decision to etcd through the [`super::mutex`]
+//! recipe, reads holders from the [`Mirror`]. Writes happen only when a candidate joins or
+//! leaves (or a lease had to be replaced); an unchanged world costs etcd nothing.
+//!
+//! [`Engine::sync_observed`] is the one entry point that changes a lock: the controller and the
+//! tests call it ([`Engine::sync`] is the same without an observer).
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use etcd_client::{Client, Compare, CompareOp, GetOptions, PutOptions, SortOrder, SortTarget, Txn, TxnOp};
+use etcd_client::Client;
 
+use super::lease_pool::LeasePool;
 use super::mirror::Mirror;
-use super::session::Leases;
-use super::{Error, Result, call, retry};
+use super::mutex::txn_for;
+use super::{Result, call, retry};
+use crate::keyspace::Keyspace;
 use crate::lock::{self, Candidate, Holder, KeyState, Op};
 
 /// Where the engine may read and write.
@@ -26,52 +31,40 @@ pub struct EngineConfig {
 /// The lock engine. One per controller process.
 pub struct Engine {
     client: Client,
-    cfg: EngineConfig,
+    keyspace: Keyspace,
+    call_timeout: Duration,
     mirror: Mirror,
-    leases: Leases,
-    /// Last holder seen per lock prefix, so keys wiped by a lost lease are recreated with the
-    /// same candidate first (and it keeps the lock).
+    leases: LeasePool,
+    /// Last holder per lock prefix that still has candidates of ours, so keys wiped by a lost
+    /// lease are recreated with the same candidate first (and it keeps the lock). Forgotten when
+    /// nobody of ours wants the lock any more: nothing of ours is left to recreate.
     last_holder: Mutex<HashMap<String, String>>,
 }
 
 impl Engine {
     /// Starts the mirror (one list + one watch stream); adopts leases lazily on first use.
     pub async fn start(client: Client, cfg: EngineConfig) -> Result<Self> {
-        let mut prefixes = vec![cfg.root.clone()];
-        prefixes.extend(cfg.allowed_prefixes.iter().cloned());
-        let mirror = Mirror::start(client.clone(), prefixes, cfg.call_timeout).await?;
-        let leases = Leases::new(client.clone(), &cfg.root, cfg.call_timeout);
-        Ok(Engine { client, cfg, mirror, leases, last_holder: Mutex::default() })
+        let keyspace = Keyspace::new(cfg.root, cfg.allowed_prefixes);
+        let mirror = Mirror::start(client.clone(), keyspace.watched(), cfg.call_timeout).await?;
+        let leases = LeasePool::new(client.clone(), keyspace.clone(), cfg.call_timeout);
+        Ok(Engine { client, keyspace, call_timeout: cfg.call_timeout, mirror, leases, last_holder: Mutex::default() })
     }
 
     pub fn mirror(&self) -> &Mirror {
         &self.mirror
     }
 
-    pub fn leases(&self) -> &Leases {
+    pub fn leases(&self) -> &LeasePool {
         &self.leases
     }
 
-    /// The etcd prefix of lock `lock` of a LeaderLock in `namespace`: `<root>locks/<ns>/<lock>`,
-    /// or `etcd_key` when it lies in this namespace's own lock area or under an allowed prefix.
-    /// Inside the root, nothing else is allowed: not another namespace's locks, not the
-    /// controller's own `leases/` and `controller/` keys.
-    pub fn lock_prefix(&self, namespace: &str, lock: &str, etcd_key: Option<&str>) -> Result<String> {
-        let own = format!("{}locks/{namespace}/", self.cfg.root);
-        match etcd_key {
-            None => Ok(format!("{own}{lock}")),
-            Some(key) if self.allowed(&own, key) => Ok(key.to_string()),
-            Some(key) => Err(Error::KeyNotAllowed { key: key.to_string(), own, allowed: self.cfg.allowed_prefixes.join(", ") }),
-        }
+    pub fn keyspace(&self) -> &Keyspace {
+        &self.keyspace
     }
 
-    fn allowed(&self, own: &str, key: &str) -> bool {
-        let inside = if key.starts_with(self.cfg.root.as_str()) {
-            key.starts_with(own) && key.len() > own.len()
-        } else {
-            self.cfg.allowed_prefixes.iter().any(|p| key.starts_with(p.as_str()))
-        };
-        inside && !key.split('/').any(|seg| seg == ".." || seg == ".")
+    /// The etcd prefix of a lock; see [`Keyspace::lock_prefix`].
+    pub fn lock_prefix(&self, namespace: &str, lock: &str, etcd_key: Option<&str>) -> Result<String> {
+        Ok(self.keyspace.lock_prefix(namespace, lock, etcd_key)?)
     }
 
     /// Keys under the lock `prefix`, from the mirror (no I/O).
@@ -84,40 +77,65 @@ impl Engine {
         lock::holder(prefix, &self.keys(prefix))
     }
 
-    /// Remembers the current holder of `prefix`: if a lost lease wipes the lock's keys, they are
-    /// recreated with this candidate first, so it keeps the lock.
-    pub fn remember_holder(&self, prefix: &str) {
-        if let Some(id) = self.holder(prefix).and_then(|h| h.candidate) {
-            self.last_holder.lock().expect("holder map poisoned").insert(prefix.to_string(), id);
-        }
-    }
-
-    /// What [`Engine::sync`] would do now (no I/O besides adopting/granting the lease).
-    pub async fn plan(&self, prefix: &str, wanted: &[Candidate], ttl: i64) -> Result<Vec<Op>> {
-        let lease = self.leases.get(ttl).await?;
-        let keys = self.keys(prefix);
-        let mut wanted = wanted.to_vec();
-        if !keys.iter().any(|k| k.candidate_name().is_some()) {
-            let prev = self.last_holder.lock().expect("holder map poisoned").get(prefix).cloned();
-            lock::previous_holder_first(&mut wanted, prev.as_deref());
-        }
-        Ok(lock::plan(prefix, &keys, &wanted, lease))
+    /// How many lock prefixes have a remembered holder (for the `leaderlock_map_entries` gauge):
+    /// stays at most the number of locks with candidates.
+    pub fn holder_map_len(&self) -> usize {
+        self.holders().len()
     }
 
     /// Makes the keys under `prefix` match `wanted` (in creation priority order) and waits until
     /// the mirror shows the result. Returns the operations applied; none when nothing changed.
     pub async fn sync(&self, prefix: &str, wanted: &[Candidate], ttl: i64) -> Result<Vec<Op>> {
+        self.sync_observed(prefix, wanted, ttl, |_| {}).await
+    }
+
+    /// [`Engine::sync`], calling `applied` after each operation etcd accepted (also when a later
+    /// one fails), e.g. to count writes.
+    pub async fn sync_observed(&self, prefix: &str, wanted: &[Candidate], ttl: i64, applied: impl FnMut(&Op)) -> Result<Vec<Op>> {
         let ops = self.plan(prefix, wanted, ttl).await?;
-        self.apply_all(prefix, &ops, |_| {}).await?;
+        self.apply_all(prefix, &ops, applied).await?;
         self.remember_holder(prefix);
         Ok(ops)
+    }
+
+    /// What [`Engine::sync`] would do now (no I/O besides adopting/granting the lease). Part of
+    /// `sync_observed`, public for callers that still split it.
+    pub async fn plan(&self, prefix: &str, wanted: &[Candidate], ttl: i64) -> Result<Vec<Op>> {
+        if wanted.is_empty() {
+            self.forget_holder(prefix); // our keys are about to go: nothing left to recreate
+        }
+        let lease = self.leases.get(ttl).await?;
+        let keys = self.keys(prefix);
+        let mut wanted = wanted.to_vec();
+        if !keys.iter().any(|k| k.candidate_name().is_some()) {
+            let prev = self.holders().get(prefix).cloned();
+            lock::previous_holder_first(&mut wanted, prev.as_deref());
+        }
+        Ok(lock::plan(prefix, &keys, &wanted, lease))
+    }
+
+    /// Remembers the current holder of `prefix`: if a lost lease wipes the lock's keys, they are
+    /// recreated with this candidate first, so it keeps the lock. Part of `sync_observed`.
+    pub fn remember_holder(&self, prefix: &str) {
+        if let Some(id) = self.holder(prefix).and_then(|h| h.candidate) {
+            self.holders().insert(prefix.to_string(), id);
+        }
+    }
+
+    fn forget_holder(&self, prefix: &str) {
+        self.holders().remove(prefix);
+    }
+
+    fn holders(&self) -> MutexGuard<'_, HashMap<String, String>> {
+        // Single inserts and removes: a panic elsewhere cannot leave the map inconsistent.
+        self.last_holder.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Applies each operation in its own guarded transaction (one create per candidate keeps
     /// etcd's one-key-per-revision mutex semantics), calling `applied` after each, then waits
     /// once for the mirror to show them all, so the next decision sees them.
     pub async fn apply_all(&self, prefix: &str, ops: &[Op], mut applied: impl FnMut(&Op)) -> Result<()> {
-        let t = self.cfg.call_timeout;
+        let t = self.call_timeout;
         let mut last = 0;
         for op in ops {
             let (name, txn) = txn_for(prefix, op);
@@ -136,43 +154,13 @@ impl Engine {
         Ok(())
     }
 
-    /// Deletes every key of ours under `prefix` (a LeaderLock or lock removed).
+    /// Deletes every key of ours under `prefix` (a LeaderLock or lock removed) and forgets the
+    /// lock. Returns how many keys it deleted.
     pub async fn release_all(&self, prefix: &str) -> Result<usize> {
-        let ops: Vec<Op> = lock::plan(prefix, &self.keys(prefix), &[], 0)
-            .into_iter()
-            .filter(|op| matches!(op, Op::Delete { .. }))
-            .collect();
+        self.forget_holder(prefix);
+        let ops: Vec<Op> =
+            lock::plan(prefix, &self.keys(prefix), &[], 0).into_iter().filter(|op| matches!(op, Op::Delete { .. })).collect();
         self.apply_all(prefix, &ops, |_| {}).await?;
         Ok(ops.len())
-    }
-}
-
-/// The transaction for one operation, after etcd's mutex recipe: the guarded create also reads
-/// the current owner (lowest create revision), so the uncontended path is one round trip.
-fn txn_for(prefix: &str, op: &Op) -> (&'static str, Txn) {
-    let owner = TxnOp::get(
-        format!("{prefix}/"),
-        Some(GetOptions::new().with_prefix().with_sort(SortTarget::Create, SortOrder::Ascend).with_limit(1)),
-    );
-    match op {
-        Op::Create { key, value, lease } => (
-            "create candidate key",
-            Txn::new()
-                .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
-                .and_then([TxnOp::put(key.clone(), value.clone(), Some(PutOptions::new().with_lease(*lease))), owner.clone()])
-                .or_else([owner]),
-        ),
-        Op::Delete { key, create_revision } => (
-            "delete candidate key",
-            Txn::new()
-                .when([Compare::create_revision(key.clone(), CompareOp::Equal, *create_revision)])
-                .and_then([TxnOp::delete(key.clone(), None)]),
-        ),
-        Op::Reattach { key, mod_revision, value, lease } => (
-            "reattach candidate key",
-            Txn::new()
-                .when([Compare::mod_revision(key.clone(), CompareOp::Equal, *mod_revision)])
-                .and_then([TxnOp::put(key.clone(), value.clone(), Some(PutOptions::new().with_lease(*lease)))]),
-        ),
     }
 }

@@ -10,10 +10,10 @@
 //!                            └──▶ broadcast of changed keys
 //! ```
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::{Duration, Instant};
 
 use etcd_client::{Client, EventType, GetOptions, KeyValue, WatchOptions};
 use tokio::sync::{broadcast, watch};
@@ -42,6 +42,17 @@ struct State {
     progress: Vec<i64>,
 }
 
+impl State {
+    fn has_keys_under(&self, prefix: &str) -> bool {
+        self.keys.range(prefix.to_string()..).next().is_some_and(|(k, _)| k.starts_with(prefix))
+    }
+}
+
+/// The lock prefix of a key: everything before its last `/`.
+fn parent(key: &str) -> Option<&str> {
+    key.rfind('/').map(|i| &key[..i])
+}
+
 /// The in-memory copy. Cheap to clone; the watch task stops when the last clone is dropped.
 #[derive(Clone)]
 pub struct Mirror {
@@ -55,9 +66,26 @@ struct Inner {
     applied: watch::Sender<i64>,
     changes: broadcast::Sender<Arc<Vec<String>>>,
     restarts: AtomicU64,
-    /// Lock prefix → when a key under it was last deleted, to measure failover latency.
-    deleted_at: std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>,
-    task: std::sync::Mutex<Option<JoinHandle<()>>>,
+    /// Lock prefix → when a key under it was last deleted, to measure failover latency. Only
+    /// prefixes that still have keys: the last key's deletion leaves no one to fail over to.
+    deleted_at: Mutex<HashMap<String, Instant>>,
+    task: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Inner {
+    // The guarded data is replaced or updated in single steps: a panic elsewhere cannot leave
+    // it half-written, so a poisoned lock is still consistent.
+    fn read(&self) -> RwLockReadGuard<'_, State> {
+        self.state.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, State> {
+        self.state.write().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn deleted_at(&self) -> MutexGuard<'_, HashMap<String, Instant>> {
+        self.deleted_at.lock().unwrap_or_else(PoisonError::into_inner)
+    }
 }
 
 impl Drop for Inner {
@@ -92,19 +120,19 @@ impl Mirror {
             applied,
             changes,
             restarts: AtomicU64::new(0),
-            deleted_at: std::sync::Mutex::default(),
-            task: std::sync::Mutex::new(None),
+            deleted_at: Mutex::default(),
+            task: Mutex::new(None),
         });
         relist(&client, &inner, timeout).await?;
         let weak = Arc::downgrade(&inner);
         let task = tokio::spawn(async move { watch_loop(client, weak, timeout).await });
-        *inner.task.lock().expect("mirror task lock") = Some(task);
+        *inner.task.lock().unwrap_or_else(PoisonError::into_inner) = Some(task);
         Ok(Mirror { inner })
     }
 
     /// Every key under `prefix`, as of the mirror's current progress.
     pub fn keys_under(&self, prefix: &str) -> Vec<KeyState> {
-        let state = self.inner.state.read().expect("mirror lock poisoned");
+        let state = self.inner.read();
         state.keys.range(prefix.to_string()..).take_while(|(k, _)| k.starts_with(prefix)).map(|(_, v)| v.clone()).collect()
     }
 
@@ -115,7 +143,7 @@ impl Mirror {
 
     /// The revision up to which the range holding `key` is known to be complete.
     pub fn progress_for(&self, key: &str) -> i64 {
-        let state = self.inner.state.read().expect("mirror lock poisoned");
+        let state = self.inner.read();
         self.inner.ranges.iter().position(|r| key.starts_with(r.as_str())).and_then(|i| state.progress.get(i).copied()).unwrap_or(0)
     }
 
@@ -140,9 +168,25 @@ impl Mirror {
         self.inner.changes.subscribe()
     }
 
-    /// When the mirror last saw a key directly under `prefix` deleted.
-    pub fn last_delete(&self, prefix: &str) -> Option<std::time::Instant> {
-        self.inner.deleted_at.lock().ok()?.get(prefix).copied()
+    /// When the mirror last saw a key directly under `prefix` deleted, while `prefix` still has
+    /// keys (a holder to fail over to).
+    pub fn last_delete(&self, prefix: &str) -> Option<Instant> {
+        self.inner.deleted_at().get(prefix).copied()
+    }
+
+    /// How many lock prefixes have a recorded deletion (for the `leaderlock_map_entries` gauge):
+    /// stays at most the number of prefixes with keys.
+    pub fn deleted_at_len(&self) -> usize {
+        self.inner.deleted_at().len()
+    }
+
+    /// How many keys the mirror holds.
+    pub fn len(&self) -> usize {
+        self.inner.read().keys.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 
     /// How many times the watch was re-established (disconnects and compactions).
@@ -201,12 +245,13 @@ async fn relist(client: &Client, inner: &Inner, timeout: Duration) -> Result<()>
         }
     }
     let changed: Vec<String> = {
-        let mut state = inner.state.write().expect("mirror lock poisoned");
-        let mut changed: Vec<String> =
-            state.keys.iter().filter(|(k, v)| fresh.get(*k) != Some(*v)).map(|(k, _)| k.clone()).collect();
+        let mut state = inner.write();
+        let mut changed: Vec<String> = state.keys.iter().filter(|(k, v)| fresh.get(*k) != Some(*v)).map(|(k, _)| k.clone()).collect();
         changed.extend(fresh.iter().filter(|(k, _)| !state.keys.contains_key(*k)).map(|(k, _)| k.clone()));
         state.keys = fresh;
         state.progress = vec![at; inner.ranges.len()];
+        // Deletions missed while compacted are not timed; prefixes left without keys are forgotten.
+        inner.deleted_at().retain(|prefix, _| state.has_keys_under(&format!("{prefix}/")));
         changed
     };
     inner.applied.send_replace(at);
@@ -224,7 +269,9 @@ enum StreamEnd {
 async fn watch_loop(client: Client, inner: std::sync::Weak<Inner>, timeout: Duration) {
     let mut backoff = Backoff::default();
     loop {
-        let Some(strong) = inner.upgrade() else { return };
+        let Some(strong) = inner.upgrade() else {
+            return;
+        };
         let end = run_stream(&client, &strong, timeout, &mut backoff).await;
         strong.restarts.fetch_add(1, Ordering::Relaxed);
         match end {
@@ -243,7 +290,7 @@ async fn watch_loop(client: Client, inner: std::sync::Weak<Inner>, timeout: Dura
 
 /// Runs one watch stream with one watcher per range until it breaks.
 async fn run_stream(client: &Client, inner: &Inner, timeout: Duration, backoff: &mut Backoff) -> StreamEnd {
-    let starts: Vec<i64> = inner.state.read().expect("mirror lock poisoned").progress.iter().map(|p| p + 1).collect();
+    let starts: Vec<i64> = inner.read().progress.iter().map(|p| p + 1).collect();
     let mut c = client.clone();
     let first = WatchOptions::new().with_prefix().with_start_revision(starts[0]).with_progress_notify();
     let mut stream = match call("watch", timeout, c.watch(inner.ranges[0].clone(), Some(first))).await {
@@ -261,8 +308,12 @@ async fn run_stream(client: &Client, inner: &Inner, timeout: Duration, backoff: 
     loop {
         let resp = match stream.message().await {
             Ok(Some(r)) => r,
-            Ok(None) => return StreamEnd::Broken(Error::WatchEnded("stream closed by etcd".into())),
-            Err(e) => return StreamEnd::Broken(Error::Call { op: "watch", source: e }),
+            Ok(None) => {
+                return StreamEnd::Broken(Error::WatchEnded("stream closed by etcd".into()));
+            }
+            Err(e) => {
+                return StreamEnd::Broken(Error::Call { op: "watch", source: e });
+            }
         };
         if resp.compact_revision() > 0 {
             return StreamEnd::Compacted;
@@ -288,7 +339,7 @@ async fn run_stream(client: &Client, inner: &Inner, timeout: Duration, backoff: 
 fn apply(inner: &Inner, range: Option<usize>, events: &[etcd_client::Event], header_rev: i64) {
     let mut changed = Vec::new();
     let progress = {
-        let mut state = inner.state.write().expect("mirror lock poisoned");
+        let mut state = inner.write();
         for ev in events {
             let Some(kv) = ev.kv() else { continue };
             let ks = key_state(kv);
@@ -303,8 +354,8 @@ fn apply(inner: &Inner, range: Option<usize>, events: &[etcd_client::Event], hea
                 }
                 EventType::Delete => {
                     if state.keys.remove(&ks.key).is_some() {
-                        if let (Some(i), Ok(mut d)) = (ks.key.rfind('/'), inner.deleted_at.lock()) {
-                            d.insert(ks.key[..i].to_string(), std::time::Instant::now());
+                        if let Some(prefix) = parent(&ks.key) {
+                            record_delete(inner, &state, prefix);
                         }
                         changed.push(ks.key);
                     }
@@ -329,9 +380,31 @@ fn apply(inner: &Inner, range: Option<usize>, events: &[etcd_client::Event], hea
     }
 }
 
+/// Times a deletion under `prefix` for the failover latency, or forgets the prefix when its last
+/// key went (nothing to fail over to; a lock whose keys all go must not stay in the map).
+fn record_delete(inner: &Inner, state: &State, prefix: &str) {
+    let mut deleted_at = inner.deleted_at();
+    if state.has_keys_under(&format!("{prefix}/")) {
+        deleted_at.insert(prefix.to_string(), Instant::now());
+    } else {
+        deleted_at.remove(prefix);
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::{disjoint_ranges, prefix_end};
+    use super::{State, disjoint_ranges, parent, prefix_end};
+    use crate::lock::KeyState;
+
+    #[test]
+    fn a_prefix_has_keys_only_when_a_key_lies_under_it() {
+        let mut state = State::default();
+        let key = |k: &str| KeyState { key: k.into(), create_revision: 1, mod_revision: 1, lease: 0, value: vec![] };
+        state.keys.insert("/ll/locks/ns/ab/x".into(), key("/ll/locks/ns/ab/x"));
+        assert!(state.has_keys_under("/ll/locks/ns/ab/"));
+        assert!(!state.has_keys_under("/ll/locks/ns/a/"), "a sibling with a longer name is not under it");
+        assert_eq!(parent("/ll/locks/ns/ab/x"), Some("/ll/locks/ns/ab"));
+    }
 
     #[test]
     fn a_prefix_range_ends_after_its_last_possible_key() {

@@ -1,149 +1,18 @@
-//! The lease owner, like etcd's `concurrency.Session` but one lease per TTL value for all the
-//! candidate keys of this controller (not one per pod): a handful of keep-alive streams however
-//! many pods compete.
-//!
-//! Lease IDs are recorded under `<root>leases/<ttl>`; a restarted or newly elected controller
-//! adopts a recorded lease that is still alive, so it recreates no key and changes no holder.
-//! When a lease expires anyway (etcd or every controller away longer than the TTL), the keys on
-//! it are gone; [`Leases::lost`] says so and the next [`Leases::get`] grants a new one.
+//! One lease kept alive, like etcd's `concurrency.Session`: granted (or attached to an existing
+//! lease, to adopt it), renewed in the background by a policy, with one signal when it is lost.
+//! Both owners of leases use it: the replica election (one session per campaign) and the
+//! [`super::lease_pool`] (one session per TTL value for every candidate key).
 
-use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use etcd_client::Client;
-use tokio::sync::broadcast;
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use super::{Backoff, Error, Result, call, retry};
+use super::{Backoff, Error, Result, call};
 
-/// Controller-owned leases, one per TTL, kept alive in the background.
-#[derive(Clone)]
-pub struct Leases {
-    inner: Arc<Inner>,
-}
-
-struct Inner {
-    client: Client,
-    /// Root prefix; records live under `<root>leases/`.
-    root: String,
-    timeout: Duration,
-    /// TTL seconds → the live lease and its keep-alive task.
-    live: Mutex<BTreeMap<i64, Live>>,
-    /// Lease IDs that expired, for whoever must recreate keys.
-    lost: broadcast::Sender<i64>,
-    /// Serialises adopting/granting: concurrent first reconciles must end up on one lease, the
-    /// one recorded (else the record could name a lease nobody keeps alive).
-    acquiring: tokio::sync::Mutex<()>,
-}
-
-struct Live {
-    id: i64,
-    task: JoinHandle<()>,
-}
-
-impl Drop for Inner {
-    fn drop(&mut self) {
-        if let Ok(live) = self.live.lock() {
-            live.values().for_each(|l| l.task.abort());
-        }
-    }
-}
-
-impl Leases {
-    pub fn new(client: Client, root: &str, timeout: Duration) -> Self {
-        let (lost, _) = broadcast::channel(64);
-        Leases {
-            inner: Arc::new(Inner { client, root: root.to_string(), timeout, live: Mutex::default(), lost, acquiring: Default::default() }),
-        }
-    }
-
-    /// Notifies lease IDs that expired: their keys were deleted by etcd.
-    pub fn lost(&self) -> broadcast::Receiver<i64> {
-        self.inner.lost.subscribe()
-    }
-
-    /// The record key of the lease for `ttl` seconds.
-    pub fn record_key(&self, ttl: i64) -> String {
-        format!("{}leases/{ttl}", self.inner.root)
-    }
-
-    /// The live lease for `ttl` seconds: the one already kept alive, else the recorded one if
-    /// etcd still has it (adoption: no write), else a newly granted and recorded one.
-    pub async fn get(&self, ttl: i64) -> Result<i64> {
-        if let Some(id) = self.live_id(ttl) {
-            return Ok(id);
-        }
-        let _one_at_a_time = self.inner.acquiring.lock().await;
-        if let Some(id) = self.live_id(ttl) {
-            return Ok(id); // another caller adopted or granted it while we waited
-        }
-        tracing::debug!(ttl, "lease: reading the recorded lease");
-        let id = match self.recorded_alive(ttl).await? {
-            Some(id) => {
-                tracing::info!(lease = id, ttl, "adopted recorded lease");
-                id
-            }
-            None => self.grant_and_record(ttl).await?,
-        };
-        let mut live = self.inner.live.lock().expect("lease map poisoned");
-        let task = tokio::spawn(hold(self.inner.clone(), ttl, id));
-        live.insert(ttl, Live { id, task });
-        Ok(id)
-    }
-
-    /// The lease currently kept alive for `ttl`, if any (no I/O).
-    pub fn live_id(&self, ttl: i64) -> Option<i64> {
-        self.inner.live.lock().expect("lease map poisoned").get(&ttl).map(|l| l.id)
-    }
-
-    async fn recorded_alive(&self, ttl: i64) -> Result<Option<i64>> {
-        let (c, t, key) = (&self.inner.client, self.inner.timeout, self.record_key(ttl));
-        let resp = retry(5, || { let mut c = c.clone(); let key = key.clone(); async move { call("get lease record", t, c.get(key, None)).await } }).await?;
-        let Some(id) = resp.kvs().first().and_then(|kv| kv.value_str().ok()?.parse::<i64>().ok()) else {
-            return Ok(None);
-        };
-        let ttl_resp = retry(5, || { let mut c = c.clone(); async move { call("lease time-to-live", t, c.lease_time_to_live(id, None)).await } }).await?;
-        Ok((ttl_resp.ttl() > 0).then_some(id))
-    }
-
-    async fn grant_and_record(&self, ttl: i64) -> Result<i64> {
-        let (c, t, key) = (&self.inner.client, self.inner.timeout, self.record_key(ttl));
-        let grant = retry(5, || { let mut c = c.clone(); async move { call("lease grant", t, c.lease_grant(ttl, None)).await } }).await?;
-        let id = grant.id();
-        retry(5, || { let mut c = c.clone(); let key = key.clone(); async move { call("put lease record", t, c.put(key, id.to_string(), None)).await } }).await?;
-        tracing::info!(lease = id, ttl, "granted and recorded a new lease");
-        Ok(id)
-    }
-
-    /// Revokes every live lease (deleting its keys) — for a clean uninstall and for tests.
-    pub async fn revoke_all(&self) -> Result<()> {
-        let live: Vec<(i64, Live)> = std::mem::take(&mut *self.inner.live.lock().expect("lease map poisoned")).into_iter().collect();
-        for (_, l) in live {
-            l.task.abort();
-            let mut c = self.inner.client.clone();
-            call("lease revoke", self.inner.timeout, c.lease_revoke(l.id)).await?;
-        }
-        Ok(())
-    }
-}
-
-/// Keeps the lease for `ttl` alive; when it expires, forgets it and reports it lost.
-async fn hold(inner: Arc<Inner>, ttl: i64, id: i64) {
-    // A third of the TTL, at most 2 s: after a crash of the active controller, the lease keeps
-    // at least TTL - 2 s for a standby to take over and adopt it.
-    let period = Duration::from_millis((ttl as u64 * 1000 / 3).clamp(500, 2000));
-    keep_alive(&inner.client, id, ttl, period, inner.timeout, WhenUnsure::KeepTrying).await;
-    tracing::warn!(lease = id, ttl, "lease expired; its candidate keys are gone and will be recreated");
-    if let Ok(mut live) = inner.live.lock()
-        && live.get(&ttl).is_some_and(|l| l.id == id)
-    {
-        live.remove(&ttl);
-    }
-    let _ = inner.lost.send(id);
-}
-
-/// What [`keep_alive`] does when no renewal succeeded for a whole TTL and etcd cannot be asked
+/// What the keep-alive does when no renewal succeeded for a whole TTL and etcd cannot be asked
 /// whether the lease is still alive.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum WhenUnsure {
@@ -154,14 +23,112 @@ pub enum WhenUnsure {
     KeepTrying,
 }
 
-/// Renews `lease` every `period` over one keep-alive stream, reopening the stream after errors
-/// (retrying at least every `period`). Returns when the lease is gone: etcd says it expired, or
-/// — after a whole TTL without a renewal — etcd cannot confirm it and `unsure` says give up.
-pub async fn keep_alive(client: &Client, lease: i64, ttl: i64, period: Duration, timeout: Duration, unsure: WhenUnsure) {
+/// How often a session renews its lease and when it gives up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Renewal {
+    pub period: Duration,
+    pub when_unsure: WhenUnsure,
+}
+
+impl Renewal {
+    /// The replica election: a third of the TTL (at least 300 ms), and give up when unsure —
+    /// another replica may already be active on a lease that may be gone.
+    pub fn election(ttl: i64) -> Self {
+        Renewal { period: Duration::from_millis((ttl.max(1) as u64 * 1000 / 3).max(300)), when_unsure: WhenUnsure::GiveUp }
+    }
+
+    /// The lock leases: a third of the TTL, at most 2 s — after a crash of the active controller
+    /// the lease keeps at least TTL − 2 s for a standby to take over and adopt it.
+    pub fn lock_leases(ttl: i64) -> Self {
+        Renewal { period: Duration::from_millis((ttl.max(1) as u64 * 1000 / 3).clamp(500, 2000)), when_unsure: WhenUnsure::KeepTrying }
+    }
+}
+
+/// A lease kept alive until it is lost, closed, or the last clone is dropped (then it is
+/// orphaned: no longer renewed, not revoked, so the next owner can still adopt it).
+#[derive(Clone)]
+pub struct Session {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    client: Client,
+    lease: i64,
+    ttl: i64,
+    timeout: Duration,
+    /// True while the lease is kept alive; false (or closed) once it is lost or closed.
+    alive: watch::Receiver<bool>,
+    keeper: JoinHandle<()>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.keeper.abort();
+    }
+}
+
+impl Session {
+    /// Grants a lease of `ttl` seconds and starts keeping it alive.
+    pub async fn grant(client: &Client, ttl: i64, renewal: Renewal, timeout: Duration) -> Result<Session> {
+        let mut c = client.clone();
+        let lease = call("lease grant", timeout, c.lease_grant(ttl, None)).await?.id();
+        Ok(Self::attach(client, lease, ttl, renewal, timeout))
+    }
+
+    /// Keeps an existing lease alive (adoption: no write). The caller has checked it is alive.
+    pub fn attach(client: &Client, lease: i64, ttl: i64, renewal: Renewal, timeout: Duration) -> Session {
+        let (alive_tx, alive) = watch::channel(true);
+        let keeper_client = client.clone();
+        let keeper = tokio::spawn(async move {
+            keep_alive(&keeper_client, lease, ttl, renewal, timeout).await;
+            tracing::warn!(lease, ttl, "lease lost: the keys attached to it are gone");
+            let _ = alive_tx.send(false);
+        });
+        Session { inner: Arc::new(Inner { client: client.clone(), lease, ttl, timeout, alive, keeper }) }
+    }
+
+    /// The lease ID to attach keys to.
+    pub fn lease(&self) -> i64 {
+        self.inner.lease
+    }
+
+    pub fn ttl(&self) -> i64 {
+        self.inner.ttl
+    }
+
+    /// Whether the lease is known to be gone (no I/O).
+    pub fn is_lost(&self) -> bool {
+        // A keeper that was aborted (closed) never said false: its dropped sender says it.
+        !*self.inner.alive.borrow() || self.inner.alive.has_changed().is_err()
+    }
+
+    /// Resolves when the lease is no longer kept alive: etcd says it expired, the policy gave up,
+    /// or the session was closed.
+    pub async fn lost(&self) {
+        let mut alive = self.inner.alive.clone();
+        let _ = alive.wait_for(|alive| !*alive).await;
+    }
+
+    /// Stops the keep-alive and revokes the lease, deleting every key attached to it at once
+    /// (instead of after the TTL). A revoke that fails leaves the lease to expire.
+    pub async fn close(self) -> Result<()> {
+        self.inner.keeper.abort();
+        let mut c = self.inner.client.clone();
+        call("lease revoke", self.inner.timeout, c.lease_revoke(self.inner.lease)).await.map(drop)
+    }
+}
+
+/// Renews `lease` every `renewal.period` over one keep-alive stream, reopening the stream after
+/// errors (retrying at least every period). Returns when the lease is gone: etcd says it
+/// expired, or — after a whole TTL without a renewal — etcd cannot confirm it and the policy
+/// says give up.
+async fn keep_alive(client: &Client, lease: i64, ttl: i64, renewal: Renewal, timeout: Duration) {
     let mut backoff = Backoff::default();
     let mut last_renewed = Instant::now();
     loop {
-        if let Err(Error::LeaseLost { .. }) = renew_until_error(client, lease, period, timeout, &mut last_renewed, &mut backoff).await {
+        if let Err(Error::LeaseLost { .. }) =
+            renew_until_error(client, lease, renewal.period, timeout, &mut last_renewed, &mut backoff).await
+        {
             return;
         }
         if last_renewed.elapsed() >= Duration::from_secs(ttl as u64) {
@@ -174,11 +141,11 @@ pub async fn keep_alive(client: &Client, lease: i64, ttl: i64, period: Duration,
                     last_renewed = Instant::now().checked_sub(spent).unwrap_or_else(Instant::now);
                 }
                 Ok(_) => return,
-                Err(_) if unsure == WhenUnsure::GiveUp => return,
+                Err(_) if renewal.when_unsure == WhenUnsure::GiveUp => return,
                 Err(_) => {}
             }
         }
-        tokio::time::sleep(backoff.next_delay().min(period)).await;
+        tokio::time::sleep(backoff.next_delay().min(renewal.period)).await;
     }
 }
 
@@ -204,5 +171,24 @@ async fn renew_until_error(
             None => return Err(Error::WatchEnded("keep-alive stream closed".into())),
         }
         tokio::time::sleep(period).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_election_renews_often_and_gives_up_when_unsure() {
+        let r = Renewal::election(3);
+        assert_eq!((r.period, r.when_unsure), (Duration::from_secs(1), WhenUnsure::GiveUp));
+        assert_eq!(Renewal::election(0).period, Duration::from_millis(333));
+    }
+
+    #[test]
+    fn lock_leases_renew_at_most_every_two_seconds_and_keep_trying() {
+        assert_eq!(Renewal::lock_leases(15).period, Duration::from_secs(2));
+        assert_eq!(Renewal::lock_leases(1).period, Duration::from_millis(500));
+        assert_eq!(Renewal::lock_leases(3).when_unsure, WhenUnsure::KeepTrying);
     }
 }
