@@ -123,7 +123,7 @@ struct ControllerArgs {
 #[derive(Args)]
 struct RoleFileArgs {
     /// The lock's name, as in `spec.locks[].name` (the pod's annotation is `leaderlock.dev/<lock>`).
-    #[arg(long, env = "LEADERLOCK_LOCK", value_parser = leaderlock::podside::parse_lock_name)]
+    #[arg(long, env = "LEADERLOCK_LOCK", value_parser = leaderlock::contract::parse_lock_name)]
     lock: String,
     /// The downward-API file: a projection of `metadata.annotations` (gives the fencing token) or of
     /// `metadata.annotations['leaderlock.dev/<lock>']`; the form is detected from the content.
@@ -142,7 +142,7 @@ struct WaitArgs {
     #[command(flatten)]
     role_file: RoleFileArgs,
     /// Give up with exit status 2 after this long (e.g. 30s, 5m); default: wait forever.
-    #[arg(long, env = "LEADERLOCK_WAIT_TIMEOUT", value_parser = leaderlock::podside::parse_duration)]
+    #[arg(long, env = "LEADERLOCK_WAIT_TIMEOUT", value_parser = leaderlock::contract::parse_duration)]
     timeout: Option<Duration>,
 }
 
@@ -151,7 +151,7 @@ struct RunArgs {
     #[command(flatten)]
     role_file: RoleFileArgs,
     /// How long CMD has between SIGTERM and SIGKILL, on demotion or shutdown (e.g. 500ms, 10s, 1m).
-    #[arg(long, env = "LEADERLOCK_GRACE_PERIOD", default_value = "10s", value_parser = leaderlock::podside::parse_duration)]
+    #[arg(long, env = "LEADERLOCK_GRACE_PERIOD", default_value = "10s", value_parser = leaderlock::contract::parse_duration)]
     grace_period: Duration,
     /// The command to run while leader, and its arguments, after `--`.
     #[arg(last = true, required = true, value_name = "CMD")]

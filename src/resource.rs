@@ -10,8 +10,8 @@ use kube::{CustomResource, CustomResourceExt, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-/// API group of every name LeaderLock owns: the CRD, the pod annotations and labels.
-pub const GROUP: &str = "leaderlock.dev";
+/// The API group lives in the contract; the `group` literal below is checked against it there.
+pub use crate::contract::GROUP;
 
 /// Desired state: which pods compete, for which locks.
 // `printcolumn(.., type_ = "string", ..)` repeats per column by design; clippy takes the repeats
