@@ -47,6 +47,10 @@ pub enum PodsideError {
     #[error("cannot read the role file {path}: {source}; mount the downward-API volume there or point --file (LEADERLOCK_ROLE_FILE) at it")]
     Read { path: PathBuf, source: io::Error },
     #[error(
+        "{path} is {kind}, not a regular file: point --file (LEADERLOCK_ROLE_FILE) at the downward-API file (a regular file, or kubelet's symlink to one)"
+    )]
+    NotRegular { path: PathBuf, kind: &'static str },
+    #[error(
         "{path} is not a downward-API projection of metadata.annotations or of metadata.annotations['leaderlock.dev/<lock>']: {source}"
     )]
     Garbage { path: PathBuf, source: ParseError },
