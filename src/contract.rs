@@ -35,7 +35,7 @@ pub const MAX_LOCK_NAME_LEN: usize = 50;
 pub const LOCK_NAME_PATTERN: &str = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$";
 
 /// How every duration flag is written; `--help` and error messages quote it.
-pub const DURATION_SYNTAX: &str = "a number with a unit ms, s, m or h (500ms, 10s, 1.5m, 2h); a bare number is seconds";
+pub const DURATION_SYNTAX: &str = "500ms, 10s, 1.5m or 2h (units ms, s, m, h; a bare number is seconds)";
 
 /// A flag value that breaks one of the rules above.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -44,7 +44,7 @@ pub enum InvalidValue {
         "{0:?} is not a lock name: use a DNS-1123 label (a-z, 0-9 and '-', not at either end, at most {MAX_LOCK_NAME_LEN} characters), as in spec.locks[].name"
     )]
     LockName(String),
-    #[error("{0:?} is not a duration: write {DURATION_SYNTAX}")]
+    #[error("{0:?} is not a duration: write it like {DURATION_SYNTAX}")]
     Duration(String),
 }
 
