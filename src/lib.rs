@@ -6,7 +6,7 @@
 //!        └── status + pod annotations (SSA)      etcd mirror (one watch) ◀───────┘
 //! ```
 //!
-//! One module per concern; SPEC.md sections in brackets.
+//! One module per concern; sections of docs/contract.md in brackets.
 #![forbid(unsafe_code)]
 
 /// Names and value syntaxes users depend on (pure): group, pod keys, lock names, durations [§2, §3, §5].

@@ -1,4 +1,4 @@
-//! The pod-side helper (`leaderlock role|wait|run`, SPEC §3) run as the real binary against a
+//! The pod-side helper (`leaderlock role|wait|run`, docs/contract.md §3) run as the real binary against a
 //! directory that kubelet's downward-API AtomicWriter would maintain: a timestamped dir, the
 //! `..data` symlink swapped by renaming `..data_tmp` over it, the old dir removed, and the
 //! visible files as symlinks through `..data`. No Kubernetes, no etcd.
