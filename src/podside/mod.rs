@@ -68,6 +68,10 @@ pub enum PodsideError {
     WaitChild(io::Error),
     #[error("cannot set up the runtime or signal handling: {0}")]
     Runtime(io::Error),
+    #[error(
+        "cannot install this binary as {dest}: {source}; mount a writable volume (e.g. an emptyDir) at that directory"
+    )]
+    CopySelf { dest: PathBuf, source: io::Error },
     #[error("no command given: put it after `--`, e.g. `leaderlock run --lock L -- my-server --flag`")]
     NoCommand,
 }
@@ -143,11 +147,14 @@ async fn wait_for_leader(watch: &mut RoleWatch, lock: &str) -> Result<Role, Pods
     }
 }
 
-/// Copies the running binary to `dest` with mode 0755 (see `leaderlock copy-self`).
-pub fn copy_self(dest: &Path) -> Result<(), std::io::Error> {
+/// Copies the running binary to `dest` with mode 0755 (see `leaderlock copy-self`): the image
+/// has no shell or `cp`, so the binary installs itself for an application container.
+pub fn copy_self(dest: &Path) -> Result<(), PodsideError> {
     use std::os::unix::fs::PermissionsExt;
-    let me = std::env::current_exe()?;
-    std::fs::copy(&me, dest)
-        .map_err(|e| std::io::Error::new(e.kind(), format!("cannot copy {} to {}: {e}", me.display(), dest.display())))?;
-    std::fs::set_permissions(dest, std::fs::Permissions::from_mode(0o755))
+    let copy = || {
+        let me = std::env::current_exe()?;
+        std::fs::copy(me, dest)?;
+        std::fs::set_permissions(dest, std::fs::Permissions::from_mode(0o755))
+    };
+    copy().map_err(|source| PodsideError::CopySelf { dest: dest.to_path_buf(), source })
 }
