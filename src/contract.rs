@@ -31,7 +31,7 @@ pub fn is_ours(key: &str) -> bool {
 /// Lock names are at most this long, so that `leaderlock.dev/<lock>.token` stays a valid key.
 pub const MAX_LOCK_NAME_LEN: usize = 50;
 
-/// The CRD's pattern for a lock name; [`is_lock_name`] implements the same rule.
+/// The CRD schema's pattern for a lock name; [`is_lock_name`] implements the same rule.
 pub const LOCK_NAME_PATTERN: &str = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$";
 
 /// How every duration flag is written; `--help` and error messages quote it.
