@@ -1,5 +1,7 @@
-//! Go's `strconv.Unquote` for double-quoted strings: kubelet writes annotation values with
-//! `%q`, and no crate reads that exact escape set (`\a`, `\v`, `\xNN`, `\NNN`, `\uNNNN`, `\UNNNNNNNN`).
+//! Go's `strconv.Unquote` for double-quoted strings: the inverse of the `%q` kubelet writes
+//! annotation values with. Kept here rather than taken from a crate because it must match Go
+//! exactly (`\a`, `\v`, `\xNN` bytes, `\NNN`, `\u`, `\U`) and is small; tests parse real kubelet
+//! output and round-trip arbitrary strings through a model of Go's quoting.
 
 use std::str::Chars;
 

@@ -1,5 +1,6 @@
-//! The pod-side helper (docs/contract.md §3): `role`, `wait` and `run` read the pod's role for one lock from
-//! its downward-API file, so that a pod needs no Kubernetes or etcd client to follow elections.
+//! The pod-side helper (docs/contract.md §3): `role`, `wait` and `run` read the pod's role for
+//! one lock from its downward-API file, so that a pod needs no Kubernetes or etcd client to
+//! follow elections.
 //!
 //! ```text
 //!  kubelet ──atomic ..data swap──▶ /etc/leaderlock/annotations ──inotify on the dir──▶ re-read
@@ -9,10 +10,10 @@
 //!                                                   ──▶ run:  start / SIGTERM+SIGKILL / restart CMD
 //! ```
 //!
-//! One module per concern, each depending only on [`crate::contract`]: [`rolefile`] parses the
-//! two forms kubelet projects (pure, with [`gounquote`] for Go's `%q`), [`read`] reads the file
-//! once, [`watch`] wakes on kubelet's updates, [`supervisor`] runs CMD for `run`. `role` and
-//! `wait` are small enough to live here.
+//! One module per concern, each depending only on [`crate::contract`]: `rolefile` parses the two
+//! forms kubelet projects (pure, with `gounquote` for Go's `%q`), `read` reads the file once,
+//! `watch` wakes on kubelet's updates, `supervisor` runs CMD for `run`. `role` and `wait` are
+//! small enough to live here.
 
 use std::ffi::OsString;
 use std::io;
@@ -68,9 +69,7 @@ pub enum PodsideError {
     WaitChild(io::Error),
     #[error("cannot set up the runtime or signal handling: {0}")]
     Runtime(io::Error),
-    #[error(
-        "cannot install this binary as {dest}: {source}; mount a writable volume (e.g. an emptyDir) at that directory"
-    )]
+    #[error("cannot install this binary as {dest}: {source}; mount a writable volume (e.g. an emptyDir) at that directory")]
     CopySelf { dest: PathBuf, source: io::Error },
     #[error("no command given: put it after `--`, e.g. `leaderlock run --lock L -- my-server --flag`")]
     NoCommand,
