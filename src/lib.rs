@@ -6,9 +6,11 @@
 //!        └── status + pod annotations (SSA)      etcd mirror (one watch) ◀───────┘
 //! ```
 //!
-//! One module per concern; SPEC.md sections in brackets.
+//! One module per concern; sections of docs/contract.md in brackets.
 #![forbid(unsafe_code)]
 
+/// Names and value syntaxes users depend on (pure): group, pod keys, lock names, durations [§2, §3, §5].
+pub mod contract;
 /// The `LeaderLock` custom resource and its CRD [§2].
 pub mod resource;
 /// The lock decision (pure): holder, fencing token, etcd operations [§4].

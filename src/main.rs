@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use leaderlock::contract;
 use leaderlock::controller::{self, Settings};
 use leaderlock::etcd::engine::{Engine, EngineConfig};
 use leaderlock::etcd::{self, EtcdConfig, election};
@@ -99,8 +100,8 @@ struct ControllerArgs {
     /// An etcd prefix that `spec.locks[].etcdKey` may use (repeatable; default: none).
     #[arg(long = "allowed-key-prefix", env = "LEADERLOCK_ALLOWED_KEY_PREFIXES", value_delimiter = ',')]
     allowed_key_prefixes: Vec<String>,
-    /// Bound for every single etcd call.
-    #[arg(long, env = "LEADERLOCK_ETCD_TIMEOUT", default_value = "5s", value_parser = humantime_secs)]
+    /// Bound for every single etcd call. Duration syntax: 500ms, 10s, 1.5m or 2h (units ms, s, m, h; a bare number is seconds).
+    #[arg(long, env = "LEADERLOCK_ETCD_TIMEOUT", default_value = "5s", value_name = "DURATION", value_parser = contract::parse_duration)]
     etcd_timeout: Duration,
     /// This replica's name in Events (the pod name in a cluster).
     #[arg(long, env = "POD_NAME", default_value = "leaderlock")]
@@ -114,16 +115,17 @@ struct ControllerArgs {
     /// Where to serve /metrics, /healthz and /readyz.
     #[arg(long, env = "LEADERLOCK_HTTP_ADDR", default_value = "0.0.0.0:8080")]
     http_addr: std::net::SocketAddr,
-    /// TTL in seconds of each replica's election lease: a standby takes over this long after
-    /// the active replica dies. Keep it well below the LeaderLocks' ttlSeconds.
-    #[arg(long, env = "LEADERLOCK_ELECTION_TTL", default_value_t = 3, value_parser = clap::value_parser!(i64).range(2..=60))]
+    /// TTL of each replica's election lease, whole seconds from 2s to 60s: a standby takes over this
+    /// long after the active replica dies. Keep it well below the LeaderLocks' ttlSeconds.
+    /// Duration syntax: 500ms, 10s, 1.5m or 2h (units ms, s, m, h; a bare number is seconds).
+    #[arg(long, env = "LEADERLOCK_ELECTION_TTL", default_value = "3", value_name = "DURATION", value_parser = election_ttl_secs)]
     election_ttl: i64,
 }
 
 #[derive(Args)]
 struct RoleFileArgs {
     /// The lock's name, as in `spec.locks[].name` (the pod's annotation is `leaderlock.dev/<lock>`).
-    #[arg(long, env = "LEADERLOCK_LOCK", value_parser = leaderlock::podside::parse_lock_name)]
+    #[arg(long, env = "LEADERLOCK_LOCK", value_parser = contract::parse_lock_name)]
     lock: String,
     /// The downward-API file: a projection of `metadata.annotations` (gives the fencing token) or of
     /// `metadata.annotations['leaderlock.dev/<lock>']`; the form is detected from the content.
@@ -141,8 +143,8 @@ struct RoleArgs {
 struct WaitArgs {
     #[command(flatten)]
     role_file: RoleFileArgs,
-    /// Give up with exit status 2 after this long (e.g. 30s, 5m); default: wait forever.
-    #[arg(long, env = "LEADERLOCK_WAIT_TIMEOUT", value_parser = leaderlock::podside::parse_duration)]
+    /// Give up with exit status 2 after this long (default: wait forever). Duration syntax: 500ms, 10s, 1.5m or 2h (units ms, s, m, h; a bare number is seconds).
+    #[arg(long, env = "LEADERLOCK_WAIT_TIMEOUT", value_name = "DURATION", value_parser = contract::parse_duration)]
     timeout: Option<Duration>,
 }
 
@@ -150,8 +152,8 @@ struct WaitArgs {
 struct RunArgs {
     #[command(flatten)]
     role_file: RoleFileArgs,
-    /// How long CMD has between SIGTERM and SIGKILL, on demotion or shutdown (e.g. 500ms, 10s, 1m).
-    #[arg(long, env = "LEADERLOCK_GRACE_PERIOD", default_value = "10s", value_parser = leaderlock::podside::parse_duration)]
+    /// How long CMD has between SIGTERM and SIGKILL, on demotion or shutdown. Duration syntax: 500ms, 10s, 1.5m or 2h (units ms, s, m, h; a bare number is seconds).
+    #[arg(long, env = "LEADERLOCK_GRACE_PERIOD", default_value = "10s", value_name = "DURATION", value_parser = contract::parse_duration)]
     grace_period: Duration,
     /// The command to run while leader, and its arguments, after `--`.
     #[arg(last = true, required = true, value_name = "CMD")]
@@ -166,9 +168,14 @@ fn root_prefix(s: &str) -> Result<String, String> {
     }
 }
 
-fn humantime_secs(s: &str) -> Result<Duration, String> {
-    let n = s.strip_suffix('s').unwrap_or(s);
-    n.parse::<f64>().map(Duration::from_secs_f64).map_err(|_| format!("{s:?} is not a duration like 5s"))
+/// etcd grants leases in whole seconds; below 2 s a busy replica could lose its lease between
+/// keep-alives, above 60 s a takeover would keep every LeaderLock waiting too long.
+fn election_ttl_secs(text: &str) -> Result<i64, String> {
+    let ttl = contract::parse_duration(text).map_err(|e| e.to_string())?;
+    match i64::try_from(ttl.as_secs()) {
+        Ok(secs @ 2..=60) if ttl.subsec_nanos() == 0 => Ok(secs),
+        _ => Err(format!("{text:?} is not a whole number of seconds from 2s to 60s")),
+    }
 }
 
 fn init_logging(cli: &Cli) {
@@ -278,5 +285,82 @@ fn main() -> ExitCode {
             args.grace_period,
             args.command,
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    /// Forms every duration flag takes, all within `--election-ttl`'s range, and what they mean.
+    const FORMS: [(&str, Duration); 6] = [
+        ("3", Duration::from_secs(3)),
+        ("3s", Duration::from_secs(3)),
+        ("3000ms", Duration::from_secs(3)),
+        ("0.5m", Duration::from_secs(30)),
+        ("1m", Duration::from_secs(60)),
+        (" 45s", Duration::from_secs(45)),
+    ];
+
+    #[test]
+    fn every_duration_flag_of_every_subcommand_takes_the_one_syntax_and_says_so() {
+        let cli = Cli::command();
+        let mut durations = Vec::new();
+        for sub in cli.get_subcommands() {
+            for arg in sub.get_arguments() {
+                let flag = arg.get_long().unwrap_or_default();
+                let is_duration = arg.get_value_names().is_some_and(|names| names == ["DURATION"]);
+                let named_like_one = ["timeout", "period", "ttl", "interval", "delay"].iter().any(|w| flag.ends_with(w));
+                assert_eq!(is_duration, named_like_one, "{} --{flag}: a duration flag has the value name DURATION", sub.get_name());
+                if !is_duration {
+                    continue;
+                }
+                let help = arg.get_help().map(ToString::to_string).unwrap_or_default();
+                assert!(help.contains(contract::DURATION_SYNTAX), "{} --{flag} help does not give the syntax: {help}", sub.get_name());
+                // Only this flag is judged: nothing else is required.
+                let alone = sub.clone().mut_args(|arg| arg.required(false));
+                for (form, _) in FORMS {
+                    let parsed = alone.clone().try_get_matches_from([sub.get_name().to_string(), format!("--{flag}={form}")]);
+                    assert!(parsed.is_ok(), "{} --{flag} {form:?}: {parsed:?}", sub.get_name());
+                }
+                durations.push(format!("{} --{flag}", sub.get_name()));
+            }
+        }
+        assert_eq!(durations, ["controller --etcd-timeout", "controller --election-ttl", "wait --timeout", "run --grace-period"]);
+    }
+
+    #[test]
+    fn etcd_timeout_and_the_pod_side_durations_mean_the_same_thing() {
+        for (form, expected) in FORMS.into_iter().chain([
+            ("500ms", Duration::from_millis(500)),
+            ("1.5s", Duration::from_millis(1500)),
+            ("1h", Duration::from_secs(3600)),
+        ]) {
+            let Ok(Cli { command: Command::Controller(args), .. }) =
+                Cli::try_parse_from(["leaderlock", "controller", "--etcd-timeout", form])
+            else {
+                panic!("--etcd-timeout {form} refused");
+            };
+            assert_eq!(args.etcd_timeout, expected, "--etcd-timeout {form}");
+            let Ok(Cli { command: Command::Run(args), .. }) =
+                Cli::try_parse_from(["leaderlock", "run", "--lock", "l", "--grace-period", form, "--", "true"])
+            else {
+                panic!("--grace-period {form} refused");
+            };
+            assert_eq!(args.grace_period, expected, "--grace-period {form}");
+        }
+    }
+
+    #[test]
+    fn the_election_ttl_is_whole_seconds_from_2_to_60() {
+        for (form, secs) in [("2", 2), ("3", 3), ("60", 60), ("5s", 5), ("1m", 60), ("2000ms", 2)] {
+            assert_eq!(election_ttl_secs(form), Ok(secs), "{form}");
+        }
+        for bad in ["1", "61", "1.5", "2500ms", "2h", "0", "soon"] {
+            assert!(election_ttl_secs(bad).is_err(), "{bad} accepted");
+        }
+        assert_eq!(election_ttl_secs("61").unwrap_err(), "\"61\" is not a whole number of seconds from 2s to 60s");
     }
 }

@@ -18,25 +18,7 @@ use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::core::{Expression, Selector};
 
-use crate::resource::GROUP;
-
-pub const LEADER: &str = "leader";
-pub const STANDBY: &str = "standby";
-
-/// `leaderlock.dev/<lock>`: the role annotation (and label, with `podLabels`).
-pub fn role_key(lock: &str) -> String {
-    format!("{GROUP}/{lock}")
-}
-
-/// `leaderlock.dev/<lock>.token`: the fencing token, on the holder only.
-pub fn token_key(lock: &str) -> String {
-    format!("{GROUP}/{lock}.token")
-}
-
-/// Whether an annotation or label key is one the controller owns.
-pub fn is_ours(key: &str) -> bool {
-    key.strip_prefix(GROUP).is_some_and(|rest| rest.starts_with('/'))
-}
+pub use crate::contract::{LEADER, STANDBY, is_ours, role_key, token_key};
 
 /// The `leaderlock.dev/*` entries of a pod's annotations or labels.
 fn ours(m: &Option<BTreeMap<String, String>>) -> impl Iterator<Item = (&String, &String)> {

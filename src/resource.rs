@@ -10,8 +10,8 @@ use kube::{CustomResource, CustomResourceExt, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-/// API group of every name LeaderLock owns: the CRD, the pod annotations and labels.
-pub const GROUP: &str = "leaderlock.dev";
+/// The API group lives in the contract; the `group` literal below is checked against it there.
+pub use crate::contract::GROUP;
 
 /// Desired state: which pods compete, for which locks.
 // `printcolumn(.., type_ = "string", ..)` repeats per column by design; clippy takes the repeats
@@ -61,7 +61,7 @@ pub struct LeaderLockSpec {
 #[serde(rename_all = "camelCase")]
 pub struct LockSpec {
     /// DNS-1123 label of at most 50 characters; it becomes part of the pod annotation key.
-    #[schemars(length(min = 1, max = 50), regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"))]
+    #[schemars(length(min = 1, max = crate::contract::MAX_LOCK_NAME_LEN), regex(pattern = crate::contract::LOCK_NAME_PATTERN))]
     pub name: String,
 
     /// Share the lock with non-Kubernetes etcd clients (e.g. `etcdctl lock`) by using this etcd

@@ -1,4 +1,4 @@
-//! The command line (SPEC §5): `--help` names every flag and its env var, bad flags and an
+//! The command line (docs/contract.md §5): `--help` names every flag and its env var, bad flags and an
 //! unreachable etcd fail with messages that say what to do, and logs can be JSON.
 use std::process::Command;
 
@@ -52,4 +52,38 @@ fn an_unreachable_etcd_fails_fast_with_a_json_log_line_that_says_what_to_check()
     assert_eq!(v["level"], "ERROR");
     let msg = v["fields"]["message"].as_str().unwrap();
     assert!(msg.contains("etcd") && (msg.contains("--etcd-endpoints") || msg.contains("timed out")), "{msg}");
+}
+
+/// The forms `--grace-period` has always taken; every duration flag takes them all.
+const DURATION_FORMS: [&str; 5] = ["500ms", "1.5s", "2m", "1h", "3"];
+
+#[test]
+fn etcd_timeout_takes_the_same_duration_forms_as_grace_period() {
+    for form in DURATION_FORMS {
+        let out = leaderlock(&["controller", "--etcd-endpoints", "http://127.0.0.1:1", "--etcd-timeout", form, "--election-ttl", "2"]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!stderr.contains("invalid value"), "--etcd-timeout {form} refused: {stderr}");
+        assert!(stderr.contains("etcd"), "got past flag parsing to etcd with --etcd-timeout {form}: {stderr}");
+    }
+}
+
+#[test]
+fn every_duration_flag_says_the_syntax_in_help_and_refuses_a_bad_value_with_it() {
+    let role_file: &[&str] = &["--lock", "l"];
+    for (sub, flag, rest) in [
+        ("controller", "--etcd-timeout", &[][..]),
+        ("controller", "--election-ttl", &[][..]),
+        ("wait", "--timeout", role_file),
+        ("run", "--grace-period", &["--lock", "l", "--", "true"][..]),
+    ] {
+        let help = String::from_utf8(leaderlock(&[sub, "--help"]).stdout).unwrap();
+        let line = help.lines().find(|l| l.trim_start().starts_with(flag)).unwrap_or_else(|| panic!("{flag} not in {sub} --help"));
+        assert!(line.contains("<DURATION>"), "{sub} {flag}: {line}");
+        assert!(help.contains("500ms, 10s, 1.5m or 2h"), "{sub} --help does not give the duration syntax:\n{help}");
+
+        let out = leaderlock(&[&[sub, flag, "soon"][..], rest].concat());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{sub} {flag} soon: {stderr}");
+        assert!(stderr.contains("\"soon\" is not a duration") && stderr.contains("500ms, 10s, 1.5m or 2h"), "{sub} {flag}: {stderr}");
+    }
 }

@@ -1,4 +1,4 @@
-//! The pod-side helper (`leaderlock role|wait|run`, SPEC §3) run as the real binary against a
+//! The pod-side helper (`leaderlock role|wait|run`, docs/contract.md §3) run as the real binary against a
 //! directory that kubelet's downward-API AtomicWriter would maintain: a timestamped dir, the
 //! `..data` symlink swapped by renaming `..data_tmp` over it, the old dir removed, and the
 //! visible files as symlinks through `..data`. No Kubernetes, no etcd.
@@ -359,6 +359,48 @@ fn role_exits_2_on_garbage() {
             assert_eq!(output.status.code(), Some(2), "{file:?} with {annotations:?} / {single:?}");
             assert!(stderr(&output).contains("is not a downward-API projection"), "{}", stderr(&output));
         }
+    }
+}
+
+/// `mkfifo` in `dir`, reached like kubelet's files: through a symlink.
+fn fifo_behind_a_symlink(dir: &Path) -> PathBuf {
+    let fifo = dir.join("pipe");
+    let made = Command::new("mkfifo").arg(&fifo).status().unwrap();
+    assert!(made.success(), "mkfifo failed");
+    let link = dir.join("annotations-pipe");
+    symlink(&fifo, &link).unwrap();
+    link
+}
+
+#[test]
+fn role_wait_and_run_exit_2_at_once_on_a_fifo_instead_of_blocking() {
+    let volume = Volume::new(State::Leader(1));
+    let fifo = fifo_behind_a_symlink(volume.dir.path());
+    let file = fifo.to_str().unwrap();
+    for args in [
+        vec!["role", "--lock", LOCK, "--file", file],
+        vec!["wait", "--lock", LOCK, "--file", file],
+        vec!["run", "--lock", LOCK, "--file", file, "--", "true"],
+    ] {
+        let mut helper = Running::start(command(&args));
+        let status = helper.exit_within(DEADLINE);
+        assert!(status.is_some(), "`leaderlock {}` blocked on a FIFO; stderr:\n{}", args[0], helper.stderr());
+        assert_eq!(status.and_then(|s| s.code()), Some(2), "{}", helper.stderr());
+        until("the error message", || helper.stderr().contains("error:"), || helper.stderr());
+        let message = helper.stderr();
+        assert!(message.contains("is a FIFO") && message.contains("regular file"), "{}: {message}", args[0]);
+        assert!(helper.stdout().is_empty(), "{}", helper.stdout());
+    }
+}
+
+#[test]
+fn role_exits_2_naming_what_the_file_is_when_it_is_a_directory_or_a_device() {
+    let volume = Volume::new(State::Leader(1));
+    for (file, kind) in [(volume.dir.path().to_path_buf(), "is a directory"), (PathBuf::from("/dev/null"), "is a character device")] {
+        let output = role(&file);
+        assert_eq!(output.status.code(), Some(2), "{file:?}");
+        let message = stderr(&output);
+        assert!(message.contains(kind) && message.contains("regular file"), "{file:?}: {message}");
     }
 }
 

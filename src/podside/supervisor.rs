@@ -1,0 +1,259 @@
+//! `leaderlock run`: a supervisor that runs CMD only while the pod is leader, stops it with
+//! SIGTERM then SIGKILL on demotion, and forwards the signals `run` receives.
+
+use std::ffi::OsString;
+use std::io;
+use std::path::Path;
+use std::process::ExitStatus;
+use std::time::Duration;
+
+use nix::sys::signal::{Signal, kill, killpg};
+use nix::unistd::Pid;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::time::Instant;
+
+use super::rolefile::Role;
+use super::watch::RoleWatch;
+use super::{PodsideError, describe, fail, runtime};
+
+/// Environment variable through which `run` hands the fencing token to CMD (when known).
+pub const TOKEN_ENV: &str = "LEADERLOCK_FENCING_TOKEN";
+
+/// `leaderlock run`: runs CMD only while leader. Exits with CMD's status when CMD ends on its own
+/// while leader or after a forwarded SIGTERM/SIGINT (128 + signal if nothing was running), and
+/// 2 when the helper fails (CMD is stopped first).
+pub fn run_main(path: &Path, lock: &str, grace: Duration, command: Vec<OsString>) -> u8 {
+    let result = runtime().and_then(|rt| rt.block_on(Supervisor::new(lock, grace, command).run(path)));
+    match result {
+        Ok(code) => code,
+        Err(e) => fail("run", &e),
+    }
+}
+
+/// Why `run` is winding down: once CMD is gone it exits.
+enum Shutdown {
+    /// SIGTERM or SIGINT received and forwarded.
+    Signal(Signal),
+    /// The role file turned unreadable: CMD cannot be known to be leader any more.
+    Failed(PodsideError),
+}
+
+/// The running CMD.
+struct Child {
+    process: tokio::process::Child,
+    token: Option<i64>,
+    /// When SIGKILL is due, once a stop has begun.
+    kill_at: Option<Instant>,
+    killed: bool,
+}
+
+impl Child {
+    /// Signals CMD's whole process group (CMD runs in its own), so `sh -c` pipelines stop too.
+    /// The pid is only used while CMD is not reaped, so it cannot have been reused.
+    fn signal(&self, sig: Signal) {
+        let Some(pid) = self.process.id().and_then(|pid| i32::try_from(pid).ok()).map(Pid::from_raw) else {
+            return;
+        };
+        if killpg(pid, sig).is_err() {
+            let _ = kill(pid, sig);
+        }
+    }
+
+    /// SIGTERM (or a forwarded signal) now, SIGKILL after the grace period unless already due.
+    fn stop(&mut self, sig: Signal, grace: Duration) {
+        self.signal(sig);
+        self.kill_at.get_or_insert_with(|| Instant::now() + grace);
+    }
+
+    fn stopping(&self) -> bool {
+        self.kill_at.is_some()
+    }
+
+    fn kill_due(&self) -> Option<Instant> {
+        self.kill_at.filter(|_| !self.killed)
+    }
+}
+
+struct Supervisor {
+    lock: String,
+    grace: Duration,
+    command: Vec<OsString>,
+    child: Option<Child>,
+    shutdown: Option<Shutdown>,
+}
+
+impl Supervisor {
+    fn new(lock: &str, grace: Duration, command: Vec<OsString>) -> Self {
+        Self { lock: lock.to_string(), grace, command, child: None, shutdown: None }
+    }
+
+    async fn run(mut self, path: &Path) -> Result<u8, PodsideError> {
+        if self.command.is_empty() {
+            return Err(PodsideError::NoCommand);
+        }
+        // Handlers first: a signal that arrives once CMD exists must be forwarded, not fatal.
+        let mut sigterm = signal(SignalKind::terminate()).map_err(PodsideError::Runtime)?;
+        let mut sigint = signal(SignalKind::interrupt()).map_err(PodsideError::Runtime)?;
+        let mut watch = RoleWatch::start(path, &self.lock)?;
+        let mut role = watch.read()?;
+        self.log_role(role.as_ref());
+        loop {
+            if self.shutdown.is_none() {
+                self.reconcile(role)?;
+            }
+            if self.child.is_none()
+                && let Some(shutdown) = self.shutdown.take()
+            {
+                return match shutdown {
+                    Shutdown::Signal(sig) => Ok(u8::try_from(128 + sig as i32).unwrap_or(255)),
+                    Shutdown::Failed(e) => Err(e),
+                };
+            }
+            let kill_due = self.child.as_ref().and_then(Child::kill_due);
+            tokio::select! {
+                status = wait_child(&mut self.child) => {
+                    if let Some(code) = self.on_exit(status)? {
+                        return Ok(code);
+                    }
+                }
+                () = sleep_until(kill_due) => self.kill(),
+                () = watch.changed(), if self.shutdown.is_none() => match watch.read() {
+                    Ok(new) => {
+                        if new != role {
+                            self.log_role(new.as_ref());
+                        }
+                        role = new;
+                    }
+                    Err(e) => self.begin_shutdown(Shutdown::Failed(e)),
+                },
+                _ = sigterm.recv() => self.begin_shutdown(Shutdown::Signal(Signal::SIGTERM)),
+                _ = sigint.recv() => self.begin_shutdown(Shutdown::Signal(Signal::SIGINT)),
+            }
+        }
+    }
+
+    fn log_role(&self, role: Option<&Role>) {
+        tracing::info!("lock {}: {}", self.lock, describe(role));
+    }
+
+    /// Brings CMD in line with the role: start when leader, stop when not, restart when the
+    /// fencing token changed (another holder may have come and gone in between).
+    fn reconcile(&mut self, role: Option<Role>) -> Result<(), PodsideError> {
+        let grace = self.grace;
+        match (role, self.child.as_mut()) {
+            (Some(Role::Leader { token }), None) => self.spawn(token)?,
+            (Some(Role::Leader { token: Some(new) }), Some(child)) if !child.stopping() => {
+                if let Some(old) = child.token.filter(|old| *old != new) {
+                    tracing::info!("lock {}: fencing token changed {old} -> {new}, restarting the command: sending SIGTERM", self.lock);
+                    child.stop(Signal::SIGTERM, grace);
+                }
+            }
+            (Some(Role::Leader { .. }), Some(_)) => {}
+            (_, Some(child)) if !child.stopping() => {
+                tracing::info!(
+                    "lock {}: no longer leader, sending SIGTERM to the command (pid {}), SIGKILL in {grace:?}",
+                    self.lock,
+                    child.process.id().unwrap_or(0)
+                );
+                child.stop(Signal::SIGTERM, grace);
+            }
+            (_, _) => {}
+        }
+        Ok(())
+    }
+
+    fn spawn(&mut self, token: Option<i64>) -> Result<(), PodsideError> {
+        let (program, args) = self.command.split_first().ok_or(PodsideError::NoCommand)?;
+        let mut command = tokio::process::Command::new(program);
+        command.args(args).process_group(0).kill_on_drop(true);
+        match token {
+            Some(token) => command.env(TOKEN_ENV, token.to_string()),
+            None => command.env_remove(TOKEN_ENV),
+        };
+        let process = command.spawn().map_err(|source| PodsideError::Spawn { program: program.clone(), source })?;
+        tracing::info!("lock {}: leader, started the command (pid {})", self.lock, process.id().unwrap_or(0));
+        self.child = Some(Child { process, token, kill_at: None, killed: false });
+        Ok(())
+    }
+
+    /// CMD ended: `Some(code)` when `run` should exit with it, `None` to keep supervising.
+    fn on_exit(&mut self, status: io::Result<ExitStatus>) -> Result<Option<u8>, PodsideError> {
+        let stopped = self.child.take().is_some_and(|child| child.stopping());
+        let status = status.map_err(PodsideError::WaitChild)?;
+        let code = shell_exit_code(status);
+        tracing::info!("lock {}: the command exited ({status})", self.lock);
+        match self.shutdown.take() {
+            Some(Shutdown::Signal(_)) => Ok(Some(code)),
+            Some(Shutdown::Failed(e)) => Err(e),
+            None if stopped => Ok(None),
+            None => {
+                tracing::info!("lock {}: the command ended by itself while leader, exiting with {code}", self.lock);
+                Ok(Some(code))
+            }
+        }
+    }
+
+    fn kill(&mut self) {
+        if let Some(child) = self.child.as_mut() {
+            tracing::warn!("lock {}: the command did not exit within {:?} of SIGTERM, sending SIGKILL", self.lock, self.grace);
+            child.signal(Signal::SIGKILL);
+            child.killed = true;
+        }
+    }
+
+    /// Stops CMD (forwarding the signal received, or SIGTERM on failure), then exits once it is gone.
+    fn begin_shutdown(&mut self, shutdown: Shutdown) {
+        let sig = match &shutdown {
+            Shutdown::Signal(sig) => {
+                tracing::info!("lock {}: received {sig}, forwarding it to the command", self.lock);
+                *sig
+            }
+            Shutdown::Failed(e) => {
+                tracing::error!("lock {}: {e}; stopping the command before exiting", self.lock);
+                Signal::SIGTERM
+            }
+        };
+        if let Some(child) = self.child.as_mut() {
+            child.stop(sig, self.grace);
+        }
+        self.shutdown = Some(shutdown);
+    }
+}
+
+async fn wait_child(child: &mut Option<Child>) -> io::Result<ExitStatus> {
+    match child {
+        Some(child) => child.process.wait().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The exit status a shell would report: the code, or 128 + the signal that killed the process.
+pub fn shell_exit_code(status: ExitStatus) -> u8 {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(code), _) => u8::try_from(code & 0xff).unwrap_or(1),
+        (None, Some(signal)) => u8::try_from(128 + signal).unwrap_or(255),
+        (None, None) => 1,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_codes_follow_shell_conventions() {
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(shell_exit_code(ExitStatus::from_raw(7 << 8)), 7);
+        assert_eq!(shell_exit_code(ExitStatus::from_raw(0)), 0);
+        assert_eq!(shell_exit_code(ExitStatus::from_raw(15)), 143);
+        assert_eq!(shell_exit_code(ExitStatus::from_raw(9)), 137);
+    }
+}
