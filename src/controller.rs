@@ -608,7 +608,6 @@ pub async fn run(client: kube::Client, engine: Arc<Engine>, settings: Settings) 
                     let _ = lls_synced.wait_for(|synced| *synced).await;
                     let start = std::time::Instant::now();
                     let result = reconcile(ll, ctx.clone()).await;
-                    ctx.metrics.watch_restarts.set(ctx.engine.mirror().restarts() as i64);
                     ctx.metrics.observe_reconcile(start.elapsed(), result.as_ref().err().map(Error::label));
                     result
                 }

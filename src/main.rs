@@ -209,6 +209,8 @@ async fn run_controller(args: Box<ControllerArgs>) -> Result<(), Box<dyn std::er
     tracing::info!(key = %key, "active: this replica reconciles");
     let engine_cfg = EngineConfig { root: args.etcd_prefix, allowed_prefixes: args.allowed_key_prefixes, call_timeout: args.etcd_timeout };
     let engine = Arc::new(Engine::start(etcd_client, engine_cfg).await?);
+    let watched = engine.clone();
+    metrics.sample_watch_restarts(Box::new(move || watched.mirror().restarts()));
     let settings = Settings { instance: args.instance, metrics, namespace: args.namespace, concurrency: args.max_concurrent_reconciles };
     tokio::select! {
         () = controller::run(kube_client, engine, settings) => {
