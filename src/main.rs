@@ -197,8 +197,8 @@ async fn run_controller(args: Box<ControllerArgs>) -> Result<(), Box<dyn std::er
         .await
         .map_err(|e| format!("cannot build a Kubernetes client (KUBECONFIG or in-cluster config): {e}"))?;
     let metrics = Arc::new(Metrics::default());
-    let bound = leaderlock::http::serve(args.http_addr, metrics.clone()).await?;
-    tracing::info!(addr = %bound, "serving /metrics, /healthz and /readyz");
+    let http = leaderlock::http::Server::bind(args.http_addr, metrics.clone(), leaderlock::http::Timeouts::default()).await?;
+    tracing::info!(addr = %http.local_addr(), "serving /metrics, /healthz and /readyz");
 
     // Only one replica acts at a time; the others wait on a watch of etcd's election key. The
     // election runs on its own thread and etcd connection, so no burst of reconciles can delay
@@ -215,6 +215,7 @@ async fn run_controller(args: Box<ControllerArgs>) -> Result<(), Box<dyn std::er
     tokio::select! {
         () = controller::run(kube_client, engine, settings) => {
             leadership.resign().await;
+            http.shutdown().await;
             Ok(())
         }
         () = leadership.lost() => Err("lost the controller election lease (etcd unreachable for longer than --election-ttl); exiting so a standby takes over".into()),
