@@ -159,11 +159,7 @@ struct RunArgs {
 }
 
 fn root_prefix(s: &str) -> Result<String, String> {
-    if s.starts_with('/') && s.ends_with('/') {
-        Ok(s.to_string())
-    } else {
-        Err("the etcd prefix must start and end with '/'".into())
-    }
+    if s.starts_with('/') && s.ends_with('/') { Ok(s.to_string()) } else { Err("the etcd prefix must start and end with '/'".into()) }
 }
 
 fn humantime_secs(s: &str) -> Result<Duration, String> {
@@ -172,8 +168,8 @@ fn humantime_secs(s: &str) -> Result<Duration, String> {
 }
 
 fn init_logging(cli: &Cli) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&cli.log_level));
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&cli.log_level));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
     match cli.log_format {
@@ -203,7 +199,8 @@ async fn run_controller(args: Box<ControllerArgs>) -> Result<(), Box<dyn std::er
     // Only one replica acts at a time; the others wait on a watch of etcd's election key. The
     // election runs on its own thread and etcd connection, so no burst of reconciles can delay
     // the keep-alives that keep this replica active.
-    let mut leadership = election::ElectionThread::start(etcd_cfg.clone(), args.etcd_prefix.clone(), args.instance.clone(), args.election_ttl)?;
+    let mut leadership =
+        election::ElectionThread::start(etcd_cfg.clone(), args.etcd_prefix.clone(), args.instance.clone(), args.election_ttl)?;
     let key = leadership.elected().await?;
     metrics.set_active(true);
     tracing::info!(key = %key, "active: this replica reconciles");
@@ -272,14 +269,9 @@ fn main() -> ExitCode {
             }
         }
         Command::Role(args) => ExitCode::from(leaderlock::podside::role_main(&args.role_file.file, &args.role_file.lock)),
-        Command::Wait(args) => {
-            ExitCode::from(leaderlock::podside::wait_main(&args.role_file.file, &args.role_file.lock, args.timeout))
+        Command::Wait(args) => ExitCode::from(leaderlock::podside::wait_main(&args.role_file.file, &args.role_file.lock, args.timeout)),
+        Command::Run(args) => {
+            ExitCode::from(leaderlock::podside::run_main(&args.role_file.file, &args.role_file.lock, args.grace_period, args.command))
         }
-        Command::Run(args) => ExitCode::from(leaderlock::podside::run_main(
-            &args.role_file.file,
-            &args.role_file.lock,
-            args.grace_period,
-            args.command,
-        )),
     }
 }

@@ -123,8 +123,7 @@ pub fn parse_annotations(content: &str) -> Result<BTreeMap<String, String>, Pars
             .split_once('=')
             .filter(|(key, _)| !key.is_empty() && !key.contains(char::is_whitespace))
             .ok_or_else(|| ParseError::NotKeyValue { line, text: text.to_string() })?;
-        let value =
-            go_unquote(quoted).map_err(|reason| ParseError::BadQuote { line, reason, text: text.to_string() })?;
+        let value = go_unquote(quoted).map_err(|reason| ParseError::BadQuote { line, reason, text: text.to_string() })?;
         annotations.insert(key.to_string(), value);
     }
     Ok(annotations)
@@ -221,10 +220,8 @@ fn octal_byte(first: char, chars: &mut Chars<'_>) -> Result<u8, String> {
 /// Exactly `count` digits in `radix`.
 fn digits(chars: &mut Chars<'_>, count: usize, radix: u32) -> Result<u32, String> {
     (0..count).try_fold(0u32, |acc, _| {
-        let digit = chars
-            .next()
-            .and_then(|c| c.to_digit(radix))
-            .ok_or_else(|| format!("expected {count} base-{radix} digits in an escape"))?;
+        let digit =
+            chars.next().and_then(|c| c.to_digit(radix)).ok_or_else(|| format!("expected {count} base-{radix} digits in an escape"))?;
         Ok(acc * radix + digit)
     })
 }
@@ -285,9 +282,7 @@ pub fn shell_exit_code(status: ExitStatus) -> u8 {
 /// Why a pod-side command cannot go on.
 #[derive(Debug, thiserror::Error)]
 pub enum PodsideError {
-    #[error(
-        "cannot read the role file {path}: {source}; mount the downward-API volume there or point --file (LEADERLOCK_ROLE_FILE) at it"
-    )]
+    #[error("cannot read the role file {path}: {source}; mount the downward-API volume there or point --file (LEADERLOCK_ROLE_FILE) at it")]
     Read { path: PathBuf, source: io::Error },
     #[error(
         "{path} is not a downward-API projection of metadata.annotations or of metadata.annotations['leaderlock.dev/<lock>']: {source}"
@@ -316,8 +311,8 @@ pub enum PodsideError {
 /// Reads and parses the role file once; `None` when the annotation is absent.
 pub fn read_role(path: &Path, lock: &str) -> Result<Option<Role>, PodsideError> {
     let content = read_retrying(path).map_err(|source| PodsideError::Read { path: path.to_path_buf(), source })?;
-    let content = String::from_utf8(content)
-        .map_err(|_| PodsideError::Garbage { path: path.to_path_buf(), source: ParseError::NotUtf8 })?;
+    let content =
+        String::from_utf8(content).map_err(|_| PodsideError::Garbage { path: path.to_path_buf(), source: ParseError::NotUtf8 })?;
     role_in(&content, lock).map_err(|source| PodsideError::Garbage { path: path.to_path_buf(), source })
 }
 
@@ -373,10 +368,7 @@ impl RoleWatch {
         match tokio::time::timeout(SAFETY_REREAD, self.events.recv()).await {
             Ok(Some(())) | Err(_) => while self.events.try_recv().is_ok() {},
             Ok(None) => {
-                tracing::warn!(
-                    "file-system notifications stopped; re-reading {} every {SAFETY_REREAD:?}",
-                    self.path.display()
-                );
+                tracing::warn!("file-system notifications stopped; re-reading {} every {SAFETY_REREAD:?}", self.path.display());
                 self.closed = true;
             }
         }
@@ -593,10 +585,7 @@ impl Supervisor {
             (Some(Role::Leader { token }), None) => self.spawn(token)?,
             (Some(Role::Leader { token: Some(new) }), Some(child)) if !child.stopping() => {
                 if let Some(old) = child.token.filter(|old| *old != new) {
-                    tracing::info!(
-                        "lock {}: fencing token changed {old} -> {new}, restarting the command: sending SIGTERM",
-                        self.lock
-                    );
+                    tracing::info!("lock {}: fencing token changed {old} -> {new}, restarting the command: sending SIGTERM", self.lock);
                     child.stop(Signal::SIGTERM, grace);
                 }
             }
@@ -647,11 +636,7 @@ impl Supervisor {
 
     fn kill(&mut self) {
         if let Some(child) = self.child.as_mut() {
-            tracing::warn!(
-                "lock {}: the command did not exit within {:?} of SIGTERM, sending SIGKILL",
-                self.lock,
-                self.grace
-            );
+            tracing::warn!("lock {}: the command did not exit within {:?} of SIGTERM, sending SIGKILL", self.lock, self.grace);
             child.signal(Signal::SIGKILL);
             child.killed = true;
         }
@@ -694,7 +679,8 @@ async fn sleep_until(deadline: Option<Instant>) {
 pub fn copy_self(dest: &Path) -> Result<(), std::io::Error> {
     use std::os::unix::fs::PermissionsExt;
     let me = std::env::current_exe()?;
-    std::fs::copy(&me, dest).map_err(|e| std::io::Error::new(e.kind(), format!("cannot copy {} to {}: {e}", me.display(), dest.display())))?;
+    std::fs::copy(&me, dest)
+        .map_err(|e| std::io::Error::new(e.kind(), format!("cannot copy {} to {}: {e}", me.display(), dest.display())))?;
     std::fs::set_permissions(dest, std::fs::Permissions::from_mode(0o755))
 }
 
@@ -782,19 +768,7 @@ leaderlock.dev/nightly-report="standby""#;
 
     #[test]
     fn go_unquote_rejects_what_go_rejects() {
-        for bad in [
-            r#"x"#,
-            r#"""#,
-            r#""a"#,
-            r#"a""#,
-            r#""a"b""#,
-            r#""\""#,
-            r#""\q""#,
-            r#""\x4""#,
-            r#""\400""#,
-            r#""\uD800""#,
-            r#""\'""#,
-        ] {
+        for bad in [r#"x"#, r#"""#, r#""a"#, r#"a""#, r#""a"b""#, r#""\""#, r#""\q""#, r#""\x4""#, r#""\400""#, r#""\uD800""#, r#""\'""#] {
             assert!(go_unquote(bad).is_err(), "{bad} should be rejected");
         }
     }

@@ -64,12 +64,18 @@ pub fn resolve_namespace(
                 if let Some(owner) = names.get(lock.name.as_str()).filter(|_| local) {
                     Resolution::Rejected {
                         reason: reasons::LOCK_NAME_CONFLICT,
-                        message: format!("lock {:?} is already used by LeaderLock {owner:?} in this namespace (the older one keeps it); rename this lock", lock.name),
+                        message: format!(
+                            "lock {:?} is already used by LeaderLock {owner:?} in this namespace (the older one keeps it); rename this lock",
+                            lock.name
+                        ),
                     }
                 } else if let Some((p, owner)) = taken.iter().find(|(p, _)| overlaps(p, &prefix)) {
                     Resolution::Rejected {
                         reason: reasons::LOCK_NAME_CONFLICT,
-                        message: format!("lock {:?} uses etcd prefix {prefix}, which overlaps {p} of LeaderLock {owner:?}; choose another etcdKey", lock.name),
+                        message: format!(
+                            "lock {:?} uses etcd prefix {prefix}, which overlaps {p} of LeaderLock {owner:?}; choose another etcdKey",
+                            lock.name
+                        ),
                     }
                 } else {
                     Resolution::Accepted(prefix)
@@ -146,9 +152,14 @@ mod tests {
 
     #[test]
     fn the_older_leaderlock_keeps_a_contested_lock_name() {
-        let r = resolve_namespace(&[ll("newer", 10, &[("a", None), ("b", None)]), ll("older", 0, &[("a", None)])], &[], prefix_of, |_, _| false);
+        let r =
+            resolve_namespace(&[ll("newer", 10, &[("a", None), ("b", None)]), ll("older", 0, &[("a", None)])], &[], prefix_of, |_, _| {
+                false
+            });
         assert_eq!(r["older"], vec![("a".into(), Resolution::Accepted("/ll/locks/ns/a".into()))]);
-        assert!(matches!(&r["newer"][0].1, Resolution::Rejected { reason, message } if *reason == reasons::LOCK_NAME_CONFLICT && message.contains("\"older\"")));
+        assert!(
+            matches!(&r["newer"][0].1, Resolution::Rejected { reason, message } if *reason == reasons::LOCK_NAME_CONFLICT && message.contains("\"older\""))
+        );
         assert_eq!(r["newer"][1].1, Resolution::Accepted("/ll/locks/ns/b".into()));
     }
 

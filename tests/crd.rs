@@ -51,9 +51,21 @@ const INVALID: &[(&str, &str, &str)] = &[
     ("lock name of 51 characters", "", "spec.locks[0].name: Too long"),
     ("duplicate lock names", "selector: {matchLabels: {app: x}}\n  locks: [{name: a}, {name: a}]", "spec.locks[1]: Duplicate value"),
     ("ttlSeconds below 5", "selector: {matchLabels: {app: x}}\n  locks: [{name: a}]\n  ttlSeconds: 4", "spec.ttlSeconds: Invalid value: 4"),
-    ("ttlSeconds above 3600", "selector: {matchLabels: {app: x}}\n  locks: [{name: a}]\n  ttlSeconds: 3601", "spec.ttlSeconds: Invalid value: 3601"),
-    ("relative etcdKey", "selector: {matchLabels: {app: x}}\n  locks: [{name: a, etcdKey: legacy/a}]", "spec.locks[0].etcdKey: Invalid value"),
-    ("etcdKey ending in /", "selector: {matchLabels: {app: x}}\n  locks: [{name: a, etcdKey: /legacy/}]", "spec.locks[0].etcdKey: Invalid value"),
+    (
+        "ttlSeconds above 3600",
+        "selector: {matchLabels: {app: x}}\n  locks: [{name: a}]\n  ttlSeconds: 3601",
+        "spec.ttlSeconds: Invalid value: 3601",
+    ),
+    (
+        "relative etcdKey",
+        "selector: {matchLabels: {app: x}}\n  locks: [{name: a, etcdKey: legacy/a}]",
+        "spec.locks[0].etcdKey: Invalid value",
+    ),
+    (
+        "etcdKey ending in /",
+        "selector: {matchLabels: {app: x}}\n  locks: [{name: a, etcdKey: /legacy/}]",
+        "spec.locks[0].etcdKey: Invalid value",
+    ),
     ("unknown field", "selector: {matchLabels: {app: x}}\n  locks: [{name: a}]\n  ttl: 10", "unknown field \"spec.ttl\""),
     ("ttlSeconds of the wrong type", "selector: {matchLabels: {app: x}}\n  locks: [{name: a}]\n  ttlSeconds: soon", "spec.ttlSeconds"),
 ];

@@ -8,10 +8,10 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::etcd::{ChildGuard, EtcdCluster, EtcdServer, TcpProxy, etcd_bin};
 use common::env;
+use common::etcd::{ChildGuard, EtcdCluster, EtcdServer, TcpProxy, etcd_bin};
 use leaderlock::etcd::engine::{Engine, EngineConfig};
-use leaderlock::etcd::{EtcdConfig, Error, connect};
+use leaderlock::etcd::{Error, EtcdConfig, connect};
 use leaderlock::lock::Candidate;
 
 fn cand(i: usize) -> Candidate {
@@ -162,7 +162,9 @@ async fn etcdctl_lock_holder_is_external_and_its_release_hands_the_lock_to_our_f
     assert_eq!((h.key.as_str(), h.candidate.as_deref()), (external_key.as_str(), None), "holder must be etcdctl's key");
 
     etcdctl.terminate();
-    let h = until_mirror(&engine, "our candidate to hold", Duration::from_secs(10), |e| e.holder(&prefix).filter(|h| h.candidate.is_some())).await;
+    let h =
+        until_mirror(&engine, "our candidate to hold", Duration::from_secs(10), |e| e.holder(&prefix).filter(|h| h.candidate.is_some()))
+            .await;
     assert_eq!(h.candidate.as_deref(), Some("uid-0"));
     assert_eq!(engine.sync(&prefix, &cands(2), 15).await.unwrap(), vec![], "the external key was never ours to touch");
 }
@@ -279,9 +281,12 @@ async fn tls_with_client_certificates_and_password_auth() {
     cfg.username = Some("leaderlock".into());
     cfg.password = Some("s3cret".into());
     let client = connect(&cfg).await.unwrap();
-    let engine = Engine::start(client, EngineConfig { root: "/leaderlock.dev/".into(), allowed_prefixes: vec![], call_timeout: Duration::from_secs(5) })
-        .await
-        .unwrap();
+    let engine = Engine::start(
+        client,
+        EngineConfig { root: "/leaderlock.dev/".into(), allowed_prefixes: vec![], call_timeout: Duration::from_secs(5) },
+    )
+    .await
+    .unwrap();
     let prefix = engine.lock_prefix("shop", "ledger", None).unwrap();
     engine.sync(&prefix, &cands(2), 15).await.unwrap();
     assert_eq!(engine.holder(&prefix).unwrap().candidate.as_deref(), Some("uid-0"));
@@ -332,7 +337,8 @@ async fn a_partitioned_mirror_relists_when_its_revision_was_compacted() {
     assert!(etcd.etcdctl(&["compact", &rev.to_string()]).status.success());
     proxy.restore().await;
 
-    let h = until_mirror(&engine, "the relisted mirror", Duration::from_secs(20), |e| e.holder(&prefix).filter(|h| h.key != first.key)).await;
+    let h =
+        until_mirror(&engine, "the relisted mirror", Duration::from_secs(20), |e| e.holder(&prefix).filter(|h| h.key != first.key)).await;
     assert_eq!(h.candidate.as_deref(), Some("uid-1"));
 }
 
@@ -343,11 +349,8 @@ fn etcd_keys_outside_the_root_and_allowed_prefixes_are_refused() {
         let endpoint = env("LEADERLOCK_ETCD_ENDPOINTS");
         let client = connect(&EtcdConfig::new(vec![endpoint])).await.unwrap();
         let root = unique_root("allowed");
-        let cfg = EngineConfig {
-            root: root.clone(),
-            allowed_prefixes: vec!["/legacy/locks/".into()],
-            call_timeout: Duration::from_secs(5),
-        };
+        let cfg =
+            EngineConfig { root: root.clone(), allowed_prefixes: vec!["/legacy/locks/".into()], call_timeout: Duration::from_secs(5) };
         let engine = Engine::start(client, cfg).await.unwrap();
         assert_eq!(engine.lock_prefix("ns", "a", Some("/legacy/locks/a")).unwrap(), "/legacy/locks/a");
         let own = format!("{root}locks/ns/custom");

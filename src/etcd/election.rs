@@ -94,10 +94,8 @@ pub async fn campaign(client: &Client, root: &str, instance: &str, ttl: i64, tim
 
 /// Waits (on a watch) until `key` is deleted.
 async fn wait_deleted(c: &mut Client, key: Vec<u8>, from: i64) -> Result<()> {
-    let mut stream = c
-        .watch(key, Some(WatchOptions::new().with_start_revision(from)))
-        .await
-        .map_err(|source| Error::Call { op: "watch", source })?;
+    let mut stream =
+        c.watch(key, Some(WatchOptions::new().with_start_revision(from))).await.map_err(|source| Error::Call { op: "watch", source })?;
     loop {
         match stream.message().await {
             Ok(Some(r)) if r.events().iter().any(|e| e.event_type() == EventType::Delete) => return Ok(()),

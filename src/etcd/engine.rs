@@ -138,10 +138,8 @@ impl Engine {
 
     /// Deletes every key of ours under `prefix` (a LeaderLock or lock removed).
     pub async fn release_all(&self, prefix: &str) -> Result<usize> {
-        let ops: Vec<Op> = lock::plan(prefix, &self.keys(prefix), &[], 0)
-            .into_iter()
-            .filter(|op| matches!(op, Op::Delete { .. }))
-            .collect();
+        let ops: Vec<Op> =
+            lock::plan(prefix, &self.keys(prefix), &[], 0).into_iter().filter(|op| matches!(op, Op::Delete { .. })).collect();
         self.apply_all(prefix, &ops, |_| {}).await?;
         Ok(ops.len())
     }
@@ -170,9 +168,11 @@ fn txn_for(prefix: &str, op: &Op) -> (&'static str, Txn) {
         ),
         Op::Reattach { key, mod_revision, value, lease } => (
             "reattach candidate key",
-            Txn::new()
-                .when([Compare::mod_revision(key.clone(), CompareOp::Equal, *mod_revision)])
-                .and_then([TxnOp::put(key.clone(), value.clone(), Some(PutOptions::new().with_lease(*lease)))]),
+            Txn::new().when([Compare::mod_revision(key.clone(), CompareOp::Equal, *mod_revision)]).and_then([TxnOp::put(
+                key.clone(),
+                value.clone(),
+                Some(PutOptions::new().with_lease(*lease)),
+            )]),
         ),
     }
 }

@@ -202,8 +202,7 @@ async fn relist(client: &Client, inner: &Inner, timeout: Duration) -> Result<()>
     }
     let changed: Vec<String> = {
         let mut state = inner.state.write().expect("mirror lock poisoned");
-        let mut changed: Vec<String> =
-            state.keys.iter().filter(|(k, v)| fresh.get(*k) != Some(*v)).map(|(k, _)| k.clone()).collect();
+        let mut changed: Vec<String> = state.keys.iter().filter(|(k, v)| fresh.get(*k) != Some(*v)).map(|(k, _)| k.clone()).collect();
         changed.extend(fresh.iter().filter(|(k, _)| !state.keys.contains_key(*k)).map(|(k, _)| k.clone()));
         state.keys = fresh;
         state.progress = vec![at; inner.ranges.len()];

@@ -33,7 +33,9 @@ pub enum Error {
     Denied { op: &'static str, source: etcd_client::Error },
     #[error("cannot read {what} {path}: {source}")]
     TlsFile { what: &'static str, path: PathBuf, source: std::io::Error },
-    #[error("etcdKey {key} is not allowed: use a key under {own} or under an --allowed-key-prefix (now: [{allowed}]); ask the operator to allow its prefix")]
+    #[error(
+        "etcdKey {key} is not allowed: use a key under {own} or under an --allowed-key-prefix (now: [{allowed}]); ask the operator to allow its prefix"
+    )]
     KeyNotAllowed { key: String, own: String, allowed: String },
     #[error("lease {lease} expired: the keys attached to it are gone")]
     LeaseLost { lease: i64 },

@@ -99,19 +99,37 @@ impl Leases {
 
     async fn recorded_alive(&self, ttl: i64) -> Result<Option<i64>> {
         let (c, t, key) = (&self.inner.client, self.inner.timeout, self.record_key(ttl));
-        let resp = retry(5, || { let mut c = c.clone(); let key = key.clone(); async move { call("get lease record", t, c.get(key, None)).await } }).await?;
+        let resp = retry(5, || {
+            let mut c = c.clone();
+            let key = key.clone();
+            async move { call("get lease record", t, c.get(key, None)).await }
+        })
+        .await?;
         let Some(id) = resp.kvs().first().and_then(|kv| kv.value_str().ok()?.parse::<i64>().ok()) else {
             return Ok(None);
         };
-        let ttl_resp = retry(5, || { let mut c = c.clone(); async move { call("lease time-to-live", t, c.lease_time_to_live(id, None)).await } }).await?;
+        let ttl_resp = retry(5, || {
+            let mut c = c.clone();
+            async move { call("lease time-to-live", t, c.lease_time_to_live(id, None)).await }
+        })
+        .await?;
         Ok((ttl_resp.ttl() > 0).then_some(id))
     }
 
     async fn grant_and_record(&self, ttl: i64) -> Result<i64> {
         let (c, t, key) = (&self.inner.client, self.inner.timeout, self.record_key(ttl));
-        let grant = retry(5, || { let mut c = c.clone(); async move { call("lease grant", t, c.lease_grant(ttl, None)).await } }).await?;
+        let grant = retry(5, || {
+            let mut c = c.clone();
+            async move { call("lease grant", t, c.lease_grant(ttl, None)).await }
+        })
+        .await?;
         let id = grant.id();
-        retry(5, || { let mut c = c.clone(); let key = key.clone(); async move { call("put lease record", t, c.put(key, id.to_string(), None)).await } }).await?;
+        retry(5, || {
+            let mut c = c.clone();
+            let key = key.clone();
+            async move { call("put lease record", t, c.put(key, id.to_string(), None)).await }
+        })
+        .await?;
         tracing::info!(lease = id, ttl, "granted and recorded a new lease");
         Ok(id)
     }
