@@ -1,4 +1,4 @@
-//! The `LeaderLock` custom resource (SPEC §2): what users `kubectl apply`, and the status the
+//! The `LeaderLock` custom resource (docs/contract.md §2): what users `kubectl apply`, and the status the
 //! controller reports. The CRD YAML under `crds/` is generated from these types.
 //!
 //! Everything the API server can judge is in the schema (patterns, bounds, list-map keys, CEL),

@@ -1,4 +1,4 @@
-//! The Helm chart `charts/leaderlock` (SPEC §5): it lints clean, renders least-privilege RBAC,
+//! The Helm chart `charts/leaderlock` (docs/contract.md §5): it lints clean, renders least-privilege RBAC,
 //! a hardened Deployment wired to etcd (TLS Secret, auth Secret, allowed prefixes) and its
 //! optional extras, ships the checked-in CRD, and what it renders is accepted by the real
 //! apiserver (`kubectl apply --dry-run=server`).

@@ -1,4 +1,4 @@
-//! The LeaderLock resource through kubectl against the real apiserver (SPEC §2):
+//! The LeaderLock resource through kubectl against the real apiserver (docs/contract.md §2):
 //! the schema accepts what is valid and refuses each kind of mistake with a message
 //! that names the field.
 mod common;

@@ -1,4 +1,4 @@
-//! Least-privilege RBAC, proven (SPEC §5): the controller runs as the Helm chart's
+//! Least-privilege RBAC, proven (docs/contract.md §5): the controller runs as the Helm chart's
 //! ServiceAccount — with only the chart's ClusterRole — through the main scenarios; with one
 //! rule removed it reports the missing permission in the LeaderLock's status instead of
 //! misbehaving silently. Own controller and lock etcd; the two tests run one at a time.
