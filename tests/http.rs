@@ -73,7 +73,7 @@ async fn a_request_split_across_packets_is_answered() {
 
 #[tokio::test]
 async fn a_silent_client_delays_no_one_and_is_dropped_after_the_header_timeout() {
-    let timeouts = Timeouts { header_read: Duration::from_millis(500), request: Duration::from_secs(5) };
+    let timeouts = Timeouts { header_read: Duration::from_secs(1), request: Duration::from_secs(5) };
     let server = start(timeouts).await;
     let addr = server.local_addr();
     let connected = Instant::now();
