@@ -23,6 +23,10 @@ bench: deps ## Benchmarks side by side (LeaderLock, TryLock loop, etcd Mutex, cl
 chaos: deps ## All fault scenarios with the independent checker; writes CHAOS.md
 	hack/chaos.sh
 
+lint: ## cargo fmt --check and clippy with warnings as errors (CI runs it before make test)
+	cargo fmt --check
+	cargo clippy --locked --all-targets -- -D warnings
+
 crd: ## Regenerate crds/ from the Rust types
 	cargo run --quiet -- crd > crds/leaderlock.dev_leaderlocks.yaml
 
@@ -32,4 +36,4 @@ up: deps ## Start a control plane in .cache/cluster and leave it running (source
 down: ## Stop the control plane started by `make up`
 	hack/cluster.sh down
 
-.PHONY: help deps test demo bench chaos crd up down
+.PHONY: help deps test demo bench chaos lint crd up down

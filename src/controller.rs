@@ -28,9 +28,9 @@ use serde_json::json;
 use tokio::sync::mpsc;
 
 use crate::etcd::engine::Engine;
+use crate::index::{Index, View};
 use crate::lock::{Candidate, Holder, Op};
 use crate::metrics::{LockLabels, Metrics};
-use crate::index::{Index, View};
 use crate::pods::{self, PodInfo, PodKeys};
 use crate::resolve::{Resolution, selector_problem};
 use crate::resource::{LeaderLock, LeaderLockStatus, LockStatus, reasons};
@@ -313,7 +313,10 @@ fn failure_condition(e: &Error) -> Option<(&'static str, String)> {
         Error::Etcd(e) => Some((reasons::ETCD_UNAVAILABLE, format!("{e}; retrying with backoff"))),
         Error::Kube { what, source: kube::Error::Api(s) } if s.code == 403 => Some((
             reasons::FORBIDDEN,
-            format!("{what}: {}; grant the missing permission to the controller's ServiceAccount (see the Helm chart's ClusterRole)", s.message),
+            format!(
+                "{what}: {}; grant the missing permission to the controller's ServiceAccount (see the Helm chart's ClusterRole)",
+                s.message
+            ),
         )),
         _ => None,
     }
@@ -346,7 +349,8 @@ fn observed_status(ctx: &Context, ll: &LeaderLock, mine: &[(String, Resolution)]
     let mut without_holder = 0;
     for (lock, res) in mine {
         let prev = old.locks.iter().find(|l| &l.name == lock).cloned().unwrap_or_default();
-        let mut st = LockStatus { name: lock.clone(), candidates: candidates.len() as i32, transitions: prev.transitions, ..Default::default() };
+        let mut st =
+            LockStatus { name: lock.clone(), candidates: candidates.len() as i32, transitions: prev.transitions, ..Default::default() };
         match res {
             Resolution::Rejected { reason, message } => {
                 rejected.push((*reason, format!("lock {lock}: {message}")));
@@ -430,7 +434,11 @@ async fn write_status(ctx: &Context, ll: &LeaderLock, status: &LeaderLockStatus)
         .patch_status(&ll.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch))
         .await
         .map_err(kube_err("apply LeaderLock status"))?;
-    ctx.written.record(updated.metadata.uid.as_deref(), updated.metadata.resource_version.as_deref(), updated.status.clone().unwrap_or_default());
+    ctx.written.record(
+        updated.metadata.uid.as_deref(),
+        updated.metadata.resource_version.as_deref(),
+        updated.status.clone().unwrap_or_default(),
+    );
     Ok(())
 }
 
@@ -477,11 +485,21 @@ async fn publish_holder_changes(ctx: &Context, ll: &LeaderLock, mine: &[(String,
 /// `Recorder`: it folds equal Events into a series, so a transition repeated within minutes
 /// would show the first one's note and fencing token, and it keeps every Event it sent for six
 /// minutes (28 MB of a 155 MB heap at 10,000 LeaderLocks, measured with heaptrack).
-async fn publish_event(ctx: &Context, ll: &LeaderLock, action: String, note: String, related: Option<ObjectReference>) -> Result<(), kube::Error> {
+async fn publish_event(
+    ctx: &Context,
+    ll: &LeaderLock,
+    action: String,
+    note: String,
+    related: Option<ObjectReference>,
+) -> Result<(), kube::Error> {
     let now = jiff::Timestamp::now();
     let ns = ll.namespace().unwrap_or_default();
     let event = Event {
-        metadata: ObjectMeta { name: Some(format!("{}.{:x}", ll.name_any(), now.as_nanosecond())), namespace: Some(ns.clone()), ..Default::default() },
+        metadata: ObjectMeta {
+            name: Some(format!("{}.{:x}", ll.name_any(), now.as_nanosecond())),
+            namespace: Some(ns.clone()),
+            ..Default::default()
+        },
         type_: Some("Normal".into()),
         reason: Some("HolderChanged".into()),
         action: Some(action),
@@ -505,7 +523,12 @@ async fn cleanup(ll: Arc<LeaderLock>, ctx: &Context) -> Result<Action> {
         if let Resolution::Accepted(prefix) = res {
             let released = ctx.engine.release_all(prefix).await;
             if let Err(e) = released {
-                let cond = condition(&ll, false, reasons::ETCD_UNAVAILABLE, &format!("cannot delete the etcd keys of this LeaderLock: {e}; retrying"));
+                let cond = condition(
+                    &ll,
+                    false,
+                    reasons::ETCD_UNAVAILABLE,
+                    &format!("cannot delete the etcd keys of this LeaderLock: {e}; retrying"),
+                );
                 let mut status = ll.status.clone().unwrap_or_default();
                 set_condition(&mut status.conditions, cond);
                 let _ = write_status(ctx, &ll, &status).await;
@@ -608,7 +631,6 @@ pub async fn run(client: kube::Client, engine: Arc<Engine>, settings: Settings) 
                     let _ = lls_synced.wait_for(|synced| *synced).await;
                     let start = std::time::Instant::now();
                     let result = reconcile(ll, ctx.clone()).await;
-                    ctx.metrics.watch_restarts.set(ctx.engine.mirror().restarts() as i64);
                     ctx.metrics.observe_reconcile(start.elapsed(), result.as_ref().err().map(Error::label));
                     result
                 }

@@ -1,12 +1,27 @@
-//! The HTTP endpoint (SPEC §5): `/metrics`, `/healthz` (the process serves), `/readyz` (200
-//! once connected; the body says `active` or `standby`). A minimal HTTP/1.1 responder: three
-//! GET routes do not justify a web framework.
+//! The HTTP endpoint (docs/contract.md §5): `/metrics`, `/healthz` (the process serves),
+//! `/readyz` (200 once connected; the body says `active` or `standby`).
+//!
+//! Served by hyper, which kube and tonic already compile: it parses a request however the
+//! client's packets split it. Every connection carries one request (scrapes and probes come
+//! seconds apart), so one deadline bounds a connection's whole life and a client that stalls
+//! — before, during or after its request — is dropped instead of holding a task.
 
+use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
+use hyper::header::{CONTENT_TYPE, HeaderValue};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
 
 use crate::metrics::Metrics;
 
@@ -17,37 +32,155 @@ pub enum Error {
     Bind { addr: SocketAddr, source: std::io::Error },
 }
 
-/// Binds `addr` and serves until the process ends.
-pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> Result<SocketAddr, Error> {
-    let listener = TcpListener::bind(addr).await.map_err(|source| Error::Bind { addr, source })?;
-    let bound = listener.local_addr().map_err(|source| Error::Bind { addr, source })?;
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut conn, _)) = listener.accept().await else { continue };
-            let metrics = metrics.clone();
-            tokio::spawn(async move {
-                let mut buf = [0u8; 2048];
-                let n = conn.read(&mut buf).await.unwrap_or(0);
-                let (status, ctype, body) = route(&String::from_utf8_lossy(&buf[..n]), &metrics);
-                let resp = format!(
-                    "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                    body.len()
-                );
-                let _ = conn.write_all(resp.as_bytes()).await;
-                let _ = conn.shutdown().await;
-            });
-        }
-    });
-    Ok(bound)
+/// How long a client may take.
+#[derive(Clone, Copy, Debug)]
+pub struct Timeouts {
+    /// From accepting a connection to the end of the request's headers.
+    pub header_read: Duration,
+    /// From accepting a connection to the last byte of the response; also bounds how long
+    /// [`Server::shutdown`] waits for open connections.
+    pub request: Duration,
 }
 
-fn route(request: &str, metrics: &Metrics) -> (&'static str, &'static str, String) {
-    let path = request.split_whitespace().nth(1).unwrap_or("/");
-    match path.split('?').next().unwrap_or("/") {
-        "/metrics" => ("200 OK", "text/plain; version=0.0.4; charset=utf-8", metrics.render()),
-        "/healthz" => ("200 OK", "text/plain", "ok\n".into()),
-        "/readyz" => ("200 OK", "text/plain", format!("ok: {}\n", if metrics.is_active() { "active" } else { "standby" })),
-        _ => ("404 Not Found", "text/plain", "not found; try /metrics, /healthz or /readyz\n".into()),
+impl Default for Timeouts {
+    /// A probe or scrape sends its request at once; Prometheus gives up on a scrape after 10 s.
+    fn default() -> Self {
+        Timeouts { header_read: Duration::from_secs(5), request: Duration::from_secs(10) }
+    }
+}
+
+/// The running endpoint. Dropping it stops accepting connections, like [`Server::shutdown`]
+/// without the wait.
+pub struct Server {
+    addr: SocketAddr,
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<()>,
+}
+
+impl Server {
+    /// Binds `addr` and serves in the background.
+    pub async fn bind(addr: SocketAddr, metrics: Arc<Metrics>, timeouts: Timeouts) -> Result<Server, Error> {
+        let listener = TcpListener::bind(addr).await.map_err(|source| Error::Bind { addr, source })?;
+        let bound = listener.local_addr().map_err(|source| Error::Bind { addr, source })?;
+        let (stop, stopped) = oneshot::channel();
+        let task = tokio::spawn(accept_loop(listener, metrics, timeouts, stopped));
+        Ok(Server { addr: bound, stop, task })
+    }
+
+    /// The address actually bound (the port chosen when `addr` asked for port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Stops accepting, lets each open connection finish its request, and returns when all are
+    /// closed: at most [`Timeouts::request`] later.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(());
+        if let Err(e) = self.task.await {
+            tracing::warn!(error = %e, "the HTTP server task ended abnormally");
+        }
+    }
+}
+
+/// Accepts until told to stop, then waits for the open connections.
+async fn accept_loop(listener: TcpListener, metrics: Arc<Metrics>, timeouts: Timeouts, mut stop: oneshot::Receiver<()>) {
+    let connections = GracefulShutdown::new();
+    let mut backoff = AcceptBackoff::default();
+    loop {
+        let accepted = tokio::select! {
+            _ = &mut stop => break,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((stream, _)) => {
+                backoff.reset();
+                spawn_connection(stream, metrics.clone(), timeouts, &connections);
+            }
+            // The client gave up before we accepted: nothing is wrong with the listener.
+            Err(e) if is_per_connection(&e) => tracing::debug!(error = %e, "a client left before its connection was accepted"),
+            // E.g. out of file descriptors: retrying at once would spin a core.
+            Err(e) => {
+                let pause = backoff.next_pause();
+                tracing::warn!(error = %e, retry_in = ?pause, "cannot accept HTTP connections; retrying");
+                tokio::select! {
+                    _ = &mut stop => break,
+                    () = tokio::time::sleep(pause) => {}
+                }
+            }
+        }
+    }
+    drop(listener);
+    connections.shutdown().await;
+}
+
+fn is_per_connection(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::{ConnectionAborted, ConnectionReset};
+    matches!(e.kind(), ConnectionAborted | ConnectionReset)
+}
+
+/// Serves one connection's single request, within the timeouts.
+fn spawn_connection(stream: TcpStream, metrics: Arc<Metrics>, timeouts: Timeouts, connections: &GracefulShutdown) {
+    let service = service_fn(move |request: Request<Incoming>| {
+        let response = respond(request.uri().path(), &metrics);
+        async move { Ok::<_, Infallible>(response) }
+    });
+    let connection = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(timeouts.header_read)
+        .keep_alive(false)
+        .serve_connection(TokioIo::new(stream), service);
+    let connection = connections.watch(connection);
+    tokio::spawn(async move {
+        match tokio::time::timeout(timeouts.request, connection).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::debug!(error = %e, "HTTP connection closed with an error"),
+            Err(_) => tracing::debug!(timeout = ?timeouts.request, "HTTP connection dropped: request not done within the timeout"),
+        }
+    });
+}
+
+fn respond(path: &str, metrics: &Metrics) -> Response<Full<Bytes>> {
+    let (status, content_type, body) = route(path, metrics);
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response
+}
+
+/// Status, content type and body for a request path; any method is answered alike.
+fn route(path: &str, metrics: &Metrics) -> (StatusCode, &'static str, String) {
+    match path {
+        "/metrics" => (StatusCode::OK, "text/plain; version=0.0.4; charset=utf-8", metrics.render()),
+        "/healthz" => (StatusCode::OK, "text/plain", "ok\n".into()),
+        "/readyz" => (StatusCode::OK, "text/plain", format!("ok: {}\n", if metrics.is_active() { "active" } else { "standby" })),
+        _ => (StatusCode::NOT_FOUND, "text/plain", "not found; try /metrics, /healthz or /readyz\n".into()),
+    }
+}
+
+/// Pause between failed accepts: doubles from 10 ms to 1 s, back to 10 ms after a success.
+#[derive(Debug)]
+struct AcceptBackoff {
+    next: Duration,
+}
+
+impl AcceptBackoff {
+    const FIRST: Duration = Duration::from_millis(10);
+    const MAX: Duration = Duration::from_secs(1);
+
+    fn next_pause(&mut self) -> Duration {
+        let pause = self.next;
+        self.next = (pause * 2).min(Self::MAX);
+        pause
+    }
+
+    fn reset(&mut self) {
+        self.next = Self::FIRST;
+    }
+}
+
+impl Default for AcceptBackoff {
+    fn default() -> Self {
+        AcceptBackoff { next: Self::FIRST }
     }
 }
 
@@ -58,9 +191,18 @@ mod tests {
     #[test]
     fn readyz_says_whether_this_replica_is_active() {
         let m = Metrics::default();
-        assert_eq!(route("GET /readyz HTTP/1.1\r\n", &m).2, "ok: standby\n");
+        assert_eq!(route("/readyz", &m).2, "ok: standby\n");
         m.set_active(true);
-        assert_eq!(route("GET /readyz HTTP/1.1\r\n", &m).2, "ok: active\n");
-        assert_eq!(route("GET /nope HTTP/1.1\r\n", &m).0, "404 Not Found");
+        assert_eq!(route("/readyz", &m).2, "ok: active\n");
+        assert_eq!(route("/nope", &m).0, StatusCode::NOT_FOUND);
+    }
+
+    #[test]
+    fn accept_backoff_doubles_to_a_second_and_resets_after_a_success() {
+        let mut b = AcceptBackoff::default();
+        let pauses: Vec<u64> = (0..9).map(|_| b.next_pause().as_millis() as u64).collect();
+        assert_eq!(pauses, [10, 20, 40, 80, 160, 320, 640, 1000, 1000]);
+        b.reset();
+        assert_eq!(b.next_pause(), Duration::from_millis(10));
     }
 }

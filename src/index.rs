@@ -277,7 +277,8 @@ impl Index {
     /// Records which locks the reconcile of `ll` just accepted (none: forget it).
     pub fn record_claims(&self, ll: &LeaderLock, resolved: &[(String, Resolution)]) {
         let Some(uid) = ll.metadata.uid.clone() else { return };
-        let accepted: Box<[String]> = resolved.iter().filter(|(_, r)| matches!(r, Resolution::Accepted(_))).map(|(n, _)| n.clone()).collect();
+        let accepted: Box<[String]> =
+            resolved.iter().filter(|(_, r)| matches!(r, Resolution::Accepted(_))).map(|(n, _)| n.clone()).collect();
         let mut claimed = self.claimed.write().unwrap_or_else(std::sync::PoisonError::into_inner);
         if accepted.is_empty() || ll.metadata.deletion_timestamp.is_some() {
             claimed.remove(&uid);
@@ -321,9 +322,14 @@ impl Index {
                 let table = LeaderLocks::of(self.stored.state(), &*self.prefix_of);
                 let mut inner = self.write();
                 let version = |e: &Entry| e.ll.metadata.resource_version.clone();
-                let mut changed: BTreeSet<Key> =
-                    table.by_key.iter().filter(|(k, e)| inner.lls.by_key.get(*k).map(version) != Some(version(e))).map(|(k, _)| k.clone()).collect();
-                let gone: Vec<Arc<LeaderLock>> = inner.lls.by_key.iter().filter(|(k, _)| !table.by_key.contains_key(*k)).map(|(_, e)| e.ll.clone()).collect();
+                let mut changed: BTreeSet<Key> = table
+                    .by_key
+                    .iter()
+                    .filter(|(k, e)| inner.lls.by_key.get(*k).map(version) != Some(version(e)))
+                    .map(|(k, _)| k.clone())
+                    .collect();
+                let gone: Vec<Arc<LeaderLock>> =
+                    inner.lls.by_key.iter().filter(|(k, _)| !table.by_key.contains_key(*k)).map(|(_, e)| e.ll.clone()).collect();
                 inner.lls = table;
                 for ll in &gone {
                     self.record_claims(ll, &[]);
@@ -409,9 +415,9 @@ impl Index {
             (Some(_), None) => pods.by_namespace.get(&ns).collect(),
         };
         let carrying = ll.spec.locks.iter().flat_map(|l| pods.by_lock.get(&(ns.clone(), l.name.clone())));
-        for name in carrying.chain(selectable.into_iter().filter(|n| {
-            pods.by_key.get(&(ns.clone(), (*n).clone())).is_some_and(|p| lls.origin.selects(p))
-        })) {
+        for name in carrying
+            .chain(selectable.into_iter().filter(|n| pods.by_key.get(&(ns.clone(), (*n).clone())).is_some_and(|p| lls.origin.selects(p))))
+        {
             if let Some(p) = pods.by_key.get(&(ns.clone(), name.clone())) {
                 concerned.insert(name.clone(), p.clone());
             }
@@ -434,10 +440,7 @@ impl Index {
             }
         }
         let resolved = resolve_namespace(&local, &foreign, &*self.prefix_of, |l, lock| self.is_claimed(l, lock));
-        let selectors = seeds
-            .iter()
-            .filter_map(|k| lls.get(k).map(|e| (k.1.clone(), (e.ll.clone(), e.selector.clone()))))
-            .collect();
+        let selectors = seeds.iter().filter_map(|k| lls.get(k).map(|e| (k.1.clone(), (e.ll.clone(), e.selector.clone())))).collect();
         View { leaderlocks: selectors, pods: concerned, selecting: selecting_pod, resolved }
     }
 }
@@ -666,14 +669,22 @@ mod tests {
             match_expressions: Some(vec![LabelSelectorRequirement { key: "app".into(), operator: "Exists".into(), values: None }]),
             ..Default::default()
         };
-        let idx = index(&[(*web).clone(), both, ll("a", "db", 2, "db", &[("d", None)])], &[pod("a", "w1", "web", &[]), pod("a", "d1", "db", &[])]);
+        let idx = index(
+            &[(*web).clone(), both, ll("a", "db", 2, "db", &[("d", None)])],
+            &[pod("a", "w1", "web", &[]), pod("a", "d1", "db", &[])],
+        );
         let v = idx.view(&web);
         assert_eq!(v.pods.keys().collect::<Vec<_>>(), ["w1"]);
         assert_eq!(v.selecting["w1"], ["both", "web"]);
         assert_eq!(v.candidates("web").len(), 1);
-        let holder = |p: &str| (p == "/ll/locks/a/w").then(|| Holder { key: format!("{p}/1"), token: 7, candidate: Some("uid-w1".into()), name: None });
+        let holder = |p: &str| {
+            (p == "/ll/locks/a/w").then(|| Holder { key: format!("{p}/1"), token: 7, candidate: Some("uid-w1".into()), name: None })
+        };
         let roles = v.roles_for(&v.pods["w1"], holder);
-        assert_eq!(roles.iter().map(|r| (r.lock.as_str(), r.leader.clone())).collect::<Vec<_>>(), [("b", None), ("w", Some(("w1".to_string(), 7)))]);
+        assert_eq!(
+            roles.iter().map(|r| (r.lock.as_str(), r.leader.clone())).collect::<Vec<_>>(),
+            [("b", None), ("w", Some(("w1".to_string(), 7)))]
+        );
         assert!(!v.leaderlocks.contains_key("db"), "db selects none of web's pods");
     }
 

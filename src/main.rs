@@ -161,11 +161,7 @@ struct RunArgs {
 }
 
 fn root_prefix(s: &str) -> Result<String, String> {
-    if s.starts_with('/') && s.ends_with('/') {
-        Ok(s.to_string())
-    } else {
-        Err("the etcd prefix must start and end with '/'".into())
-    }
+    if s.starts_with('/') && s.ends_with('/') { Ok(s.to_string()) } else { Err("the etcd prefix must start and end with '/'".into()) }
 }
 
 /// etcd grants leases in whole seconds; below 2 s a busy replica could lose its lease between
@@ -179,8 +175,8 @@ fn election_ttl_secs(text: &str) -> Result<i64, String> {
 }
 
 fn init_logging(cli: &Cli) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&cli.log_level));
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&cli.log_level));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
     match cli.log_format {
@@ -204,22 +200,26 @@ async fn run_controller(args: Box<ControllerArgs>) -> Result<(), Box<dyn std::er
         .await
         .map_err(|e| format!("cannot build a Kubernetes client (KUBECONFIG or in-cluster config): {e}"))?;
     let metrics = Arc::new(Metrics::default());
-    let bound = leaderlock::http::serve(args.http_addr, metrics.clone()).await?;
-    tracing::info!(addr = %bound, "serving /metrics, /healthz and /readyz");
+    let http = leaderlock::http::Server::bind(args.http_addr, metrics.clone(), leaderlock::http::Timeouts::default()).await?;
+    tracing::info!(addr = %http.local_addr(), "serving /metrics, /healthz and /readyz");
 
     // Only one replica acts at a time; the others wait on a watch of etcd's election key. The
     // election runs on its own thread and etcd connection, so no burst of reconciles can delay
     // the keep-alives that keep this replica active.
-    let mut leadership = election::ElectionThread::start(etcd_cfg.clone(), args.etcd_prefix.clone(), args.instance.clone(), args.election_ttl)?;
+    let mut leadership =
+        election::ElectionThread::start(etcd_cfg.clone(), args.etcd_prefix.clone(), args.instance.clone(), args.election_ttl)?;
     let key = leadership.elected().await?;
     metrics.set_active(true);
     tracing::info!(key = %key, "active: this replica reconciles");
     let engine_cfg = EngineConfig { root: args.etcd_prefix, allowed_prefixes: args.allowed_key_prefixes, call_timeout: args.etcd_timeout };
     let engine = Arc::new(Engine::start(etcd_client, engine_cfg).await?);
+    let watched = engine.clone();
+    metrics.sample_watch_restarts(Box::new(move || watched.mirror().restarts()));
     let settings = Settings { instance: args.instance, metrics, namespace: args.namespace, concurrency: args.max_concurrent_reconciles };
     tokio::select! {
         () = controller::run(kube_client, engine, settings) => {
             leadership.resign().await;
+            http.shutdown().await;
             Ok(())
         }
         () = leadership.lost() => Err("lost the controller election lease (etcd unreachable for longer than --election-ttl); exiting so a standby takes over".into()),
@@ -276,15 +276,10 @@ fn main() -> ExitCode {
             }
         }
         Command::Role(args) => ExitCode::from(leaderlock::podside::role_main(&args.role_file.file, &args.role_file.lock)),
-        Command::Wait(args) => {
-            ExitCode::from(leaderlock::podside::wait_main(&args.role_file.file, &args.role_file.lock, args.timeout))
+        Command::Wait(args) => ExitCode::from(leaderlock::podside::wait_main(&args.role_file.file, &args.role_file.lock, args.timeout)),
+        Command::Run(args) => {
+            ExitCode::from(leaderlock::podside::run_main(&args.role_file.file, &args.role_file.lock, args.grace_period, args.command))
         }
-        Command::Run(args) => ExitCode::from(leaderlock::podside::run_main(
-            &args.role_file.file,
-            &args.role_file.lock,
-            args.grace_period,
-            args.command,
-        )),
     }
 }
 

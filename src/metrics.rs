@@ -1,16 +1,21 @@
-//! Prometheus metrics (SPEC §5), in the text exposition format at `/metrics`.
+//! Prometheus metrics (docs/contract.md §5), in the text exposition format at `/metrics`.
 //!
-//! Counters are incremented where things happen (reconciler, engine calls); the watch-restart
-//! count and active/standby state are sampled at scrape time.
+//! Counters are incremented where things happen (reconciler, engine calls). Values another
+//! component already keeps — the etcd watch's restart count, the sizes of its maps — are read
+//! at scrape time through registered samplers, so `/metrics` is current even when nothing
+//! reconciles, and no component pushes numbers it already holds.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
@@ -31,6 +36,15 @@ pub struct KindLabels {
     pub kind: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct MapLabels {
+    map: String,
+}
+
+/// Reads a number another component holds; called on every scrape, so it must be cheap (a
+/// `len()` or an atomic load) and must not block.
+pub type Sampler = Box<dyn Fn() -> u64 + Send + Sync>;
+
 /// Every metric the controller exports.
 pub struct Metrics {
     pub reconciles: Counter,
@@ -40,9 +54,9 @@ pub struct Metrics {
     /// Holder key deleted in etcd → new holder annotated on its pod.
     pub failover_latency: Histogram,
     pub etcd_operations: Family<KindLabels, Counter>,
-    pub watch_restarts: Gauge,
     pub active: Gauge,
     is_active: AtomicBool,
+    sampled: Arc<Sampled>,
     registry: Registry,
 }
 
@@ -55,9 +69,9 @@ impl Default for Metrics {
             holder_changes: Family::default(),
             failover_latency: Histogram::new(exponential_buckets(0.005, 2.0, 14)),
             etcd_operations: Family::default(),
-            watch_restarts: Gauge::default(),
             active: Gauge::default(),
             is_active: AtomicBool::new(false),
+            sampled: Arc::default(),
             registry: Registry::with_prefix("leaderlock"),
         };
         m.register()
@@ -77,9 +91,23 @@ impl Metrics {
             self.failover_latency.clone(),
         );
         r.register("etcd_operations", "etcd writes issued, by kind", self.etcd_operations.clone());
-        r.register("watch_restarts", "Times the etcd watch was re-established", self.watch_restarts.clone());
         r.register("active", "1 if this replica is the active controller, 0 if standby", self.active.clone());
+        r.register_collector(Box::new(self.sampled.clone()));
         self
+    }
+
+    /// Exports `leaderlock_watch_restarts` from `sampler`, read at every scrape (0 until set).
+    /// Registering again replaces the previous sampler.
+    pub fn sample_watch_restarts(&self, sampler: Sampler) {
+        *lock(&self.sampled.watch_restarts) = Some(sampler);
+    }
+
+    /// Exports `leaderlock_map_entries{map="<map>"}` from `sampler`, read at every scrape: how
+    /// many entries a component's long-lived map holds, so a map that only grows shows up on a
+    /// dashboard. Registering the same name again replaces its sampler.
+    pub fn sample_map(&self, map: &str, sampler: Box<dyn Fn() -> usize + Send + Sync>) {
+        let as_u64: Sampler = Box::new(move || u64::try_from(sampler()).unwrap_or(u64::MAX));
+        lock(&self.sampled.maps).insert(map.to_string(), as_u64);
     }
 
     pub fn set_active(&self, active: bool) {
@@ -116,6 +144,50 @@ impl Metrics {
 /// Shared handle.
 pub type SharedMetrics = Arc<Metrics>;
 
+/// The samplers, encoded by the registry on every scrape.
+#[derive(Default)]
+struct Sampled {
+    watch_restarts: Mutex<Option<Sampler>>,
+    /// By map name: the exposition lists them in a stable order.
+    maps: Mutex<BTreeMap<String, Sampler>>,
+}
+
+impl std::fmt::Debug for Sampled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sampled").field("maps", &lock(&self.maps).keys().collect::<Vec<_>>()).finish_non_exhaustive()
+    }
+}
+
+impl Collector for Sampled {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let restarts = lock(&self.watch_restarts).as_ref().map_or(0, |sample| sample());
+        let metric = encoder.encode_descriptor("watch_restarts", "Times the etcd watch was re-established", None, MetricType::Gauge)?;
+        gauge(restarts).encode(metric)?;
+
+        let maps = lock(&self.maps);
+        let mut family = encoder.encode_descriptor(
+            "map_entries",
+            "Entries in a long-lived in-memory map, by map; flat under steady churn",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (map, sample) in maps.iter() {
+            let labels = MapLabels { map: map.clone() };
+            gauge(sample()).encode(family.encode_family(&labels)?)?;
+        }
+        Ok(())
+    }
+}
+
+fn gauge(value: u64) -> ConstGauge {
+    ConstGauge::new(i64::try_from(value).unwrap_or(i64::MAX))
+}
+
+/// A sampler that panicked poisoned nothing we rely on: the guarded data is only replaced whole.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -134,8 +206,42 @@ mod tests {
             "leaderlock_active 1",
             "leaderlock_reconcile_duration_seconds_count 1",
             "leaderlock_failover_latency_seconds_count 0",
+            "leaderlock_watch_restarts 0",
         ] {
             assert!(text.contains(name), "missing {name} in\n{text}");
         }
+    }
+
+    #[test]
+    fn watch_restarts_is_read_at_scrape_time() {
+        let m = Metrics::default();
+        let restarts = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let source = restarts.clone();
+        m.sample_watch_restarts(Box::new(move || source.load(Ordering::Relaxed)));
+        assert!(m.render().contains("leaderlock_watch_restarts 0\n"));
+        // The watch restarts twice while nothing reconciles: the next scrape shows it.
+        restarts.store(2, Ordering::Relaxed);
+        let text = m.render();
+        assert!(text.contains("# TYPE leaderlock_watch_restarts gauge\nleaderlock_watch_restarts 2\n"), "{text}");
+    }
+
+    #[test]
+    fn map_sizes_are_exported_per_map_and_read_at_scrape_time() {
+        let m = Metrics::default();
+        let written = Arc::new(Mutex::new(vec![1, 2, 3]));
+        let source = written.clone();
+        m.sample_map("written_pods", Box::new(move || lock(&source).len()));
+        m.sample_map("last_holder", Box::new(|| 0));
+        let text = m.render();
+        assert!(text.contains("# TYPE leaderlock_map_entries gauge\n"), "{text}");
+        assert!(text.contains("leaderlock_map_entries{map=\"last_holder\"} 0\n"), "{text}");
+        assert!(text.contains("leaderlock_map_entries{map=\"written_pods\"} 3\n"), "{text}");
+        lock(&written).clear();
+        assert!(m.render().contains("leaderlock_map_entries{map=\"written_pods\"} 0\n"));
+        // A second sampler under the same name replaces the first rather than adding a series.
+        m.sample_map("written_pods", Box::new(|| 7));
+        let text = m.render();
+        assert_eq!(text.matches("map=\"written_pods\"").count(), 1, "{text}");
+        assert!(text.contains("leaderlock_map_entries{map=\"written_pods\"} 7\n"), "{text}");
     }
 }

@@ -1,4 +1,4 @@
-//! The `LeaderLock` custom resource (SPEC §2): what users `kubectl apply`, and the status the
+//! The `LeaderLock` custom resource (docs/contract.md §2): what users `kubectl apply`, and the status the
 //! controller reports. The CRD YAML under `crds/` is generated from these types.
 //!
 //! Everything the API server can judge is in the schema (patterns, bounds, list-map keys, CEL),
@@ -136,7 +136,26 @@ pub mod reasons {
     pub const FORBIDDEN: &str = "Forbidden";
 }
 
-/// The CRD as YAML, exactly as checked in under `crds/`.
-pub fn crd_yaml() -> Result<String, serde_yaml::Error> {
-    serde_yaml::to_string(&LeaderLock::crd())
+/// The CRD as YAML, exactly as checked in under `crds/`. Printed with serde-saphyr, the YAML
+/// library kube itself uses; it quotes every string that Go's YAML readers (kubectl, helm)
+/// would take for another type. Long strings are never folded: a CEL rule or a description
+/// reads as written, and a one-word change is a one-line diff.
+pub fn crd_yaml() -> Result<String, serde_saphyr::ser::Error> {
+    let options = serde_saphyr::ser_options! { folded_wrap_chars: usize::MAX };
+    serde_saphyr::to_string_with_options(&LeaderLock::crd(), options)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The printed YAML must carry exactly the CRD the types describe: nothing folded, quoted or
+    /// typed differently on the way (a CEL rule or a `'/'` literal read back as something else
+    /// would reach the apiserver changed).
+    #[test]
+    fn printed_crd_reads_back_as_the_same_crd() {
+        let yaml = crd_yaml().unwrap();
+        let read_back: serde_json::Value = serde_saphyr::from_str(&yaml).unwrap();
+        assert_eq!(read_back, serde_json::to_value(LeaderLock::crd()).unwrap());
+    }
 }

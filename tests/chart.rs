@@ -1,4 +1,4 @@
-//! The Helm chart `charts/leaderlock` (SPEC §5): it lints clean, renders least-privilege RBAC,
+//! The Helm chart `charts/leaderlock` (docs/contract.md §5): it lints clean, renders least-privilege RBAC,
 //! a hardened Deployment wired to etcd (TLS Secret, auth Secret, allowed prefixes) and its
 //! optional extras, ships the checked-in CRD, and what it renders is accepted by the real
 //! apiserver (`kubectl apply --dry-run=server`).
@@ -10,8 +10,7 @@ use common::*;
 
 use std::process::{Command, Output};
 
-use serde::Deserialize;
-use serde_yaml::Value;
+use serde_json::Value;
 
 const CHART: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/charts/leaderlock");
 const CRD: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/crds/leaderlock.dev_leaderlocks.yaml");
@@ -61,10 +60,8 @@ fn render(namespace: &str, sets: &[&str]) -> (String, Vec<Value>) {
         args.extend(["--set", s]);
     }
     let text = helm_ok(&args);
-    let docs = serde_yaml::Deserializer::from_str(&text)
-        .map(|d| Value::deserialize(d).expect("helm renders valid YAML"))
-        .filter(|v| !v.is_null())
-        .collect();
+    // Empty documents (a template switched off) are skipped.
+    let docs = serde_saphyr::from_multiple(&text).unwrap_or_else(|e| panic!("helm rendered invalid YAML: {e}\n{text}"));
     (text, docs)
 }
 
@@ -79,26 +76,26 @@ fn one<'a>(docs: &'a [Value], kind: &str) -> &'a Value {
 }
 
 fn yaml(s: &str) -> Value {
-    serde_yaml::from_str(s).unwrap()
+    serde_saphyr::from_str(s).unwrap()
 }
 
 fn container(docs: &[Value]) -> &Value {
-    let containers = one(docs, "Deployment")["spec"]["template"]["spec"]["containers"].as_sequence().unwrap();
+    let containers = one(docs, "Deployment")["spec"]["template"]["spec"]["containers"].as_array().unwrap();
     assert_eq!(containers.len(), 1);
     &containers[0]
 }
 
 fn args(docs: &[Value]) -> Vec<String> {
-    container(docs)["args"].as_sequence().unwrap().iter().map(|a| a.as_str().unwrap().to_string()).collect()
+    container(docs)["args"].as_array().unwrap().iter().map(|a| a.as_str().unwrap().to_string()).collect()
 }
 
 fn env_names(docs: &[Value]) -> Vec<String> {
-    container(docs)["env"].as_sequence().unwrap().iter().map(|e| e["name"].as_str().unwrap().to_string()).collect()
+    container(docs)["env"].as_array().unwrap().iter().map(|e| e["name"].as_str().unwrap().to_string()).collect()
 }
 
 /// Re-joins documents as a multi-document YAML stream for kubectl.
 fn to_stream<'a>(docs: impl IntoIterator<Item = &'a Value>) -> String {
-    docs.into_iter().map(|d| format!("---\n{}", serde_yaml::to_string(d).unwrap())).collect()
+    docs.into_iter().map(|d| format!("---\n{}", serde_saphyr::to_string(d).unwrap())).collect()
 }
 
 #[test]
@@ -143,10 +140,7 @@ fn cluster_role_grants_exactly_what_the_controller_needs() {
     assert_eq!(one(&docs, "ClusterRole")["rules"], expected);
     let binding = one(&docs, "ClusterRoleBinding");
     assert_eq!(binding["roleRef"]["name"], one(&docs, "ClusterRole")["metadata"]["name"]);
-    assert_eq!(
-        binding["subjects"],
-        yaml("[{kind: ServiceAccount, name: ll-leaderlock, namespace: leaderlock-system}]")
-    );
+    assert_eq!(binding["subjects"], yaml("[{kind: ServiceAccount, name: ll-leaderlock, namespace: leaderlock-system}]"));
     assert_eq!(one(&docs, "ServiceAccount")["metadata"]["name"], "ll-leaderlock");
     assert!(!docs.iter().any(|d| d["kind"] == "Role" || d["kind"] == "RoleBinding"), "no namespaced grants");
 }
@@ -170,8 +164,7 @@ fn default_values_render_a_hardened_two_replica_deployment() {
     assert_eq!(pod["securityContext"]["runAsUser"], 65532);
     assert_eq!(pod["securityContext"]["seccompProfile"]["type"], "RuntimeDefault");
     assert_eq!(
-        pod["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"][0]["podAffinityTerm"]
-            ["topologyKey"],
+        pod["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"][0]["podAffinityTerm"]["topologyKey"],
         "kubernetes.io/hostname"
     );
     assert!(pod["volumes"].is_null(), "no TLS volume without etcd.tls.secretName");
@@ -240,15 +233,11 @@ fn full_values_wire_etcd_tls_auth_prefixes_and_extras() {
     let pod = &one(&docs, "Deployment")["spec"]["template"]["spec"];
     assert_eq!(pod["volumes"][0]["name"], "etcd-tls");
     assert_eq!(pod["volumes"][0]["secret"]["secretName"], "etcd-client-tls");
-    let keys: Vec<&str> =
-        pod["volumes"][0]["secret"]["items"].as_sequence().unwrap().iter().map(|i| i["key"].as_str().unwrap()).collect();
+    let keys: Vec<&str> = pod["volumes"][0]["secret"]["items"].as_array().unwrap().iter().map(|i| i["key"].as_str().unwrap()).collect();
     assert_eq!(keys, ["ca.crt", "tls.crt", "tls.key"]);
-    assert_eq!(
-        container(&docs)["volumeMounts"],
-        yaml("[{name: etcd-tls, mountPath: /etc/leaderlock/etcd-tls, readOnly: true}]")
-    );
+    assert_eq!(container(&docs)["volumeMounts"], yaml("[{name: etcd-tls, mountPath: /etc/leaderlock/etcd-tls, readOnly: true}]"));
 
-    let env = container(&docs)["env"].as_sequence().unwrap();
+    let env = container(&docs)["env"].as_array().unwrap();
     for (name, key) in [("LEADERLOCK_ETCD_USERNAME", "username"), ("LEADERLOCK_ETCD_PASSWORD", "password")] {
         let e = env.iter().find(|e| e["name"] == name).unwrap_or_else(|| panic!("no env {name}"));
         assert_eq!(e["valueFrom"]["secretKeyRef"], yaml(&format!("{{name: etcd-auth, key: {key}}}")));
@@ -261,13 +250,8 @@ fn full_values_wire_etcd_tls_auth_prefixes_and_extras() {
     let np = one(&docs, "NetworkPolicy");
     assert_eq!(np["spec"]["policyTypes"], yaml("[Ingress, Egress]"));
     assert_eq!(np["spec"]["ingress"], yaml("[{ports: [{port: http, protocol: TCP}]}]"), "ingress: metrics port only");
-    let egress_ports: Vec<&Value> = np["spec"]["egress"]
-        .as_sequence()
-        .unwrap()
-        .iter()
-        .flat_map(|r| r["ports"].as_sequence().unwrap())
-        .map(|p| &p["port"])
-        .collect();
+    let egress_ports: Vec<&Value> =
+        np["spec"]["egress"].as_array().unwrap().iter().flat_map(|r| r["ports"].as_array().unwrap()).map(|p| &p["port"]).collect();
     assert_eq!(egress_ports, [&yaml("443"), &yaml("6443"), &yaml("2379"), &yaml("53"), &yaml("53")]);
 }
 

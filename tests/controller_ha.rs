@@ -14,7 +14,12 @@ fn candidate_keys(etcd: &EtcdServer, ns: &str) -> Vec<(String, i64, i64)> {
     let out = etcd.etcdctl(&["get", "--prefix", &format!("/leaderlock.dev/locks/{ns}/"), "-w", "json"]);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let decode = |s: &serde_json::Value| String::from_utf8(base64_decode(s.as_str().unwrap())).unwrap();
-    v["kvs"].as_array().into_iter().flatten().map(|kv| (decode(&kv["key"]), kv["create_revision"].as_i64().unwrap(), kv["mod_revision"].as_i64().unwrap())).collect()
+    v["kvs"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|kv| (decode(&kv["key"]), kv["create_revision"].as_i64().unwrap(), kv["mod_revision"].as_i64().unwrap()))
+        .collect()
 }
 
 fn base64_decode(s: &str) -> Vec<u8> {
@@ -26,10 +31,13 @@ fn base64_decode(s: &str) -> Vec<u8> {
         _ => 63,
     };
     let bytes: Vec<u8> = s.bytes().filter(|c| *c != b'=').map(table).collect();
-    bytes.chunks(4).flat_map(|c| {
-        let n = c.iter().enumerate().fold(0u32, |n, (i, v)| n | (u32::from(*v) << (18 - 6 * i)));
-        (0..c.len().saturating_sub(1)).map(move |i| (n >> (16 - 8 * i)) as u8)
-    }).collect()
+    bytes
+        .chunks(4)
+        .flat_map(|c| {
+            let n = c.iter().enumerate().fold(0u32, |n, (i, v)| n | (u32::from(*v) << (18 - 6 * i)));
+            (0..c.len().saturating_sub(1)).map(move |i| (n >> (16 - 8 * i)) as u8)
+        })
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -41,10 +49,14 @@ async fn killing_the_active_replica_hands_over_to_a_standby_without_changing_any
     let ns = namespace("controller-ha");
     let c = client().await;
     ready_pods(&c, &ns, &["w-1", "w-2", "w-3"], &[("app", "worker")]).await;
-    let mut replicas: Vec<ControllerProcess> = (0..3).map(|_| ControllerProcess::start(&["--etcd-endpoints", &endpoint, "--namespace", &ns])).collect();
-    kubectl_ok(&["apply", "-n", &ns, "-f", "-"], Some(
-        "apiVersion: leaderlock.dev/v1alpha1\nkind: LeaderLock\nmetadata: {name: payments}\nspec:\n  selector: {matchLabels: {app: worker}}\n  locks: [{name: ledger}, {name: report}]\n  ttlSeconds: 10\n",
-    ));
+    let mut replicas: Vec<ControllerProcess> =
+        (0..3).map(|_| ControllerProcess::start(&["--etcd-endpoints", &endpoint, "--namespace", &ns])).collect();
+    kubectl_ok(
+        &["apply", "-n", &ns, "-f", "-"],
+        Some(
+            "apiVersion: leaderlock.dev/v1alpha1\nkind: LeaderLock\nmetadata: {name: payments}\nspec:\n  selector: {matchLabels: {app: worker}}\n  locks: [{name: ledger}, {name: report}]\n  ttlSeconds: 10\n",
+        ),
+    );
     let ledger = elected(&c, &ns, "payments", "ledger", 3).await;
     let report = elected(&c, &ns, "payments", "report", 3).await;
 
@@ -58,7 +70,12 @@ async fn killing_the_active_replica_hands_over_to_a_standby_without_changing_any
         assert!(metrics.contains(&format!("leaderlock_active {}", u8::from(i == active))), "{metrics}");
     }
     let metrics = replicas[active].http_get("/metrics").unwrap();
-    for m in ["leaderlock_reconciles_total", "leaderlock_holder_changes_total{", "leaderlock_etcd_operations_total{kind=\"create\"} 6", "leaderlock_reconcile_duration_seconds_bucket"] {
+    for m in [
+        "leaderlock_reconciles_total",
+        "leaderlock_holder_changes_total{",
+        "leaderlock_etcd_operations_total{kind=\"create\"} 6",
+        "leaderlock_reconcile_duration_seconds_bucket",
+    ] {
         assert!(metrics.contains(m), "missing {m} in\n{metrics}");
     }
 

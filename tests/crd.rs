@@ -1,4 +1,4 @@
-//! The LeaderLock resource through kubectl against the real apiserver (SPEC §2):
+//! The LeaderLock resource through kubectl against the real apiserver (docs/contract.md §2):
 //! the schema accepts what is valid and refuses each kind of mistake with a message
 //! that names the field.
 mod common;
@@ -30,6 +30,34 @@ fn checked_in_crd_matches_the_rust_types() {
     );
 }
 
+/// kubectl reads the printed YAML with Go's YAML rules, not ours: what the apiserver stores must
+/// be the schema and names the Rust types describe, with no string read back as another type.
+#[test]
+fn the_apiserver_stores_the_crd_the_rust_types_describe() {
+    install_crd();
+    let stored = kubectl_ok(&["get", "crd", "leaderlocks.leaderlock.dev", "-o", "json"], None);
+    let stored: serde_json::Value = serde_json::from_str(&stored).unwrap();
+    let ours = serde_json::to_value(<leaderlock::resource::LeaderLock as kube::CustomResourceExt>::crd()).unwrap();
+    let mut changed = Vec::new();
+    differences("spec", &ours["spec"], &stored["spec"], &mut changed);
+    assert!(changed.is_empty(), "changed on the way through kubectl:\n{}", changed.join("\n"));
+}
+
+/// Where `stored` differs from `ours`, ignoring fields only the apiserver adds (e.g. listKind)
+/// and how a number is spelled (JSON has one number type: 3600.0 is 3600).
+fn differences(path: &str, ours: &serde_json::Value, stored: &serde_json::Value, out: &mut Vec<String>) {
+    use serde_json::Value::{Array, Number, Object};
+    match (ours, stored) {
+        (Object(fields), _) => fields.iter().for_each(|(k, v)| differences(&format!("{path}.{k}"), v, &stored[k], out)),
+        (Array(items), Array(stored_items)) if items.len() == stored_items.len() => {
+            items.iter().zip(stored_items).enumerate().for_each(|(i, (a, b))| differences(&format!("{path}[{i}]"), a, b, out))
+        }
+        (Number(a), Number(b)) if a.as_f64() == b.as_f64() => {}
+        _ if ours != stored => out.push(format!("{path}: {ours} became {stored}")),
+        _ => {}
+    }
+}
+
 #[test]
 fn valid_leaderlock_applies_with_defaults_filled_in() {
     install_crd();
@@ -51,9 +79,21 @@ const INVALID: &[(&str, &str, &str)] = &[
     ("lock name of 51 characters", "", "spec.locks[0].name: Too long"),
     ("duplicate lock names", "selector: {matchLabels: {app: x}}\n  locks: [{name: a}, {name: a}]", "spec.locks[1]: Duplicate value"),
     ("ttlSeconds below 5", "selector: {matchLabels: {app: x}}\n  locks: [{name: a}]\n  ttlSeconds: 4", "spec.ttlSeconds: Invalid value: 4"),
-    ("ttlSeconds above 3600", "selector: {matchLabels: {app: x}}\n  locks: [{name: a}]\n  ttlSeconds: 3601", "spec.ttlSeconds: Invalid value: 3601"),
-    ("relative etcdKey", "selector: {matchLabels: {app: x}}\n  locks: [{name: a, etcdKey: legacy/a}]", "spec.locks[0].etcdKey: Invalid value"),
-    ("etcdKey ending in /", "selector: {matchLabels: {app: x}}\n  locks: [{name: a, etcdKey: /legacy/}]", "spec.locks[0].etcdKey: Invalid value"),
+    (
+        "ttlSeconds above 3600",
+        "selector: {matchLabels: {app: x}}\n  locks: [{name: a}]\n  ttlSeconds: 3601",
+        "spec.ttlSeconds: Invalid value: 3601",
+    ),
+    (
+        "relative etcdKey",
+        "selector: {matchLabels: {app: x}}\n  locks: [{name: a, etcdKey: legacy/a}]",
+        "spec.locks[0].etcdKey: Invalid value",
+    ),
+    (
+        "etcdKey ending in /",
+        "selector: {matchLabels: {app: x}}\n  locks: [{name: a, etcdKey: /legacy/}]",
+        "spec.locks[0].etcdKey: Invalid value",
+    ),
     ("unknown field", "selector: {matchLabels: {app: x}}\n  locks: [{name: a}]\n  ttl: 10", "unknown field \"spec.ttl\""),
     ("ttlSeconds of the wrong type", "selector: {matchLabels: {app: x}}\n  locks: [{name: a}]\n  ttlSeconds: soon", "spec.ttlSeconds"),
 ];

@@ -164,9 +164,7 @@ fn the_simulated_volume_has_kubelets_layout() {
 fn command(args: &[&str]) -> Command {
     let mut command = Command::new(BIN);
     command.args(args);
-    for var in
-        ["RUST_LOG", "LEADERLOCK_LOCK", "LEADERLOCK_ROLE_FILE", "LEADERLOCK_GRACE_PERIOD", "LEADERLOCK_WAIT_TIMEOUT"]
-    {
+    for var in ["RUST_LOG", "LEADERLOCK_LOCK", "LEADERLOCK_ROLE_FILE", "LEADERLOCK_GRACE_PERIOD", "LEADERLOCK_WAIT_TIMEOUT"] {
         command.env_remove(var);
     }
     command.env("LEADERLOCK_LOG_LEVEL", "info");
@@ -312,11 +310,7 @@ fn role_prints_standby_and_exits_1_from_both_forms() {
 #[test]
 fn role_reads_the_file_named_by_the_environment() {
     let volume = Volume::new(State::Leader(7));
-    let output = command(&["role"])
-        .env("LEADERLOCK_LOCK", LOCK)
-        .env("LEADERLOCK_ROLE_FILE", volume.annotations())
-        .output()
-        .unwrap();
+    let output = command(&["role"]).env("LEADERLOCK_LOCK", LOCK).env("LEADERLOCK_ROLE_FILE", volume.annotations()).output().unwrap();
     assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
     assert_eq!(stdout(&output), "leader 7\n");
 }
@@ -407,9 +401,7 @@ fn role_exits_2_naming_what_the_file_is_when_it_is_a_directory_or_a_device() {
 #[test]
 fn a_lock_name_that_cannot_exist_is_refused() {
     let volume = Volume::new(State::Leader(1));
-    let output = command(&["role", "--lock", "Ledger_Writer", "--file", volume.annotations().to_str().unwrap()])
-        .output()
-        .unwrap();
+    let output = command(&["role", "--lock", "Ledger_Writer", "--file", volume.annotations().to_str().unwrap()]).output().unwrap();
     assert_eq!(output.status.code(), Some(2));
     assert!(stderr(&output).contains("not a lock name"), "{}", stderr(&output));
 }
@@ -421,15 +413,7 @@ fn help_documents_every_subcommand_and_flag() {
         assert!(stdout(&top).contains(word), "{}", stdout(&top));
     }
     let run = command(&["run", "--help"]).output().unwrap();
-    for word in [
-        "--lock",
-        "--file",
-        "--grace-period",
-        "LEADERLOCK_ROLE_FILE",
-        "/etc/leaderlock/annotations",
-        "SIGKILL",
-        "[default: 10s]",
-    ] {
+    for word in ["--lock", "--file", "--grace-period", "LEADERLOCK_ROLE_FILE", "/etc/leaderlock/annotations", "SIGKILL", "[default: 10s]"] {
         assert!(stdout(&run).contains(word), "run --help lacks {word}: {}", stdout(&run));
     }
     let wait = command(&["wait", "--help"]).output().unwrap();
@@ -531,19 +515,8 @@ fn run_with(state: State, grace: &str, script: &str) -> RunFixture {
     let volume = Volume::new(state);
     let marker = volume.dir.path().join("marker.log");
     let file = volume.annotations();
-    let mut command = command(&[
-        "run",
-        "--lock",
-        LOCK,
-        "--file",
-        file.to_str().unwrap(),
-        "--grace-period",
-        grace,
-        "--",
-        "sh",
-        "-c",
-        script,
-    ]);
+    let mut command =
+        command(&["run", "--lock", LOCK, "--file", file.to_str().unwrap(), "--grace-period", grace, "--", "sh", "-c", script]);
     command.env("MARKER", &marker);
     RunFixture { run: Running::start(command), volume, marker }
 }
@@ -642,9 +615,7 @@ fn run_sigkills_a_command_that_ignores_sigterm_after_the_grace_period() {
 
 #[test]
 fn run_exits_with_the_status_of_a_command_that_ends_by_itself_while_leader() {
-    for (script, code) in
-        [(r#"echo "start $$" >> "$MARKER"; exit 7"#, 7), (r#"echo "start $$" >> "$MARKER"; kill -KILL $$"#, 128 + 9)]
-    {
+    for (script, code) in [(r#"echo "start $$" >> "$MARKER"; exit 7"#, 7), (r#"echo "start $$" >> "$MARKER"; kill -KILL $$"#, 128 + 9)] {
         let mut fx = run_with(State::Leader(1), "5s", script);
         let status = fx.run.exit();
         assert_eq!(status.code(), Some(code), "{script}: {}", fx.run.stderr());
@@ -697,8 +668,7 @@ fn run_exits_2_without_starting_anything_when_the_file_is_missing_or_the_command
     assert!(stderr(&output).contains("cannot read the role file"), "{}", stderr(&output));
 
     let file = volume.annotations();
-    let output =
-        command(&["run", "--lock", LOCK, "--file", file.to_str().unwrap(), "--", "/nonexistent/cmd"]).output().unwrap();
+    let output = command(&["run", "--lock", LOCK, "--file", file.to_str().unwrap(), "--", "/nonexistent/cmd"]).output().unwrap();
     assert_eq!(output.status.code(), Some(2));
     assert!(stderr(&output).contains("cannot start the command"), "{}", stderr(&output));
 }

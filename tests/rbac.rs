@@ -1,4 +1,4 @@
-//! Least-privilege RBAC, proven (SPEC §5): the controller runs as the Helm chart's
+//! Least-privilege RBAC, proven (docs/contract.md §5): the controller runs as the Helm chart's
 //! ServiceAccount — with only the chart's ClusterRole — through the main scenarios; with one
 //! rule removed it reports the missing permission in the LeaderLock's status instead of
 //! misbehaving silently. Own controller and lock etcd; the two tests run one at a time.
@@ -11,11 +11,12 @@ use common::k8s::*;
 use common::*;
 use kube::api::{Api, DeleteParams};
 use leaderlock::resource::LeaderLock;
+use serde_json::Value;
 
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// The chart's ServiceAccount, ClusterRole and ClusterRoleBinding rendered for namespace `ns`.
-fn chart_rbac(ns: &str) -> Vec<serde_yaml::Value> {
+fn chart_rbac(ns: &str) -> Vec<Value> {
     let chart = concat!(env!("CARGO_MANIFEST_DIR"), "/charts/leaderlock");
     let out = std::process::Command::new("helm")
         .args(["template", "leaderlock", chart, "--namespace", ns])
@@ -23,13 +24,9 @@ fn chart_rbac(ns: &str) -> Vec<serde_yaml::Value> {
         .expect("helm on PATH (hack/cluster.sh puts it there)");
     assert!(out.status.success(), "helm template: {}", String::from_utf8_lossy(&out.stderr));
     let text = String::from_utf8(out.stdout).unwrap();
-    serde_yaml::Deserializer::from_str(&text)
-        .filter_map(|d| serde_yaml::Value::deserialize(d).ok())
-        .filter(|v| matches!(v["kind"].as_str(), Some("ServiceAccount" | "ClusterRole" | "ClusterRoleBinding")))
-        .collect()
+    let docs: Vec<Value> = serde_saphyr::from_multiple(&text).unwrap_or_else(|e| panic!("helm rendered invalid YAML: {e}\n{text}"));
+    docs.into_iter().filter(|v| matches!(v["kind"].as_str(), Some("ServiceAccount" | "ClusterRole" | "ClusterRoleBinding"))).collect()
 }
-
-use serde::Deserialize;
 
 /// Applies the chart's RBAC under a unique name (minus `drop`, a (resource, verb) to remove),
 /// and returns a kubeconfig acting as its ServiceAccount through a TokenRequest token.
@@ -43,9 +40,9 @@ fn service_account_kubeconfig(ns: &str, drop: Option<(&str, &str)>) -> tempfile:
             Some("ClusterRole") => {
                 d["metadata"]["name"] = unique.clone().into();
                 if let Some((resource, verb)) = drop {
-                    for rule in d["rules"].as_sequence_mut().unwrap() {
-                        if rule["resources"].as_sequence().unwrap().iter().any(|r| r.as_str() == Some(resource)) {
-                            let verbs = rule["verbs"].as_sequence_mut().unwrap();
+                    for rule in d["rules"].as_array_mut().unwrap() {
+                        if rule["resources"].as_array().unwrap().iter().any(|r| r.as_str() == Some(resource)) {
+                            let verbs = rule["verbs"].as_array_mut().unwrap();
                             verbs.retain(|v| v.as_str() != Some(verb));
                         }
                     }
@@ -58,11 +55,11 @@ fn service_account_kubeconfig(ns: &str, drop: Option<(&str, &str)>) -> tempfile:
             _ => {}
         }
     }
-    let yaml = docs.iter().map(|d| serde_yaml::to_string(d).unwrap()).collect::<Vec<_>>().join("---\n");
+    let yaml = docs.iter().map(|d| serde_saphyr::to_string(d).unwrap()).collect::<Vec<_>>().join("---\n");
     kubectl_ok(&["apply", "-n", ns, "-f", "-"], Some(&yaml));
     let token = kubectl_ok(&["create", "token", &sa_name, "-n", ns, "--duration", "1h"], None);
     let admin = std::fs::read_to_string(env("KUBECONFIG")).unwrap();
-    let admin: serde_yaml::Value = serde_yaml::from_str(&admin).unwrap();
+    let admin: Value = serde_saphyr::from_str(&admin).unwrap();
     let cluster = &admin["clusters"][0]["cluster"];
     let kubeconfig = format!(
         "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster: {{server: {}, certificate-authority: {}}}\nusers:\n- name: sa\n  user: {{token: {}}}\ncontexts:\n- name: c\n  context: {{cluster: c, user: sa}}\ncurrent-context: c\n",

@@ -348,7 +348,11 @@ impl Supervised {
 
     pub fn assert_no_panic(&self) {
         let logs = self.logs();
-        assert!(!logs.contains("panicked"), "the controller panicked: {}", logs.lines().filter(|l| l.contains("panicked")).collect::<Vec<_>>().join("\n"));
+        assert!(
+            !logs.contains("panicked"),
+            "the controller panicked: {}",
+            logs.lines().filter(|l| l.contains("panicked")).collect::<Vec<_>>().join("\n")
+        );
     }
 }
 

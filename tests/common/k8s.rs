@@ -10,14 +10,14 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
+use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
-use kube::ResourceExt;
 use leaderlock::resource::LeaderLock;
 use serde_json::json;
 
-use super::etcd::ChildGuard;
 use super::env;
+use super::etcd::ChildGuard;
 
 pub async fn client() -> kube::Client {
     kube::Client::try_default().await.expect("a kube client from KUBECONFIG")
@@ -37,10 +37,7 @@ pub async fn create_pod(c: &kube::Client, ns: &str, name: &str, labels: &[(&str,
 /// Plays the kubelet: marks the pod Running and Ready (or not Ready) through `pods/status`.
 pub async fn set_ready(c: &kube::Client, ns: &str, name: &str, ready: bool) {
     let status = json!({"status": {"phase": "Running", "conditions": [{"type": "Ready", "status": if ready { "True" } else { "False" }}]}});
-    Api::<Pod>::namespaced(c.clone(), ns)
-        .patch_status(name, &PatchParams::default(), &Patch::Merge(&status))
-        .await
-        .unwrap();
+    Api::<Pod>::namespaced(c.clone(), ns).patch_status(name, &PatchParams::default(), &Patch::Merge(&status)).await.unwrap();
 }
 
 pub async fn ready_pods(c: &kube::Client, ns: &str, names: &[&str], labels: &[(&str, &str)]) {
@@ -65,10 +62,7 @@ pub async fn annotations(c: &kube::Client, ns: &str, name: &str) -> BTreeMap<Str
 pub async fn roles(c: &kube::Client, ns: &str, lock: &str) -> BTreeMap<String, String> {
     let key = format!("leaderlock.dev/{lock}");
     let pods = Api::<Pod>::namespaced(c.clone(), ns).list(&Default::default()).await.unwrap();
-    pods.items
-        .iter()
-        .filter_map(|p| Some((p.name_any(), p.annotations().get(&key)?.clone())))
-        .collect()
+    pods.items.iter().filter_map(|p| Some((p.name_any(), p.annotations().get(&key)?.clone()))).collect()
 }
 
 pub async fn leaderlock(c: &kube::Client, ns: &str, name: &str) -> LeaderLock {
@@ -264,7 +258,12 @@ impl Checker {
             match ev {
                 watcher::Event::Apply(p) | watcher::Event::InitApply(p) => {
                     let ns = p.namespace().unwrap_or_default();
-                    let keys: BTreeMap<String, String> = p.annotations().iter().filter(|(k, _)| k.starts_with("leaderlock.dev/")).map(|(k, v)| (k.clone(), v.clone())).collect();
+                    let keys: BTreeMap<String, String> = p
+                        .annotations()
+                        .iter()
+                        .filter(|(k, _)| k.starts_with("leaderlock.dev/"))
+                        .map(|(k, v)| (k.clone(), v.clone()))
+                        .collect();
                     pods.insert(format!("{ns}/{}", p.name_any()), keys);
                     touched.push(ns);
                 }
