@@ -4,7 +4,7 @@
 //!
 //! ```text
 //!  Observed (view + pod keys + holders) ─▶ before_etcd ─▶ [Claim, Pod (demotions)…, Sync…]
-//!  Observed, holders re-read after etcd ─▶ after_etcd  ─▶ [Pod…, Publish, Status]
+//!  Observed, holders re-read after etcd ─▶ after_etcd  ─▶ [Pod…, Status, Publish]
 //!                                          cleanup     ─▶ [Pod…, Release…]
 //! ```
 //!
@@ -129,11 +129,13 @@ pub fn after_etcd(o: &Observed, now: jiff::Timestamp) -> Vec<Step> {
     let status = status::observed(o.ll, &o.mine(), &candidates(o), &o.holders, now);
     let old = o.ll.status.clone().unwrap_or_default();
     let changes = holder_changes(&old, &status, &o.mine());
-    if !changes.is_empty() {
-        steps.push(Step::Publish(changes));
-    }
     if o.ll.status.as_ref() != Some(&status) {
         steps.push(Step::Status(status));
+    }
+    // After the status write: a failed write is retried from the old status, which would
+    // announce the same change again.
+    if !changes.is_empty() {
+        steps.push(Step::Publish(changes));
     }
     steps
 }
@@ -307,12 +309,12 @@ pub(crate) mod tests {
         o.holders = holds("a", 7);
         let after = after_etcd(&o, now());
         assert_eq!(after[..2], [write("b", &[], &[STANDBY]), write("a", &[], &[LEADER, ("leaderlock.dev/ledger.token", "7")])]);
-        let Step::Publish(changes) = &after[2] else { panic!("a holder change to publish: {after:?}") };
+        assert!(matches!(&after[2], Step::Status(s) if s.locks[0].holder.as_deref() == Some("a")));
+        let Step::Publish(changes) = &after[3] else { panic!("a holder change to publish: {after:?}") };
         assert_eq!(
             changes,
             &[HolderChange { lock: "ledger".into(), prefix: Some(P.into()), from: None, to: "a".into(), token: Some("7".into()) }]
         );
-        assert!(matches!(&after[3], Step::Status(s) if s.locks[0].holder.as_deref() == Some("a")));
         assert_eq!(after.len(), 4);
     }
 
@@ -350,6 +352,17 @@ pub(crate) mod tests {
         v.leaderlocks.insert("payments".into(), (Arc::new(ll.clone()), Matcher::new(&ll.spec.selector)));
         let o = observed(&ll, &v, Holders::new());
         assert_eq!(cleanup(&o), [write("a", &[STANDBY], &[]), Step::Release { lock: "ledger".into(), prefix: P.into() }]);
+    }
+
+    #[test]
+    fn holder_changes_are_published_only_once_the_status_reporting_them_is_written() {
+        // A failed status write stops the steps; the retry reads the old status and would
+        // announce the same change again had it been published first.
+        let ll = leaderlock(&["ledger"], None);
+        let v = view(&ll, &[pod("a", 1, true, &[LEADER, ("leaderlock.dev/ledger.token", "7")])]);
+        let steps = after_etcd(&observed(&ll, &v, holds("a", 7)), now());
+        let at = |f: fn(&Step) -> bool| steps.iter().position(f).unwrap();
+        assert!(at(|s| matches!(s, Step::Status(_))) < at(|s| matches!(s, Step::Publish(_))), "{steps:?}");
     }
 
     fn status(holder: Option<&str>, token: Option<&str>) -> LeaderLockStatus {
