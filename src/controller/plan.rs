@@ -3,7 +3,7 @@
 //! writes must land. Applying a plan is [`super::reconcile`]'s business.
 //!
 //! ```text
-//!  Observed (view + pod keys + holders) ─▶ before_etcd ─▶ [Claim, Pod (demotions)…, Sync…]
+//!  Observed (view + pod keys + holders) ─▶ before_etcd ─▶ [Pod (demotions)…, Sync…, Claim]
 //!  Observed, holders re-read after etcd ─▶ after_etcd  ─▶ [Pod…, Status, Publish]
 //!                                          cleanup     ─▶ [Pod…, Release…]
 //! ```
@@ -107,18 +107,20 @@ pub fn candidates(o: &Observed) -> Vec<Arc<PodInfo>> {
     o.view.candidates(&o.ll.name_any())
 }
 
-/// Before etcd: claim the accepted locks, demote the pods that must not lead any more (before
-/// their keys go), then one etcd sync per accepted lock.
+/// Before etcd: demote the pods that must not lead any more (before their keys go), one etcd
+/// sync per accepted lock, then claim the accepted locks.
 pub fn before_etcd(o: &Observed) -> Vec<Step> {
     let mine = o.mine();
-    let mut steps = vec![Step::Claim(mine.clone())];
-    steps.extend(pod_writes(o, Pass::Demotions));
+    let mut steps = pod_writes(o, Pass::Demotions);
     let wanted: Vec<Candidate> = candidates(o).iter().filter_map(|p| candidate_of(p)).collect();
     for (lock, res) in &mine {
         if let Resolution::Accepted(prefix) = res {
             steps.push(Step::Sync { lock: lock.clone(), prefix: prefix.clone(), wanted: wanted.clone(), ttl: o.ll.spec.ttl_seconds });
         }
     }
+    // Last: a claim recorded before a failed sync would win seniority ties for a lock whose
+    // keys were never written.
+    steps.push(Step::Claim(mine));
     steps
 }
 
@@ -303,7 +305,7 @@ pub(crate) mod tests {
         let before = before_etcd(&o);
         assert_eq!(
             before,
-            [Step::Claim(accepted()), Step::Sync { lock: "ledger".into(), prefix: P.into(), wanted: vec![cand("a"), cand("b")], ttl: 15 },]
+            [Step::Sync { lock: "ledger".into(), prefix: P.into(), wanted: vec![cand("a"), cand("b")], ttl: 15 }, Step::Claim(accepted())]
         );
         o.absorb(&before);
         o.holders = holds("a", 7);
@@ -325,8 +327,8 @@ pub(crate) mod tests {
         let v = view(&ll, &[pod("a", 1, false, &leader), pod("b", 2, true, &[STANDBY])]);
         let mut o = observed(&ll, &v, holds("a", 7));
         let before = before_etcd(&o);
-        assert_eq!(before[1], write("a", &leader, &[]), "demoted (and unlabelled) before etcd");
-        assert_eq!(before[2], Step::Sync { lock: "ledger".into(), prefix: P.into(), wanted: vec![cand("b")], ttl: 15 });
+        assert_eq!(before[0], write("a", &leader, &[]), "demoted (and unlabelled) before etcd");
+        assert_eq!(before[1], Step::Sync { lock: "ledger".into(), prefix: P.into(), wanted: vec![cand("b")], ttl: 15 });
         o.absorb(&before);
         o.holders = holds("b", 9);
         assert_eq!(after_etcd(&o, now())[0], write("b", &[STANDBY], &[LEADER, ("leaderlock.dev/ledger.token", "9")]));
@@ -363,6 +365,17 @@ pub(crate) mod tests {
         let steps = after_etcd(&observed(&ll, &v, holds("a", 7)), now());
         let at = |f: fn(&Step) -> bool| steps.iter().position(f).unwrap();
         assert!(at(|s| matches!(s, Step::Status(_))) < at(|s| matches!(s, Step::Publish(_))), "{steps:?}");
+    }
+
+    #[test]
+    fn locks_are_claimed_only_once_their_etcd_keys_are_written() {
+        // A claim makes this LeaderLock senior on a contested lock name: recorded before a
+        // failed etcd sync, it would win ties for a lock it never got.
+        let ll = leaderlock(&["ledger", "report"], None);
+        let v = view(&ll, &[pod("a", 1, true, &[])]);
+        let steps = before_etcd(&observed(&ll, &v, Holders::new()));
+        let claim = steps.iter().position(|s| matches!(s, Step::Claim(_))).unwrap();
+        assert!(steps.iter().rposition(|s| matches!(s, Step::Sync { .. })).unwrap() < claim, "{steps:?}");
     }
 
     fn status(holder: Option<&str>, token: Option<&str>) -> LeaderLockStatus {
