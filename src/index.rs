@@ -286,6 +286,11 @@ impl Index {
         }
     }
 
+    /// How many LeaderLocks have claims recorded (cheap: for `leaderlock_map_entries`).
+    pub fn claims_len(&self) -> usize {
+        self.claimed.read().unwrap_or_else(std::sync::PoisonError::into_inner).len()
+    }
+
     fn is_claimed(&self, ll: &LeaderLock, lock: &str) -> bool {
         let claimed = self.claimed.read().unwrap_or_else(std::sync::PoisonError::into_inner);
         ll.metadata.uid.as_ref().and_then(|u| claimed.get(u)).is_some_and(|locks| locks.iter().any(|l| l == lock))

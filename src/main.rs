@@ -209,7 +209,7 @@ async fn run_controller(args: Box<ControllerArgs>) -> Result<(), Box<dyn std::er
     tracing::info!(key = %key, "active: this replica reconciles");
     let engine_cfg = EngineConfig { root: args.etcd_prefix, allowed_prefixes: args.allowed_key_prefixes, call_timeout: args.etcd_timeout };
     let engine = Arc::new(Engine::start(etcd_client, engine_cfg).await?);
-    let settings = Settings { instance: args.instance, metrics, namespace: args.namespace, concurrency: args.max_concurrent_reconciles };
+    let settings = Settings { instance: args.instance, metrics, namespace: args.namespace, concurrency: args.max_concurrent_reconciles, maps: Default::default() };
     tokio::select! {
         () = controller::run(kube_client, engine, settings) => {
             leadership.resign().await;

@@ -23,7 +23,7 @@ pub mod status;
 mod wiring;
 pub mod written;
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use kube::ResourceExt;
@@ -66,6 +66,26 @@ pub struct Context {
     /// Our pod key writes the watch has not delivered yet: a reconcile reading an older copy
     /// could skip the demotion of a pod it just promoted.
     pub written_pods: Arc<Written<PodKeys>>,
+}
+
+/// The controller's maps that live as long as the objects they track, so that their sizes can
+/// be exported (`leaderlock_map_entries{map=...}`) and watched under churn.
+#[derive(Clone, Default)]
+pub struct Maps {
+    /// See [`Context::written`].
+    pub written: Arc<Written<LeaderLockStatus>>,
+    /// See [`Context::written_pods`].
+    pub written_pods: Arc<Written<PodKeys>>,
+    /// Set once the controller runs: its index holds the lock claims.
+    pub index: Arc<OnceLock<Arc<Index>>>,
+}
+
+impl Maps {
+    /// `(map name, entries)` of each map, cheap enough to sample at every scrape.
+    pub fn sizes(&self) -> [(&'static str, usize); 3] {
+        let claims = self.index.get().map_or(0, |i| i.claims_len());
+        [("written_status", self.written.len()), ("written_pods", self.written_pods.len()), ("lock_claims", claims)]
+    }
 }
 
 /// Entry point of every reconcile: finalizer handling, then [`reconcile::apply`] or

@@ -14,7 +14,7 @@ use kube::runtime::reflector::{self, ObjectRef};
 use kube::runtime::{WatchStreamExt, watcher};
 use tokio::sync::mpsc;
 
-use super::{Context, Error, error_policy, reconcile};
+use super::{Context, Error, Maps, error_policy, reconcile};
 use crate::etcd::engine::Engine;
 use crate::index::Index;
 use crate::metrics::Metrics;
@@ -29,6 +29,8 @@ pub struct Settings {
     pub namespace: Option<String>,
     /// How many reconciles may run at once.
     pub concurrency: u16,
+    /// The controller's maps, shared with whoever reports their sizes.
+    pub maps: Maps,
 }
 
 /// Runs the controller until SIGTERM/SIGINT.
@@ -43,6 +45,8 @@ pub async fn run(client: kube::Client, engine: Arc<Engine>, settings: Settings) 
         prefix_engine.lock_prefix(ns, &lock.name, lock.etcd_key.as_deref()).map_err(|e| e.to_string())
     };
     let index = Arc::new(Index::new(prefix_of, reader.clone()));
+    let maps = settings.maps;
+    maps.index.get_or_init(|| index.clone());
 
     // Reconciles wait for the first complete list of both kinds: an empty pod index would look
     // like every candidate left, and change every holder. (Not `Store::wait_until_ready`: it
@@ -53,8 +57,14 @@ pub async fn run(client: kube::Client, engine: Arc<Engine>, settings: Settings) 
     let (trigger, triggers) = mpsc::unbounded_channel();
     let (lls_synced_tx, lls_synced) = tokio::sync::watch::channel(false);
     // The pod watch only feeds the index, which names the LeaderLocks each event concerns.
-    let pod_index = index.clone();
-    let mut pod_indexing = indexing(move |ev| pod_index.on_pod_event(ev), pods_synced_tx);
+    let (pod_index, written_pods) = (index.clone(), maps.written_pods.clone());
+    let mut pod_indexing = indexing(
+        move |ev| {
+            written_pods.observe(ev);
+            pod_index.on_pod_event(ev)
+        },
+        pods_synced_tx,
+    );
     let pod_triggers = watcher(pods_api, watcher::Config::default())
         .backoff(WatchBackoff::default())
         .flat_map(move |ev| futures::stream::iter(pod_indexing(&ev)));
@@ -63,8 +73,14 @@ pub async fn run(client: kube::Client, engine: Arc<Engine>, settings: Settings) 
     // Only Apply events trigger their object directly: a relist's objects are indexed when it
     // completes, and the index then names what changed (a reconcile run on a relisted object
     // before that would read the previous table).
-    let ll_index = index.clone();
-    let mut ll_indexing = indexing(move |ev| ll_index.on_leaderlock_event(ev), lls_synced_tx);
+    let (ll_index, written) = (index.clone(), maps.written.clone());
+    let mut ll_indexing = indexing(
+        move |ev| {
+            written.observe(ev);
+            ll_index.on_leaderlock_event(ev)
+        },
+        lls_synced_tx,
+    );
     let ll_events = watcher(lls, watcher::Config::default())
         .backoff(WatchBackoff::default())
         .modify(|ll: &mut LeaderLock| ll.managed_fields_mut().clear()) // never read
@@ -85,8 +101,8 @@ pub async fn run(client: kube::Client, engine: Arc<Engine>, settings: Settings) 
         index: index.clone(),
         instance: settings.instance,
         metrics: settings.metrics.clone(),
-        written: Default::default(),
-        written_pods: Default::default(),
+        written: maps.written.clone(),
+        written_pods: maps.written_pods.clone(),
     });
 
     let etcd_changes = etcd_triggers(engine.clone(), index);

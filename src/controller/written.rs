@@ -1,7 +1,10 @@
 //! Read-your-writes: what this controller wrote that the watches have not delivered yet.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
+
+use kube::Resource;
+use kube::runtime::watcher;
 
 use crate::resource::{LeaderLock, LeaderLockStatus};
 
@@ -10,17 +13,54 @@ use crate::resource::{LeaderLock, LeaderLockStatus};
 /// watch shows our previous write; deciding from the older copy it would announce the same
 /// holder change twice and write the status again, or — for pods — think a pod it just promoted
 /// is still standby and skip its demotion: two leaders.
-pub struct Written<T>(Mutex<HashMap<String, (u64, T)>>);
+///
+/// An object deleted before the watch delivered our write is never read again: its entry goes
+/// with its Delete event, or with the relist that no longer shows it ([`Written::observe`]).
+pub struct Written<T> {
+    entries: Mutex<HashMap<String, (u64, T)>>,
+    /// During a relist, the UIDs it listed so far.
+    relisted: Mutex<Option<HashSet<String>>>,
+}
 
 impl<T> Default for Written<T> {
     fn default() -> Self {
-        Written(Mutex::default())
+        Written { entries: Mutex::default(), relisted: Mutex::default() }
     }
 }
 
 impl<T: Clone> Written<T> {
     fn map(&self) -> std::sync::MutexGuard<'_, HashMap<String, (u64, T)>> {
-        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+        self.entries.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// How many writes the watch has not delivered yet (cheap: for `leaderlock_map_entries`).
+    pub fn len(&self) -> usize {
+        self.map().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Forgets the objects a watch event says are gone: a deleted one, or those a completed
+    /// relist did not list.
+    pub fn observe<K: Resource>(&self, ev: &watcher::Event<K>) {
+        let uid = |o: &K| o.meta().uid.clone();
+        let mut relisted = self.relisted.lock().unwrap_or_else(PoisonError::into_inner);
+        match ev {
+            watcher::Event::Delete(o) => {
+                if let Some(u) = uid(o) {
+                    self.map().remove(&u);
+                }
+            }
+            watcher::Event::Apply(_) => {}
+            watcher::Event::Init => *relisted = Some(HashSet::new()),
+            watcher::Event::InitApply(o) => relisted.get_or_insert_default().extend(uid(o)),
+            watcher::Event::InitDone => {
+                let listed = relisted.take().unwrap_or_default();
+                self.map().retain(|u, _| listed.contains(u));
+            }
+        }
     }
 
     /// Remembers that writing `value` produced version `rv` of object `uid`.
@@ -88,6 +128,29 @@ mod tests {
         let caught_up = with_latest_status(&written, ll("21", Some("w-2")));
         assert_eq!(caught_up.status.as_ref().unwrap().locks[0].holder.as_deref(), Some("w-2"));
         assert_eq!(with_latest_status(&written, ll("19", None)).status.as_ref().unwrap().locks[0].holder, None, "forgotten once caught up");
+    }
+
+    fn pod(uid: &str) -> k8s_openapi::api::core::v1::Pod {
+        let mut p = k8s_openapi::api::core::v1::Pod::default();
+        p.metadata.uid = Some(uid.into());
+        p
+    }
+
+    #[test]
+    fn objects_deleted_before_the_watch_delivered_our_write_are_forgotten() {
+        let written: Written<PodKeys> = Written::default();
+        for uid in ["p1", "p2", "p3"] {
+            written.record(Some(uid), Some("7"), PodKeys::default());
+        }
+        written.observe(&watcher::Event::Apply(pod("p1")));
+        assert_eq!(written.len(), 3, "a pod still there keeps its entry until the watch catches up");
+        written.observe(&watcher::Event::Delete(pod("p1")));
+        assert_eq!(written.newer_than(Some("p1"), Some("6")), None);
+        // p3 was deleted while the watch was down: the relist does not list it.
+        for ev in [watcher::Event::Init, watcher::Event::InitApply(pod("p2")), watcher::Event::InitDone] {
+            written.observe(&ev);
+        }
+        assert_eq!((written.len(), written.newer_than(Some("p2"), Some("6"))), (1, Some(PodKeys::default())));
     }
 
     #[test]
