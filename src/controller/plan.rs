@@ -3,7 +3,7 @@
 //! writes must land. Applying a plan is [`super::reconcile`]'s business.
 //!
 //! ```text
-//!  Observed (view + pod keys + holders) ─▶ before_etcd ─▶ [Pod (demotions)…, Sync…, Claim]
+//!  Observed (view + pod keys + holders) ─▶ before_etcd ─▶ [Pod (demotions)…, Sync…, Release…, Claim]
 //!  Observed, holders re-read after etcd ─▶ after_etcd  ─▶ [Pod…, Status, Publish]
 //!                                          cleanup     ─▶ [Pod…, Release…]
 //! ```
@@ -108,7 +108,7 @@ pub fn candidates(o: &Observed) -> Vec<Arc<PodInfo>> {
 }
 
 /// Before etcd: demote the pods that must not lead any more (before their keys go), one etcd
-/// sync per accepted lock, then claim the accepted locks.
+/// sync per accepted lock, one release per lock no longer held, then claim the accepted locks.
 pub fn before_etcd(o: &Observed) -> Vec<Step> {
     let mine = o.mine();
     let mut steps = pod_writes(o, Pass::Demotions);
@@ -118,8 +118,10 @@ pub fn before_etcd(o: &Observed) -> Vec<Step> {
             steps.push(Step::Sync { lock: lock.clone(), prefix: prefix.clone(), wanted: wanted.clone(), ttl: o.ll.spec.ttl_seconds });
         }
     }
+    steps.extend(releases(o));
     // Last: a claim recorded before a failed sync would win seniority ties for a lock whose
-    // keys were never written.
+    // keys were never written; and the claims are what remembers a removed lock's prefix until
+    // its keys are gone.
     steps.push(Step::Claim(mine));
     steps
 }
@@ -151,7 +153,15 @@ pub fn cleanup(o: &Observed) -> Vec<Step> {
             steps.push(Step::Release { lock, prefix });
         }
     }
+    steps.extend(releases(o));
     steps
+}
+
+/// One release per lock the LeaderLock held and no longer has (removed from `spec.locks`, or
+/// moved to another prefix): nobody else deletes those keys, and the controller's lease would
+/// keep them alive for ever, blocking every other client of that prefix.
+fn releases(o: &Observed) -> Vec<Step> {
+    o.view.released.iter().map(|(lock, prefix)| Step::Release { lock: lock.clone(), prefix: prefix.clone() }).collect()
 }
 
 /// The `leaderlock.dev/*` writes to the pods of the view — each pod's full set, across every
@@ -265,6 +275,7 @@ pub(crate) mod tests {
             pods: pods.iter().map(|p| (p.name.clone(), p.clone())).collect(),
             selecting: pods.iter().map(|p| (p.name.clone(), vec!["payments".to_string()])).collect(),
             resolved: [("payments".to_string(), resolved)].into(),
+            released: vec![],
         }
     }
 
@@ -376,6 +387,27 @@ pub(crate) mod tests {
         let steps = before_etcd(&observed(&ll, &v, Holders::new()));
         let claim = steps.iter().position(|s| matches!(s, Step::Claim(_))).unwrap();
         assert!(steps.iter().rposition(|s| matches!(s, Step::Sync { .. })).unwrap() < claim, "{steps:?}");
+    }
+
+    #[test]
+    fn a_lock_removed_from_the_spec_is_released_after_the_syncs_and_leaves_the_status() {
+        let leader =
+            [LEADER, ("leaderlock.dev/ledger.token", "7"), ("leaderlock.dev/report", "leader"), ("leaderlock.dev/report.token", "8")];
+        let held = leaderlock(&["ledger", "report"], None);
+        let v = view(&held, &[pod("a", 1, true, &leader)]);
+        let reported = status::observed(&held, &v.resolved["payments"], &[pod("a", 1, true, &[])], &holds("a", 7), now());
+        let ll = leaderlock(&["ledger"], Some(reported));
+        let mut v = view(&ll, &[pod("a", 1, true, &leader)]);
+        v.released = vec![("report".into(), "/shared/report".into())]; // what the index found
+        let mut o = observed(&ll, &v, holds("a", 7));
+        let before = before_etcd(&o);
+        assert_eq!(before[0], write("a", &leader, &leader[..2]), "the leader of the removed lock is demoted first");
+        assert!(matches!(before[1], Step::Sync { .. }));
+        assert_eq!(before[2..], [Step::Release { lock: "report".into(), prefix: "/shared/report".into() }, Step::Claim(accepted())]);
+        o.absorb(&before);
+        let after = after_etcd(&o, now());
+        let Some(Step::Status(s)) = after.first() else { panic!("a status without the removed lock: {after:?}") };
+        assert_eq!(s.locks.iter().map(|l| l.name.as_str()).collect::<Vec<_>>(), ["ledger"]);
     }
 
     fn status(holder: Option<&str>, token: Option<&str>) -> LeaderLockStatus {
