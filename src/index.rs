@@ -801,6 +801,16 @@ mod tests {
     }
 
     #[test]
+    fn a_lock_whose_etcd_key_moved_releases_the_old_prefix() {
+        let before = Arc::new(reporting(ll("a", "web", 0, "web", &[("x", Some("/shared/old"))]), &["x"]));
+        let idx = index(&[(*before).clone()], &[]);
+        idx.record_claims(&before, &idx.view(&before).resolved["web"].clone());
+        let moved = Arc::new(reporting(ll("a", "web", 0, "web", &[("x", Some("/shared/new"))]), &["x"]));
+        assert_eq!(idx.view(&moved).released, [("x".to_string(), "/shared/old".to_string())]);
+        assert!(idx.view(&before).released.is_empty(), "nothing while the spec still has it there");
+    }
+
+    #[test]
     fn a_relist_replaces_everything_at_once() {
         let mut idx = index(&[ll("a", "gone", 0, "web", &[("w", None)])], &[pod("a", "p", "web", &[])]);
         idx.ll_event(watcher::Event::Init);
