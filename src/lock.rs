@@ -91,12 +91,7 @@ pub fn holder(prefix: &str, keys: &[KeyState]) -> Option<Holder> {
     let k = *keys_of(prefix, keys).first()?;
     let dir = format!("{prefix}/");
     let name = k.candidate_name().map(str::to_string);
-    Some(Holder {
-        key: k.key.clone(),
-        token: k.create_revision,
-        candidate: name.as_ref().map(|_| k.key[dir.len()..].to_string()),
-        name,
-    })
+    Some(Holder { key: k.key.clone(), token: k.create_revision, candidate: name.as_ref().map(|_| k.key[dir.len()..].to_string()), name })
 }
 
 /// The operations that make the keys under `prefix` match `wanted`: a key for each wanted
@@ -116,12 +111,7 @@ pub fn plan(prefix: &str, keys: &[KeyState], wanted: &[Candidate], lease: i64) -
         if !wanted_ids.contains(id) {
             ops.push(Op::Delete { key: k.key.clone(), create_revision: k.create_revision });
         } else if k.lease != lease {
-            ops.push(Op::Reattach {
-                key: k.key.clone(),
-                mod_revision: k.mod_revision,
-                value: k.value.clone(),
-                lease,
-            });
+            ops.push(Op::Reattach { key: k.key.clone(), mod_revision: k.mod_revision, value: k.value.clone(), lease });
         }
     }
     let mut seen = BTreeSet::new();

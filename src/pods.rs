@@ -49,8 +49,7 @@ pub fn is_candidate(pod: &Pod) -> bool {
         return false;
     }
     let Some(status) = &pod.status else { return false };
-    status.phase.as_deref() == Some("Running")
-        && status.conditions.iter().flatten().any(|c| c.type_ == "Ready" && c.status == "True")
+    status.phase.as_deref() == Some("Running") && status.conditions.iter().flatten().any(|c| c.type_ == "Ready" && c.status == "True")
 }
 
 /// The `leaderlock.dev/*` annotations and labels of one pod.
@@ -264,10 +263,8 @@ mod tests {
             annotations: keys(&[("leaderlock.dev/ledger", "leader"), ("leaderlock.dev/ledger.token", "42")]),
             labels: keys(&[("leaderlock.dev/ledger", "leader")]),
         };
-        let was_standby = PodKeys {
-            annotations: keys(&[("leaderlock.dev/ledger", "standby")]),
-            labels: keys(&[("leaderlock.dev/ledger", "standby")]),
-        };
+        let was_standby =
+            PodKeys { annotations: keys(&[("leaderlock.dev/ledger", "standby")]), labels: keys(&[("leaderlock.dev/ledger", "standby")]) };
         // a: demoted at once.
         assert_eq!(demotions_only(&was_leader, &desired("a", &locks), &locks), desired("a", &locks));
         // b: stays standby in phase 1, leader only in phase 2.
@@ -277,7 +274,10 @@ mod tests {
 
     #[test]
     fn losing_a_leader_role_is_a_demotion_gaining_or_keeping_one_is_not() {
-        let leader = PodKeys { annotations: keys(&[("leaderlock.dev/ledger", "leader"), ("leaderlock.dev/ledger.token", "42")]), ..Default::default() };
+        let leader = PodKeys {
+            annotations: keys(&[("leaderlock.dev/ledger", "leader"), ("leaderlock.dev/ledger.token", "42")]),
+            ..Default::default()
+        };
         let standby = PodKeys { annotations: keys(&[("leaderlock.dev/ledger", "standby")]), ..Default::default() };
         assert!(is_demotion(&leader, &standby));
         assert!(is_demotion(&leader, &PodKeys::default()), "removing the keys of a leader demotes it");
