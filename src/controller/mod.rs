@@ -1,0 +1,114 @@
+//! The reconciler (docs/contract.md §2–§4): for each LeaderLock, make etcd hold one key per
+//! candidate pod and lock, then make the pods' `leaderlock.dev/*` keys and the status say who
+//! holds.
+//!
+//! ```text
+//!  LeaderLock ─┐                        ┌─▶ pods pass (demotions first)   ─▶ apiserver (SSA)
+//!  Pod ────────┼─▶ reconcile(LeaderLock)┼─▶ etcd ops (create / delete)    ─▶ etcd
+//!  etcd mirror ┘     (idempotent)       ├─▶ pods pass (promotions)        ─▶ apiserver (SSA)
+//!                                       └─▶ status + Event on holder change
+//! ```
+//!
+//! Nothing here polls: every reconcile is triggered by a LeaderLock, a pod or an etcd change.
+//! One concern per module: [`plan`] decides (pure), [`reconcile`] applies, [`status`] builds the
+//! status (pure), [`written`] remembers our writes, [`wiring`] feeds the streams.
+
+mod cleanup;
+mod error;
+mod events;
+pub mod plan;
+mod pod_writes;
+mod reconcile;
+pub mod status;
+mod wiring;
+pub mod written;
+
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use kube::ResourceExt;
+use kube::api::Api;
+use kube::runtime::controller::Action;
+use kube::runtime::finalizer::{Event as Finalizer, finalizer};
+
+pub use error::{Error, Result};
+pub use wiring::{Settings, run};
+pub use written::Written;
+
+use crate::etcd::engine::Engine;
+use crate::index::Index;
+use crate::metrics::Metrics;
+use crate::pods::PodKeys;
+use crate::resource::{LeaderLock, LeaderLockStatus};
+
+/// The one field manager for every status and pod write.
+pub const FIELD_MANAGER: &str = "leaderlock";
+/// Holds a LeaderLock until its etcd keys and pod keys are gone.
+pub const FINALIZER: &str = "leaderlock.dev/cleanup";
+
+/// Shared state of all reconciles.
+#[derive(Clone)]
+pub struct Context {
+    /// Kubernetes client for pods, status and events.
+    pub client: kube::Client,
+    /// The lock engine: etcd writes and the mirror holders are read from.
+    pub engine: Arc<Engine>,
+    /// Every LeaderLock and pod, indexed: candidacy, lock-name conflicts and a pod's keys are
+    /// decided without API reads, touching only the objects concerned.
+    pub index: Arc<Index>,
+    /// This replica's name, the `reportingInstance` of its Events.
+    pub instance: String,
+    /// Counters and histograms served at `/metrics`.
+    pub metrics: Arc<Metrics>,
+    /// Our status writes the watch has not delivered yet: a reconcile reading an older copy
+    /// would announce a holder change twice.
+    pub written: Arc<Written<LeaderLockStatus>>,
+    /// Our pod key writes the watch has not delivered yet: a reconcile reading an older copy
+    /// could skip the demotion of a pod it just promoted.
+    pub written_pods: Arc<Written<PodKeys>>,
+}
+
+/// The controller's maps that live as long as the objects they track, so that their sizes can
+/// be exported (`leaderlock_map_entries{map=...}`) and watched under churn.
+#[derive(Clone, Default)]
+pub struct Maps {
+    /// See [`Context::written`].
+    pub written: Arc<Written<LeaderLockStatus>>,
+    /// See [`Context::written_pods`].
+    pub written_pods: Arc<Written<PodKeys>>,
+    /// Set once the controller runs: its index holds the lock claims.
+    pub index: Arc<OnceLock<Arc<Index>>>,
+}
+
+impl Maps {
+    /// `(map name, entries)` of each map, cheap enough to sample at every scrape.
+    pub fn sizes(&self) -> [(&'static str, usize); 3] {
+        let claims = self.index.get().map_or(0, |i| i.claims_len());
+        [("written_status", self.written.len()), ("written_pods", self.written_pods.len()), ("lock_claims", claims)]
+    }
+}
+
+/// Entry point of every reconcile: finalizer handling, then [`reconcile::apply`] or
+/// [`cleanup::cleanup`].
+pub async fn reconcile(ll: Arc<LeaderLock>, ctx: Arc<Context>) -> Result<Action> {
+    let ns = ll.namespace().ok_or(Error::NoNamespace)?;
+    let api: Api<LeaderLock> = Api::namespaced(ctx.client.clone(), &ns);
+    tracing::debug!(leaderlock = %ll.name_any(), "reconcile: start");
+    finalizer(&api, FINALIZER, ll, |event| async {
+        match event {
+            Finalizer::Apply(ll) => reconcile::apply(ll, &ctx).await,
+            Finalizer::Cleanup(ll) => cleanup::cleanup(ll, &ctx).await,
+        }
+    })
+    .await
+    .map_err(|e| match e {
+        kube::runtime::finalizer::Error::ApplyFailed(e) | kube::runtime::finalizer::Error::CleanupFailed(e) => e,
+        other => Error::Finalizer(other.to_string()),
+    })
+}
+
+/// Logs the failure and retries with backoff; etcd outages are also visible in the status.
+pub fn error_policy(ll: Arc<LeaderLock>, err: &Error, _ctx: Arc<Context>) -> Action {
+    tracing::warn!(leaderlock = %ll.name_any(), namespace = ll.namespace().unwrap_or_default(), error = %err, kind = err.label(), "reconcile failed");
+    Action::requeue(Duration::from_secs(2))
+}

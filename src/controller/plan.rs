@@ -1,0 +1,442 @@
+//! The decision of one reconcile, pure: from what it observed (the index's view, the pods' keys
+//! as we last knew them, each lock's holder), every write to make, as data, in the order the
+//! writes must land. Applying a plan is [`super::reconcile`]'s business.
+//!
+//! ```text
+//!  Observed (view + pod keys + holders) ─▶ before_etcd ─▶ [Pod (demotions)…, Sync…, Release…, Claim]
+//!  Observed, holders re-read after etcd ─▶ after_etcd  ─▶ [Pod…, Status, Publish]
+//!                                          cleanup     ─▶ [Pod…, Release…]
+//! ```
+//!
+//! Two stages, because a promotion carries the fencing token, which only exists once etcd has
+//! created the holder's key.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use kube::ResourceExt;
+
+use super::status;
+use crate::index::View;
+use crate::lock::{Candidate, Holder};
+use crate::pods::{self, PodInfo, PodKeys};
+use crate::resolve::Resolution;
+use crate::resource::{LeaderLock, LeaderLockStatus};
+
+/// The holder of each accepted lock prefix, as etcd's mirror showed it (absent: no holder).
+pub type Holders = BTreeMap<String, Holder>;
+
+/// Everything one reconcile decides from, read once.
+pub struct Observed<'a> {
+    /// The reconciled LeaderLock, with the status we last wrote.
+    pub ll: &'a LeaderLock,
+    pub view: &'a View,
+    /// Each pod of the view's keys as we know them: our own write when the view's copy is older.
+    pub current: BTreeMap<String, PodKeys>,
+    pub holders: Holders,
+}
+
+impl Observed<'_> {
+    /// How the reconciled LeaderLock's locks resolve, in spec order.
+    pub fn mine(&self) -> Vec<(String, Resolution)> {
+        self.view.resolved.get(&self.ll.name_any()).cloned().unwrap_or_default()
+    }
+
+    /// Every accepted lock prefix of the view: the holders a plan needs.
+    pub fn prefixes(view: &View) -> impl Iterator<Item = &String> {
+        view.resolved.values().flatten().filter_map(|(_, r)| match r {
+            Resolution::Accepted(p) => Some(p),
+            Resolution::Rejected { .. } => None,
+        })
+    }
+
+    /// Takes the pod writes of `steps` as landed: the next stage starts from them.
+    pub fn absorb(&mut self, steps: &[Step]) {
+        for step in steps {
+            if let Step::Pod { name, to, .. } = step {
+                self.current.insert(name.clone(), to.clone());
+            }
+        }
+    }
+}
+
+/// One write, in the order it must land.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Step {
+    /// Server-side apply `to` as the pod's `leaderlock.dev/*` keys (`from`: what it carries).
+    Pod { name: String, uid: Option<String>, from: PodKeys, to: PodKeys },
+    /// Make the candidate keys under `prefix` match `wanted` (in creation priority order).
+    Sync { lock: String, prefix: String, wanted: Vec<Candidate>, ttl: i64 },
+    /// Delete every key of ours under `prefix`; foreign keys stay.
+    Release { lock: String, prefix: String },
+    /// Remember which locks the LeaderLock was accepted for (settles same-second seniority ties
+    /// before the status shows them).
+    Claim(Vec<(String, Resolution)>),
+    /// Apply the LeaderLock's status.
+    Status(LeaderLockStatus),
+    /// Announce holder changes: one Event each, the holder-change metric, failover latency.
+    Publish(Vec<HolderChange>),
+}
+
+/// A lock of the LeaderLock got a new holder (or a new fencing token).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HolderChange {
+    pub lock: String,
+    /// The lock's etcd prefix, to find when its previous holder's key was deleted.
+    pub prefix: Option<String>,
+    pub from: Option<String>,
+    pub to: String,
+    pub token: Option<String>,
+}
+
+/// Which pod writes a plan makes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Pass {
+    /// Only pods losing a `leader` role (before their etcd keys go).
+    Demotions,
+    /// Everything: demotions and settled pods first, then promotions.
+    All,
+}
+
+fn candidate_of(pod: &PodInfo) -> Option<Candidate> {
+    Some(Candidate { id: pod.uid.clone()?, name: format!("{}/{}", pod.namespace, pod.name) })
+}
+
+/// The candidate pods of the reconciled LeaderLock, oldest first.
+pub fn candidates(o: &Observed) -> Vec<Arc<PodInfo>> {
+    o.view.candidates(&o.ll.name_any())
+}
+
+/// Before etcd: demote the pods that must not lead any more (before their keys go), one etcd
+/// sync per accepted lock, one release per lock no longer held, then claim the accepted locks.
+pub fn before_etcd(o: &Observed) -> Vec<Step> {
+    let mine = o.mine();
+    let mut steps = pod_writes(o, Pass::Demotions);
+    let wanted: Vec<Candidate> = candidates(o).iter().filter_map(|p| candidate_of(p)).collect();
+    for (lock, res) in &mine {
+        if let Resolution::Accepted(prefix) = res {
+            steps.push(Step::Sync { lock: lock.clone(), prefix: prefix.clone(), wanted: wanted.clone(), ttl: o.ll.spec.ttl_seconds });
+        }
+    }
+    steps.extend(releases(o));
+    // Last: a claim recorded before a failed sync would win seniority ties for a lock whose
+    // keys were never written; and the claims are what remembers a removed lock's prefix until
+    // its keys are gone.
+    steps.push(Step::Claim(mine));
+    steps
+}
+
+/// After etcd: every pod write left (promotions of the holders etcd now shows last), then the
+/// status and the holder changes it reports.
+pub fn after_etcd(o: &Observed, now: jiff::Timestamp) -> Vec<Step> {
+    let mut steps = pod_writes(o, Pass::All);
+    let status = status::observed(o.ll, &o.mine(), &candidates(o), &o.holders, now);
+    let old = o.ll.status.clone().unwrap_or_default();
+    let changes = holder_changes(&old, &status, &o.mine());
+    if o.ll.status.as_ref() != Some(&status) {
+        steps.push(Step::Status(status));
+    }
+    // After the status write: a failed write is retried from the old status, which would
+    // announce the same change again.
+    if !changes.is_empty() {
+        steps.push(Step::Publish(changes));
+    }
+    steps
+}
+
+/// A LeaderLock being deleted (it assigns no roles any more): unlabel its pods, demotions
+/// first, then delete its candidate keys.
+pub fn cleanup(o: &Observed) -> Vec<Step> {
+    let mut steps = pod_writes(o, Pass::All);
+    for (lock, res) in o.mine() {
+        if let Resolution::Accepted(prefix) = res {
+            steps.push(Step::Release { lock, prefix });
+        }
+    }
+    steps.extend(releases(o));
+    steps
+}
+
+/// One release per lock the LeaderLock held and no longer has (removed from `spec.locks`, or
+/// moved to another prefix): nobody else deletes those keys, and the controller's lease would
+/// keep them alive for ever, blocking every other client of that prefix.
+fn releases(o: &Observed) -> Vec<Step> {
+    o.view.released.iter().map(|(lock, prefix)| Step::Release { lock: lock.clone(), prefix: prefix.clone() }).collect()
+}
+
+/// The `leaderlock.dev/*` writes to the pods of the view — each pod's full set, across every
+/// LeaderLock of the namespace, as one field manager must — every demotion before any
+/// promotion. Nothing for pods already right, and each pod at most twice (only a pod that loses
+/// one lock and gains another needs the intermediate step).
+fn pod_writes(o: &Observed, pass: Pass) -> Vec<Step> {
+    let holder = |prefix: &str| o.holders.get(prefix).cloned();
+    let mut plans = Vec::new();
+    for (name, pod) in &o.view.pods {
+        let roles = o.view.roles_for(pod, holder);
+        let desired = pods::desired(name, &roles);
+        let current = o.current.get(name).cloned().unwrap_or_else(|| pod.keys());
+        if current != desired {
+            let first = pods::demotions_only(&current, &desired, &roles);
+            plans.push((name, &pod.uid, current, first, desired));
+        }
+    }
+    let write = |name: &String, uid: &Option<String>, from: &PodKeys, to: &PodKeys| Step::Pod {
+        name: name.clone(),
+        uid: uid.clone(),
+        from: from.clone(),
+        to: to.clone(),
+    };
+    let mut steps = Vec::new();
+    for (name, uid, current, first, desired) in &mut plans {
+        let settles = pass == Pass::All && first == desired;
+        if first != current && (settles || pods::is_demotion(current, first)) {
+            steps.push(write(name, uid, current, first));
+            *current = first.clone();
+        }
+    }
+    if pass == Pass::All {
+        for (name, uid, current, _, desired) in &plans {
+            if desired != current {
+                steps.push(write(name, uid, current, desired));
+            }
+        }
+    }
+    steps
+}
+
+/// One change per lock whose holder or token differs from the last reported status (not one
+/// per reconcile); a lock losing its holder is not a change to announce.
+pub fn holder_changes(old: &LeaderLockStatus, new: &LeaderLockStatus, mine: &[(String, Resolution)]) -> Vec<HolderChange> {
+    let mut out = Vec::new();
+    for st in &new.locks {
+        let Some(to) = st.holder.clone() else {
+            continue;
+        };
+        let prev = old.locks.iter().find(|l| l.name == st.name);
+        let (from, from_token) = (prev.and_then(|p| p.holder.clone()), prev.and_then(|p| p.fencing_token.clone()));
+        if Some(&to) == from.as_ref() && st.fencing_token == from_token {
+            continue;
+        }
+        let prefix = mine.iter().find_map(|(n, r)| match r {
+            Resolution::Accepted(p) if *n == st.name => Some(p.clone()),
+            _ => None,
+        });
+        out.push(HolderChange { lock: st.name.clone(), prefix, from, to, token: st.fencing_token.clone() });
+    }
+    out
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::pods::{Matcher, Pairs};
+    use crate::resource::{LeaderLockSpec, LockSpec, LockStatus};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+
+    pub const P: &str = "/ll/locks/ns/ledger";
+
+    pub fn now() -> jiff::Timestamp {
+        jiff::Timestamp::from_second(1_800_000_000).unwrap()
+    }
+
+    /// LeaderLock `payments` in `ns` selecting `app=worker`, with `locks`.
+    pub fn leaderlock(locks: &[&str], status: Option<LeaderLockStatus>) -> LeaderLock {
+        let selector = LabelSelector { match_labels: Some([("app".to_string(), "worker".to_string())].into()), ..Default::default() };
+        let locks = locks.iter().map(|l| LockSpec { name: l.to_string(), etcd_key: None }).collect();
+        let mut ll = LeaderLock::new("payments", LeaderLockSpec { selector, locks, ttl_seconds: 15, pod_labels: false });
+        ll.metadata.namespace = Some("ns".into());
+        ll.metadata.generation = Some(3);
+        ll.status = status;
+        ll
+    }
+
+    /// A Ready pod `name` (UID `uid-<name>`) selected by `payments`, created `age` seconds in.
+    pub fn pod(name: &str, age: i64, candidate: bool, keys: &[(&str, &str)]) -> Arc<PodInfo> {
+        let keys: BTreeMap<String, String> = keys.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        Arc::new(PodInfo {
+            namespace: "ns".into(),
+            name: name.into(),
+            uid: Some(format!("uid-{name}")),
+            resource_version: Some("1".into()),
+            created: Some(jiff::Timestamp::from_second(1_700_000_000 + age).unwrap()),
+            labels: [("app".to_string(), "worker".to_string())].iter().map(|(k, v)| (k, v)).collect::<Pairs>(),
+            candidate,
+            our_annotations: keys.iter().collect(),
+            our_labels: Pairs::default(),
+        })
+    }
+
+    /// The view the index gives of `ll` when it alone selects `pods` and all its locks resolve
+    /// to `/ll/locks/ns/<lock>`.
+    pub fn view(ll: &LeaderLock, pods: &[Arc<PodInfo>]) -> View {
+        let resolved = ll.spec.locks.iter().map(|l| (l.name.clone(), Resolution::Accepted(format!("/ll/locks/ns/{}", l.name)))).collect();
+        View {
+            leaderlocks: [("payments".to_string(), (Arc::new(ll.clone()), Matcher::new(&ll.spec.selector)))].into(),
+            pods: pods.iter().map(|p| (p.name.clone(), p.clone())).collect(),
+            selecting: pods.iter().map(|p| (p.name.clone(), vec!["payments".to_string()])).collect(),
+            resolved: [("payments".to_string(), resolved)].into(),
+            released: vec![],
+        }
+    }
+
+    pub fn holds(pod: &str, token: i64) -> Holders {
+        let h = Holder { key: format!("{P}/uid-{pod}"), token, candidate: Some(format!("uid-{pod}")), name: Some(format!("ns/{pod}")) };
+        [(P.to_string(), h)].into()
+    }
+
+    fn observed<'a>(ll: &'a LeaderLock, view: &'a View, holders: Holders) -> Observed<'a> {
+        let current = view.pods.iter().map(|(n, p)| (n.clone(), p.keys())).collect();
+        Observed { ll, view, current, holders }
+    }
+
+    fn keys(pairs: &[(&str, &str)]) -> PodKeys {
+        PodKeys { annotations: pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(), ..Default::default() }
+    }
+
+    fn cand(name: &str) -> Candidate {
+        Candidate { id: format!("uid-{name}"), name: format!("ns/{name}") }
+    }
+
+    fn write(name: &str, from: &[(&str, &str)], to: &[(&str, &str)]) -> Step {
+        Step::Pod { name: name.into(), uid: Some(format!("uid-{name}")), from: keys(from), to: keys(to) }
+    }
+
+    const STANDBY: (&str, &str) = ("leaderlock.dev/ledger", "standby");
+    const LEADER: (&str, &str) = ("leaderlock.dev/ledger", "leader");
+
+    fn accepted() -> Vec<(String, Resolution)> {
+        vec![("ledger".to_string(), Resolution::Accepted(P.into()))]
+    }
+
+    #[test]
+    fn a_first_election_syncs_etcd_oldest_pod_first_then_settles_standbys_before_promoting() {
+        let ll = leaderlock(&["ledger"], None);
+        let v = view(&ll, &[pod("b", 2, true, &[]), pod("a", 1, true, &[])]);
+        let mut o = observed(&ll, &v, Holders::new());
+        let before = before_etcd(&o);
+        assert_eq!(
+            before,
+            [Step::Sync { lock: "ledger".into(), prefix: P.into(), wanted: vec![cand("a"), cand("b")], ttl: 15 }, Step::Claim(accepted())]
+        );
+        o.absorb(&before);
+        o.holders = holds("a", 7);
+        let after = after_etcd(&o, now());
+        assert_eq!(after[..2], [write("b", &[], &[STANDBY]), write("a", &[], &[LEADER, ("leaderlock.dev/ledger.token", "7")])]);
+        assert!(matches!(&after[2], Step::Status(s) if s.locks[0].holder.as_deref() == Some("a")));
+        let Step::Publish(changes) = &after[3] else { panic!("a holder change to publish: {after:?}") };
+        assert_eq!(
+            changes,
+            &[HolderChange { lock: "ledger".into(), prefix: Some(P.into()), from: None, to: "a".into(), token: Some("7".into()) }]
+        );
+        assert_eq!(after.len(), 4);
+    }
+
+    #[test]
+    fn a_leader_that_stops_being_ready_is_demoted_before_its_key_goes_and_promotion_comes_last() {
+        let leader = [LEADER, ("leaderlock.dev/ledger.token", "7")];
+        let ll = leaderlock(&["ledger"], None);
+        let v = view(&ll, &[pod("a", 1, false, &leader), pod("b", 2, true, &[STANDBY])]);
+        let mut o = observed(&ll, &v, holds("a", 7));
+        let before = before_etcd(&o);
+        assert_eq!(before[0], write("a", &leader, &[]), "demoted (and unlabelled) before etcd");
+        assert_eq!(before[1], Step::Sync { lock: "ledger".into(), prefix: P.into(), wanted: vec![cand("b")], ttl: 15 });
+        o.absorb(&before);
+        o.holders = holds("b", 9);
+        assert_eq!(after_etcd(&o, now())[0], write("b", &[STANDBY], &[LEADER, ("leaderlock.dev/ledger.token", "9")]));
+    }
+
+    #[test]
+    fn nothing_to_write_when_pods_and_status_already_say_what_etcd_says() {
+        let ll = leaderlock(&["ledger"], None);
+        let v = view(&ll, &[pod("a", 1, true, &[LEADER, ("leaderlock.dev/ledger.token", "7")])]);
+        let o = observed(&ll, &v, holds("a", 7));
+        let status = status::observed(&ll, &o.mine(), &candidates(&o), &o.holders, now());
+        let settled = leaderlock(&["ledger"], Some(status));
+        let o = observed(&settled, &v, holds("a", 7));
+        assert_eq!(after_etcd(&o, now()), []);
+    }
+
+    #[test]
+    fn a_deleted_leaderlock_unlabels_its_pods_then_releases_its_keys() {
+        let mut ll = leaderlock(&["ledger"], None);
+        let v = view(&ll, &[pod("a", 1, true, &[STANDBY])]);
+        ll.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(now()));
+        let mut v = v;
+        v.leaderlocks.insert("payments".into(), (Arc::new(ll.clone()), Matcher::new(&ll.spec.selector)));
+        let o = observed(&ll, &v, Holders::new());
+        assert_eq!(cleanup(&o), [write("a", &[STANDBY], &[]), Step::Release { lock: "ledger".into(), prefix: P.into() }]);
+    }
+
+    #[test]
+    fn holder_changes_are_published_only_once_the_status_reporting_them_is_written() {
+        // A failed status write stops the steps; the retry reads the old status and would
+        // announce the same change again had it been published first.
+        let ll = leaderlock(&["ledger"], None);
+        let v = view(&ll, &[pod("a", 1, true, &[LEADER, ("leaderlock.dev/ledger.token", "7")])]);
+        let steps = after_etcd(&observed(&ll, &v, holds("a", 7)), now());
+        let at = |f: fn(&Step) -> bool| steps.iter().position(f).unwrap();
+        assert!(at(|s| matches!(s, Step::Status(_))) < at(|s| matches!(s, Step::Publish(_))), "{steps:?}");
+    }
+
+    #[test]
+    fn locks_are_claimed_only_once_their_etcd_keys_are_written() {
+        // A claim makes this LeaderLock senior on a contested lock name: recorded before a
+        // failed etcd sync, it would win ties for a lock it never got.
+        let ll = leaderlock(&["ledger", "report"], None);
+        let v = view(&ll, &[pod("a", 1, true, &[])]);
+        let steps = before_etcd(&observed(&ll, &v, Holders::new()));
+        let claim = steps.iter().position(|s| matches!(s, Step::Claim(_))).unwrap();
+        assert!(steps.iter().rposition(|s| matches!(s, Step::Sync { .. })).unwrap() < claim, "{steps:?}");
+    }
+
+    #[test]
+    fn a_lock_removed_from_the_spec_is_released_after_the_syncs_and_leaves_the_status() {
+        let leader =
+            [LEADER, ("leaderlock.dev/ledger.token", "7"), ("leaderlock.dev/report", "leader"), ("leaderlock.dev/report.token", "8")];
+        let held = leaderlock(&["ledger", "report"], None);
+        let v = view(&held, &[pod("a", 1, true, &leader)]);
+        let reported = status::observed(&held, &v.resolved["payments"], &[pod("a", 1, true, &[])], &holds("a", 7), now());
+        let ll = leaderlock(&["ledger"], Some(reported));
+        let mut v = view(&ll, &[pod("a", 1, true, &leader)]);
+        v.released = vec![("report".into(), "/shared/report".into())]; // what the index found
+        let mut o = observed(&ll, &v, holds("a", 7));
+        let before = before_etcd(&o);
+        assert_eq!(before[0], write("a", &leader, &leader[..2]), "the leader of the removed lock is demoted first");
+        assert!(matches!(before[1], Step::Sync { .. }));
+        assert_eq!(before[2..], [Step::Release { lock: "report".into(), prefix: "/shared/report".into() }, Step::Claim(accepted())]);
+        o.absorb(&before);
+        let after = after_etcd(&o, now());
+        let Some(Step::Status(s)) = after.first() else { panic!("a status without the removed lock: {after:?}") };
+        assert_eq!(s.locks.iter().map(|l| l.name.as_str()).collect::<Vec<_>>(), ["ledger"]);
+    }
+
+    fn status(holder: Option<&str>, token: Option<&str>) -> LeaderLockStatus {
+        let lock = LockStatus {
+            name: "ledger".into(),
+            holder: holder.map(Into::into),
+            fencing_token: token.map(Into::into),
+            ..Default::default()
+        };
+        LeaderLockStatus { locks: vec![lock], ..Default::default() }
+    }
+
+    #[test]
+    fn a_holder_change_is_a_new_holder_or_a_new_token_never_a_lost_holder() {
+        let change = |from: Option<&str>, to: &str, token: &str| HolderChange {
+            lock: "ledger".into(),
+            prefix: Some(P.into()),
+            from: from.map(Into::into),
+            to: to.into(),
+            token: Some(token.into()),
+        };
+        let mine = accepted();
+        assert_eq!(holder_changes(&status(Some("a"), Some("7")), &status(Some("a"), Some("7")), &mine), []);
+        assert_eq!(holder_changes(&status(Some("a"), Some("7")), &status(Some("b"), Some("9")), &mine), [change(Some("a"), "b", "9")]);
+        assert_eq!(holder_changes(&status(Some("a"), Some("7")), &status(Some("a"), Some("12")), &mine), [change(Some("a"), "a", "12")]);
+        assert_eq!(holder_changes(&status(Some("a"), Some("7")), &status(None, None), &mine), []);
+        assert_eq!(
+            holder_changes(&LeaderLockStatus::default(), &status(Some("etcd:/x/1"), Some("3")), &mine),
+            [change(None, "etcd:/x/1", "3")]
+        );
+    }
+}

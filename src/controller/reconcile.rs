@@ -1,0 +1,139 @@
+//! One reconcile of a LeaderLock, in one pass: read the index's view once, decide everything to
+//! write ([`super::plan`]), apply the writes in order.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use kube::ResourceExt;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use serde_json::json;
+
+use super::error::{Error, Result, kube_err};
+use super::plan::{self, Holders, Observed, Step};
+use super::written::with_latest_status;
+use super::{Context, FIELD_MANAGER, events, pod_writes, status};
+use crate::index::View;
+use crate::lock::Op;
+use crate::resource::{LeaderLock, LeaderLockStatus};
+
+/// Makes etcd and the pods match the LeaderLock, then reports what etcd says in the status.
+pub async fn apply(ll: Arc<LeaderLock>, ctx: &Context) -> Result<Action> {
+    let ll = with_latest_status(&ctx.written, ll);
+    let view = ctx.index.view(&ll);
+    let mut observed = observe(ctx, &ll, &view);
+    let result = async {
+        let steps = plan::before_etcd(&observed);
+        let wrote = execute(ctx, &ll, &steps).await?;
+        observed.absorb(&steps);
+        if wrote {
+            observed.holders = holders(ctx, &view);
+        }
+        execute(ctx, &ll, &plan::after_etcd(&observed, jiff::Timestamp::now())).await
+    }
+    .await;
+    if let Err(e) = &result
+        && let Some((reason, message)) = e.condition()
+    {
+        report_failure(ctx, &ll, reason, &message).await;
+    }
+    result?;
+    tracing::debug!(leaderlock = %ll.name_any(), namespace = ll.namespace().unwrap_or_default(), "reconciled");
+    Ok(Action::await_change())
+}
+
+/// What a plan decides from: the view, each pod's keys as we last knew them, the holders.
+pub fn observe<'a>(ctx: &Context, ll: &'a LeaderLock, view: &'a View) -> Observed<'a> {
+    let current = view
+        .pods
+        .iter()
+        .map(|(name, pod)| {
+            let keys = ctx.written_pods.newer_than(pod.uid.as_deref(), pod.resource_version.as_deref()).unwrap_or_else(|| pod.keys());
+            (name.clone(), keys)
+        })
+        .collect();
+    Observed { ll, view, current, holders: holders(ctx, view) }
+}
+
+/// The holder of every accepted prefix of `view`, from etcd's mirror (no I/O).
+fn holders(ctx: &Context, view: &View) -> Holders {
+    let mut out = BTreeMap::new();
+    for prefix in Observed::prefixes(view) {
+        if let Some(h) = ctx.engine.holder(prefix) {
+            out.insert(prefix.clone(), h);
+        }
+    }
+    out
+}
+
+/// Applies `steps` in order, stopping at the first failure. Returns whether etcd was written.
+pub async fn execute(ctx: &Context, ll: &LeaderLock, steps: &[Step]) -> Result<bool> {
+    let ns = ll.namespace().ok_or(Error::NoNamespace)?;
+    let name = ll.name_any();
+    let mut wrote = false;
+    for step in steps {
+        match step {
+            Step::Pod { name, uid, from, to } => pod_writes::write_pod_keys(ctx, &ns, name, uid.as_deref(), from, to).await?,
+            Step::Sync { prefix, wanted, ttl, .. } => {
+                let ops = ctx.engine.sync_observed(prefix, wanted, *ttl, |op| ctx.metrics.etcd_op(op_kind(op))).await?;
+                wrote |= !ops.is_empty();
+                log_ops(&name, &ops);
+            }
+            Step::Release { lock, prefix } => {
+                let released = ctx.engine.release_all(prefix).await?;
+                if released > 0 {
+                    tracing::info!(leaderlock = %name, lock, prefix, keys = released, "lock released");
+                }
+                wrote |= released > 0;
+            }
+            Step::Claim(resolved) => ctx.index.record_claims(ll, resolved),
+            Step::Status(status) => write_status(ctx, ll, status).await?,
+            Step::Publish(changes) => events::publish(ctx, ll, changes).await,
+        }
+    }
+    Ok(wrote)
+}
+
+/// Puts a failure users can act on into the `Ready` condition; best effort (the API may be
+/// what failed).
+pub async fn report_failure(ctx: &Context, ll: &LeaderLock, reason: &str, message: &str) {
+    let status = status::failed(ll, reason, message, jiff::Timestamp::now());
+    if let Err(write) = write_status(ctx, ll, &status).await {
+        tracing::warn!(error = %write, "cannot report the failure in the LeaderLock status either");
+    }
+}
+
+async fn write_status(ctx: &Context, ll: &LeaderLock, status: &LeaderLockStatus) -> Result<()> {
+    let api: Api<LeaderLock> = Api::namespaced(ctx.client.clone(), &ll.namespace().ok_or(Error::NoNamespace)?);
+    let patch = json!({"apiVersion": "leaderlock.dev/v1alpha1", "kind": "LeaderLock", "status": status});
+    let updated = api
+        .patch_status(&ll.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch))
+        .await
+        .map_err(kube_err("apply LeaderLock status"))?;
+    ctx.written.record(
+        updated.metadata.uid.as_deref(),
+        updated.metadata.resource_version.as_deref(),
+        updated.status.clone().unwrap_or_default(),
+    );
+    Ok(())
+}
+
+fn op_kind(op: &Op) -> &'static str {
+    match op {
+        Op::Create { .. } => "create",
+        Op::Delete { .. } => "delete",
+        Op::Reattach { .. } => "reattach",
+    }
+}
+
+fn log_ops(ll: &str, ops: &[Op]) {
+    for op in ops {
+        match op {
+            Op::Create { key, .. } => tracing::info!(leaderlock = ll, key, "candidate joined"),
+            Op::Delete { key, .. } => tracing::info!(leaderlock = ll, key, "candidate left"),
+            Op::Reattach { key, lease, .. } => {
+                tracing::info!(leaderlock = ll, key, lease, "candidate key moved to lease")
+            }
+        }
+    }
+}

@@ -1,0 +1,219 @@
+//! Stream wiring: the LeaderLock and pod watches feeding the index, etcd mirror changes and
+//! index triggers mapped to reconciles, the watches' backoff, and the controller's run loop.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Pod;
+use kube::ResourceExt;
+use kube::api::Api;
+use kube::runtime::controller::Controller;
+use kube::runtime::reflector::{self, ObjectRef};
+use kube::runtime::{WatchStreamExt, watcher};
+use tokio::sync::mpsc;
+
+use super::{Context, Error, Maps, error_policy, reconcile};
+use crate::etcd::engine::Engine;
+use crate::index::Index;
+use crate::metrics::Metrics;
+use crate::resource::LeaderLock;
+
+/// Everything the controller needs from the command line.
+pub struct Settings {
+    /// Identifies this replica in Events.
+    pub instance: String,
+    pub metrics: Arc<Metrics>,
+    /// Watch only this namespace (None: every namespace).
+    pub namespace: Option<String>,
+    /// How many reconciles may run at once.
+    pub concurrency: u16,
+    /// The controller's maps, shared with whoever reports their sizes.
+    pub maps: Maps,
+}
+
+/// Runs the controller until SIGTERM/SIGINT.
+pub async fn run(client: kube::Client, engine: Arc<Engine>, settings: Settings) {
+    let (lls, pods_api): (Api<LeaderLock>, Api<Pod>) = match &settings.namespace {
+        Some(ns) => (Api::namespaced(client.clone(), ns), Api::namespaced(client.clone(), ns)),
+        None => (Api::all(client.clone()), Api::all(client.clone())),
+    };
+    let prefix_engine = engine.clone();
+    let (reader, writer) = reflector::store();
+    let prefix_of = move |ns: &str, lock: &crate::resource::LockSpec| {
+        prefix_engine.lock_prefix(ns, &lock.name, lock.etcd_key.as_deref()).map_err(|e| e.to_string())
+    };
+    let index = Arc::new(Index::new(prefix_of, reader.clone()));
+    let maps = settings.maps;
+    maps.index.get_or_init(|| index.clone());
+
+    // Reconciles wait for the first complete list of both kinds: an empty pod index would look
+    // like every candidate left, and change every holder. (Not `Store::wait_until_ready`: it
+    // wakes only the last of several concurrent waiters, which left LeaderLocks unreconciled
+    // forever after a takeover; a watch channel wakes them all.)
+    let (pods_synced_tx, pods_synced) = tokio::sync::watch::channel(false);
+    // Reconciles the index asks for beyond an object's own event (relists, deletions).
+    let (trigger, triggers) = mpsc::unbounded_channel();
+    let (lls_synced_tx, lls_synced) = tokio::sync::watch::channel(false);
+    // The pod watch only feeds the index, which names the LeaderLocks each event concerns.
+    let (pod_index, written_pods) = (index.clone(), maps.written_pods.clone());
+    let mut pod_indexing = indexing(
+        move |ev| {
+            written_pods.observe(ev);
+            pod_index.on_pod_event(ev)
+        },
+        pods_synced_tx,
+    );
+    let pod_triggers = watcher(pods_api, watcher::Config::default())
+        .backoff(WatchBackoff::default())
+        .flat_map(move |ev| futures::stream::iter(pod_indexing(&ev)));
+
+    // Paginated lists (not `any_semantic`, which returns every LeaderLock in one response).
+    // Only Apply events trigger their object directly: a relist's objects are indexed when it
+    // completes, and the index then names what changed (a reconcile run on a relisted object
+    // before that would read the previous table).
+    let (ll_index, written) = (index.clone(), maps.written.clone());
+    let mut ll_indexing = indexing(
+        move |ev| {
+            written.observe(ev);
+            ll_index.on_leaderlock_event(ev)
+        },
+        lls_synced_tx,
+    );
+    let ll_events = watcher(lls, watcher::Config::default())
+        .backoff(WatchBackoff::default())
+        .modify(|ll: &mut LeaderLock| ll.managed_fields_mut().clear()) // never read
+        .reflect(writer)
+        .inspect(move |ev| ll_indexing(ev).into_iter().for_each(|r| drop(trigger.send(r))))
+        .filter_map(|ev| {
+            futures::future::ready(match ev {
+                Ok(watcher::Event::Apply(ll)) => Some(Ok(ll)),
+                Ok(_) => None,
+                Err(e) => Some(Err(e)),
+            })
+        });
+    let controller = Controller::for_stream(ll_events, reader)
+        .with_config(kube::runtime::controller::Config::default().concurrency(settings.concurrency));
+    let ctx = Arc::new(Context {
+        client: client.clone(),
+        engine: engine.clone(),
+        index: index.clone(),
+        instance: settings.instance,
+        metrics: settings.metrics.clone(),
+        written: maps.written.clone(),
+        written_pods: maps.written_pods.clone(),
+    });
+
+    let etcd_changes = etcd_triggers(engine.clone(), index);
+    let extra = tokio_stream::wrappers::UnboundedReceiverStream::new(triggers);
+
+    controller
+        .reconcile_on(pod_triggers)
+        .reconcile_on(futures::stream::select(etcd_changes, extra))
+        .shutdown_on_signal()
+        .run(
+            move |ll, ctx| {
+                let (mut pods_synced, mut lls_synced) = (pods_synced.clone(), lls_synced.clone());
+                async move {
+                    let _ = pods_synced.wait_for(|synced| *synced).await;
+                    let _ = lls_synced.wait_for(|synced| *synced).await;
+                    let start = std::time::Instant::now();
+                    let result = reconcile(ll, ctx.clone()).await;
+                    ctx.metrics.observe_reconcile(start.elapsed(), result.as_ref().err().map(Error::label));
+                    result
+                }
+            },
+            error_policy,
+            ctx,
+        )
+        .for_each(|res| async move {
+            if let Err(e) = res {
+                tracing::debug!(error = %e, "reconcile result");
+            }
+        })
+        .await;
+}
+
+/// Retry delays of the watches: 200 ms doubling up to 5 s. kube's default grows to 30 s plus
+/// jitter, and every decision waits for the watches: after a 30 s apiserver cut the pod watch
+/// came back 84 s after the cut began, then replayed all that pod history at once.
+struct WatchBackoff(Duration);
+
+impl WatchBackoff {
+    const FIRST: Duration = Duration::from_millis(200);
+    const MAX: Duration = Duration::from_secs(5);
+}
+
+impl Default for WatchBackoff {
+    fn default() -> Self {
+        WatchBackoff(Self::FIRST)
+    }
+}
+
+impl Iterator for WatchBackoff {
+    type Item = Duration;
+    fn next(&mut self) -> Option<Duration> {
+        let d = self.0;
+        self.0 = (self.0 * 2).min(Self::MAX);
+        Some(d)
+    }
+}
+
+impl kube::runtime::utils::Backoff for WatchBackoff {
+    fn reset(&mut self) {
+        self.0 = Self::FIRST;
+    }
+}
+
+/// Feeds each watch event to the index and returns the LeaderLocks it concerns; says when a
+/// (re)list is complete.
+fn indexing<K>(
+    index: impl Fn(&watcher::Event<K>) -> Vec<ObjectRef<LeaderLock>>,
+    synced: tokio::sync::watch::Sender<bool>,
+) -> impl FnMut(&Result<watcher::Event<K>, watcher::Error>) -> Vec<ObjectRef<LeaderLock>> {
+    move |ev| match ev {
+        Ok(ev) => {
+            let concerned = index(ev);
+            if matches!(ev, watcher::Event::InitDone) {
+                let _ = synced.send(true);
+            }
+            concerned
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "watch failed; retrying within 5 s");
+            vec![]
+        }
+    }
+}
+
+/// Maps etcd mirror changes to the LeaderLocks owning the changed lock prefixes (ours or an
+/// external client's keys). A lagging subscriber reconciles every LeaderLock rather than miss one.
+fn etcd_triggers(engine: Arc<Engine>, index: Arc<Index>) -> impl futures::Stream<Item = ObjectRef<LeaderLock>> + Send + 'static {
+    let rx = engine.mirror().subscribe();
+    tokio_stream::wrappers::BroadcastStream::new(rx).flat_map(move |batch| {
+        let refs: Vec<ObjectRef<LeaderLock>> = match batch {
+            Ok(keys) => {
+                let prefixes: BTreeSet<&str> = keys.iter().filter_map(|k| k.rfind('/').map(|i| &k[..i])).collect();
+                prefixes.into_iter().flat_map(|p| index.leaderlocks_with_prefix(p)).collect()
+            }
+            Err(_) => index.all_leaderlocks(),
+        };
+        futures::stream::iter(refs)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn watches_retry_within_five_seconds_and_start_over_after_a_success() {
+        use kube::runtime::utils::Backoff;
+        let mut b = WatchBackoff::default();
+        let delays: Vec<u64> = b.by_ref().take(7).map(|d| d.as_millis() as u64).collect();
+        assert_eq!(delays, [200, 400, 800, 1600, 3200, 5000, 5000]);
+        b.reset();
+        assert_eq!(b.next(), Some(Duration::from_millis(200)));
+    }
+}
