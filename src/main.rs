@@ -234,7 +234,8 @@ fn sample_maps(metrics: &Metrics, engine: &Arc<Engine>, maps: &controller::Maps)
         let e = engine.clone();
         move || e.mirror().restarts()
     }));
-    let engine_maps: [(&'static str, fn(&Engine) -> usize); 4] = [
+    type Len = fn(&Engine) -> usize;
+    let engine_maps: [(&'static str, Len); 4] = [
         ("engine_last_holder", |e| e.holder_map_len()),
         ("mirror_deleted_at", |e| e.mirror().deleted_at_len()),
         ("mirror_keys", |e| e.mirror().len()),
