@@ -5,6 +5,8 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
 use common::etcd::EtcdServer;
 use common::k8s::*;
 use common::*;
@@ -13,23 +15,8 @@ use common::*;
 fn candidate_keys(etcd: &EtcdServer, ns: &str) -> Vec<(String, i64, i64)> {
     let out = etcd.etcdctl(&["get", "--prefix", &format!("/leaderlock.dev/locks/{ns}/"), "-w", "json"]);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let decode = |s: &serde_json::Value| String::from_utf8(base64_decode(s.as_str().unwrap())).unwrap();
+    let decode = |s: &serde_json::Value| String::from_utf8(BASE64.decode(s.as_str().unwrap()).unwrap()).unwrap();
     v["kvs"].as_array().into_iter().flatten().map(|kv| (decode(&kv["key"]), kv["create_revision"].as_i64().unwrap(), kv["mod_revision"].as_i64().unwrap())).collect()
-}
-
-fn base64_decode(s: &str) -> Vec<u8> {
-    let table = |c: u8| match c {
-        b'A'..=b'Z' => c - b'A',
-        b'a'..=b'z' => c - b'a' + 26,
-        b'0'..=b'9' => c - b'0' + 52,
-        b'+' => 62,
-        _ => 63,
-    };
-    let bytes: Vec<u8> = s.bytes().filter(|c| *c != b'=').map(table).collect();
-    bytes.chunks(4).flat_map(|c| {
-        let n = c.iter().enumerate().fold(0u32, |n, (i, v)| n | (u32::from(*v) << (18 - 6 * i)));
-        (0..c.len().saturating_sub(1)).map(move |i| (n >> (16 - 8 * i)) as u8)
-    }).collect()
 }
 
 #[tokio::test(flavor = "multi_thread")]
