@@ -1,4 +1,4 @@
-//! Chaos scenarios under an independent checker (tests/chaos/checker.rs): pod churn, kill -9 of
+//! Chaos scenarios under the independent checker (tests/common/checker.rs): pod churn, kill -9 of
 //! the active controller, lock-etcd member loss and outages, an apiserver partition, compaction
 //! during an etcd partition, hostile LeaderLocks, and isolation of the etcd keyspace.
 //!
@@ -6,15 +6,14 @@
 //! the full sizes and durations and writes CHAOS.md. Every scenario owns its namespace, its lock
 //! etcd and its controllers (`--namespace`), and they run one at a time.
 mod common;
-#[path = "chaos/checker.rs"]
-mod checker;
 #[path = "chaos/world.rs"]
 mod world;
 
 use std::time::{Duration, Instant};
 
-use checker::{Checker, wait_converged};
+use common::checker::{self, Checker, wait_converged};
 use common::etcd::{EtcdCluster, EtcdServer, TcpProxy};
+use common::k8s::{create_pod, delete_pod, set_ready};
 use common::*;
 use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
 use kube::core::ApiResource;
@@ -22,8 +21,6 @@ use kube::ResourceExt;
 use leaderlock::resource::LeaderLock;
 use serde_json::json;
 use world::*;
-
-const ROOT: &str = "/leaderlock.dev/";
 
 /// Scenarios start controllers and disturb them: one at a time.
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -59,17 +56,17 @@ fn pick<T>(fast: T, full_: T) -> T {
 
 /// A supervised replica (restarted when it exits, like a container) of this scenario's own
 /// namespace and lock etcd.
-fn controller(endpoints: &str, ns: &str, extra: &[&str]) -> Supervised {
+fn controller(endpoints: &str, ns: &str, extra: &[&str]) -> ControllerProcess {
     controller_env(endpoints, ns, extra, &[])
 }
 
-fn controller_env(endpoints: &str, ns: &str, extra: &[&str], envs: &[(&str, &str)]) -> Supervised {
+fn controller_env(endpoints: &str, ns: &str, extra: &[&str], envs: &[(&str, &str)]) -> ControllerProcess {
     let mut args = vec!["--etcd-endpoints", endpoints, "--namespace", ns, "--etcd-timeout", "2s"];
     args.extend_from_slice(extra);
-    Supervised::start(args.iter().map(|s| s.to_string()).collect(), envs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect())
+    envs.iter().fold(Launch::new(&args).supervised(), |l, (k, v)| l.env(k, v)).start()
 }
 
-fn assert_no_panic(ctls: &[&Supervised]) {
+fn assert_no_panic(ctls: &[&ControllerProcess]) {
     ctls.iter().for_each(|c| c.assert_no_panic());
 }
 
@@ -530,9 +527,9 @@ async fn hostile_leaderlocks_neither_crash_the_controller_nor_touch_valid_locks_
     // Valid: "victim" with locks ledger and report over 3 pods. A bystander namespace with
     // look-alike pods that the controller must never touch.
     for p in ["v-1", "v-2", "v-3"] {
-        create_pod(&c, &ns, p, "victim").await;
+        create_pod(&c, &ns, p, &[("app", "victim")]).await;
         set_ready(&c, &ns, p, true).await;
-        create_pod(&c, &other, p, "victim").await;
+        create_pod(&c, &other, p, &[("app", "victim")]).await;
         set_ready(&c, &other, p, true).await;
     }
     let bystanders = pod_versions(&c, &other).await;
@@ -652,8 +649,8 @@ async fn pod_versions(c: &kube::Client, ns: &str) -> Vec<(String, String)> {
 
 /// Regression: LeaderLock `zz` holds lock `ledger`; `aa`, created within the same second
 /// (creationTimestamp has 1 s granularity) with the same lock name, must not take it over,
-/// although it sorts first by name. SPEC: the older one keeps the name; within one second the
-/// holder is the older one.
+/// although it sorts first by name. docs/contract.md §2: the older one keeps the name; within
+/// one second the holder is the older one.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_newer_leaderlock_created_in_the_same_second_takes_an_older_ones_lock_name() {
     let _serial = ONE_AT_A_TIME.lock().await;
@@ -661,7 +658,7 @@ async fn a_newer_leaderlock_created_in_the_same_second_takes_an_older_ones_lock_
     let etcd = EtcdServer::start();
     let ctl = controller(&etcd.endpoint(), &ns, &[]);
     for p in ["v-1", "v-2"] {
-        create_pod(&c, &ns, p, "zz").await;
+        create_pod(&c, &ns, p, &[("app", "zz")]).await;
         set_ready(&c, &ns, p, true).await;
     }
     let api = Api::<LeaderLock>::namespaced(c.clone(), &ns);
@@ -716,7 +713,7 @@ async fn an_etcd_key_under_another_namespaces_lock_prefix_is_refused() {
     let Stage { c, ns } = stage("crossns").await;
     let etcd = EtcdServer::start();
     let ctl = controller(&etcd.endpoint(), &ns, &[]);
-    create_pod(&c, &ns, "w-1", "thief").await;
+    create_pod(&c, &ns, "w-1", &[("app", "thief")]).await;
     set_ready(&c, &ns, "w-1", true).await;
     for (name, key) in [("thief", format!("{ROOT}locks/other-ns/ledger")), ("usurper", format!("{ROOT}controller")), ("lessee", format!("{ROOT}leases"))] {
         let y = format!("apiVersion: leaderlock.dev/v1alpha1\nkind: LeaderLock\nmetadata: {{name: {name}}}\nspec:\n  selector: {{matchLabels: {{app: thief}}}}\n  locks: [{{name: l-{name}, etcdKey: \"{key}\"}}]\n");

@@ -1,4 +1,4 @@
-//! Several controller replicas (SPEC §5): exactly one reconciles; `kill -9` of the active one
+//! Several controller replicas (docs/contract.md §5): exactly one reconciles; `kill -9` of the active one
 //! hands over to a standby before the lock leases expire, with no holder change; `/readyz` and
 //! `/metrics` say which replica is active. Own lock etcd and controllers.
 mod common;
@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use common::etcd::EtcdServer;
+use common::checker::Checker;
 use common::k8s::*;
 use common::*;
 
@@ -22,11 +23,11 @@ fn candidate_keys(etcd: &EtcdServer, ns: &str) -> Vec<(String, i64, i64)> {
 #[tokio::test(flavor = "multi_thread")]
 async fn killing_the_active_replica_hands_over_to_a_standby_without_changing_any_holder() {
     install_crd();
-    let checker = Checker::global();
     let etcd = EtcdServer::start();
     let endpoint = etcd.endpoint();
     let ns = namespace("controller-ha");
     let c = client().await;
+    let checker = Checker::start(c.clone(), &ns, &endpoint, ROOT, &[]).await;
     ready_pods(&c, &ns, &["w-1", "w-2", "w-3"], &[("app", "worker")]).await;
     let mut replicas: Vec<ControllerProcess> = (0..3).map(|_| ControllerProcess::start(&["--etcd-endpoints", &endpoint, "--namespace", &ns])).collect();
     kubectl_ok(&["apply", "-n", &ns, "-f", "-"], Some(
@@ -72,5 +73,5 @@ async fn killing_the_active_replica_hands_over_to_a_standby_without_changing_any
     .await;
     assert!(token > ledger.1 && next != ledger.0);
     println!("failover: standby active {took:?} after kill -9 of the active replica");
-    checker.assert_clean(&ns);
+    checker.assert_clean();
 }

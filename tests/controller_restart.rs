@@ -1,4 +1,4 @@
-//! Tests that own their controller and lock etcd (restarts, outages): restart safety (SPEC §4)
+//! Tests that own their controller and lock etcd (restarts, outages): restart safety (docs/contract.md §4)
 //! and deletion while etcd is down. They run one at a time: two controllers would both
 //! reconcile every LeaderLock.
 mod common;
@@ -6,6 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::etcd::EtcdServer;
+use common::checker::Checker;
 use common::k8s::*;
 use common::*;
 use k8s_openapi::api::core::v1::Pod;
@@ -59,11 +60,11 @@ static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(())
 async fn a_controller_restart_changes_no_holder_and_writes_no_lock_key_pod_or_status() {
     let _serial = ONE_AT_A_TIME.lock().await;
     install_crd();
-    let checker = Checker::global();
     let etcd = EtcdServer::start();
     let endpoint = etcd.endpoint();
     let ns = namespace("controller-restart");
     let c = client().await;
+    let checker = Checker::start(c.clone(), &ns, &endpoint, ROOT, &[]).await;
     ready_pods(&c, &ns, &["w-1", "w-2", "w-3"], &[("app", "worker")]).await;
     let first = ControllerProcess::start(&["--etcd-endpoints", &endpoint, "--namespace", &ns]);
     kubectl_ok(&["apply", "-n", &ns, "-f", "-"], Some(
@@ -95,7 +96,7 @@ async fn a_controller_restart_changes_no_holder_and_writes_no_lock_key_pod_or_st
     let _third = ControllerProcess::start(&["--etcd-endpoints", &endpoint, "--namespace", &ns]);
     let (new, token) = elected(&c, &ns, "payments", "ledger", 2).await;
     assert!(new != ledger.0 && token > ledger.1);
-    checker.assert_clean(&ns);
+    checker.assert_clean();
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -5,11 +5,10 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::Pod;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
-use serde_json::json;
+use kube::api::Api;
 
-use super::checker::Summary;
+use crate::common::checker::Summary;
+use crate::common::k8s::{create_pod, try_delete_pod, try_set_ready};
 
 /// Full run (`LEADERLOCK_CHAOS=full`, hack/chaos.sh) or the fast subset of `make test`.
 pub fn full() -> bool {
@@ -38,24 +37,6 @@ impl Rng {
     pub fn chance(&mut self, percent: u64) -> bool {
         self.next() % 100 < percent
     }
-}
-
-pub async fn create_pod(c: &kube::Client, ns: &str, name: &str, app: &str) {
-    let pod: Pod = serde_json::from_value(json!({
-        "metadata": {"name": name, "labels": {"app": app}},
-        "spec": {"containers": [{"name": "app", "image": "busybox:1.36"}]},
-    }))
-    .unwrap();
-    Api::<Pod>::namespaced(c.clone(), ns).create(&PostParams::default(), &pod).await.unwrap();
-}
-
-pub async fn set_ready(c: &kube::Client, ns: &str, name: &str, ready: bool) {
-    let status = json!({"status": {"phase": "Running", "conditions": [{"type": "Ready", "status": if ready { "True" } else { "False" }}]}});
-    let _ = Api::<Pod>::namespaced(c.clone(), ns).patch_status(name, &PatchParams::default(), &Patch::Merge(&status)).await;
-}
-
-pub async fn delete_pod(c: &kube::Client, ns: &str, name: &str) {
-    let _ = Api::<Pod>::namespaced(c.clone(), ns).delete(name, &DeleteParams::default().grace_period(0)).await;
 }
 
 pub fn leaderlock_yaml(name: &str, locks: &[&str], ttl: u32) -> String {
@@ -110,8 +91,8 @@ impl Fleet {
     async fn add_pod(&mut self, c: &kube::Client, ll: &str) {
         self.generation += 1;
         let name = format!("{ll}-{}", self.generation);
-        create_pod(c, &self.ns, &name, ll).await;
-        set_ready(c, &self.ns, &name, true).await;
+        create_pod(c, &self.ns, &name, &[("app", ll)]).await;
+        let _ = try_set_ready(c, &self.ns, &name, true).await;
         self.pods.get_mut(ll).unwrap().push((name, true));
     }
 
@@ -123,14 +104,14 @@ impl Fleet {
         match rng.below(10) {
             0..=3 if n > 0 => {
                 let (name, _) = self.pods.get_mut(&ll).unwrap().remove(rng.below(n));
-                delete_pod(c, &self.ns, &name).await;
+                let _ = try_delete_pod(c, &self.ns, &name).await;
                 self.add_pod(c, &ll).await;
                 *self.actions.entry("pod deleted and replaced").or_default() += 1;
             }
             4..=7 if n > 0 => {
                 let i = rng.below(n);
                 let (name, ready) = self.pods[&ll][i].clone();
-                set_ready(c, &self.ns, &name, !ready).await;
+                let _ = try_set_ready(c, &self.ns, &name, !ready).await;
                 self.pods.get_mut(&ll).unwrap()[i].1 = !ready;
                 *self.actions.entry("readiness flipped").or_default() += 1;
             }
@@ -141,7 +122,7 @@ impl Fleet {
                 }
                 while self.pods[&ll].len() > want {
                     let (name, _) = self.pods.get_mut(&ll).unwrap().pop().unwrap();
-                    delete_pod(c, &self.ns, &name).await;
+                    let _ = try_delete_pod(c, &self.ns, &name).await;
                 }
                 *self.actions.entry("scaled").or_default() += 1;
             }
@@ -168,7 +149,7 @@ impl Fleet {
             for i in 0..self.pods[&ll].len() {
                 let (name, ready) = self.pods[&ll][i].clone();
                 if !ready {
-                    set_ready(c, &self.ns, &name, true).await;
+                    let _ = try_set_ready(c, &self.ns, &name, true).await;
                     self.pods.get_mut(&ll).unwrap()[i].1 = true;
                 }
             }
@@ -226,141 +207,6 @@ impl Report {
             use std::io::Write;
             let mut f = std::fs::OpenOptions::new().create(true).append(true).open(path).unwrap();
             writeln!(f, "{md}").unwrap();
-        }
-    }
-}
-
-/// A `leaderlock controller` replica restarted when it exits, as the kubelet restarts a
-/// container (`restartPolicy: Always`, 1 s back-off): the controller exits on purpose when it
-/// cannot renew its election lease, and only a restart brings it back. Each incarnation logs
-/// to its own file. Killed (and not restarted) on drop.
-pub struct Supervised {
-    inner: std::sync::Arc<std::sync::Mutex<SupState>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-#[derive(Default)]
-struct SupState {
-    pid: Option<u32>,
-    log: Option<std::path::PathBuf>,
-    restarts: u32,
-    exits: Vec<String>,
-    stop: bool,
-}
-
-impl Supervised {
-    pub fn start(args: Vec<String>, envs: Vec<(String, String)>) -> Supervised {
-        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-        let id = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let inner = std::sync::Arc::new(std::sync::Mutex::new(SupState::default()));
-        let st = inner.clone();
-        let (tx, rx) = std::sync::mpsc::channel();
-        let thread = std::thread::spawn(move || {
-            let mut incarnation = 0;
-            let mut tx = Some(tx);
-            loop {
-                let log = std::env::temp_dir().join(format!("leaderlock-chaos-{}-{id}-{incarnation}.log", std::process::id()));
-                let out = std::fs::File::create(&log).unwrap();
-                let mut child = std::process::Command::new("setpriv")
-                    .args(["--pdeathsig", "KILL", env!("CARGO_BIN_EXE_leaderlock"), "controller"])
-                    .args(["--http-addr", "127.0.0.1:0", "--election-ttl", "2"])
-                    .args(&args)
-                    .env("LEADERLOCK_LOG_LEVEL", "info,leaderlock=debug")
-                    .envs(envs.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-                    .stdout(std::process::Stdio::null())
-                    .stderr(out)
-                    .spawn()
-                    .expect("start leaderlock controller");
-                {
-                    let mut s = st.lock().unwrap();
-                    s.pid = Some(child.id());
-                    s.log = Some(log);
-                }
-                if let Some(tx) = tx.take() {
-                    let _ = tx.send(());
-                }
-                // Wait for the exit, checking the stop flag (bounded: the test drops us).
-                loop {
-                    if st.lock().unwrap().stop {
-                        let _ = child.kill();
-                        let _ = child.wait();
-                        return;
-                    }
-                    if let Ok(Some(status)) = child.try_wait() {
-                        st.lock().unwrap().exits.push(format!("{status}"));
-                        break;
-                    }
-                    std::thread::sleep(Duration::from_millis(50));
-                }
-                st.lock().unwrap().pid = None;
-                let until = Instant::now() + Duration::from_secs(1);
-                while Instant::now() < until {
-                    if st.lock().unwrap().stop {
-                        return;
-                    }
-                    std::thread::sleep(Duration::from_millis(50));
-                }
-                incarnation += 1;
-                st.lock().unwrap().restarts += 1;
-            }
-        });
-        rx.recv().unwrap();
-        Supervised { inner, thread: Some(thread) }
-    }
-
-    /// SIGKILL of the current incarnation (the supervisor restarts it after its back-off).
-    pub fn kill9(&self) {
-        if let Some(pid) = self.inner.lock().unwrap().pid {
-            let _ = std::process::Command::new("kill").args(["-KILL", &pid.to_string()]).status();
-        }
-    }
-
-    pub fn restarts(&self) -> u32 {
-        self.inner.lock().unwrap().restarts
-    }
-
-    /// Exit statuses of the incarnations that ended.
-    pub fn exits(&self) -> Vec<String> {
-        self.inner.lock().unwrap().exits.clone()
-    }
-
-    /// Every log file of every incarnation so far, concatenated.
-    pub fn logs(&self) -> String {
-        self.log_paths().iter().filter_map(|p| std::fs::read_to_string(p).ok()).collect()
-    }
-
-    /// The log file of every incarnation so far, oldest first.
-    fn log_paths(&self) -> Vec<std::path::PathBuf> {
-        let current = self.inner.lock().unwrap().log.clone();
-        let Some(current) = current else { return Vec::new() };
-        let stem = current.file_name().unwrap().to_string_lossy().rsplit_once('-').unwrap().0.to_string();
-        (0..).map(|i| current.with_file_name(format!("{stem}-{i}.log"))).take_while(|p| p.exists()).collect()
-    }
-
-    /// Whether the current incarnation says it is the active replica.
-    pub fn is_active(&self) -> bool {
-        let (pid, log) = {
-            let s = self.inner.lock().unwrap();
-            (s.pid, s.log.clone())
-        };
-        pid.is_some() && log.is_some_and(|l| std::fs::read_to_string(l).unwrap_or_default().contains("active: this replica reconciles"))
-    }
-
-    pub fn assert_no_panic(&self) {
-        let logs = self.logs();
-        assert!(!logs.contains("panicked"), "the controller panicked: {}", logs.lines().filter(|l| l.contains("panicked")).collect::<Vec<_>>().join("\n"));
-    }
-}
-
-impl Drop for Supervised {
-    /// Stops the controller; removes its logs unless the test is failing (then they are read).
-    fn drop(&mut self) {
-        self.inner.lock().unwrap().stop = true;
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-        if !std::thread::panicking() {
-            self.log_paths().iter().for_each(|p| drop(std::fs::remove_file(p)));
         }
     }
 }

@@ -1,6 +1,6 @@
-//! The independent checker: it watches the pods of one namespace through the apiserver AND the
-//! whole keyspace of the lock etcd through its own etcd client, and checks LeaderLock's promises
-//! continuously, from outside the controller:
+//! The one safety checker of the tests: it watches the pods of one namespace through the
+//! apiserver AND the whole keyspace of the lock etcd through its own etcd client, and checks
+//! LeaderLock's promises (docs/contract.md §3, §4) continuously, from outside the controller:
 //!
 //! * at most one pod per lock carries `leader` (hard violation at the instant it is seen);
 //! * a pod annotated `leader` with token T holds the lowest create revision under the lock's
@@ -156,6 +156,19 @@ impl Checker {
     /// See [`State::lag_allowance`].
     pub fn allow_controller_lag(&self, d: Duration) {
         self.state.lock().unwrap().lag_allowance = d;
+    }
+
+    /// Fails the test if the checker saw two leaders of a lock, a token that did not grow, a
+    /// holder displaced while its key remained, or a key written outside the root and allowed
+    /// prefixes.
+    pub fn assert_clean(&self) {
+        let s = self.summary();
+        assert!(s.violations.is_empty(), "safety violations in {}: {:#?}", self.namespace(), s.violations);
+        assert!(s.outside_keys.is_empty(), "keys written outside the root and allowed prefixes: {:?}", s.outside_keys);
+    }
+
+    pub fn namespace(&self) -> String {
+        self.state.lock().unwrap().ns.clone()
     }
 
     /// Keys the test itself writes (not the controller): left out of the isolation check.
