@@ -6,6 +6,8 @@
 //! the full sizes and durations and writes CHAOS.md. Every scenario owns its namespace, its lock
 //! etcd and its controllers (`--namespace`), and they run one at a time.
 mod common;
+#[path = "chaos/soak.rs"]
+mod soak;
 #[path = "chaos/world.rs"]
 mod world;
 
@@ -733,4 +735,86 @@ async fn an_etcd_key_under_another_namespaces_lock_prefix_is_refused() {
     ctl.assert_no_panic();
     println!("crossns: {wrong:?}\n{keys}");
     assert!(wrong.is_empty(), "etcdKeys inside other namespaces' or the controller's own areas were accepted: {wrong:#?}; keys now:\n{keys}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// 8. Soak: pods and LeaderLocks churned for CHAOS_SOAK_SECS (default 30 minutes).
+
+/// Pods and LeaderLocks churned for [`soak::duration`] under the checker: every promise kept,
+/// and neither the controller's RSS nor any map it exports keeps growing (tests/chaos/soak.rs
+/// says what flat means). A map that keeps an entry per deleted object or per retired lock
+/// prefix grows with the churn; a restart would hide that, so the controller must not restart.
+#[tokio::test(flavor = "multi_thread")]
+async fn soak_of_pod_and_leaderlock_churn_keeps_every_promise_and_memory_flat() {
+    if !full() {
+        return; // 30 minutes: make chaos only (CHAOS_SOAK_SECS=120 for a short form)
+    }
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let Stage { c, ns } = stage("soak").await;
+    let etcd = EtcdServer::start();
+    let ctl = controller(&etcd.endpoint(), &ns, &[]);
+    let checker = Checker::start(c.clone(), &ns, &etcd.endpoint(), ROOT, &[]).await;
+    let (n, secs) = (20, soak::duration());
+    let mut fleet = Fleet::create(&c, &ns, n, 4, 15).await;
+    wait_converged(&c, &ns, &etcd.endpoint(), ROOT, None, Duration::from_secs(120)).await.unwrap();
+    let mut rng = Rng::new(Rng::seed() ^ 8);
+    let (every, sample_every) = (Duration::from_millis(50), Duration::from_secs(5));
+    let start = Instant::now();
+    let (mut samples, mut next_sample, mut steps) = (Vec::new(), start, 0u64);
+    while start.elapsed() < secs {
+        if Instant::now() >= next_sample {
+            samples.push(soak::sample(&ctl, start));
+            next_sample += sample_every;
+        }
+        let t = Instant::now();
+        match rng.below(100) {
+            0..5 => fleet.replace_leaderlock(&c, &mut rng, &checker).await,
+            5..45 => fleet.knock_out_holder(&c, &mut rng, &checker).await,
+            _ => fleet.step(&c, &mut rng).await,
+        }
+        steps += 1;
+        if steps % 200 == 0 {
+            fleet.heal(&c).await; // keeps enough candidates for holder changes to happen
+        }
+        tokio::time::sleep(every.saturating_sub(t.elapsed())).await;
+    }
+    samples.push(soak::sample(&ctl, start));
+    fleet.heal(&c).await;
+    let bound = Duration::from_secs(120);
+    let conv = wait_converged(&c, &ns, &etcd.endpoint(), ROOT, None, bound).await.unwrap_or_else(|e| panic!("no convergence: {e}"));
+    checker.settle().await;
+    let s = checker.summary();
+    let rss = soak::judge_rss(&samples);
+    let maps = soak::judge_maps(&samples);
+    let verdicts: Vec<soak::Verdict> = rss.iter().cloned().chain(maps.iter().flatten().cloned()).collect();
+    let mut notes = vec![
+        format!(
+            "{:.2} leader transitions/s over {} samples every {sample_every:?}; controller restarts {}. Flat: the last quarter's median at most the second quarter's + 10% (RSS: at least 4 MiB; maps: at least 2 entries; the first quarter is warm-up), see tests/chaos/soak.rs.",
+            s.transitions as f64 / secs.as_secs_f64(),
+            samples.len(),
+            ctl.restarts()
+        ),
+        soak::table(&verdicts),
+    ];
+    if let Err(e) = &maps {
+        notes.push(format!("Maps not judged: {e}."));
+    }
+    Report {
+        name: "8. Soak: pods and LeaderLocks churned".into(),
+        setup: format!("{n} LeaderLocks × 3–7 pods (ttlSeconds 15), {secs:?} of churn ({steps} steps: {}), one controller, seed {}.", fleet.actions(), Rng::seed()),
+        summary: s.clone(),
+        convergence: conv,
+        convergence_bound: bound,
+        fault_holder_changes_target: Some(0),
+        notes,
+    }
+    .emit();
+    assert_safe(&s, Some(Duration::from_secs(2)), Some(0));
+    assert_no_panic(&[&ctl]);
+    assert_eq!(ctl.restarts(), 0, "the controller restarted during the soak (exits {:?}): growth would be hidden", ctl.exits());
+    let rss = rss.unwrap_or_else(|e| panic!("{e}"));
+    assert!(rss.flat(), "the controller's RSS kept growing under churn: {rss:?}\n{}", soak::table(&verdicts));
+    let maps = maps.unwrap_or_else(|e| panic!("{e}"));
+    let growing: Vec<&soak::Verdict> = maps.iter().filter(|v| !v.flat()).collect();
+    assert!(growing.is_empty(), "maps that kept growing under churn: {growing:#?}\n{}", soak::table(&verdicts));
 }

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use kube::api::Api;
 
-use crate::common::checker::Summary;
+use crate::common::checker::{Checker, Summary};
 use crate::common::k8s::{create_pod, try_delete_pod, try_set_ready};
 
 /// Full run (`LEADERLOCK_CHAOS=full`, hack/chaos.sh) or the fast subset of `make test`.
@@ -46,19 +46,25 @@ pub fn leaderlock_yaml(name: &str, locks: &[&str], ttl: u32) -> String {
     )
 }
 
-/// N LeaderLocks `ll-<i>` (one lock `lk-<i>` each), each selecting its own pods `ll-<i>-<gen>`.
+/// N LeaderLocks `ll-<i>` (one lock `lk-<i>` each), each selecting its own pods `ll-<i>-<gen>`
+/// (label `app: ll-<i>`: the group). [`Fleet::replace_leaderlock`] swaps a group's LeaderLock
+/// for a new one with a new name and lock.
 pub struct Fleet {
     pub ns: String,
+    /// The groups `ll-<i>`.
     pub lls: Vec<String>,
-    /// LeaderLock → (pod name, ready)
+    /// group → (pod name, ready)
     pub pods: BTreeMap<String, Vec<(String, bool)>>,
+    /// group → its current (LeaderLock, lock) names; absent while still `(ll-<i>, lk-<i>)`.
+    renamed: BTreeMap<String, (String, String)>,
+    ttl: u32,
     generation: u64,
     pub actions: BTreeMap<&'static str, u64>,
 }
 
 impl Fleet {
     pub async fn create(c: &kube::Client, ns: &str, n: usize, pods_each: usize, ttl: u32) -> Fleet {
-        let mut f = Fleet { ns: ns.to_string(), lls: Vec::new(), pods: BTreeMap::new(), generation: 0, actions: BTreeMap::new() };
+        let mut f = Fleet { ns: ns.to_string(), lls: Vec::new(), pods: BTreeMap::new(), renamed: BTreeMap::new(), ttl, generation: 0, actions: BTreeMap::new() };
         let mut yaml = String::new();
         for i in 0..n {
             let ll = format!("ll-{i}");
@@ -126,6 +132,54 @@ impl Fleet {
                 }
                 *self.actions.entry("scaled").or_default() += 1;
             }
+        }
+    }
+
+    /// The (LeaderLock, lock) names a group is elected under now.
+    pub fn names(&self, group: &str) -> (String, String) {
+        self.renamed.get(group).cloned().unwrap_or_else(|| (group.to_string(), format!("lk-{}", group.trim_start_matches("ll-"))))
+    }
+
+    /// Deletes a random group's LeaderLock and creates a new one over the same pods, with a new
+    /// name and lock name: new etcd prefixes, new objects, the old ones retired (the checker is
+    /// told first, so the removal of the old keys counts as caused).
+    pub async fn replace_leaderlock(&mut self, c: &kube::Client, rng: &mut Rng, checker: &Checker) {
+        let group = self.lls[rng.below(self.lls.len())].clone();
+        let (old_ll, old_lock) = self.names(&group);
+        self.generation += 1;
+        let (ll, lock) = (format!("{group}-r{}", self.generation), format!("{}-r{}", old_lock.split("-r").next().unwrap_or(&old_lock), self.generation));
+        checker.retire_lock(&old_lock);
+        let api = Api::<leaderlock::resource::LeaderLock>::namespaced(c.clone(), &self.ns);
+        let _ = api.delete(&old_ll, &Default::default()).await;
+        let obj: leaderlock::resource::LeaderLock = serde_json::from_value(serde_json::json!({
+            "apiVersion": "leaderlock.dev/v1alpha1", "kind": "LeaderLock", "metadata": {"name": ll},
+            "spec": {"selector": {"matchLabels": {"app": group}}, "locks": [{"name": lock}], "ttlSeconds": self.ttl},
+        }))
+        .expect("a valid LeaderLock");
+        if api.create(&Default::default(), &obj).await.is_ok() {
+            self.renamed.insert(group, (ll, lock));
+            *self.actions.entry("LeaderLock replaced").or_default() += 1;
+        }
+    }
+
+    /// Makes the pod the checker last saw leading a random group's lock leave: deleted and
+    /// replaced, or not Ready. Falls back to [`Fleet::step`] when that lock has no leader now.
+    pub async fn knock_out_holder(&mut self, c: &kube::Client, rng: &mut Rng, checker: &Checker) {
+        let group = self.lls[rng.below(self.lls.len())].clone();
+        let (_, lock) = self.names(&group);
+        let Some(i) = checker.leader_of(&lock).and_then(|p| self.pods[&group].iter().position(|(n, ready)| *n == p && *ready)) else {
+            return self.step(c, rng).await;
+        };
+        if rng.chance(60) {
+            let (name, _) = self.pods.get_mut(&group).unwrap().remove(i);
+            let _ = try_delete_pod(c, &self.ns, &name).await;
+            self.add_pod(c, &group).await;
+            *self.actions.entry("holder deleted and replaced").or_default() += 1;
+        } else {
+            let name = self.pods[&group][i].0.clone();
+            let _ = try_set_ready(c, &self.ns, &name, false).await;
+            self.pods.get_mut(&group).unwrap()[i].1 = false;
+            *self.actions.entry("holder made not Ready").or_default() += 1;
         }
     }
 

@@ -68,6 +68,8 @@ struct State {
     not_candidate: HashMap<String, Vec<Instant>>,
     violations: Vec<String>,
     outside_keys: Vec<String>,
+    /// lock → when the test removed it (LeaderLock deleted): its keys go without a pod cause.
+    retired: HashMap<String, Instant>,
     /// lock → last (pod, token) seen as leader, and the largest token seen.
     last_leader: HashMap<String, (String, i64)>,
     max_token: HashMap<String, i64>,
@@ -158,6 +160,17 @@ impl Checker {
         self.state.lock().unwrap().lag_allowance = d;
     }
 
+    /// The test is about to delete the LeaderLock of `lock`: the deletion of its keys that
+    /// follows has a cause.
+    pub fn retire_lock(&self, lock: &str) {
+        self.state.lock().unwrap().retired.insert(lock.to_string(), Instant::now());
+    }
+
+    /// The pod last seen leading `lock`.
+    pub fn leader_of(&self, lock: &str) -> Option<String> {
+        self.state.lock().unwrap().last_leader.get(lock).map(|(pod, _)| pod.clone())
+    }
+
     /// Fails the test if the checker saw two leaders of a lock, a token that did not grow, a
     /// holder displaced while its key remained, or a key written outside the root and allowed
     /// prefixes.
@@ -184,6 +197,7 @@ impl Checker {
             .holder_changes
             .iter()
             .filter(|h| h.from_deleted)
+            .filter(|h| s.retired.get(&h.lock).is_none_or(|t| *t > h.at))
             .filter_map(|h| {
                 let (key, value, created) = h.from.as_ref()?;
                 let pod = value.strip_prefix(&format!("leaderlock:{}/", s.ns))?; // external holders release by themselves

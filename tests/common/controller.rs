@@ -7,6 +7,7 @@
 //! killed (and not restarted) on drop.
 #![allow(dead_code)]
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -170,6 +171,31 @@ impl ControllerProcess {
         conn.read_to_string(&mut out).ok()?;
         Some(out.split_once("\r\n\r\n")?.1.to_string())
     }
+
+    /// Resident memory of the current incarnation (VmRSS of /proc/<pid>/status), in KiB.
+    pub fn rss_kib(&self) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()?)).ok()?;
+        status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?.trim().trim_end_matches("kB").trim().parse().ok()
+    }
+
+    /// The gauge family `leaderlock_map_entries{map="<name>"}` of /metrics, by map name; empty
+    /// when the controller does not export it.
+    pub fn map_entries(&self) -> Option<BTreeMap<String, f64>> {
+        Some(map_entries(&self.http_get("/metrics")?))
+    }
+}
+
+/// Parses `leaderlock_map_entries{map="<name>"} <value>` lines of a Prometheus text exposition.
+pub fn map_entries(metrics: &str) -> BTreeMap<String, f64> {
+    metrics
+        .lines()
+        .filter_map(|l| {
+            let rest = l.strip_prefix("leaderlock_map_entries{")?;
+            let (labels, value) = rest.split_once('}')?;
+            let name = labels.split(',').find_map(|kv| kv.trim().strip_prefix("map=\""))?.strip_suffix('"')?;
+            Some((name.to_string(), value.trim().parse().ok()?))
+        })
+        .collect()
 }
 
 fn zombie(pid: u32) -> bool {
