@@ -17,9 +17,9 @@ use common::checker::{self, Checker, wait_converged};
 use common::etcd::{EtcdCluster, EtcdServer, TcpProxy};
 use common::k8s::{create_pod, delete_pod, set_ready};
 use common::*;
+use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
 use kube::core::ApiResource;
-use kube::ResourceExt;
 use leaderlock::resource::LeaderLock;
 use serde_json::json;
 use world::*;
@@ -115,7 +115,10 @@ async fn the_checker_reports_a_second_leader_and_a_holder_key_deleted_without_ca
 
     // Fault 1: a second pod annotated leader by someone else (the controller reverts it).
     let patch = json!({"metadata": {"annotations": {"leaderlock.dev/lk-0": "leader", "leaderlock.dev/lk-0.token": "1"}}});
-    Api::<k8s_openapi::api::core::v1::Pod>::namespaced(c.clone(), &ns).patch(&standby, &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
+    Api::<k8s_openapi::api::core::v1::Pod>::namespaced(c.clone(), &ns)
+        .patch(&standby, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
     while !checker.summary().violations.iter().any(|v| v.contains("pods lead lk-0 at once")) {
         assert!(Instant::now() < deadline, "the checker missed two leaders: {:?}", checker.summary());
@@ -164,12 +167,19 @@ async fn pod_churn_storm_keeps_every_promise() {
     let s = checker.summary();
     Report {
         name: "1. Pod churn storm".into(),
-        setup: format!("{n} LeaderLocks × 5 pods, {secs} s of churn ({steps} steps: {}), one controller, seed {}.", fleet.actions(), Rng::seed()),
+        setup: format!(
+            "{n} LeaderLocks × 5 pods, {secs} s of churn ({steps} steps: {}), one controller, seed {}.",
+            fleet.actions(),
+            Rng::seed()
+        ),
         summary: s.clone(),
         convergence: conv,
         convergence_bound: bound,
         fault_holder_changes_target: Some(0),
-        notes: vec![format!("Leaderless gaps (holder demoted or gone → next holder annotated): max {:?}, median {:?} over {} gaps.", s.max_gap, s.median_gap, s.gaps)],
+        notes: vec![format!(
+            "Leaderless gaps (holder demoted or gone → next holder annotated): max {:?}, median {:?} over {} gaps.",
+            s.max_gap, s.median_gap, s.gaps
+        )],
     }
     .emit();
     assert_safe(&s, Some(Duration::from_secs(2)), Some(0));
@@ -208,7 +218,9 @@ async fn kill_9_of_the_active_controller_during_churn_hands_over_without_holder_
     };
     fleet.heal(&c).await;
     let bound = Duration::from_secs(60);
-    let conv = wait_converged(&c, &ns, &etcd.endpoint(), ROOT, None, bound).await.unwrap_or_else(|e| panic!("no convergence: {e}; replica exits {:?} / {:?}", replicas[0].exits(), replicas[1].exits()));
+    let conv = wait_converged(&c, &ns, &etcd.endpoint(), ROOT, None, bound)
+        .await
+        .unwrap_or_else(|e| panic!("no convergence: {e}; replica exits {:?} / {:?}", replicas[0].exits(), replicas[1].exits()));
     checker.settle().await;
     let s = checker.summary();
     Report {
@@ -312,7 +324,11 @@ async fn lock_etcd_outage_longer_than_the_ttl_and_controller_partition_longer_th
     let after = holders(&c, &ns).await;
     let s = checker.summary();
     let same_pod = before.iter().zip(&after).filter(|(b, a)| b.1 == a.1).count();
-    let larger = before.iter().zip(&after).filter(|(b, a)| b.2.as_ref().zip(a.2.as_ref()).is_some_and(|(x, y)| y.parse::<i64>().unwrap() > x.parse::<i64>().unwrap())).count();
+    let larger = before
+        .iter()
+        .zip(&after)
+        .filter(|(b, a)| b.2.as_ref().zip(a.2.as_ref()).is_some_and(|(x, y)| y.parse::<i64>().unwrap() > x.parse::<i64>().unwrap()))
+        .count();
     Report {
         name: "3c. Lock etcd down longer than the TTL; controller partitioned from etcd longer than the TTL".into(),
         setup: "5 LeaderLocks × 3 pods, ttlSeconds 5; (a) single-member etcd SIGKILLed for 12 s then restarted; (b) TcpProxy between controller and etcd cut for 12 s.".into(),
@@ -501,20 +517,73 @@ fn hostile(rng: &mut Rng, i: usize, ns_other: &str) -> (String, serde_json::Valu
             (n.clone(), base(&n, json!({"selector": nothing, "locks": [{"name": format!("odd{i}")}]})), "valid")
         }
         1 => {
-            let labels: serde_json::Map<String, serde_json::Value> = (0..200).map(|k| (format!("k{k}.example.com/l{k}"), json!("v".repeat(63)))).collect();
+            let labels: serde_json::Map<String, serde_json::Value> =
+                (0..200).map(|k| (format!("k{k}.example.com/l{k}"), json!("v".repeat(63)))).collect();
             let values: Vec<String> = (0..500).map(|k| format!("v{k}")).collect();
-            (name.clone(), base(&name, json!({"selector": {"matchLabels": labels, "matchExpressions": [{"key": "app", "operator": "In", "values": values}]}, "locks": [{"name": format!("huge{i}")}]})), "valid")
+            (
+                name.clone(),
+                base(
+                    &name,
+                    json!({"selector": {"matchLabels": labels, "matchExpressions": [{"key": "app", "operator": "In", "values": values}]}, "locks": [{"name": format!("huge{i}")}]}),
+                ),
+                "valid",
+            )
         }
         2 => {
-            let key = ["/etc/passwd", "/leaderlock.dev.evil/x", "/legacy2/x", "/", "/legacy/../etc", "/leaderlockXdev/x", "/a b/c", "/\u{2603}/x"][rng.below(8)];
-            (name.clone(), base(&name, json!({"selector": {"matchLabels": {"app": "victim"}}, "locks": [{"name": format!("out{i}"), "etcdKey": key}]})), "bad")
+            let key = [
+                "/etc/passwd",
+                "/leaderlock.dev.evil/x",
+                "/legacy2/x",
+                "/",
+                "/legacy/../etc",
+                "/leaderlockXdev/x",
+                "/a b/c",
+                "/\u{2603}/x",
+            ][rng.below(8)];
+            (
+                name.clone(),
+                base(
+                    &name,
+                    json!({"selector": {"matchLabels": {"app": "victim"}}, "locks": [{"name": format!("out{i}"), "etcdKey": key}]}),
+                ),
+                "bad",
+            )
         }
         3 => (name.clone(), base(&name, json!({"selector": {"matchLabels": {"app": "victim"}}, "locks": [{"name": "ledger"}]})), "bad"),
-        4 => (name.clone(), base(&name, json!({"selector": {"matchLabels": {"app": "victim"}}, "locks": [{"name": "x"}, {"name": format!("p{i}"), "etcdKey": format!("{ROOT}locks/{ns_other}/victim-lock")}]})), "bad-crossns"),
-        5 => (name.clone(), base(&name, json!({"selector": nothing, "locks": (0..32).map(|k| json!({"name": format!("m{i}-{k}")})).collect::<Vec<_>>(), "ttlSeconds": 3600})), "valid"),
-        6 => (name.clone(), base(&name, json!({"selector": {"matchLabels": {"app": "victim"}}, "locks": [{"name": "-bad-"}], "ttlSeconds": 1})), "schema"),
-        7 => (name.clone(), base(&name, json!({"selector": {"matchLabels": {"app": "victim"}}, "locks": [{"name": format!("l{i}"), "etcdKey": format!("/legacy/{i}/")}], "extra": true})), "schema"),
-        _ => (format!("flap{}", i % 7), base(&format!("flap{}", i % 7), json!({"selector": nothing, "locks": [{"name": format!("flap{}", i % 7)}]})), "flap"),
+        4 => (
+            name.clone(),
+            base(
+                &name,
+                json!({"selector": {"matchLabels": {"app": "victim"}}, "locks": [{"name": "x"}, {"name": format!("p{i}"), "etcdKey": format!("{ROOT}locks/{ns_other}/victim-lock")}]}),
+            ),
+            "bad-crossns",
+        ),
+        5 => (
+            name.clone(),
+            base(
+                &name,
+                json!({"selector": nothing, "locks": (0..32).map(|k| json!({"name": format!("m{i}-{k}")})).collect::<Vec<_>>(), "ttlSeconds": 3600}),
+            ),
+            "valid",
+        ),
+        6 => (
+            name.clone(),
+            base(&name, json!({"selector": {"matchLabels": {"app": "victim"}}, "locks": [{"name": "-bad-"}], "ttlSeconds": 1})),
+            "schema",
+        ),
+        7 => (
+            name.clone(),
+            base(
+                &name,
+                json!({"selector": {"matchLabels": {"app": "victim"}}, "locks": [{"name": format!("l{i}"), "etcdKey": format!("/legacy/{i}/")}], "extra": true}),
+            ),
+            "schema",
+        ),
+        _ => (
+            format!("flap{}", i % 7),
+            base(&format!("flap{}", i % 7), json!({"selector": nothing, "locks": [{"name": format!("flap{}", i % 7)}]})),
+            "flap",
+        ),
     }
 }
 
@@ -589,7 +658,9 @@ async fn hostile_leaderlocks_neither_crash_the_controller_nor_touch_valid_locks_
             let ready = ll.status.as_ref().and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready").cloned());
             let ok = match (ready, *kind) {
                 (None, _) => false,
-                (Some(r), "bad" | "bad-crossns") => r.status == "False" && (r.reason == "EtcdKeyNotAllowed" || r.reason == "LockNameConflict") && !r.message.is_empty(),
+                (Some(r), "bad" | "bad-crossns") => {
+                    r.status == "False" && (r.reason == "EtcdKeyNotAllowed" || r.reason == "LockNameConflict") && !r.message.is_empty()
+                }
                 (Some(r), _) => r.status == "True" && r.observed_generation == ll.metadata.generation,
             };
             if !ok {
@@ -602,7 +673,9 @@ async fn hostile_leaderlocks_neither_crash_the_controller_nor_touch_valid_locks_
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     let conds = start.elapsed();
-    let conv = wait_converged(&c, &ns, &etcd.endpoint(), ROOT, Some(&only), Duration::from_secs(60)).await.unwrap_or_else(|e| panic!("victim not converged: {e}"));
+    let conv = wait_converged(&c, &ns, &etcd.endpoint(), ROOT, Some(&only), Duration::from_secs(60))
+        .await
+        .unwrap_or_else(|e| panic!("victim not converged: {e}"));
     checker.settle().await;
     let victim_after = holders_of(&c, &ns, "victim").await;
     let victim_before = before;
@@ -677,7 +750,10 @@ async fn a_newer_leaderlock_created_in_the_same_second_takes_an_older_ones_lock_
         }
         let y = "apiVersion: leaderlock.dev/v1alpha1\nkind: LeaderLock\nmetadata: {name: aa}\nspec:\n  selector: {matchLabels: {app: nothing}}\n  locks: [{name: ledger}]\n";
         kubectl_ok(&["apply", "-n", &ns, "-f", "-"], Some(y));
-        let t = |n: &'static str| { let api = api.clone(); async move { api.get(n).await.unwrap().metadata.creation_timestamp.unwrap().0 } };
+        let t = |n: &'static str| {
+            let api = api.clone();
+            async move { api.get(n).await.unwrap().metadata.creation_timestamp.unwrap().0 }
+        };
         if t("zz").await == t("aa").await {
             break;
         }
@@ -717,8 +793,12 @@ async fn an_etcd_key_under_another_namespaces_lock_prefix_is_refused() {
     let ctl = controller(&etcd.endpoint(), &ns, &[]);
     create_pod(&c, &ns, "w-1", &[("app", "thief")]).await;
     set_ready(&c, &ns, "w-1", true).await;
-    for (name, key) in [("thief", format!("{ROOT}locks/other-ns/ledger")), ("usurper", format!("{ROOT}controller")), ("lessee", format!("{ROOT}leases"))] {
-        let y = format!("apiVersion: leaderlock.dev/v1alpha1\nkind: LeaderLock\nmetadata: {{name: {name}}}\nspec:\n  selector: {{matchLabels: {{app: thief}}}}\n  locks: [{{name: l-{name}, etcdKey: \"{key}\"}}]\n");
+    for (name, key) in
+        [("thief", format!("{ROOT}locks/other-ns/ledger")), ("usurper", format!("{ROOT}controller")), ("lessee", format!("{ROOT}leases"))]
+    {
+        let y = format!(
+            "apiVersion: leaderlock.dev/v1alpha1\nkind: LeaderLock\nmetadata: {{name: {name}}}\nspec:\n  selector: {{matchLabels: {{app: thief}}}}\n  locks: [{{name: l-{name}, etcdKey: \"{key}\"}}]\n"
+        );
         kubectl_ok(&["apply", "-n", &ns, "-f", "-"], Some(&y));
     }
     let api = Api::<LeaderLock>::namespaced(c.clone(), &ns);
@@ -734,7 +814,10 @@ async fn an_etcd_key_under_another_namespaces_lock_prefix_is_refused() {
     let keys = String::from_utf8_lossy(&keys.stdout).to_string();
     ctl.assert_no_panic();
     println!("crossns: {wrong:?}\n{keys}");
-    assert!(wrong.is_empty(), "etcdKeys inside other namespaces' or the controller's own areas were accepted: {wrong:#?}; keys now:\n{keys}");
+    assert!(
+        wrong.is_empty(),
+        "etcdKeys inside other namespaces' or the controller's own areas were accepted: {wrong:#?}; keys now:\n{keys}"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -801,7 +884,11 @@ async fn soak_of_pod_and_leaderlock_churn_keeps_every_promise_and_memory_flat() 
     }
     Report {
         name: "8. Soak: pods and LeaderLocks churned".into(),
-        setup: format!("{n} LeaderLocks × 3–7 pods (ttlSeconds 15), {secs:?} of churn ({steps} steps: {}), one controller, seed {}.", fleet.actions(), Rng::seed()),
+        setup: format!(
+            "{n} LeaderLocks × 3–7 pods (ttlSeconds 15), {secs:?} of churn ({steps} steps: {}), one controller, seed {}.",
+            fleet.actions(),
+            Rng::seed()
+        ),
         summary: s.clone(),
         convergence: conv,
         convergence_bound: bound,

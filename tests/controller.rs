@@ -74,10 +74,17 @@ async fn initial_election_annotates_one_leader_per_lock_and_reports_it_in_status
     assert!(st.locks[0].since.is_some() && token > 0);
     let ready = ready_condition(&c, &ns, "payments").await.unwrap();
     assert_eq!((ready.0.as_str(), ready.1.as_str()), ("True", "Elected"));
-    let events = kubectl_ok(&["get", "events.events.k8s.io", "-n", &ns, "-o", "jsonpath={range .items[*]}{.reason}/{.series.count}{\"\\n\"}{end}"], None);
+    let events = kubectl_ok(
+        &["get", "events.events.k8s.io", "-n", &ns, "-o", "jsonpath={range .items[*]}{.reason}/{.series.count}{\"\\n\"}{end}"],
+        None,
+    );
     // One Event per lock, never announced twice (a series): a reconcile that read the status
     // from before its predecessor's write used to announce the same election again.
-    assert_eq!(events.lines().filter(|l| l.starts_with("HolderChanged")).collect::<Vec<_>>(), ["HolderChanged/", "HolderChanged/"], "{events}");
+    assert_eq!(
+        events.lines().filter(|l| l.starts_with("HolderChanged")).collect::<Vec<_>>(),
+        ["HolderChanged/", "HolderChanged/"],
+        "{events}"
+    );
     checker.assert_clean();
 }
 
@@ -203,10 +210,9 @@ async fn an_etcd_key_outside_the_allowed_prefixes_is_rejected_and_an_allowed_one
     let c = client().await;
     ready_pods(&c, &ns, &["w-1"], WORKER).await;
     apply_ll(&ns, "bad", "[{name: ledger, etcdKey: /registry/pods}]", "");
-    let (status, _, message) = eventually("EtcdKeyNotAllowed", T, || async {
-        ready_condition(&c, &ns, "bad").await.filter(|(_, r, _)| r == "EtcdKeyNotAllowed")
-    })
-    .await;
+    let (status, _, message) =
+        eventually("EtcdKeyNotAllowed", T, || async { ready_condition(&c, &ns, "bad").await.filter(|(_, r, _)| r == "EtcdKeyNotAllowed") })
+            .await;
     assert_eq!(status, "False");
     assert!(message.contains("--allowed-key-prefix"), "{message}");
     assert!(annotations(&c, &ns, "w-1").await.is_empty(), "a rejected lock annotates nothing");
@@ -254,7 +260,8 @@ async fn an_external_etcdctl_lock_holder_keeps_every_pod_standby_until_it_releas
     eventually("status to name the external holder and pods to stand by", T, || async {
         let st = leaderlock(&c, &ns, "payments").await.status?;
         let roles = roles(&c, &ns, "ledger").await;
-        (st.locks[0].holder.as_deref() == Some(&format!("etcd:{external}")) && roles.len() == 2 && roles.values().all(|r| r == "standby")).then_some(())
+        (st.locks[0].holder.as_deref() == Some(&format!("etcd:{external}")) && roles.len() == 2 && roles.values().all(|r| r == "standby"))
+            .then_some(())
     })
     .await;
 
@@ -276,7 +283,8 @@ async fn a_manual_edit_of_our_keys_is_reverted() {
     eventually("the edits to be reverted", T, || async {
         let s = annotations(&c, &ns, standby).await;
         let h = annotations(&c, &ns, &holder).await;
-        (!s.contains_key("leaderlock.dev/ledger.token") && h.get("leaderlock.dev/ledger").map(String::as_str) == Some("leader")).then_some(())
+        (!s.contains_key("leaderlock.dev/ledger.token") && h.get("leaderlock.dev/ledger").map(String::as_str) == Some("leader"))
+            .then_some(())
     })
     .await;
     assert_eq!(elected(&c, &ns, "payments", "ledger", 2).await, (holder, token));
@@ -296,7 +304,8 @@ async fn deleting_the_leaderlock_removes_its_etcd_keys_and_pod_keys() {
     .await;
     for p in ["w-1", "w-2"] {
         let pod = Api::<Pod>::namespaced(c.clone(), &ns).get(p).await.unwrap();
-        let ours = |m: Option<std::collections::BTreeMap<String, String>>| m.unwrap_or_default().keys().any(|k| k.starts_with("leaderlock.dev/"));
+        let ours =
+            |m: Option<std::collections::BTreeMap<String, String>>| m.unwrap_or_default().keys().any(|k| k.starts_with("leaderlock.dev/"));
         assert!(!ours(pod.metadata.annotations.clone()) && !ours(pod.metadata.labels.clone()), "{p} still has keys");
     }
     let out = std::process::Command::new("etcdctl")
@@ -314,10 +323,9 @@ async fn a_selector_the_controller_cannot_evaluate_is_reported_not_ignored() {
     ready_pods(&c, &ns, &["w-1"], WORKER).await;
     let yaml = "apiVersion: leaderlock.dev/v1alpha1\nkind: LeaderLock\nmetadata: {name: odd}\nspec:\n  selector: {matchExpressions: [{key: app, operator: Near, values: [worker]}]}\n  locks: [{name: ledger}]\n";
     kubectl_ok(&["apply", "-n", &ns, "-f", "-"], Some(yaml));
-    let (status, _, message) = eventually("InvalidSelector", T, || async {
-        ready_condition(&c, &ns, "odd").await.filter(|(_, r, _)| r == "InvalidSelector")
-    })
-    .await;
+    let (status, _, message) =
+        eventually("InvalidSelector", T, || async { ready_condition(&c, &ns, "odd").await.filter(|(_, r, _)| r == "InvalidSelector") })
+            .await;
     assert_eq!(status, "False");
     assert!(message.contains("Near"), "the message names the bad operator: {message}");
     assert!(annotations(&c, &ns, "w-1").await.is_empty());

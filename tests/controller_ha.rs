@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use common::etcd::EtcdServer;
 use common::checker::Checker;
+use common::etcd::EtcdServer;
 use common::k8s::*;
 use common::*;
 
@@ -17,7 +17,12 @@ fn candidate_keys(etcd: &EtcdServer, ns: &str) -> Vec<(String, i64, i64)> {
     let out = etcd.etcdctl(&["get", "--prefix", &format!("/leaderlock.dev/locks/{ns}/"), "-w", "json"]);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let decode = |s: &serde_json::Value| String::from_utf8(BASE64.decode(s.as_str().unwrap()).unwrap()).unwrap();
-    v["kvs"].as_array().into_iter().flatten().map(|kv| (decode(&kv["key"]), kv["create_revision"].as_i64().unwrap(), kv["mod_revision"].as_i64().unwrap())).collect()
+    v["kvs"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|kv| (decode(&kv["key"]), kv["create_revision"].as_i64().unwrap(), kv["mod_revision"].as_i64().unwrap()))
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -29,10 +34,14 @@ async fn killing_the_active_replica_hands_over_to_a_standby_without_changing_any
     let c = client().await;
     let checker = Checker::start(c.clone(), &ns, &endpoint, ROOT, &[]).await;
     ready_pods(&c, &ns, &["w-1", "w-2", "w-3"], &[("app", "worker")]).await;
-    let mut replicas: Vec<ControllerProcess> = (0..3).map(|_| ControllerProcess::start(&["--etcd-endpoints", &endpoint, "--namespace", &ns])).collect();
-    kubectl_ok(&["apply", "-n", &ns, "-f", "-"], Some(
-        "apiVersion: leaderlock.dev/v1alpha1\nkind: LeaderLock\nmetadata: {name: payments}\nspec:\n  selector: {matchLabels: {app: worker}}\n  locks: [{name: ledger}, {name: report}]\n  ttlSeconds: 10\n",
-    ));
+    let mut replicas: Vec<ControllerProcess> =
+        (0..3).map(|_| ControllerProcess::start(&["--etcd-endpoints", &endpoint, "--namespace", &ns])).collect();
+    kubectl_ok(
+        &["apply", "-n", &ns, "-f", "-"],
+        Some(
+            "apiVersion: leaderlock.dev/v1alpha1\nkind: LeaderLock\nmetadata: {name: payments}\nspec:\n  selector: {matchLabels: {app: worker}}\n  locks: [{name: ledger}, {name: report}]\n  ttlSeconds: 10\n",
+        ),
+    );
     let ledger = elected(&c, &ns, "payments", "ledger", 3).await;
     let report = elected(&c, &ns, "payments", "report", 3).await;
 
@@ -46,7 +55,12 @@ async fn killing_the_active_replica_hands_over_to_a_standby_without_changing_any
         assert!(metrics.contains(&format!("leaderlock_active {}", u8::from(i == active))), "{metrics}");
     }
     let metrics = replicas[active].http_get("/metrics").unwrap();
-    for m in ["leaderlock_reconciles_total", "leaderlock_holder_changes_total{", "leaderlock_etcd_operations_total{kind=\"create\"} 6", "leaderlock_reconcile_duration_seconds_bucket"] {
+    for m in [
+        "leaderlock_reconciles_total",
+        "leaderlock_holder_changes_total{",
+        "leaderlock_etcd_operations_total{kind=\"create\"} 6",
+        "leaderlock_reconcile_duration_seconds_bucket",
+    ] {
         assert!(metrics.contains(m), "missing {m} in\n{metrics}");
     }
 

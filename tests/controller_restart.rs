@@ -5,13 +5,13 @@ mod common;
 
 use std::time::Duration;
 
-use common::etcd::EtcdServer;
 use common::checker::Checker;
+use common::etcd::EtcdServer;
 use common::k8s::*;
 use common::*;
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::Api;
 use kube::ResourceExt;
+use kube::api::Api;
 
 async fn revision(endpoint: &str) -> i64 {
     let mut c = etcd_client::Client::connect([endpoint], None).await.unwrap();
@@ -67,9 +67,12 @@ async fn a_controller_restart_changes_no_holder_and_writes_no_lock_key_pod_or_st
     let checker = Checker::start(c.clone(), &ns, &endpoint, ROOT, &[]).await;
     ready_pods(&c, &ns, &["w-1", "w-2", "w-3"], &[("app", "worker")]).await;
     let first = ControllerProcess::start(&["--etcd-endpoints", &endpoint, "--namespace", &ns]);
-    kubectl_ok(&["apply", "-n", &ns, "-f", "-"], Some(
-        "apiVersion: leaderlock.dev/v1alpha1\nkind: LeaderLock\nmetadata: {name: payments}\nspec:\n  selector: {matchLabels: {app: worker}}\n  locks: [{name: ledger}, {name: report}]\n",
-    ));
+    kubectl_ok(
+        &["apply", "-n", &ns, "-f", "-"],
+        Some(
+            "apiVersion: leaderlock.dev/v1alpha1\nkind: LeaderLock\nmetadata: {name: payments}\nspec:\n  selector: {matchLabels: {app: worker}}\n  locks: [{name: ledger}, {name: report}]\n",
+        ),
+    );
     let ledger = elected(&c, &ns, "payments", "ledger", 3).await;
     let report = elected(&c, &ns, "payments", "report", 3).await;
     let ll_version = leaderlock(&c, &ns, "payments").await.resource_version();
@@ -81,10 +84,7 @@ async fn a_controller_restart_changes_no_holder_and_writes_no_lock_key_pod_or_st
     // The only etcd writes of a restart are the replica election's: the new replica's key and
     // the dead one's expiry. No lock key, no lease record is touched.
     let written = keys_written_since(&endpoint, etcd_before).await;
-    assert!(
-        written.iter().all(|k| k.starts_with("/leaderlock.dev/controller/")),
-        "the restart wrote lock keys: {written:?}"
-    );
+    assert!(written.iter().all(|k| k.starts_with("/leaderlock.dev/controller/")), "the restart wrote lock keys: {written:?}");
     assert_eq!(pod_versions(&c, &ns).await, pods_before, "the restart rewrote pods");
     assert_eq!(leaderlock(&c, &ns, "payments").await.resource_version(), ll_version, "the restart rewrote status");
     assert_eq!(elected(&c, &ns, "payments", "ledger", 3).await, ledger);
@@ -109,9 +109,12 @@ async fn deleting_a_leaderlock_while_etcd_is_down_reports_it_and_completes_when_
     let c = client().await;
     ready_pods(&c, &ns, &["w-1", "w-2"], &[("app", "worker")]).await;
     let _ctl = ControllerProcess::start(&["--etcd-endpoints", &endpoint, "--etcd-timeout", "1s", "--namespace", &ns]);
-    kubectl_ok(&["apply", "-n", &ns, "-f", "-"], Some(
-        "apiVersion: leaderlock.dev/v1alpha1\nkind: LeaderLock\nmetadata: {name: payments}\nspec:\n  selector: {matchLabels: {app: worker}}\n  locks: [{name: ledger}]\n",
-    ));
+    kubectl_ok(
+        &["apply", "-n", &ns, "-f", "-"],
+        Some(
+            "apiVersion: leaderlock.dev/v1alpha1\nkind: LeaderLock\nmetadata: {name: payments}\nspec:\n  selector: {matchLabels: {app: worker}}\n  locks: [{name: ledger}]\n",
+        ),
+    );
     elected(&c, &ns, "payments", "ledger", 2).await;
 
     etcd.kill();

@@ -11,7 +11,13 @@ fn every_example_is_accepted_by_the_apiserver() {
     let out = kubectl(&["apply", "--dry-run=server", "-n", &ns, "-f", dir], None);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let applied = String::from_utf8_lossy(&out.stdout);
-    for kind in ["leaderlock.leaderlock.dev/payments", "leaderlock.leaderlock.dev/ledger", "deployment.apps/ledger-worker", "service/ledger-leader", "pod/payments-worker-1"] {
+    for kind in [
+        "leaderlock.leaderlock.dev/payments",
+        "leaderlock.leaderlock.dev/ledger",
+        "deployment.apps/ledger-worker",
+        "service/ledger-leader",
+        "pod/payments-worker-1",
+    ] {
         assert!(applied.contains(kind), "{kind} missing from: {applied}");
     }
 }

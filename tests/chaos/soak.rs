@@ -114,7 +114,14 @@ pub fn judge_maps(samples: &[Sample]) -> Result<Vec<Verdict>, String> {
 pub fn table(verdicts: &[Verdict]) -> String {
     let mut md = String::from("| series | median, 2nd quarter | median, last quarter | limit | flat |\n|---|---|---|---|---|\n");
     for v in verdicts {
-        md.push_str(&format!("| {} | {:.0} | {:.0} | {:.0} | {} |\n", v.name, v.early_median, v.late_median, v.limit, if v.flat() { "yes" } else { "**no**" }));
+        md.push_str(&format!(
+            "| {} | {:.0} | {:.0} | {:.0} | {} |\n",
+            v.name,
+            v.early_median,
+            v.late_median,
+            v.limit,
+            if v.flat() { "yes" } else { "**no**" }
+        ));
     }
     md
 }
@@ -131,7 +138,17 @@ fn a_series_that_grows_steadily_is_not_flat_and_a_noisy_bounded_one_is() {
     assert!(!judge("leak", &growing, MAPS).flat(), "{:?}", judge("leak", &growing, MAPS));
     let bounded: Vec<f64> = (0..100).map(|i| 1000.0 + f64::from((i * 37) % 100)).collect();
     assert!(judge("bounded", &bounded, MAPS).flat(), "{:?}", judge("bounded", &bounded, MAPS));
-    let warm_up_then_flat: Vec<f64> = (0..100).map(|i| if i < 20 { f64::from(i) * 50.0 } else if i == 90 { 5000.0 } else { 1000.0 }).collect();
+    let warm_up_then_flat: Vec<f64> = (0..100)
+        .map(|i| {
+            if i < 20 {
+                f64::from(i) * 50.0
+            } else if i == 90 {
+                5000.0
+            } else {
+                1000.0
+            }
+        })
+        .collect();
     assert!(judge("warm-up and a spike", &warm_up_then_flat, RSS).flat());
 }
 

@@ -64,7 +64,15 @@ pub struct Fleet {
 
 impl Fleet {
     pub async fn create(c: &kube::Client, ns: &str, n: usize, pods_each: usize, ttl: u32) -> Fleet {
-        let mut f = Fleet { ns: ns.to_string(), lls: Vec::new(), pods: BTreeMap::new(), renamed: BTreeMap::new(), ttl, generation: 0, actions: BTreeMap::new() };
+        let mut f = Fleet {
+            ns: ns.to_string(),
+            lls: Vec::new(),
+            pods: BTreeMap::new(),
+            renamed: BTreeMap::new(),
+            ttl,
+            generation: 0,
+            actions: BTreeMap::new(),
+        };
         let mut yaml = String::new();
         for i in 0..n {
             let ll = format!("ll-{i}");
@@ -147,7 +155,8 @@ impl Fleet {
         let group = self.lls[rng.below(self.lls.len())].clone();
         let (old_ll, old_lock) = self.names(&group);
         self.generation += 1;
-        let (ll, lock) = (format!("{group}-r{}", self.generation), format!("{}-r{}", old_lock.split("-r").next().unwrap_or(&old_lock), self.generation));
+        let (ll, lock) =
+            (format!("{group}-r{}", self.generation), format!("{}-r{}", old_lock.split("-r").next().unwrap_or(&old_lock), self.generation));
         checker.retire_lock(&old_lock);
         let api = Api::<leaderlock::resource::LeaderLock>::namespaced(c.clone(), &self.ns);
         let _ = api.delete(&old_ll, &Default::default()).await;

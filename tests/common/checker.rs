@@ -22,10 +22,10 @@ use std::time::{Duration, Instant};
 use etcd_client::{EventType, GetOptions, WatchOptions};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
+use kube::ResourceExt;
 use kube::api::Api;
 use kube::core::{Selector, SelectorExt};
 use kube::runtime::watcher;
-use kube::ResourceExt;
 use leaderlock::resource::LeaderLock;
 
 #[derive(Clone, Debug)]
@@ -202,9 +202,11 @@ impl Checker {
                 let (key, value, created) = h.from.as_ref()?;
                 let pod = value.strip_prefix(&format!("leaderlock:{}/", s.ns))?; // external holders release by themselves
                 let explained = s.not_candidate.get(pod).is_some_and(|ts| {
-                    ts.iter().any(|t| *t + s.lag_allowance.max(Duration::from_millis(500)) >= *created && *t <= h.at + Duration::from_secs(5))
+                    ts.iter()
+                        .any(|t| *t + s.lag_allowance.max(Duration::from_millis(500)) >= *created && *t <= h.at + Duration::from_secs(5))
                 });
-                (!explained).then(|| format!("lock {}: holder {pod} ({key}) lost its key at +{:?} while still a candidate", h.lock, now - h.at))
+                (!explained)
+                    .then(|| format!("lock {}: holder {pod} ({key}) lost its key at +{:?} while still a candidate", h.lock, now - h.at))
             })
             .collect();
         Summary {
@@ -369,7 +371,11 @@ impl State {
             if before.as_ref().map(|(k, v)| (k, v.create_rev)) != after.as_ref().map(|(k, v)| (k, v.create_rev)) {
                 let from_deleted = before.as_ref().is_some_and(|(k, v)| self.keys.get(k).is_none_or(|now| now.create_rev != v.create_rev));
                 if before.is_some() && !from_deleted {
-                    self.violations.push(format!("lock {lock}: holder {:?} displaced by {:?} although its key remains", before.as_ref().map(|b| &b.0), after.as_ref().map(|a| &a.0)));
+                    self.violations.push(format!(
+                        "lock {lock}: holder {:?} displaced by {:?} although its key remains",
+                        before.as_ref().map(|b| &b.0),
+                        after.as_ref().map(|a| &a.0)
+                    ));
                 }
                 self.holder_changes.push(HolderChange {
                     lock: lock.clone(),
@@ -478,7 +484,10 @@ async fn watch_etcd_once(endpoint: &str, state: &Arc<Mutex<State>>) -> Result<()
             .kvs()
             .iter()
             .map(|kv| {
-                (String::from_utf8_lossy(kv.key()).into_owned(), KeyView { create_rev: kv.create_revision(), value: String::from_utf8_lossy(kv.value()).into_owned(), seen: now })
+                (
+                    String::from_utf8_lossy(kv.key()).into_owned(),
+                    KeyView { create_rev: kv.create_revision(), value: String::from_utf8_lossy(kv.value()).into_owned(), seen: now },
+                )
             })
             .collect();
         let gone: Vec<String> = s.keys.keys().filter(|k| !listed.contains_key(*k)).cloned().collect();
@@ -503,7 +512,11 @@ async fn watch_etcd_once(endpoint: &str, state: &Arc<Mutex<State>>) -> Result<()
             let key = String::from_utf8_lossy(kv.key()).into_owned();
             match ev.event_type() {
                 EventType::Put => {
-                    let v = KeyView { create_rev: kv.create_revision(), value: String::from_utf8_lossy(kv.value()).into_owned(), seen: Instant::now() };
+                    let v = KeyView {
+                        create_rev: kv.create_revision(),
+                        value: String::from_utf8_lossy(kv.value()).into_owned(),
+                        seen: Instant::now(),
+                    };
                     s.saw_key(key, Some(v));
                 }
                 EventType::Delete => s.saw_key(key, None),
@@ -533,18 +546,16 @@ pub async fn converged(client: &kube::Client, ns: &str, endpoint: &str, root: &s
             continue;
         }
         let sel = Selector::try_from(ll.spec.selector.clone()).map_err(|e| e.to_string())?;
-        let cands: Vec<&Pod> = pods
-            .items
-            .iter()
-            .filter(|p| is_candidate(p) && sel.matches(p.metadata.labels.as_ref().unwrap_or(&BTreeMap::new())))
-            .collect();
+        let cands: Vec<&Pod> =
+            pods.items.iter().filter(|p| is_candidate(p) && sel.matches(p.metadata.labels.as_ref().unwrap_or(&BTreeMap::new()))).collect();
         let st = ll.status.clone().unwrap_or_default();
         if st.observed_generation != ll.metadata.generation {
             return Err(format!("{}: status not observed yet", ll.name_any()));
         }
         for lock in &ll.spec.locks {
             let prefix = lock.etcd_key.clone().unwrap_or_else(|| format!("{root}locks/{ns}/{}", lock.name));
-            let mine: Vec<&(String, i64, String)> = keys.iter().filter(|(k, _, _)| k.rsplit_once('/').is_some_and(|(p, _)| p == prefix)).collect();
+            let mine: Vec<&(String, i64, String)> =
+                keys.iter().filter(|(k, _, _)| k.rsplit_once('/').is_some_and(|(p, _)| p == prefix)).collect();
             let mut want: Vec<String> = cands.iter().map(|p| format!("{prefix}/{}", p.uid().unwrap_or_default())).collect();
             let mut have: Vec<String> = mine.iter().map(|(k, _, _)| k.clone()).collect();
             want.sort();
@@ -579,7 +590,14 @@ pub async fn converged(client: &kube::Client, ns: &str, endpoint: &str, root: &s
 }
 
 /// Polls [`converged`] until it holds; returns how long that took, or what was still wrong.
-pub async fn wait_converged(client: &kube::Client, ns: &str, endpoint: &str, root: &str, only: Option<&[String]>, bound: Duration) -> Result<Duration, String> {
+pub async fn wait_converged(
+    client: &kube::Client,
+    ns: &str,
+    endpoint: &str,
+    root: &str,
+    only: Option<&[String]>,
+    bound: Duration,
+) -> Result<Duration, String> {
     let start = Instant::now();
     loop {
         let r = converged(client, ns, endpoint, root, only).await;

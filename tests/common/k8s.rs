@@ -6,11 +6,10 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::ResourceExt;
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use leaderlock::resource::LeaderLock;
 use serde_json::json;
-
 
 pub async fn client() -> kube::Client {
     kube::Client::try_default().await.expect("a kube client from KUBECONFIG")
@@ -65,10 +64,7 @@ pub async fn annotations(c: &kube::Client, ns: &str, name: &str) -> BTreeMap<Str
 pub async fn roles(c: &kube::Client, ns: &str, lock: &str) -> BTreeMap<String, String> {
     let key = format!("leaderlock.dev/{lock}");
     let pods = Api::<Pod>::namespaced(c.clone(), ns).list(&Default::default()).await.unwrap();
-    pods.items
-        .iter()
-        .filter_map(|p| Some((p.name_any(), p.annotations().get(&key)?.clone())))
-        .collect()
+    pods.items.iter().filter_map(|p| Some((p.name_any(), p.annotations().get(&key)?.clone()))).collect()
 }
 
 pub async fn leaderlock(c: &kube::Client, ns: &str, name: &str) -> LeaderLock {

@@ -21,9 +21,8 @@ use std::time::{Duration, Instant};
 
 /// Reads an env var that `hack/cluster.sh` writes; fails with the command that provides it.
 pub fn env(name: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| {
-        panic!("{name} is not set: run the tests through `make test` (hack/cluster.sh run -- cargo test)")
-    })
+    std::env::var(name)
+        .unwrap_or_else(|_| panic!("{name} is not set: run the tests through `make test` (hack/cluster.sh run -- cargo test)"))
 }
 
 /// Runs kubectl with `args`, feeding `stdin` if given.
@@ -44,12 +43,7 @@ pub fn kubectl(args: &[&str], stdin: Option<&str>) -> Output {
 /// Runs kubectl and returns stdout, panicking with stderr when it fails.
 pub fn kubectl_ok(args: &[&str], stdin: Option<&str>) -> String {
     let out = kubectl(args, stdin);
-    assert!(
-        out.status.success(),
-        "kubectl {} failed: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "kubectl {} failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
     String::from_utf8(out.stdout).unwrap()
 }
 
@@ -72,10 +66,7 @@ pub fn install_crd() {
     CRD.call_once(|| {
         let path = concat!(env!("CARGO_MANIFEST_DIR"), "/crds/leaderlock.dev_leaderlocks.yaml");
         kubectl_ok(&["apply", "--server-side", "--force-conflicts", "-f", path], None);
-        kubectl_ok(
-            &["wait", "--for=condition=Established", "--timeout=60s", "crd/leaderlocks.leaderlock.dev"],
-            None,
-        );
+        kubectl_ok(&["wait", "--for=condition=Established", "--timeout=60s", "crd/leaderlocks.leaderlock.dev"], None);
     });
 }
 
