@@ -81,7 +81,7 @@ failures="$(grep -A1 -E "^thread '.*' \([0-9]+\) panicked at" "$testlog" | grep 
 2. **Same-second lock-name ties** (creationTimestamp has 1 s granularity): a newer LeaderLock
    with a smaller name took an older one's lock name. Within one second the LeaderLock already
    established on that lock (status holder, or accepted by this process) keeps it, per lock.
-   Test: `a_newer_leaderlock_created_in_the_same_second_takes_an_older_ones_lock_name`.
+   Test: `a_newer_leaderlock_created_in_the_same_second_does_not_take_an_older_ones_lock_name`.
 3. **etcdKey inside the root was always allowed**: a LeaderLock could write into another
    namespace's locks, `leases/` or `controller/`. Only the namespace's own `<root>locks/<ns>/`
    area and `--allowed-key-prefix` prefixes are allowed now. Test:

@@ -291,7 +291,7 @@ async fn holders(c: &kube::Client, ns: &str) -> Vec<(String, Option<String>, Opt
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn lock_etcd_outage_longer_than_the_ttl_and_controller_partition_longer_than_the_ttl() {
+async fn lock_etcd_outages_and_partitions_longer_than_the_ttl_keep_one_leader_per_lock() {
     if !full() {
         return; // 30 s of outages: full run only
     }
@@ -418,7 +418,7 @@ fn kubeconfig_through(port: u16) -> tempfile::TempPath {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn apiserver_unreachable_from_the_controller_during_churn() {
+async fn an_apiserver_unreachable_from_the_controller_during_churn_breaks_no_promise() {
     let _serial = ONE_AT_A_TIME.lock().await;
     let Stage { c, ns } = stage("apiserver-cut").await;
     let etcd = EtcdServer::start();
@@ -463,7 +463,7 @@ async fn apiserver_unreachable_from_the_controller_during_churn() {
 // 5. Compaction of the lock etcd while the controller is partitioned from it.
 
 #[tokio::test(flavor = "multi_thread")]
-async fn compaction_while_the_controller_is_partitioned_from_etcd() {
+async fn a_compaction_while_the_controller_is_cut_from_etcd_breaks_no_promise_and_converges() {
     let _serial = ONE_AT_A_TIME.lock().await;
     let Stage { c, ns } = stage("compaction").await;
     let etcd = EtcdServer::start();
@@ -608,8 +608,8 @@ async fn hostile_leaderlocks_neither_crash_the_controller_nor_touch_valid_locks_
     let only = vec!["victim".to_string()];
     wait_converged(&c, &ns, &etcd.endpoint(), ROOT, Some(&only), Duration::from_secs(60)).await.unwrap();
     let before = holders_of(&c, &ns, "victim").await;
-    // Creation timestamps have 1 s granularity and equal ones tie-break by name (see the ignored
-    // test a_newer_leaderlock_created_in_the_same_second_takes_an_older_ones_lock_name):
+    // Creation timestamps have 1 s granularity and equal ones tie-break by name (see the
+    // test a_newer_leaderlock_created_in_the_same_second_does_not_take_an_older_ones_lock_name):
     // start the storm in a later second than the victim's creation.
     let created = Api::<LeaderLock>::namespaced(c.clone(), &ns).get("victim").await.unwrap().metadata.creation_timestamp.unwrap().0;
     wait_until("a second after the victim's creation", Duration::from_secs(5), || {
@@ -727,7 +727,7 @@ async fn pod_versions(c: &kube::Client, ns: &str) -> Vec<(String, String)> {
 /// although it sorts first by name. docs/contract.md §2: the older one keeps the name; within
 /// one second the holder is the older one.
 #[tokio::test(flavor = "multi_thread")]
-async fn a_newer_leaderlock_created_in_the_same_second_takes_an_older_ones_lock_name() {
+async fn a_newer_leaderlock_created_in_the_same_second_does_not_take_an_older_ones_lock_name() {
     let _serial = ONE_AT_A_TIME.lock().await;
     let Stage { c, ns } = stage("same-second").await;
     let etcd = EtcdServer::start();
