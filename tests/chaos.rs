@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use common::checker::{self, Checker, wait_converged};
 use common::etcd::{EtcdCluster, EtcdServer, TcpProxy};
-use common::k8s::{create_pod, delete_pod, set_ready};
+use common::k8s::{create_pod, delete_pod, pod_versions, set_ready};
 use common::*;
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
@@ -715,11 +715,6 @@ async fn hostile_leaderlocks_neither_crash_the_controller_nor_touch_valid_locks_
 async fn holders_of(c: &kube::Client, ns: &str, ll: &str) -> Vec<(String, Option<String>, Option<String>)> {
     let l = Api::<LeaderLock>::namespaced(c.clone(), ns).get(ll).await.unwrap();
     l.status.unwrap_or_default().locks.into_iter().map(|s| (s.name, s.holder, s.fencing_token)).collect()
-}
-
-async fn pod_versions(c: &kube::Client, ns: &str) -> Vec<(String, String)> {
-    let pods = Api::<k8s_openapi::api::core::v1::Pod>::namespaced(c.clone(), ns).list(&Default::default()).await.unwrap();
-    pods.items.iter().map(|p| (p.name_any(), p.resource_version().unwrap_or_default())).collect()
 }
 
 /// Regression: LeaderLock `zz` holds lock `ledger`; `aa`, created within the same second

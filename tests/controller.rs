@@ -219,11 +219,8 @@ async fn an_etcd_key_outside_the_allowed_prefixes_is_rejected_and_an_allowed_one
     let key = format!("/legacy/{ns}/report");
     apply_ll(&ns, "good", &format!("[{{name: report, etcdKey: {key}}}]"), "");
     elected(&c, &ns, "good", "report", 1).await;
-    let out = std::process::Command::new("etcdctl")
-        .args(["--endpoints", &env("LEADERLOCK_ETCD_ENDPOINTS"), "get", "--prefix", "--keys-only", &format!("{key}/")])
-        .output()
-        .unwrap();
-    assert!(String::from_utf8_lossy(&out.stdout).contains(&format!("{key}/")), "the candidate key lives under etcdKey");
+    let keys = common::etcd::keys_under(&env("LEADERLOCK_ETCD_ENDPOINTS"), &format!("{key}/"));
+    assert_eq!(keys.len(), 1, "the candidate key lives under etcdKey: {keys:?}");
     checker.assert_clean();
 }
 
@@ -308,11 +305,8 @@ async fn deleting_the_leaderlock_removes_its_etcd_keys_and_pod_keys() {
             |m: Option<std::collections::BTreeMap<String, String>>| m.unwrap_or_default().keys().any(|k| k.starts_with("leaderlock.dev/"));
         assert!(!ours(pod.metadata.annotations.clone()) && !ours(pod.metadata.labels.clone()), "{p} still has keys");
     }
-    let out = std::process::Command::new("etcdctl")
-        .args(["--endpoints", &env("LEADERLOCK_ETCD_ENDPOINTS"), "get", "--prefix", "--keys-only", &format!("/leaderlock.dev/locks/{ns}/")])
-        .output()
-        .unwrap();
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "", "candidate keys left in etcd");
+    let keys = common::etcd::keys_under(&env("LEADERLOCK_ETCD_ENDPOINTS"), &format!("{ROOT}locks/{ns}/"));
+    assert!(keys.is_empty(), "candidate keys left in etcd: {keys:?}");
     checker.assert_clean();
 }
 

@@ -9,7 +9,6 @@ use common::checker::Checker;
 use common::etcd::EtcdServer;
 use common::k8s::*;
 use common::*;
-use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
 use kube::api::Api;
 
@@ -38,11 +37,6 @@ async fn keys_written_since(endpoint: &str, revision: i64) -> Vec<String> {
         }
     }
     keys
-}
-
-async fn pod_versions(c: &kube::Client, ns: &str) -> Vec<(String, String)> {
-    let pods = Api::<Pod>::namespaced(c.clone(), ns).list(&Default::default()).await.unwrap();
-    pods.items.iter().map(|p| (p.name_any(), p.resource_version().unwrap_or_default())).collect()
 }
 
 /// Waits until the controller's log shows a reconcile of `ll` that changed nothing.
@@ -132,6 +126,6 @@ async fn deleting_a_leaderlock_while_etcd_is_down_reports_it_and_completes_when_
         Api::<leaderlock::resource::LeaderLock>::namespaced(c.clone(), &ns).get_opt("payments").await.unwrap().is_none().then_some(())
     })
     .await;
-    let keys = etcd.etcdctl(&["get", "--prefix", "--keys-only", &format!("/leaderlock.dev/locks/{ns}/")]);
-    assert_eq!(String::from_utf8_lossy(&keys.stdout).trim(), "", "candidate keys left in etcd");
+    let keys = etcd.keys_under(&format!("{ROOT}locks/{ns}/"));
+    assert!(keys.is_empty(), "candidate keys left in etcd: {keys:?}");
 }

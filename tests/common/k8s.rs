@@ -54,6 +54,12 @@ pub async fn try_delete_pod(c: &kube::Client, ns: &str, name: &str) -> Result<()
     Api::<Pod>::namespaced(c.clone(), ns).delete(name, &DeleteParams::default().grace_period(0)).await.map(drop)
 }
 
+/// Every pod of `ns` with its resourceVersion: equal before and after means nothing wrote them.
+pub async fn pod_versions(c: &kube::Client, ns: &str) -> Vec<(String, String)> {
+    let pods = Api::<Pod>::namespaced(c.clone(), ns).list(&Default::default()).await.unwrap();
+    pods.items.iter().map(|p| (p.name_any(), p.resource_version().unwrap_or_default())).collect()
+}
+
 pub async fn annotations(c: &kube::Client, ns: &str, name: &str) -> BTreeMap<String, String> {
     // A holder such as "etcd:/key" is not a pod name: no pod, no keys.
     let Ok(pod) = Api::<Pod>::namespaced(c.clone(), ns).get(name).await else { return BTreeMap::new() };
