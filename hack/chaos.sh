@@ -59,6 +59,8 @@ failures="$(grep -A1 -E "^thread '.*' \([0-9]+\) panicked at" "$testlog" | grep 
   echo "tokens strictly increase; every holder change in etcd has a cause (holder pod deleted or not"
   echo "Ready); every written key is under the root or an allowed prefix. Convergence: every LeaderLock"
   echo "with candidates has a holder, status matches etcd, pod keys match status and candidates."
+  echo "Scenario 8 (the soak) also samples the controller's RSS and every \`leaderlock_map_entries\` gauge"
+  echo "and asserts they stay flat (tests/chaos/soak.rs)."
   echo
   echo "Leader transitions observed by the checker across all scenarios: **$transitions** (at least"
   echo "$min_transitions wanted with the full 1800 s soak)."
