@@ -1,20 +1,21 @@
-//! Chaos scenarios under an independent checker (tests/chaos/checker.rs): pod churn, kill -9 of
+//! Chaos scenarios under the independent checker (tests/common/checker.rs): pod churn, kill -9 of
 //! the active controller, lock-etcd member loss and outages, an apiserver partition, compaction
 //! during an etcd partition, hostile LeaderLocks, and isolation of the etcd keyspace.
 //!
 //! `make test` runs the fast subset; `LEADERLOCK_CHAOS=full` (hack/chaos.sh, `make chaos`) runs
 //! the full sizes and durations and writes CHAOS.md. Every scenario owns its namespace, its lock
 //! etcd and its controllers (`--namespace`), and they run one at a time.
-#[path = "chaos/checker.rs"]
-mod checker;
 mod common;
+#[path = "chaos/soak.rs"]
+mod soak;
 #[path = "chaos/world.rs"]
 mod world;
 
 use std::time::{Duration, Instant};
 
-use checker::{Checker, wait_converged};
+use common::checker::{self, Checker, wait_converged};
 use common::etcd::{EtcdCluster, EtcdServer, TcpProxy};
+use common::k8s::{create_pod, delete_pod, pod_versions, set_ready};
 use common::*;
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
@@ -22,8 +23,6 @@ use kube::core::ApiResource;
 use leaderlock::resource::LeaderLock;
 use serde_json::json;
 use world::*;
-
-const ROOT: &str = "/leaderlock.dev/";
 
 /// Scenarios start controllers and disturb them: one at a time.
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -59,17 +58,17 @@ fn pick<T>(fast: T, full_: T) -> T {
 
 /// A supervised replica (restarted when it exits, like a container) of this scenario's own
 /// namespace and lock etcd.
-fn controller(endpoints: &str, ns: &str, extra: &[&str]) -> Supervised {
+fn controller(endpoints: &str, ns: &str, extra: &[&str]) -> ControllerProcess {
     controller_env(endpoints, ns, extra, &[])
 }
 
-fn controller_env(endpoints: &str, ns: &str, extra: &[&str], envs: &[(&str, &str)]) -> Supervised {
+fn controller_env(endpoints: &str, ns: &str, extra: &[&str], envs: &[(&str, &str)]) -> ControllerProcess {
     let mut args = vec!["--etcd-endpoints", endpoints, "--namespace", ns, "--etcd-timeout", "2s"];
     args.extend_from_slice(extra);
-    Supervised::start(args.iter().map(|s| s.to_string()).collect(), envs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect())
+    envs.iter().fold(Launch::new(&args).supervised(), |l, (k, v)| l.env(k, v)).start()
 }
 
-fn assert_no_panic(ctls: &[&Supervised]) {
+fn assert_no_panic(ctls: &[&ControllerProcess]) {
     ctls.iter().for_each(|c| c.assert_no_panic());
 }
 
@@ -292,7 +291,7 @@ async fn holders(c: &kube::Client, ns: &str) -> Vec<(String, Option<String>, Opt
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn lock_etcd_outage_longer_than_the_ttl_and_controller_partition_longer_than_the_ttl() {
+async fn lock_etcd_outages_and_partitions_longer_than_the_ttl_keep_one_leader_per_lock() {
     if !full() {
         return; // 30 s of outages: full run only
     }
@@ -419,7 +418,7 @@ fn kubeconfig_through(port: u16) -> tempfile::TempPath {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn apiserver_unreachable_from_the_controller_during_churn() {
+async fn an_apiserver_unreachable_from_the_controller_during_churn_breaks_no_promise() {
     let _serial = ONE_AT_A_TIME.lock().await;
     let Stage { c, ns } = stage("apiserver-cut").await;
     let etcd = EtcdServer::start();
@@ -464,7 +463,7 @@ async fn apiserver_unreachable_from_the_controller_during_churn() {
 // 5. Compaction of the lock etcd while the controller is partitioned from it.
 
 #[tokio::test(flavor = "multi_thread")]
-async fn compaction_while_the_controller_is_partitioned_from_etcd() {
+async fn a_compaction_while_the_controller_is_cut_from_etcd_breaks_no_promise_and_converges() {
     let _serial = ONE_AT_A_TIME.lock().await;
     let Stage { c, ns } = stage("compaction").await;
     let etcd = EtcdServer::start();
@@ -599,9 +598,9 @@ async fn hostile_leaderlocks_neither_crash_the_controller_nor_touch_valid_locks_
     // Valid: "victim" with locks ledger and report over 3 pods. A bystander namespace with
     // look-alike pods that the controller must never touch.
     for p in ["v-1", "v-2", "v-3"] {
-        create_pod(&c, &ns, p, "victim").await;
+        create_pod(&c, &ns, p, &[("app", "victim")]).await;
         set_ready(&c, &ns, p, true).await;
-        create_pod(&c, &other, p, "victim").await;
+        create_pod(&c, &other, p, &[("app", "victim")]).await;
         set_ready(&c, &other, p, true).await;
     }
     let bystanders = pod_versions(&c, &other).await;
@@ -609,8 +608,8 @@ async fn hostile_leaderlocks_neither_crash_the_controller_nor_touch_valid_locks_
     let only = vec!["victim".to_string()];
     wait_converged(&c, &ns, &etcd.endpoint(), ROOT, Some(&only), Duration::from_secs(60)).await.unwrap();
     let before = holders_of(&c, &ns, "victim").await;
-    // Creation timestamps have 1 s granularity and equal ones tie-break by name (see the ignored
-    // test a_newer_leaderlock_created_in_the_same_second_takes_an_older_ones_lock_name):
+    // Creation timestamps have 1 s granularity and equal ones tie-break by name (see the
+    // test a_newer_leaderlock_created_in_the_same_second_does_not_take_an_older_ones_lock_name):
     // start the storm in a later second than the victim's creation.
     let created = Api::<LeaderLock>::namespaced(c.clone(), &ns).get("victim").await.unwrap().metadata.creation_timestamp.unwrap().0;
     wait_until("a second after the victim's creation", Duration::from_secs(5), || {
@@ -718,23 +717,18 @@ async fn holders_of(c: &kube::Client, ns: &str, ll: &str) -> Vec<(String, Option
     l.status.unwrap_or_default().locks.into_iter().map(|s| (s.name, s.holder, s.fencing_token)).collect()
 }
 
-async fn pod_versions(c: &kube::Client, ns: &str) -> Vec<(String, String)> {
-    let pods = Api::<k8s_openapi::api::core::v1::Pod>::namespaced(c.clone(), ns).list(&Default::default()).await.unwrap();
-    pods.items.iter().map(|p| (p.name_any(), p.resource_version().unwrap_or_default())).collect()
-}
-
 /// Regression: LeaderLock `zz` holds lock `ledger`; `aa`, created within the same second
 /// (creationTimestamp has 1 s granularity) with the same lock name, must not take it over,
-/// although it sorts first by name. SPEC: the older one keeps the name; within one second the
-/// holder is the older one.
+/// although it sorts first by name. docs/contract.md §2: the older one keeps the name; within
+/// one second the holder is the older one.
 #[tokio::test(flavor = "multi_thread")]
-async fn a_newer_leaderlock_created_in_the_same_second_takes_an_older_ones_lock_name() {
+async fn a_newer_leaderlock_created_in_the_same_second_does_not_take_an_older_ones_lock_name() {
     let _serial = ONE_AT_A_TIME.lock().await;
     let Stage { c, ns } = stage("same-second").await;
     let etcd = EtcdServer::start();
     let ctl = controller(&etcd.endpoint(), &ns, &[]);
     for p in ["v-1", "v-2"] {
-        create_pod(&c, &ns, p, "zz").await;
+        create_pod(&c, &ns, p, &[("app", "zz")]).await;
         set_ready(&c, &ns, p, true).await;
     }
     let api = Api::<LeaderLock>::namespaced(c.clone(), &ns);
@@ -792,7 +786,7 @@ async fn an_etcd_key_under_another_namespaces_lock_prefix_is_refused() {
     let Stage { c, ns } = stage("crossns").await;
     let etcd = EtcdServer::start();
     let ctl = controller(&etcd.endpoint(), &ns, &[]);
-    create_pod(&c, &ns, "w-1", "thief").await;
+    create_pod(&c, &ns, "w-1", &[("app", "thief")]).await;
     set_ready(&c, &ns, "w-1", true).await;
     for (name, key) in
         [("thief", format!("{ROOT}locks/other-ns/ledger")), ("usurper", format!("{ROOT}controller")), ("lessee", format!("{ROOT}leases"))]
@@ -819,4 +813,90 @@ async fn an_etcd_key_under_another_namespaces_lock_prefix_is_refused() {
         wrong.is_empty(),
         "etcdKeys inside other namespaces' or the controller's own areas were accepted: {wrong:#?}; keys now:\n{keys}"
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// 8. Soak: pods and LeaderLocks churned for CHAOS_SOAK_SECS (default 30 minutes).
+
+/// Pods and LeaderLocks churned for [`soak::duration`] under the checker: every promise kept,
+/// and neither the controller's RSS nor any map it exports keeps growing (tests/chaos/soak.rs
+/// says what flat means). A map that keeps an entry per deleted object or per retired lock
+/// prefix grows with the churn; a restart would hide that, so the controller must not restart.
+#[tokio::test(flavor = "multi_thread")]
+async fn soak_of_pod_and_leaderlock_churn_keeps_every_promise_and_memory_flat() {
+    if !full() {
+        return; // 30 minutes: make chaos only (CHAOS_SOAK_SECS=120 for a short form)
+    }
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let Stage { c, ns } = stage("soak").await;
+    let etcd = EtcdServer::start();
+    let ctl = controller(&etcd.endpoint(), &ns, &[]);
+    let checker = Checker::start(c.clone(), &ns, &etcd.endpoint(), ROOT, &[]).await;
+    let (n, secs) = (20, soak::duration());
+    let mut fleet = Fleet::create(&c, &ns, n, 4, 15).await;
+    wait_converged(&c, &ns, &etcd.endpoint(), ROOT, None, Duration::from_secs(120)).await.unwrap();
+    let mut rng = Rng::new(Rng::seed() ^ 8);
+    let (every, sample_every) = (Duration::from_millis(50), Duration::from_secs(5));
+    let start = Instant::now();
+    let (mut samples, mut next_sample, mut steps) = (Vec::new(), start, 0u64);
+    while start.elapsed() < secs {
+        if Instant::now() >= next_sample {
+            samples.push(soak::sample(&ctl, start));
+            next_sample += sample_every;
+        }
+        let t = Instant::now();
+        match rng.below(100) {
+            0..5 => fleet.replace_leaderlock(&c, &mut rng, &checker).await,
+            5..45 => fleet.knock_out_holder(&c, &mut rng, &checker).await,
+            _ => fleet.step(&c, &mut rng).await,
+        }
+        steps += 1;
+        if steps % 200 == 0 {
+            fleet.heal(&c).await; // keeps enough candidates for holder changes to happen
+        }
+        tokio::time::sleep(every.saturating_sub(t.elapsed())).await;
+    }
+    samples.push(soak::sample(&ctl, start));
+    fleet.heal(&c).await;
+    let bound = Duration::from_secs(120);
+    let conv = wait_converged(&c, &ns, &etcd.endpoint(), ROOT, None, bound).await.unwrap_or_else(|e| panic!("no convergence: {e}"));
+    checker.settle().await;
+    let s = checker.summary();
+    let rss = soak::judge_rss(&samples);
+    let maps = soak::judge_maps(&samples);
+    let verdicts: Vec<soak::Verdict> = rss.iter().cloned().chain(maps.iter().flatten().cloned()).collect();
+    let mut notes = vec![
+        format!(
+            "{:.2} leader transitions/s over {} samples every {sample_every:?}; controller restarts {}. Flat: the last quarter's median at most the second quarter's + 10% (RSS: at least 4 MiB; maps: at least 2 entries; the first quarter is warm-up), see tests/chaos/soak.rs.",
+            s.transitions as f64 / secs.as_secs_f64(),
+            samples.len(),
+            ctl.restarts()
+        ),
+        soak::table(&verdicts),
+    ];
+    if let Err(e) = &maps {
+        notes.push(format!("Maps not judged: {e}."));
+    }
+    Report {
+        name: "8. Soak: pods and LeaderLocks churned".into(),
+        setup: format!(
+            "{n} LeaderLocks × 3–7 pods (ttlSeconds 15), {secs:?} of churn ({steps} steps: {}), one controller, seed {}.",
+            fleet.actions(),
+            Rng::seed()
+        ),
+        summary: s.clone(),
+        convergence: conv,
+        convergence_bound: bound,
+        fault_holder_changes_target: Some(0),
+        notes,
+    }
+    .emit();
+    assert_safe(&s, Some(Duration::from_secs(2)), Some(0));
+    assert_no_panic(&[&ctl]);
+    assert_eq!(ctl.restarts(), 0, "the controller restarted during the soak (exits {:?}): growth would be hidden", ctl.exits());
+    let rss = rss.unwrap_or_else(|e| panic!("{e}"));
+    assert!(rss.flat(), "the controller's RSS kept growing under churn: {rss:?}\n{}", soak::table(&verdicts));
+    let maps = maps.unwrap_or_else(|e| panic!("{e}"));
+    let growing: Vec<&soak::Verdict> = maps.iter().filter(|v| !v.flat()).collect();
+    assert!(growing.is_empty(), "maps that kept growing under churn: {growing:#?}\n{}", soak::table(&verdicts));
 }

@@ -1,10 +1,11 @@
-//! The controller against the real apiserver and lock etcd (SPEC §2–§4). One controller
+//! The controller against the real apiserver and lock etcd (docs/contract.md §2–§4). One controller
 //! process serves every test; each test has its own namespace. The safety checker watches
 //! every pod update throughout and each test asserts it saw nothing unsafe in its namespace.
 mod common;
 
 use std::time::Duration;
 
+use common::checker::Checker;
 use common::k8s::*;
 use common::*;
 use k8s_openapi::api::core::v1::Pod;
@@ -14,12 +15,14 @@ use leaderlock::resource::LeaderLock;
 const WORKER: &[(&str, &str)] = &[("app", "worker")];
 const T: Duration = Duration::from_secs(30);
 
-/// Starts the control-plane side of a test: CRD, controller, checker, a fresh namespace.
-fn setup(test: &str) -> (String, Checker) {
+/// Starts the control-plane side of a test: CRD, controller, a fresh namespace and the safety
+/// checker watching it and the lock etcd.
+async fn setup(test: &str) -> (String, Checker) {
     install_crd();
     shared_controller();
-    let checker = Checker::global();
-    (namespace(test), checker)
+    let ns = namespace(test);
+    let checker = Checker::start(client().await, &ns, &env("LEADERLOCK_ETCD_ENDPOINTS"), ROOT, &["/legacy/"]).await;
+    (ns, checker)
 }
 
 fn apply_ll(ns: &str, name: &str, locks: &str, extra: &str) {
@@ -40,7 +43,7 @@ struct Ledger {
 }
 
 async fn ledger_among(test: &str, pods: &[&str]) -> Ledger {
-    let (ns, checker) = setup(test);
+    let (ns, checker) = setup(test).await;
     let c = client().await;
     ready_pods(&c, &ns, pods, WORKER).await;
     apply_ll(&ns, "payments", "[{name: ledger}]", "");
@@ -56,7 +59,7 @@ async fn ready_condition(c: &kube::Client, ns: &str, ll: &str) -> Option<(String
 
 #[tokio::test(flavor = "multi_thread")]
 async fn initial_election_annotates_one_leader_per_lock_and_reports_it_in_status() {
-    let (ns, checker) = setup("initial-election");
+    let (ns, checker) = setup("initial-election").await;
     let c = client().await;
     ready_pods(&c, &ns, &["w-1", "w-2", "w-3"], WORKER).await;
     apply_ll(&ns, "payments", "[{name: ledger}, {name: report}]", "");
@@ -82,7 +85,7 @@ async fn initial_election_annotates_one_leader_per_lock_and_reports_it_in_status
         ["HolderChanged/", "HolderChanged/"],
         "{events}"
     );
-    checker.assert_clean(&ns);
+    checker.assert_clean();
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -96,7 +99,7 @@ async fn deleting_the_holder_pod_promotes_the_next_candidate_with_a_larger_token
     .await;
     assert_eq!(elected(&c, &ns, "payments", "ledger", 2).await, (new.clone(), new_token));
     assert!(new_token > old_token, "token must grow: {old_token} -> {new_token}");
-    checker.assert_clean(&ns);
+    checker.assert_clean();
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -114,7 +117,7 @@ async fn a_holder_that_turns_not_ready_is_demoted_and_replaced() {
     // Ready again: it rejoins as standby, the holder stays.
     set_ready(&c, &ns, &old, true).await;
     assert_eq!(elected(&c, &ns, "payments", "ledger", 2).await.0, new);
-    checker.assert_clean(&ns);
+    checker.assert_clean();
 }
 
 /// Makes `from` unready, waits for `to` to hold alone, then makes `from` ready again (standby).
@@ -149,7 +152,7 @@ async fn every_holder_change_is_its_own_event_even_when_a_transition_repeats() {
     });
     let expected: Vec<String> = want.iter().map(|n| format!("HolderChanged|{n}|")).collect();
     assert_eq!(events, expected);
-    checker.assert_clean(&ns);
+    checker.assert_clean();
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -159,12 +162,12 @@ async fn scaling_up_adds_standbys_without_changing_the_holder() {
     assert_eq!(elected(&c, &ns, "payments", "ledger", 3).await, (holder, token));
     let st = leaderlock(&c, &ns, "payments").await.status.unwrap();
     assert_eq!(st.locks[0].transitions, 1, "joining standbys are not holder changes");
-    checker.assert_clean(&ns);
+    checker.assert_clean();
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn two_leaderlocks_on_the_same_pods_keep_both_sets_of_keys() {
-    let (ns, checker) = setup("two-leaderlocks");
+    let (ns, checker) = setup("two-leaderlocks").await;
     let c = client().await;
     ready_pods(&c, &ns, &["w-1", "w-2"], WORKER).await;
     apply_ll(&ns, "a", "[{name: ledger}]", "");
@@ -174,12 +177,12 @@ async fn two_leaderlocks_on_the_same_pods_keep_both_sets_of_keys() {
     let pod = Api::<Pod>::namespaced(c.clone(), &ns).get(&holder).await.unwrap();
     assert_eq!(pod.metadata.labels.unwrap().get("leaderlock.dev/report").map(String::as_str), Some("leader"), "podLabels mirrors the role");
     assert!(pod.metadata.annotations.unwrap().contains_key("leaderlock.dev/ledger"), "keys of LeaderLock a survive b's writes");
-    checker.assert_clean(&ns);
+    checker.assert_clean();
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_lock_name_already_used_in_the_namespace_is_a_conflict_for_the_newer_leaderlock() {
-    let (ns, checker) = setup("name-conflict");
+    let (ns, checker) = setup("name-conflict").await;
     let c = client().await;
     ready_pods(&c, &ns, &["w-1", "w-2"], WORKER).await;
     apply_ll(&ns, "first", "[{name: ledger}]", "");
@@ -198,12 +201,12 @@ async fn a_lock_name_already_used_in_the_namespace_is_a_conflict_for_the_newer_l
     elected(&c, &ns, "second", "ledger", 2).await;
     let ready = eventually("second Ready", T, || async { ready_condition(&c, &ns, "second").await.filter(|(s, _, _)| s == "True") }).await;
     assert_eq!(ready.1, "Elected");
-    checker.assert_clean(&ns);
+    checker.assert_clean();
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_etcd_key_outside_the_allowed_prefixes_is_rejected_and_an_allowed_one_works() {
-    let (ns, checker) = setup("etcd-key");
+    let (ns, checker) = setup("etcd-key").await;
     let c = client().await;
     ready_pods(&c, &ns, &["w-1"], WORKER).await;
     apply_ll(&ns, "bad", "[{name: ledger, etcdKey: /registry/pods}]", "");
@@ -216,27 +219,24 @@ async fn an_etcd_key_outside_the_allowed_prefixes_is_rejected_and_an_allowed_one
     let key = format!("/legacy/{ns}/report");
     apply_ll(&ns, "good", &format!("[{{name: report, etcdKey: {key}}}]"), "");
     elected(&c, &ns, "good", "report", 1).await;
-    let out = std::process::Command::new("etcdctl")
-        .args(["--endpoints", &env("LEADERLOCK_ETCD_ENDPOINTS"), "get", "--prefix", "--keys-only", &format!("{key}/")])
-        .output()
-        .unwrap();
-    assert!(String::from_utf8_lossy(&out.stdout).contains(&format!("{key}/")), "the candidate key lives under etcdKey");
-    checker.assert_clean(&ns);
+    let keys = common::etcd::keys_under(&env("LEADERLOCK_ETCD_ENDPOINTS"), &format!("{key}/"));
+    assert_eq!(keys.len(), 1, "the candidate key lives under etcdKey: {keys:?}");
+    checker.assert_clean();
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_selector_matching_no_pod_is_ready_with_no_candidates() {
-    let (ns, checker) = setup("no-candidates");
+    let (ns, checker) = setup("no-candidates").await;
     let c = client().await;
     apply_ll(&ns, "lonely", "[{name: ledger}]", "");
     let (status, reason, _) = eventually("NoCandidates", T, || async { ready_condition(&c, &ns, "lonely").await }).await;
     assert_eq!((status.as_str(), reason.as_str()), ("True", "NoCandidates"));
-    checker.assert_clean(&ns);
+    checker.assert_clean();
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_external_etcdctl_lock_holder_keeps_every_pod_standby_until_it_releases() {
-    let (ns, checker) = setup("external-holder");
+    let (ns, checker) = setup("external-holder").await;
     let c = client().await;
     let endpoint = env("LEADERLOCK_ETCD_ENDPOINTS");
     let prefix = format!("/leaderlock.dev/locks/{ns}/ledger");
@@ -266,7 +266,7 @@ async fn an_external_etcdctl_lock_holder_keeps_every_pod_standby_until_it_releas
     let _ = etcdctl.0.wait();
     let (holder, _) = elected(&c, &ns, "payments", "ledger", 2).await;
     assert_eq!(holder, "w-1");
-    checker.assert_clean(&ns);
+    checker.assert_clean();
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -289,7 +289,7 @@ async fn a_manual_edit_of_our_keys_is_reverted() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn deleting_the_leaderlock_removes_its_etcd_keys_and_pod_keys() {
-    let (ns, checker) = setup("delete-ll");
+    let (ns, checker) = setup("delete-ll").await;
     let c = client().await;
     ready_pods(&c, &ns, &["w-1", "w-2"], WORKER).await;
     apply_ll(&ns, "payments", "[{name: ledger}]", "  podLabels: true\n");
@@ -305,33 +305,14 @@ async fn deleting_the_leaderlock_removes_its_etcd_keys_and_pod_keys() {
             |m: Option<std::collections::BTreeMap<String, String>>| m.unwrap_or_default().keys().any(|k| k.starts_with("leaderlock.dev/"));
         assert!(!ours(pod.metadata.annotations.clone()) && !ours(pod.metadata.labels.clone()), "{p} still has keys");
     }
-    let out = std::process::Command::new("etcdctl")
-        .args(["--endpoints", &env("LEADERLOCK_ETCD_ENDPOINTS"), "get", "--prefix", "--keys-only", &format!("/leaderlock.dev/locks/{ns}/")])
-        .output()
-        .unwrap();
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "", "candidate keys left in etcd");
-    checker.assert_clean(&ns);
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn the_checker_catches_two_leaders_of_one_lock() {
-    install_crd();
-    let checker = Checker::global();
-    let ns = namespace("checker-catches");
-    let c = client().await;
-    ready_pods(&c, &ns, &["x-1", "x-2"], &[("app", "unmanaged")]).await;
-    for p in ["x-1", "x-2"] {
-        kubectl_ok(&["annotate", "-n", &ns, "pod", p, "leaderlock.dev/fake=leader"], None);
-    }
-    eventually("the checker to flag it", T, || async {
-        checker.violations().iter().any(|v| v.namespace == ns && v.message.contains("lead fake at once")).then_some(())
-    })
-    .await;
+    let keys = common::etcd::keys_under(&env("LEADERLOCK_ETCD_ENDPOINTS"), &format!("{ROOT}locks/{ns}/"));
+    assert!(keys.is_empty(), "candidate keys left in etcd: {keys:?}");
+    checker.assert_clean();
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_selector_the_controller_cannot_evaluate_is_reported_not_ignored() {
-    let (ns, checker) = setup("invalid-selector");
+    let (ns, checker) = setup("invalid-selector").await;
     let c = client().await;
     ready_pods(&c, &ns, &["w-1"], WORKER).await;
     let yaml = "apiVersion: leaderlock.dev/v1alpha1\nkind: LeaderLock\nmetadata: {name: odd}\nspec:\n  selector: {matchExpressions: [{key: app, operator: Near, values: [worker]}]}\n  locks: [{name: ledger}]\n";
@@ -342,5 +323,5 @@ async fn a_selector_the_controller_cannot_evaluate_is_reported_not_ignored() {
     assert_eq!(status, "False");
     assert!(message.contains("Near"), "the message names the bad operator: {message}");
     assert!(annotations(&c, &ns, "w-1").await.is_empty());
-    checker.assert_clean(&ns);
+    checker.assert_clean();
 }

@@ -5,6 +5,7 @@ mod common;
 
 use std::time::Duration;
 
+use common::checker::Checker;
 use common::k8s::*;
 use common::*;
 
@@ -20,11 +21,7 @@ fn apply_ll(ns: &str, name: &str, locks: &str) {
 
 /// The keys under `prefix/` in the lock etcd.
 fn etcd_keys(prefix: &str) -> Vec<String> {
-    let out = std::process::Command::new("etcdctl")
-        .args(["--endpoints", &env("LEADERLOCK_ETCD_ENDPOINTS"), "get", "--prefix", "--keys-only", &format!("{prefix}/")])
-        .output()
-        .expect("etcdctl on PATH (hack/cluster.sh puts it there)");
-    String::from_utf8_lossy(&out.stdout).lines().filter(|l| !l.is_empty()).map(str::to_string).collect()
+    common::etcd::keys_under(&env("LEADERLOCK_ETCD_ENDPOINTS"), &format!("{prefix}/"))
 }
 
 /// Issue 14, defect 1: removing a lock from `spec.locks` removed the pods' keys but left every
@@ -34,9 +31,9 @@ fn etcd_keys(prefix: &str) -> Vec<String> {
 async fn removing_a_lock_from_the_spec_deletes_its_candidate_keys_in_etcd() {
     install_crd();
     shared_controller();
-    let checker = Checker::global();
     let ns = namespace("removed-lock");
     let c = client().await;
+    let checker = Checker::start(c.clone(), &ns, &env("LEADERLOCK_ETCD_ENDPOINTS"), ROOT, &["/legacy/"]).await;
     ready_pods(&c, &ns, &["w-1", "w-2"], WORKER).await;
     let (report, legacy) = (format!("/leaderlock.dev/locks/{ns}/report"), format!("/legacy/{ns}/nightly"));
     apply_ll(&ns, "payments", &format!("[{{name: ledger}}, {{name: report}}, {{name: nightly, etcdKey: {legacy}}}]"));
@@ -68,5 +65,5 @@ async fn removing_a_lock_from_the_spec_deletes_its_candidate_keys_in_etcd() {
         .output()
         .unwrap();
     assert!(out.status.success(), "etcdctl lock {report} did not get the lock: {}", String::from_utf8_lossy(&out.stderr));
-    checker.assert_clean(&ns);
+    checker.assert_clean();
 }

@@ -1,10 +1,13 @@
-//! Several controller replicas (SPEC §5): exactly one reconciles; `kill -9` of the active one
+//! Several controller replicas (docs/contract.md §5): exactly one reconciles; `kill -9` of the active one
 //! hands over to a standby before the lock leases expire, with no holder change; `/readyz` and
 //! `/metrics` say which replica is active. Own lock etcd and controllers.
 mod common;
 
 use std::time::{Duration, Instant};
 
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use common::checker::Checker;
 use common::etcd::EtcdServer;
 use common::k8s::*;
 use common::*;
@@ -13,7 +16,7 @@ use common::*;
 fn candidate_keys(etcd: &EtcdServer, ns: &str) -> Vec<(String, i64, i64)> {
     let out = etcd.etcdctl(&["get", "--prefix", &format!("/leaderlock.dev/locks/{ns}/"), "-w", "json"]);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let decode = |s: &serde_json::Value| String::from_utf8(base64_decode(s.as_str().unwrap())).unwrap();
+    let decode = |s: &serde_json::Value| String::from_utf8(BASE64.decode(s.as_str().unwrap()).unwrap()).unwrap();
     v["kvs"]
         .as_array()
         .into_iter()
@@ -22,32 +25,14 @@ fn candidate_keys(etcd: &EtcdServer, ns: &str) -> Vec<(String, i64, i64)> {
         .collect()
 }
 
-fn base64_decode(s: &str) -> Vec<u8> {
-    let table = |c: u8| match c {
-        b'A'..=b'Z' => c - b'A',
-        b'a'..=b'z' => c - b'a' + 26,
-        b'0'..=b'9' => c - b'0' + 52,
-        b'+' => 62,
-        _ => 63,
-    };
-    let bytes: Vec<u8> = s.bytes().filter(|c| *c != b'=').map(table).collect();
-    bytes
-        .chunks(4)
-        .flat_map(|c| {
-            let n = c.iter().enumerate().fold(0u32, |n, (i, v)| n | (u32::from(*v) << (18 - 6 * i)));
-            (0..c.len().saturating_sub(1)).map(move |i| (n >> (16 - 8 * i)) as u8)
-        })
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn killing_the_active_replica_hands_over_to_a_standby_without_changing_any_holder() {
     install_crd();
-    let checker = Checker::global();
     let etcd = EtcdServer::start();
     let endpoint = etcd.endpoint();
     let ns = namespace("controller-ha");
     let c = client().await;
+    let checker = Checker::start(c.clone(), &ns, &endpoint, ROOT, &[]).await;
     ready_pods(&c, &ns, &["w-1", "w-2", "w-3"], &[("app", "worker")]).await;
     let mut replicas: Vec<ControllerProcess> =
         (0..3).map(|_| ControllerProcess::start(&["--etcd-endpoints", &endpoint, "--namespace", &ns])).collect();
@@ -102,5 +87,5 @@ async fn killing_the_active_replica_hands_over_to_a_standby_without_changing_any
     .await;
     assert!(token > ledger.1 && next != ledger.0);
     println!("failover: standby active {took:?} after kill -9 of the active replica");
-    checker.assert_clean(&ns);
+    checker.assert_clean();
 }

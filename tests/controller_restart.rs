@@ -1,14 +1,14 @@
-//! Tests that own their controller and lock etcd (restarts, outages): restart safety (SPEC §4)
+//! Tests that own their controller and lock etcd (restarts, outages): restart safety (docs/contract.md §4)
 //! and deletion while etcd is down. They run one at a time: two controllers would both
 //! reconcile every LeaderLock.
 mod common;
 
 use std::time::Duration;
 
+use common::checker::Checker;
 use common::etcd::EtcdServer;
 use common::k8s::*;
 use common::*;
-use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
 use kube::api::Api;
 
@@ -39,11 +39,6 @@ async fn keys_written_since(endpoint: &str, revision: i64) -> Vec<String> {
     keys
 }
 
-async fn pod_versions(c: &kube::Client, ns: &str) -> Vec<(String, String)> {
-    let pods = Api::<Pod>::namespaced(c.clone(), ns).list(&Default::default()).await.unwrap();
-    pods.items.iter().map(|p| (p.name_any(), p.resource_version().unwrap_or_default())).collect()
-}
-
 /// Waits until the controller's log shows a reconcile of `ll` that changed nothing.
 fn wait_reconciled(ctl: &ControllerProcess, ll: &str) {
     wait_until("the restarted controller to reconcile", Duration::from_secs(30), || {
@@ -59,11 +54,11 @@ static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(())
 async fn a_controller_restart_changes_no_holder_and_writes_no_lock_key_pod_or_status() {
     let _serial = ONE_AT_A_TIME.lock().await;
     install_crd();
-    let checker = Checker::global();
     let etcd = EtcdServer::start();
     let endpoint = etcd.endpoint();
     let ns = namespace("controller-restart");
     let c = client().await;
+    let checker = Checker::start(c.clone(), &ns, &endpoint, ROOT, &[]).await;
     ready_pods(&c, &ns, &["w-1", "w-2", "w-3"], &[("app", "worker")]).await;
     let first = ControllerProcess::start(&["--etcd-endpoints", &endpoint, "--namespace", &ns]);
     kubectl_ok(
@@ -95,7 +90,7 @@ async fn a_controller_restart_changes_no_holder_and_writes_no_lock_key_pod_or_st
     let _third = ControllerProcess::start(&["--etcd-endpoints", &endpoint, "--namespace", &ns]);
     let (new, token) = elected(&c, &ns, "payments", "ledger", 2).await;
     assert!(new != ledger.0 && token > ledger.1);
-    checker.assert_clean(&ns);
+    checker.assert_clean();
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -131,6 +126,6 @@ async fn deleting_a_leaderlock_while_etcd_is_down_reports_it_and_completes_when_
         Api::<leaderlock::resource::LeaderLock>::namespaced(c.clone(), &ns).get_opt("payments").await.unwrap().is_none().then_some(())
     })
     .await;
-    let keys = etcd.etcdctl(&["get", "--prefix", "--keys-only", &format!("/leaderlock.dev/locks/{ns}/")]);
-    assert_eq!(String::from_utf8_lossy(&keys.stdout).trim(), "", "candidate keys left in etcd");
+    let keys = etcd.keys_under(&format!("{ROOT}locks/{ns}/"));
+    assert!(keys.is_empty(), "candidate keys left in etcd: {keys:?}");
 }

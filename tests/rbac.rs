@@ -6,6 +6,7 @@ mod common;
 
 use std::time::Duration;
 
+use common::checker::Checker;
 use common::etcd::EtcdServer;
 use common::k8s::*;
 use common::*;
@@ -83,10 +84,10 @@ const LL: &str = "apiVersion: leaderlock.dev/v1alpha1\nkind: LeaderLock\nmetadat
 async fn the_controller_does_its_whole_job_with_only_the_charts_rbac() {
     let _serial = ONE_AT_A_TIME.lock().await;
     install_crd();
-    let checker = Checker::global();
     let etcd = EtcdServer::start();
     let ns = namespace("rbac-full");
     let c = client().await;
+    let checker = Checker::start(c.clone(), &ns, &etcd.endpoint(), ROOT, &[]).await;
     let kubeconfig = service_account_kubeconfig(&ns, None);
     let _ctl = start_as(&kubeconfig, &etcd);
     ready_pods(&c, &ns, &["w-1", "w-2"], &[("app", "worker")]).await;
@@ -103,7 +104,7 @@ async fn the_controller_does_its_whole_job_with_only_the_charts_rbac() {
     })
     .await;
     assert!(annotations(&c, &ns, &next).await.is_empty());
-    checker.assert_clean(&ns);
+    checker.assert_clean();
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -5,11 +5,10 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::Pod;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
-use serde_json::json;
+use kube::api::Api;
 
-use super::checker::Summary;
+use crate::common::checker::{Checker, Summary};
+use crate::common::k8s::{create_pod, try_delete_pod, try_set_ready};
 
 /// Full run (`LEADERLOCK_CHAOS=full`, hack/chaos.sh) or the fast subset of `make test`.
 pub fn full() -> bool {
@@ -40,24 +39,6 @@ impl Rng {
     }
 }
 
-pub async fn create_pod(c: &kube::Client, ns: &str, name: &str, app: &str) {
-    let pod: Pod = serde_json::from_value(json!({
-        "metadata": {"name": name, "labels": {"app": app}},
-        "spec": {"containers": [{"name": "app", "image": "busybox:1.36"}]},
-    }))
-    .unwrap();
-    Api::<Pod>::namespaced(c.clone(), ns).create(&PostParams::default(), &pod).await.unwrap();
-}
-
-pub async fn set_ready(c: &kube::Client, ns: &str, name: &str, ready: bool) {
-    let status = json!({"status": {"phase": "Running", "conditions": [{"type": "Ready", "status": if ready { "True" } else { "False" }}]}});
-    let _ = Api::<Pod>::namespaced(c.clone(), ns).patch_status(name, &PatchParams::default(), &Patch::Merge(&status)).await;
-}
-
-pub async fn delete_pod(c: &kube::Client, ns: &str, name: &str) {
-    let _ = Api::<Pod>::namespaced(c.clone(), ns).delete(name, &DeleteParams::default().grace_period(0)).await;
-}
-
 pub fn leaderlock_yaml(name: &str, locks: &[&str], ttl: u32) -> String {
     let locks = locks.iter().map(|l| format!("{{name: {l}}}")).collect::<Vec<_>>().join(", ");
     format!(
@@ -65,19 +46,33 @@ pub fn leaderlock_yaml(name: &str, locks: &[&str], ttl: u32) -> String {
     )
 }
 
-/// N LeaderLocks `ll-<i>` (one lock `lk-<i>` each), each selecting its own pods `ll-<i>-<gen>`.
+/// N LeaderLocks `ll-<i>` (one lock `lk-<i>` each), each selecting its own pods `ll-<i>-<gen>`
+/// (label `app: ll-<i>`: the group). [`Fleet::replace_leaderlock`] swaps a group's LeaderLock
+/// for a new one with a new name and lock.
 pub struct Fleet {
     pub ns: String,
+    /// The groups `ll-<i>`.
     pub lls: Vec<String>,
-    /// LeaderLock → (pod name, ready)
+    /// group → (pod name, ready)
     pub pods: BTreeMap<String, Vec<(String, bool)>>,
+    /// group → its current (LeaderLock, lock) names; absent while still `(ll-<i>, lk-<i>)`.
+    renamed: BTreeMap<String, (String, String)>,
+    ttl: u32,
     generation: u64,
     pub actions: BTreeMap<&'static str, u64>,
 }
 
 impl Fleet {
     pub async fn create(c: &kube::Client, ns: &str, n: usize, pods_each: usize, ttl: u32) -> Fleet {
-        let mut f = Fleet { ns: ns.to_string(), lls: Vec::new(), pods: BTreeMap::new(), generation: 0, actions: BTreeMap::new() };
+        let mut f = Fleet {
+            ns: ns.to_string(),
+            lls: Vec::new(),
+            pods: BTreeMap::new(),
+            renamed: BTreeMap::new(),
+            ttl,
+            generation: 0,
+            actions: BTreeMap::new(),
+        };
         let mut yaml = String::new();
         for i in 0..n {
             let ll = format!("ll-{i}");
@@ -110,8 +105,8 @@ impl Fleet {
     async fn add_pod(&mut self, c: &kube::Client, ll: &str) {
         self.generation += 1;
         let name = format!("{ll}-{}", self.generation);
-        create_pod(c, &self.ns, &name, ll).await;
-        set_ready(c, &self.ns, &name, true).await;
+        create_pod(c, &self.ns, &name, &[("app", ll)]).await;
+        let _ = try_set_ready(c, &self.ns, &name, true).await;
         self.pods.get_mut(ll).unwrap().push((name, true));
     }
 
@@ -123,14 +118,14 @@ impl Fleet {
         match rng.below(10) {
             0..=3 if n > 0 => {
                 let (name, _) = self.pods.get_mut(&ll).unwrap().remove(rng.below(n));
-                delete_pod(c, &self.ns, &name).await;
+                let _ = try_delete_pod(c, &self.ns, &name).await;
                 self.add_pod(c, &ll).await;
                 *self.actions.entry("pod deleted and replaced").or_default() += 1;
             }
             4..=7 if n > 0 => {
                 let i = rng.below(n);
                 let (name, ready) = self.pods[&ll][i].clone();
-                set_ready(c, &self.ns, &name, !ready).await;
+                let _ = try_set_ready(c, &self.ns, &name, !ready).await;
                 self.pods.get_mut(&ll).unwrap()[i].1 = !ready;
                 *self.actions.entry("readiness flipped").or_default() += 1;
             }
@@ -141,10 +136,59 @@ impl Fleet {
                 }
                 while self.pods[&ll].len() > want {
                     let (name, _) = self.pods.get_mut(&ll).unwrap().pop().unwrap();
-                    delete_pod(c, &self.ns, &name).await;
+                    let _ = try_delete_pod(c, &self.ns, &name).await;
                 }
                 *self.actions.entry("scaled").or_default() += 1;
             }
+        }
+    }
+
+    /// The (LeaderLock, lock) names a group is elected under now.
+    pub fn names(&self, group: &str) -> (String, String) {
+        self.renamed.get(group).cloned().unwrap_or_else(|| (group.to_string(), format!("lk-{}", group.trim_start_matches("ll-"))))
+    }
+
+    /// Deletes a random group's LeaderLock and creates a new one over the same pods, with a new
+    /// name and lock name: new etcd prefixes, new objects, the old ones retired (the checker is
+    /// told first, so the removal of the old keys counts as caused).
+    pub async fn replace_leaderlock(&mut self, c: &kube::Client, rng: &mut Rng, checker: &Checker) {
+        let group = self.lls[rng.below(self.lls.len())].clone();
+        let (old_ll, old_lock) = self.names(&group);
+        self.generation += 1;
+        let (ll, lock) =
+            (format!("{group}-r{}", self.generation), format!("{}-r{}", old_lock.split("-r").next().unwrap_or(&old_lock), self.generation));
+        checker.retire_lock(&old_lock);
+        let api = Api::<leaderlock::resource::LeaderLock>::namespaced(c.clone(), &self.ns);
+        let _ = api.delete(&old_ll, &Default::default()).await;
+        let obj: leaderlock::resource::LeaderLock = serde_json::from_value(serde_json::json!({
+            "apiVersion": "leaderlock.dev/v1alpha1", "kind": "LeaderLock", "metadata": {"name": ll},
+            "spec": {"selector": {"matchLabels": {"app": group}}, "locks": [{"name": lock}], "ttlSeconds": self.ttl},
+        }))
+        .expect("a valid LeaderLock");
+        if api.create(&Default::default(), &obj).await.is_ok() {
+            self.renamed.insert(group, (ll, lock));
+            *self.actions.entry("LeaderLock replaced").or_default() += 1;
+        }
+    }
+
+    /// Makes the pod the checker last saw leading a random group's lock leave: deleted and
+    /// replaced, or not Ready. Falls back to [`Fleet::step`] when that lock has no leader now.
+    pub async fn knock_out_holder(&mut self, c: &kube::Client, rng: &mut Rng, checker: &Checker) {
+        let group = self.lls[rng.below(self.lls.len())].clone();
+        let (_, lock) = self.names(&group);
+        let Some(i) = checker.leader_of(&lock).and_then(|p| self.pods[&group].iter().position(|(n, ready)| *n == p && *ready)) else {
+            return self.step(c, rng).await;
+        };
+        if rng.chance(60) {
+            let (name, _) = self.pods.get_mut(&group).unwrap().remove(i);
+            let _ = try_delete_pod(c, &self.ns, &name).await;
+            self.add_pod(c, &group).await;
+            *self.actions.entry("holder deleted and replaced").or_default() += 1;
+        } else {
+            let name = self.pods[&group][i].0.clone();
+            let _ = try_set_ready(c, &self.ns, &name, false).await;
+            self.pods.get_mut(&group).unwrap()[i].1 = false;
+            *self.actions.entry("holder made not Ready").or_default() += 1;
         }
     }
 
@@ -168,7 +212,7 @@ impl Fleet {
             for i in 0..self.pods[&ll].len() {
                 let (name, ready) = self.pods[&ll][i].clone();
                 if !ready {
-                    set_ready(c, &self.ns, &name, true).await;
+                    let _ = try_set_ready(c, &self.ns, &name, true).await;
                     self.pods.get_mut(&ll).unwrap()[i].1 = true;
                 }
             }
@@ -226,145 +270,6 @@ impl Report {
             use std::io::Write;
             let mut f = std::fs::OpenOptions::new().create(true).append(true).open(path).unwrap();
             writeln!(f, "{md}").unwrap();
-        }
-    }
-}
-
-/// A `leaderlock controller` replica restarted when it exits, as the kubelet restarts a
-/// container (`restartPolicy: Always`, 1 s back-off): the controller exits on purpose when it
-/// cannot renew its election lease, and only a restart brings it back. Each incarnation logs
-/// to its own file. Killed (and not restarted) on drop.
-pub struct Supervised {
-    inner: std::sync::Arc<std::sync::Mutex<SupState>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-#[derive(Default)]
-struct SupState {
-    pid: Option<u32>,
-    log: Option<std::path::PathBuf>,
-    restarts: u32,
-    exits: Vec<String>,
-    stop: bool,
-}
-
-impl Supervised {
-    pub fn start(args: Vec<String>, envs: Vec<(String, String)>) -> Supervised {
-        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-        let id = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let inner = std::sync::Arc::new(std::sync::Mutex::new(SupState::default()));
-        let st = inner.clone();
-        let (tx, rx) = std::sync::mpsc::channel();
-        let thread = std::thread::spawn(move || {
-            let mut incarnation = 0;
-            let mut tx = Some(tx);
-            loop {
-                let log = std::env::temp_dir().join(format!("leaderlock-chaos-{}-{id}-{incarnation}.log", std::process::id()));
-                let out = std::fs::File::create(&log).unwrap();
-                let mut child = std::process::Command::new("setpriv")
-                    .args(["--pdeathsig", "KILL", env!("CARGO_BIN_EXE_leaderlock"), "controller"])
-                    .args(["--http-addr", "127.0.0.1:0", "--election-ttl", "2"])
-                    .args(&args)
-                    .env("LEADERLOCK_LOG_LEVEL", "info,leaderlock=debug")
-                    .envs(envs.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-                    .stdout(std::process::Stdio::null())
-                    .stderr(out)
-                    .spawn()
-                    .expect("start leaderlock controller");
-                {
-                    let mut s = st.lock().unwrap();
-                    s.pid = Some(child.id());
-                    s.log = Some(log);
-                }
-                if let Some(tx) = tx.take() {
-                    let _ = tx.send(());
-                }
-                // Wait for the exit, checking the stop flag (bounded: the test drops us).
-                loop {
-                    if st.lock().unwrap().stop {
-                        let _ = child.kill();
-                        let _ = child.wait();
-                        return;
-                    }
-                    if let Ok(Some(status)) = child.try_wait() {
-                        st.lock().unwrap().exits.push(format!("{status}"));
-                        break;
-                    }
-                    std::thread::sleep(Duration::from_millis(50));
-                }
-                st.lock().unwrap().pid = None;
-                let until = Instant::now() + Duration::from_secs(1);
-                while Instant::now() < until {
-                    if st.lock().unwrap().stop {
-                        return;
-                    }
-                    std::thread::sleep(Duration::from_millis(50));
-                }
-                incarnation += 1;
-                st.lock().unwrap().restarts += 1;
-            }
-        });
-        rx.recv().unwrap();
-        Supervised { inner, thread: Some(thread) }
-    }
-
-    /// SIGKILL of the current incarnation (the supervisor restarts it after its back-off).
-    pub fn kill9(&self) {
-        if let Some(pid) = self.inner.lock().unwrap().pid {
-            let _ = std::process::Command::new("kill").args(["-KILL", &pid.to_string()]).status();
-        }
-    }
-
-    pub fn restarts(&self) -> u32 {
-        self.inner.lock().unwrap().restarts
-    }
-
-    /// Exit statuses of the incarnations that ended.
-    pub fn exits(&self) -> Vec<String> {
-        self.inner.lock().unwrap().exits.clone()
-    }
-
-    /// Every log file of every incarnation so far, concatenated.
-    pub fn logs(&self) -> String {
-        self.log_paths().iter().filter_map(|p| std::fs::read_to_string(p).ok()).collect()
-    }
-
-    /// The log file of every incarnation so far, oldest first.
-    fn log_paths(&self) -> Vec<std::path::PathBuf> {
-        let current = self.inner.lock().unwrap().log.clone();
-        let Some(current) = current else { return Vec::new() };
-        let stem = current.file_name().unwrap().to_string_lossy().rsplit_once('-').unwrap().0.to_string();
-        (0..).map(|i| current.with_file_name(format!("{stem}-{i}.log"))).take_while(|p| p.exists()).collect()
-    }
-
-    /// Whether the current incarnation says it is the active replica.
-    pub fn is_active(&self) -> bool {
-        let (pid, log) = {
-            let s = self.inner.lock().unwrap();
-            (s.pid, s.log.clone())
-        };
-        pid.is_some() && log.is_some_and(|l| std::fs::read_to_string(l).unwrap_or_default().contains("active: this replica reconciles"))
-    }
-
-    pub fn assert_no_panic(&self) {
-        let logs = self.logs();
-        assert!(
-            !logs.contains("panicked"),
-            "the controller panicked: {}",
-            logs.lines().filter(|l| l.contains("panicked")).collect::<Vec<_>>().join("\n")
-        );
-    }
-}
-
-impl Drop for Supervised {
-    /// Stops the controller; removes its logs unless the test is failing (then they are read).
-    fn drop(&mut self) {
-        self.inner.lock().unwrap().stop = true;
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-        if !std::thread::panicking() {
-            self.log_paths().iter().for_each(|p| drop(std::fs::remove_file(p)));
         }
     }
 }

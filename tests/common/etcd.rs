@@ -18,6 +18,18 @@ pub fn etcd_bin(name: &str) -> PathBuf {
     PathBuf::from(env("LEADERLOCK_ETCD_BIN_DIR")).join(name)
 }
 
+/// Every key under `prefix` in the (plain-HTTP) etcd at `endpoint`, in key order: the shared
+/// lock etcd of `hack/cluster.sh` (`LEADERLOCK_ETCD_ENDPOINTS`).
+pub fn keys_under(endpoint: &str, prefix: &str) -> Vec<String> {
+    let out = Command::new(etcd_bin("etcdctl")).args(["--endpoints", endpoint, "get", "--prefix", "--keys-only", prefix]).output().unwrap();
+    key_lines(&out)
+}
+
+fn key_lines(out: &std::process::Output) -> Vec<String> {
+    assert!(out.status.success(), "etcdctl get failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).lines().filter(|l| !l.is_empty()).map(str::to_string).collect()
+}
+
 /// A child process killed (and reaped) on drop.
 pub struct ChildGuard(pub Child);
 
@@ -153,6 +165,11 @@ impl EtcdServer {
             cmd.arg("--cert-file").arg(&tls.server_cert).arg("--key-file").arg(&tls.server_key);
         }
         self.child = Some(ChildGuard(cmd.spawn().expect("etcd binary")));
+    }
+
+    /// Every key under `prefix`, in key order.
+    pub fn keys_under(&self, prefix: &str) -> Vec<String> {
+        key_lines(&self.etcdctl(&["get", "--prefix", "--keys-only", prefix]))
     }
 
     /// Runs etcdctl against this member.

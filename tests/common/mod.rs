@@ -3,8 +3,16 @@
 //! Every test gets its own namespace; waits are conditions polled until a deadline, never sleeps.
 #![allow(dead_code)]
 
+pub mod checker;
+pub mod controller;
 pub mod etcd;
 pub mod k8s;
+
+#[allow(unused_imports)] // each test binary uses some of them
+pub use controller::{ControllerProcess, Launch, shared_controller};
+
+/// The controller's default etcd root prefix (`--etcd-prefix`).
+pub const ROOT: &str = "/leaderlock.dev/";
 
 use std::io::Write;
 use std::process::{Command, Output, Stdio};

@@ -1,6 +1,6 @@
-//! The independent checker: it watches the pods of one namespace through the apiserver AND the
-//! whole keyspace of the lock etcd through its own etcd client, and checks LeaderLock's promises
-//! continuously, from outside the controller:
+//! The one safety checker of the tests: it watches the pods of one namespace through the
+//! apiserver AND the whole keyspace of the lock etcd through its own etcd client, and checks
+//! LeaderLock's promises (docs/contract.md §3, §4) continuously, from outside the controller:
 //!
 //! * at most one pod per lock carries `leader` (hard violation at the instant it is seen);
 //! * a pod annotated `leader` with token T holds the lowest create revision under the lock's
@@ -68,6 +68,8 @@ struct State {
     not_candidate: HashMap<String, Vec<Instant>>,
     violations: Vec<String>,
     outside_keys: Vec<String>,
+    /// lock → when the test removed it (LeaderLock deleted): its keys go without a pod cause.
+    retired: HashMap<String, Instant>,
     /// lock → last (pod, token) seen as leader, and the largest token seen.
     last_leader: HashMap<String, (String, i64)>,
     max_token: HashMap<String, i64>,
@@ -158,6 +160,30 @@ impl Checker {
         self.state.lock().unwrap().lag_allowance = d;
     }
 
+    /// The test is about to delete the LeaderLock of `lock`: the deletion of its keys that
+    /// follows has a cause.
+    pub fn retire_lock(&self, lock: &str) {
+        self.state.lock().unwrap().retired.insert(lock.to_string(), Instant::now());
+    }
+
+    /// The pod last seen leading `lock`.
+    pub fn leader_of(&self, lock: &str) -> Option<String> {
+        self.state.lock().unwrap().last_leader.get(lock).map(|(pod, _)| pod.clone())
+    }
+
+    /// Fails the test if the checker saw two leaders of a lock, a token that did not grow, a
+    /// holder displaced while its key remained, or a key written outside the root and allowed
+    /// prefixes.
+    pub fn assert_clean(&self) {
+        let s = self.summary();
+        assert!(s.violations.is_empty(), "safety violations in {}: {:#?}", self.namespace(), s.violations);
+        assert!(s.outside_keys.is_empty(), "keys written outside the root and allowed prefixes: {:?}", s.outside_keys);
+    }
+
+    pub fn namespace(&self) -> String {
+        self.state.lock().unwrap().ns.clone()
+    }
+
     /// Keys the test itself writes (not the controller): left out of the isolation check.
     pub fn test_writes_under(&self, prefix: &str) {
         self.state.lock().unwrap().test_prefixes.push(prefix.to_string());
@@ -171,6 +197,7 @@ impl Checker {
             .holder_changes
             .iter()
             .filter(|h| h.from_deleted)
+            .filter(|h| s.retired.get(&h.lock).is_none_or(|t| *t > h.at))
             .filter_map(|h| {
                 let (key, value, created) = h.from.as_ref()?;
                 let pod = value.strip_prefix(&format!("leaderlock:{}/", s.ns))?; // external holders release by themselves
