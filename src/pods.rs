@@ -88,6 +88,8 @@ impl<'a> FromIterator<(&'a String, &'a String)> for Pairs {
 
 /// A label selector ready to match [`Pairs`]. None from [`Matcher::new`] when the selector
 /// cannot be evaluated (see [`crate::resolve::selector_problem`]): it selects nothing.
+/// Our own loop rather than kube's `Selector::matches`, which needs a `BTreeMap` per pod: building
+/// one from the compact [`Pairs`] on every match would undo their memory saving at 10,000 pods.
 #[derive(Clone, Debug)]
 pub struct Matcher(Arc<[Expression]>);
 
