@@ -8,6 +8,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use leaderlock::controller::{self, Settings};
 use leaderlock::etcd::engine::{Engine, EngineConfig};
+use leaderlock::etcd::ownership::ClusterId;
 use leaderlock::etcd::{self, EtcdConfig, election};
 use leaderlock::metrics::Metrics;
 
@@ -118,6 +119,11 @@ struct ControllerArgs {
     /// the active replica dies. Keep it well below the LeaderLocks' ttlSeconds.
     #[arg(long, env = "LEADERLOCK_ELECTION_TTL", default_value_t = 3, value_parser = clap::value_parser!(i64).range(2..=60))]
     election_ttl: i64,
+    /// This cluster's identity in etcd, written into every key the controller creates and into
+    /// its root's registration (default: the UID of the `kube-system` namespace). Controllers of
+    /// several clusters on one etcd need distinct identities and distinct --etcd-prefix roots.
+    #[arg(long, env = "LEADERLOCK_CLUSTER_ID")]
+    cluster_id: Option<ClusterId>,
 }
 
 #[derive(Args)]
@@ -199,6 +205,10 @@ async fn run_controller(args: Box<ControllerArgs>) -> Result<(), Box<dyn std::er
     let metrics = Arc::new(Metrics::default());
     let bound = leaderlock::http::serve(args.http_addr, metrics.clone()).await?;
     tracing::info!(addr = %bound, "serving /metrics, /healthz and /readyz");
+    let cluster_id = match args.cluster_id {
+        Some(id) => id,
+        None => kube_system_uid(&kube_client).await?,
+    };
 
     // Only one replica acts at a time; the others wait on a watch of etcd's election key. The
     // election runs on its own thread and etcd connection, so no burst of reconciles can delay
@@ -207,7 +217,8 @@ async fn run_controller(args: Box<ControllerArgs>) -> Result<(), Box<dyn std::er
     let key = leadership.elected().await?;
     metrics.set_active(true);
     tracing::info!(key = %key, "active: this replica reconciles");
-    let engine_cfg = EngineConfig { root: args.etcd_prefix, allowed_prefixes: args.allowed_key_prefixes, call_timeout: args.etcd_timeout };
+    let engine_cfg =
+        EngineConfig { root: args.etcd_prefix, allowed_prefixes: args.allowed_key_prefixes, call_timeout: args.etcd_timeout, cluster_id };
     let engine = Arc::new(Engine::start(etcd_client, engine_cfg).await?);
     let settings = Settings { instance: args.instance, metrics, namespace: args.namespace, concurrency: args.max_concurrent_reconciles };
     tokio::select! {
@@ -217,6 +228,17 @@ async fn run_controller(args: Box<ControllerArgs>) -> Result<(), Box<dyn std::er
         }
         () = leadership.lost() => Err("lost the controller election lease (etcd unreachable for longer than --election-ttl); exiting so a standby takes over".into()),
     }
+}
+
+/// The default cluster identity: the `kube-system` namespace's UID, stable for a cluster's life
+/// and distinct between clusters.
+async fn kube_system_uid(client: &kube::Client) -> Result<ClusterId, String> {
+    let api: kube::Api<k8s_openapi::api::core::v1::Namespace> = kube::Api::all(client.clone());
+    let ns = api.get("kube-system").await.map_err(|e| {
+        format!("cannot read the kube-system namespace's UID for the default --cluster-id: {e}; grant `get` on namespaces or set --cluster-id")
+    })?;
+    let uid = ns.metadata.uid.ok_or("the kube-system namespace has no UID; set --cluster-id")?;
+    ClusterId::new(uid).map_err(|e| e.to_string())
 }
 
 /// Caps glibc's malloc at two arenas. By default each thread that meets contention gets its own

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use common::env;
 use common::etcd::{ChildGuard, EtcdCluster, EtcdServer, TcpProxy, etcd_bin};
 use leaderlock::etcd::engine::{Engine, EngineConfig};
+use leaderlock::etcd::ownership::ClusterId;
 use leaderlock::etcd::{Error, EtcdConfig, connect};
 use leaderlock::lock::Candidate;
 
@@ -22,6 +23,10 @@ fn cands(n: usize) -> Vec<Candidate> {
     (0..n).map(cand).collect()
 }
 
+fn test_cluster() -> ClusterId {
+    ClusterId::new("test-cluster").unwrap()
+}
+
 fn unique_root(test: &str) -> String {
     static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     format!("/test-{test}-{}-{}/", std::process::id(), N.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
@@ -29,7 +34,7 @@ fn unique_root(test: &str) -> String {
 
 async fn engine_at(endpoint: &str, root: &str) -> Engine {
     let client = connect(&EtcdConfig::new(vec![endpoint.to_string()])).await.unwrap();
-    let cfg = EngineConfig { root: root.to_string(), allowed_prefixes: vec![], call_timeout: Duration::from_secs(5) };
+    let cfg = EngineConfig { root: root.to_string(), allowed_prefixes: vec![], call_timeout: Duration::from_secs(5), cluster_id: test_cluster() };
     Engine::start(client, cfg).await.unwrap()
 }
 
@@ -285,7 +290,7 @@ async fn tls_with_client_certificates_and_password_auth() {
     let client = connect(&cfg).await.unwrap();
     let engine = Engine::start(
         client,
-        EngineConfig { root: "/leaderlock.dev/".into(), allowed_prefixes: vec![], call_timeout: Duration::from_secs(5) },
+        EngineConfig { root: "/leaderlock.dev/".into(), allowed_prefixes: vec![], call_timeout: Duration::from_secs(5), cluster_id: test_cluster() },
     )
     .await
     .unwrap();
@@ -352,7 +357,7 @@ fn etcd_keys_outside_the_root_and_allowed_prefixes_are_refused() {
         let client = connect(&EtcdConfig::new(vec![endpoint])).await.unwrap();
         let root = unique_root("allowed");
         let cfg =
-            EngineConfig { root: root.clone(), allowed_prefixes: vec!["/legacy/locks/".into()], call_timeout: Duration::from_secs(5) };
+            EngineConfig { root: root.clone(), allowed_prefixes: vec!["/legacy/locks/".into()], call_timeout: Duration::from_secs(5), cluster_id: test_cluster() };
         let engine = Engine::start(client, cfg).await.unwrap();
         assert_eq!(engine.lock_prefix("ns", "a", Some("/legacy/locks/a")).unwrap(), "/legacy/locks/a");
         let own = format!("{root}locks/ns/custom");
@@ -369,7 +374,7 @@ fn etcd_keys_outside_the_root_and_allowed_prefixes_are_refused() {
 async fn the_engine_keeps_watching_and_writing_through_the_loss_of_any_one_member() {
     let mut cluster = EtcdCluster::start(3);
     let client = connect(&EtcdConfig::new(cluster.endpoints())).await.unwrap();
-    let cfg = EngineConfig { root: "/leaderlock.dev/".into(), allowed_prefixes: vec![], call_timeout: Duration::from_secs(5) };
+    let cfg = EngineConfig { root: "/leaderlock.dev/".into(), allowed_prefixes: vec![], call_timeout: Duration::from_secs(5), cluster_id: test_cluster() };
     let engine = Engine::start(client, cfg).await.unwrap();
     let prefix = engine.lock_prefix("shop", "ledger", None).unwrap();
     engine.sync(&prefix, &cands(3), 30).await.unwrap();
