@@ -46,7 +46,10 @@ fn route(request: &str, metrics: &Metrics) -> (&'static str, &'static str, Strin
     match path.split('?').next().unwrap_or("/") {
         "/metrics" => ("200 OK", "text/plain; version=0.0.4; charset=utf-8", metrics.render()),
         "/healthz" => ("200 OK", "text/plain", "ok\n".into()),
-        "/readyz" => ("200 OK", "text/plain", format!("ok: {}\n", if metrics.is_active() { "active" } else { "standby" })),
+        "/readyz" => match metrics.not_ready() {
+            Some(reason) => ("503 Service Unavailable", "text/plain", format!("not ready: {reason}\n")),
+            None => ("200 OK", "text/plain", format!("ok: {}\n", if metrics.is_active() { "active" } else { "standby" })),
+        },
         _ => ("404 Not Found", "text/plain", "not found; try /metrics, /healthz or /readyz\n".into()),
     }
 }
@@ -62,5 +65,14 @@ mod tests {
         m.set_active(true);
         assert_eq!(route("GET /readyz HTTP/1.1\r\n", &m).2, "ok: active\n");
         assert_eq!(route("GET /nope HTTP/1.1\r\n", &m).0, "404 Not Found");
+    }
+
+    #[test]
+    fn readyz_fails_with_the_reason_when_the_controller_serves_nothing() {
+        let m = Metrics::default();
+        m.set_not_ready("etcd prefix /ll/ is registered to cluster east".into());
+        let (status, _, body) = route("GET /readyz HTTP/1.1\r\n", &m);
+        assert_eq!(status, "503 Service Unavailable");
+        assert_eq!(body, "not ready: etcd prefix /ll/ is registered to cluster east\n");
     }
 }

@@ -25,6 +25,8 @@ pub mod keyspace;
 pub mod index;
 /// The reconciler: LeaderLocks, pods and etcd changes in; etcd keys, pod keys, status out [§2–§4].
 pub mod controller;
+/// A controller whose etcd root belongs to another cluster: says so on every LeaderLock [§5].
+pub mod refusal;
 /// Prometheus metrics [§5].
 pub mod metrics;
 /// `/metrics`, `/healthz`, `/readyz` [§5].

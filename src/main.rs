@@ -9,7 +9,9 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use leaderlock::controller::{self, Settings};
 use leaderlock::etcd::engine::{Engine, EngineConfig};
 use leaderlock::etcd::ownership::ClusterId;
+use leaderlock::etcd::registration::{self, Registration};
 use leaderlock::etcd::{self, EtcdConfig, election};
+use leaderlock::keyspace::Keyspace;
 use leaderlock::metrics::Metrics;
 
 #[derive(Parser)]
@@ -209,6 +211,17 @@ async fn run_controller(args: Box<ControllerArgs>) -> Result<(), Box<dyn std::er
         Some(id) => id,
         None => kube_system_uid(&kube_client).await?,
     };
+
+    // A root registered to another cluster is not ours to serve: write nothing, not even an
+    // election key, and say why (log, /readyz, every LeaderLock's Ready condition).
+    let keyspace = Keyspace::new(args.etcd_prefix.clone(), args.allowed_key_prefixes.clone());
+    if let Registration::Other(refusal) = registration::register(&etcd_client, &keyspace, &cluster_id, args.etcd_timeout).await? {
+        tracing::error!(root = %refusal.root, owner = %refusal.owner, cluster = %refusal.me, "{refusal}");
+        metrics.set_not_ready(refusal.to_string());
+        leaderlock::refusal::run(kube_client, args.namespace, refusal).await;
+        return Ok(());
+    }
+    tracing::info!(cluster = %cluster_id, root = %args.etcd_prefix, "serving this root as this cluster");
 
     // Only one replica acts at a time; the others wait on a watch of etcd's election key. The
     // election runs on its own thread and etcd connection, so no burst of reconciles can delay

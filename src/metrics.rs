@@ -43,6 +43,8 @@ pub struct Metrics {
     pub watch_restarts: Gauge,
     pub active: Gauge,
     is_active: AtomicBool,
+    /// Why this controller serves nothing (e.g. its root belongs to another cluster): /readyz.
+    not_ready: std::sync::Mutex<Option<String>>,
     registry: Registry,
 }
 
@@ -58,6 +60,7 @@ impl Default for Metrics {
             watch_restarts: Gauge::default(),
             active: Gauge::default(),
             is_active: AtomicBool::new(false),
+            not_ready: std::sync::Mutex::default(),
             registry: Registry::with_prefix("leaderlock"),
         };
         m.register()
@@ -89,6 +92,16 @@ impl Metrics {
 
     pub fn is_active(&self) -> bool {
         self.is_active.load(Ordering::Relaxed)
+    }
+
+    /// Marks this controller not ready for good, with the reason /readyz shows.
+    pub fn set_not_ready(&self, reason: String) {
+        *self.not_ready.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(reason);
+    }
+
+    /// Why this controller is not ready, if it is not.
+    pub fn not_ready(&self) -> Option<String> {
+        self.not_ready.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
     }
 
     pub fn observe_reconcile(&self, took: Duration, failure: Option<&str>) {

@@ -10,7 +10,8 @@
 //!   an in-memory copy of every lock key at a known revision: waiters wait on it, never on a timer;
 //! * [`engine`] — applies the pure [`crate::lock`] decision through [`mutex`], reads holders from
 //!   the [`mirror`];
-//! * [`ownership`] — whose key is it when several clusters share one etcd (pure).
+//! * [`ownership`] — whose key is it when several clusters share one etcd (pure);
+//! * [`registration`] — the root registered to one cluster with one guarded create.
 //!
 //! Which keys exist and which the controller may touch is pure: [`crate::keyspace`].
 //! Every call is bounded by a timeout; transient failures are retried with backoff.
@@ -22,6 +23,7 @@ pub mod lease_pool;
 pub mod mirror;
 pub mod mutex;
 pub mod ownership;
+pub mod registration;
 pub mod session;
 
 use std::path::PathBuf;
