@@ -13,7 +13,7 @@ use common::etcd::{ChildGuard, EtcdCluster, EtcdServer, TcpProxy, etcd_bin};
 use leaderlock::etcd::engine::{Engine, EngineConfig};
 use leaderlock::etcd::ownership::ClusterId;
 use leaderlock::etcd::{Error, EtcdConfig, connect};
-use leaderlock::lock::Candidate;
+use leaderlock::lock::{Candidate, Op};
 
 fn cand(i: usize) -> Candidate {
     Candidate { id: format!("uid-{i}"), name: format!("ns/pod-{i}") }
@@ -238,6 +238,46 @@ async fn a_restarted_engine_adopts_its_lease_changes_no_holder_and_writes_nothin
     }
     assert_eq!(prefixes.iter().map(|p| second.holder(p)).collect::<Vec<_>>(), holders);
     assert_eq!(revision(&etcd.endpoint()).await, before, "a restart must not write to etcd");
+}
+
+/// The upgrade to cluster identities: keys written before (`leaderlock:<ns>/<pod>`, no cluster)
+/// on our recorded lease are adopted as they are — no holder change, not one write — while a key
+/// of that form on another cluster's lease is never touched.
+#[tokio::test(flavor = "multi_thread")]
+async fn keys_from_before_cluster_identities_are_adopted_without_a_write_and_others_kept() {
+    let etcd = EtcdServer::start();
+    let root = "/leaderlock.dev/";
+    let mut c = etcd_client::Client::connect([etcd.endpoint()], None).await.unwrap();
+    let ours = c.lease_grant(15, None).await.unwrap().id();
+    let theirs = c.lease_grant(15, None).await.unwrap().id();
+    c.put(format!("{root}leases/15"), ours.to_string(), None).await.unwrap();
+    let (own, shared) = (format!("{root}locks/shop/ledger"), "/legacy/locks/job".to_string());
+    let old = |lease| Some(etcd_client::PutOptions::new().with_lease(lease));
+    c.put(format!("{own}/uid-0"), "leaderlock:ns/pod-0", old(ours)).await.unwrap();
+    c.put(format!("{own}/uid-1"), "leaderlock:ns/pod-1", old(ours)).await.unwrap();
+    c.put(format!("{shared}/uid-x"), "leaderlock:other/pod-x", old(theirs)).await.unwrap();
+    c.put(format!("{shared}/uid-0"), "leaderlock:ns/pod-0", old(ours)).await.unwrap();
+    let before = revision(&etcd.endpoint()).await;
+
+    let client = connect(&EtcdConfig::new(vec![etcd.endpoint()])).await.unwrap();
+    let cfg = EngineConfig {
+        root: root.into(),
+        allowed_prefixes: vec!["/legacy/locks/".into()],
+        call_timeout: Duration::from_secs(5),
+        cluster_id: test_cluster(),
+    };
+    let engine = Engine::start(client, cfg).await.unwrap();
+    assert_eq!(engine.sync(&own, &cands(2), 15).await.unwrap(), vec![], "adopting old keys writes nothing");
+    assert_eq!(engine.holder(&own).and_then(|h| h.candidate).as_deref(), Some("uid-0"), "the holder stays");
+    assert_eq!(engine.sync(&shared, &cands(1), 15).await.unwrap(), vec![]);
+    let holder = engine.holder(&shared).unwrap();
+    assert_eq!((holder.key.as_str(), holder.candidate), ("/legacy/locks/job/uid-x", None), "not ours: a foreign holder");
+    assert_eq!(revision(&etcd.endpoint()).await, before, "the upgrade wrote to etcd");
+
+    // Leaving the shared lock deletes our old key, never theirs.
+    let ops = engine.sync(&shared, &[], 15).await.unwrap();
+    assert!(matches!(ops.as_slice(), [Op::Delete { key, .. }] if key.ends_with("/uid-0")), "{ops:?}");
+    assert_eq!(engine.keys(&shared).iter().map(|k| k.key.as_str()).collect::<Vec<_>>(), ["/legacy/locks/job/uid-x"]);
 }
 
 #[tokio::test(flavor = "multi_thread")]
