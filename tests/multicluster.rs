@@ -2,8 +2,10 @@
 //! is served by no other, and clusters sharing a lock under an allowed prefix never delete each
 //! other's keys and elect one leader between them.
 //!
-//! Each "cluster" is a controller with its own --cluster-id watching its own namespace of the
-//! test apiserver: to etcd — the only place the clusters meet — that is two clusters.
+//! The refusal runs two real clusters: a second kube-apiserver (`hack/cluster.sh
+//! second-apiserver`) with its own `kube-system` UID, each controller with the default identity.
+//! The shared-lock test plays each cluster with a controller with its own --cluster-id watching
+//! its own namespace of one apiserver: to etcd — the only place clusters meet — that is two.
 mod common;
 
 use std::time::Duration;
@@ -46,50 +48,85 @@ fn leaderlock_yaml(etcd_key: Option<&str>) -> String {
     )
 }
 
+/// The second cluster: another kube-apiserver (`hack/cluster.sh second-apiserver`) on the same
+/// storage etcd under another prefix, so with its own `kube-system` UID. Started once per binary,
+/// stopped with the control plane. Returns its kubeconfig.
+fn second_cluster() -> String {
+    static SECOND: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    SECOND
+        .get_or_init(|| {
+            let script = concat!(env!("CARGO_MANIFEST_DIR"), "/hack/cluster.sh");
+            let out = std::process::Command::new(script).arg("second-apiserver").output().unwrap();
+            assert!(out.status.success(), "second apiserver: {}", String::from_utf8_lossy(&out.stderr));
+            let kubeconfig = format!("{}/kubeconfig-second", env("LEADERLOCK_CLUSTER_DIR"));
+            let crd = concat!(env!("CARGO_MANIFEST_DIR"), "/crds/leaderlock.dev_leaderlocks.yaml");
+            kubectl_ok(&["--kubeconfig", &kubeconfig, "apply", "--server-side", "-f", crd], None);
+            kubectl_ok(&["--kubeconfig", &kubeconfig, "wait", "--for=condition=Established", "--timeout=60s", "crd/leaderlocks.leaderlock.dev"], None);
+            kubeconfig
+        })
+        .clone()
+}
+
+async fn client_of(kubeconfig: &str) -> kube::Client {
+    let config = kube::config::Kubeconfig::read_from(kubeconfig).unwrap();
+    let config = kube::Config::from_custom_kubeconfig(config, &Default::default()).await.unwrap();
+    kube::Client::try_from(config).unwrap()
+}
+
+fn kube_system_uid(kubeconfig: &str) -> String {
+    kubectl_ok(&["--kubeconfig", kubeconfig, "get", "namespace", "kube-system", "-o", "jsonpath={.metadata.uid}"], None)
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_controller_finding_its_root_registered_to_another_cluster_serves_nothing_and_says_why() {
     let _serial = ONE_AT_A_TIME.lock().await;
     install_crd();
+    let second = second_cluster();
     let etcd = EtcdServer::start();
     let endpoint = etcd.endpoint();
-    let c = client().await;
-    let (east_ns, west_ns) = (namespace("multi-root-east"), namespace("multi-root-west"));
-    for ns in [&east_ns, &west_ns] {
-        ready_pods(&c, ns, &["w-1", "w-2"], &[("app", "worker")]).await;
-        kubectl_ok(&["apply", "-n", ns, "-f", "-"], Some(&leaderlock_yaml(None)));
+    let (east_uid, west_uid) = (kube_system_uid(&env("KUBECONFIG")), kube_system_uid(&second));
+    assert_ne!(east_uid, west_uid, "two clusters, two identities");
+    let (east, west) = (client().await, client_of(&second).await);
+    let east_ns = namespace("multi-root");
+    let west_ns = east_ns.clone(); // the same name in another cluster
+    kubectl_ok(&["--kubeconfig", &second, "create", "namespace", &west_ns], None);
+    for (c, kubeconfig, ns) in [(&east, env("KUBECONFIG"), &east_ns), (&west, second.clone(), &west_ns)] {
+        ready_pods(c, ns, &["w-1", "w-2"], &[("app", "worker")]).await;
+        kubectl_ok(&["--kubeconfig", &kubeconfig, "apply", "-n", ns, "-f", "-"], Some(&leaderlock_yaml(None)));
     }
-    let _east = ControllerProcess::start(&["--etcd-endpoints", &endpoint, "--namespace", &east_ns, "--cluster-id", "east"]);
-    elected(&c, &east_ns, "jobs", "job", 2).await;
+    // Both with the defaults: the same root, identities from each cluster's kube-system UID.
+    let _east_ctl = ControllerProcess::start(&["--etcd-endpoints", &endpoint, "--namespace", &east_ns]);
+    let east_holder = elected(&east, &east_ns, "jobs", "job", 2).await;
     let before = revision(&endpoint).await;
 
-    let west = ControllerProcess::start(&["--etcd-endpoints", &endpoint, "--namespace", &west_ns, "--cluster-id", "west"]);
+    let west_args = ["--etcd-endpoints", endpoint.as_str(), "--namespace", west_ns.as_str()];
+    let west_ctl = ControllerProcess::start_with_env(&west_args, &[("KUBECONFIG", &second)]);
     let message = eventually("west's LeaderLock to say the root is another cluster's", Duration::from_secs(30), || async {
-        let st = leaderlock(&c, &west_ns, "jobs").await.status?;
+        let st = leaderlock(&west, &west_ns, "jobs").await.status?;
         let ready = st.conditions.into_iter().find(|c| c.type_ == "Ready")?;
         (ready.status == "False" && ready.reason == "RootOwnedByOtherCluster").then_some(ready.message)
     })
     .await;
-    for part in ["cluster east", "cluster west", "--etcd-prefix", "/leaderlock.dev/"] {
+    for part in [&format!("cluster {east_uid}"), &format!("cluster {west_uid}"), "--etcd-prefix", "--cluster-id", "/leaderlock.dev/"] {
         assert!(message.contains(part), "{part:?} missing from the condition: {message}");
     }
-    let readyz = west.http_get("/readyz").unwrap();
-    assert!(readyz.starts_with("not ready:") && readyz.contains("cluster east"), "/readyz: {readyz}");
-    let log = std::fs::read_to_string(&west.log).unwrap();
-    assert!(log.contains("registered to cluster east"), "the log says why");
-    assert!(roles(&c, &west_ns, "job").await.is_empty(), "west's pods got a role from a root it does not serve");
+    let readyz = west_ctl.http_get("/readyz").unwrap();
+    assert!(readyz.starts_with("not ready:") && readyz.contains(&east_uid), "/readyz: {readyz}");
+    let log = std::fs::read_to_string(&west_ctl.log).unwrap();
+    assert!(log.contains(&format!("registered to cluster {east_uid}")), "the log says why");
+    assert!(roles(&west, &west_ns, "job").await.is_empty(), "west's pods got a role from a root it does not serve");
 
     // Neither the refusing controller nor the idle serving one wrote anything to etcd.
     let writes = writes_within(&endpoint, before, Duration::from_secs(3)).await;
     assert!(writes.is_empty(), "etcd writes after the second cluster's controller started: {writes:?}");
-    let ll = leaderlock(&c, &west_ns, "jobs").await;
-    let version = ll.metadata.resource_version.clone();
-    drop(west);
-    let _west_again = ControllerProcess::start(&["--etcd-endpoints", &endpoint, "--namespace", &west_ns, "--cluster-id", "west"]);
+    let version = leaderlock(&west, &west_ns, "jobs").await.metadata.resource_version;
+    drop(west_ctl);
+    let again = ControllerProcess::start_with_env(&west_args, &[("KUBECONFIG", &second)]);
     wait_until("the restarted refusing controller to log its refusal", Duration::from_secs(30), || {
-        let log = std::fs::read_to_string(&_west_again.log).unwrap_or_default();
-        log.contains("registered to cluster east").then_some(())
+        std::fs::read_to_string(&again.log).unwrap_or_default().contains("registered to cluster").then_some(())
     });
-    assert_eq!(leaderlock(&c, &west_ns, "jobs").await.metadata.resource_version, version, "an already refused LeaderLock was rewritten");
+    assert_eq!(leaderlock(&west, &west_ns, "jobs").await.metadata.resource_version, version, "an already refused LeaderLock was rewritten");
+    assert_eq!(elected(&east, &east_ns, "jobs", "job", 2).await, east_holder, "the serving cluster kept its holder");
 }
 
 #[tokio::test(flavor = "multi_thread")]
