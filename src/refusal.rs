@@ -17,8 +17,28 @@ use crate::resource::{LeaderLock, reasons};
 const FIELD_MANAGER: &str = "leaderlock-refusal";
 
 /// Marks every LeaderLock (of `namespace`, or all) not ready because of `refusal`, as they
-/// appear, until the process ends. Watch errors are retried by the watcher's backoff.
+/// appear, until SIGTERM or SIGINT (then the process exits 0, as a serving controller does).
 pub async fn run(client: kube::Client, namespace: Option<String>, refusal: RootOwnedByOtherCluster) {
+    tokio::select! {
+        () = mark_all(client, namespace, refusal) => {}
+        () = shutdown_signal() => tracing::info!("shutting down"),
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        },
+        // No SIGTERM handler: SIGINT still ends it; SIGTERM keeps its default action.
+        Err(_) => drop(tokio::signal::ctrl_c().await),
+    }
+}
+
+/// Watch errors are retried by the watcher's backoff.
+async fn mark_all(client: kube::Client, namespace: Option<String>, refusal: RootOwnedByOtherCluster) {
     let api: Api<LeaderLock> = match &namespace {
         Some(ns) => Api::namespaced(client.clone(), ns),
         None => Api::all(client.clone()),
