@@ -10,7 +10,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::etcd::EtcdServer;
+use common::etcd::{EtcdServer, TcpProxy};
 use common::k8s::*;
 use common::*;
 use etcd_client::{EventType, WatchOptions};
@@ -44,7 +44,7 @@ async fn writes_within(endpoint: &str, from: i64, window: Duration) -> Vec<(Stri
 fn leaderlock_yaml(etcd_key: Option<&str>) -> String {
     let key = etcd_key.map(|k| format!(", etcdKey: {k}")).unwrap_or_default();
     format!(
-        "apiVersion: leaderlock.dev/v1alpha1\nkind: LeaderLock\nmetadata: {{name: jobs}}\nspec:\n  selector: {{matchLabels: {{app: worker}}}}\n  locks: [{{name: job{key}}}]\n"
+        "apiVersion: leaderlock.dev/v1alpha1\nkind: LeaderLock\nmetadata: {{name: jobs}}\nspec:\n  selector: {{matchLabels: {{app: worker}}}}\n  ttlSeconds: 5\n  locks: [{{name: job{key}}}]\n"
     )
 }
 
@@ -197,4 +197,57 @@ async fn clusters_sharing_a_lock_never_delete_each_others_keys_and_elect_one_lea
         (holder == foreign && roles(&c, &east_ns, "job").await.get("w-3").is_some_and(|r| r == "standby")).then_some(())
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cluster_cut_off_from_etcd_longer_than_the_ttl_hands_the_shared_lock_to_the_other() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    install_crd();
+    let etcd = EtcdServer::start();
+    let endpoint = etcd.endpoint();
+    let mut proxy = TcpProxy::start(etcd.client_port).await;
+    let c = client().await;
+    let (east_ns, west_ns) = (namespace("multi-cut-east"), namespace("multi-cut-west"));
+    let allowed = format!("/shared-cut-{}/", std::process::id());
+    let shared = format!("{allowed}job");
+    let args = |ns: &str, id: &str, root: &str, etcd: &str| {
+        let args = ["--etcd-endpoints", etcd, "--etcd-timeout", "1s", "--namespace", ns, "--cluster-id", id];
+        let mut args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        args.extend(["--etcd-prefix".into(), root.into(), "--allowed-key-prefix".into(), allowed.clone()]);
+        args
+    };
+    let start = |args: &[String]| ControllerProcess::start(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let east_args = args(&east_ns, "east", "/east/", &proxy.endpoint());
+    ready_pods(&c, &east_ns, &["w-1"], &[("app", "worker")]).await;
+    kubectl_ok(&["apply", "-n", &east_ns, "-f", "-"], Some(&leaderlock_yaml(Some(&shared))));
+    let east = start(&east_args);
+    let (_, east_token) = elected(&c, &east_ns, "jobs", "job", 1).await;
+    let _west = start(&args(&west_ns, "west", "/west/", &endpoint));
+    ready_pods(&c, &west_ns, &["w-1", "w-2"], &[("app", "worker")]).await;
+    kubectl_ok(&["apply", "-n", &west_ns, "-f", "-"], Some(&leaderlock_yaml(Some(&shared))));
+    eventually("west to queue behind east", Duration::from_secs(30), || async {
+        let roles = roles(&c, &west_ns, "job").await;
+        (roles.len() == 2 && roles.values().all(|r| r == "standby")).then_some(())
+    })
+    .await;
+
+    // East's controller loses etcd: its lock lease expires after ttlSeconds, etcd deletes east's
+    // key, and a west pod holds with a larger token.
+    proxy.cut();
+    let (west_leader, west_token) = elected(&c, &west_ns, "jobs", "job", 2).await;
+    assert!(west_token > east_token, "the fencing token went from {east_token} to {west_token}");
+
+    // When east reaches etcd again (its controller exited on losing its election lease; a new
+    // one starts), its pod is demoted and the status names west's holder.
+    proxy.restore().await;
+    drop(east);
+    let _east = start(&east_args);
+    let foreign = format!("west/{west_ns}/{west_leader}");
+    eventually("east to demote its pod and report west's holder", Duration::from_secs(30), || async {
+        let (holder, token) = status_holder(&c, &east_ns, "jobs", "job").await?;
+        let roles = roles(&c, &east_ns, "job").await;
+        (holder == foreign && token == west_token && roles.get("w-1").is_some_and(|r| r == "standby")).then_some(())
+    })
+    .await;
+    assert_eq!(elected(&c, &west_ns, "jobs", "job", 2).await, (west_leader, west_token), "west kept the lock");
 }
