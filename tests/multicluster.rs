@@ -41,6 +41,52 @@ async fn writes_within(endpoint: &str, from: i64, window: Duration) -> Vec<(Stri
     writes
 }
 
+/// (namespace, pod, role annotation).
+type RoleChange = (String, String, Option<String>);
+
+/// Every change of a pod's `leaderlock.dev/job` annotation in some namespaces, in the order the
+/// apiserver committed them (one watch over all namespaces: one storage, one order).
+struct RoleLog {
+    entries: std::sync::Arc<std::sync::Mutex<Vec<RoleChange>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl RoleLog {
+    fn start(c: &kube::Client, namespaces: &[&str]) -> RoleLog {
+        use futures::StreamExt;
+        use kube::ResourceExt;
+        let entries = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (sink, namespaces) = (entries.clone(), namespaces.iter().map(|n| n.to_string()).collect::<Vec<_>>());
+        let api = kube::Api::<k8s_openapi::api::core::v1::Pod>::all(c.clone());
+        let task = tokio::spawn(async move {
+            let mut last: std::collections::HashMap<(String, String), Option<String>> = Default::default();
+            let mut events = std::pin::pin!(kube::runtime::watcher(api, Default::default()));
+            while let Some(Ok(event)) = events.next().await {
+                let (kube::runtime::watcher::Event::Apply(p) | kube::runtime::watcher::Event::InitApply(p)) = event else { continue };
+                let (ns, name) = (p.namespace().unwrap_or_default(), p.name_any());
+                if !namespaces.contains(&ns) {
+                    continue;
+                }
+                let role = p.annotations().get("leaderlock.dev/job").cloned();
+                if last.insert((ns.clone(), name.clone()), role.clone()) != Some(role.clone()) {
+                    sink.lock().unwrap().push((ns, name, role));
+                }
+            }
+        });
+        RoleLog { entries, task }
+    }
+
+    fn entries(&self) -> Vec<RoleChange> {
+        self.entries.lock().unwrap().clone()
+    }
+}
+
+impl Drop for RoleLog {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
 fn leaderlock_yaml(etcd_key: Option<&str>) -> String {
     let key = etcd_key.map(|k| format!(", etcdKey: {k}")).unwrap_or_default();
     format!(
@@ -176,14 +222,21 @@ async fn clusters_sharing_a_lock_never_delete_each_others_keys_and_elect_one_lea
     let writes = writes_within(&endpoint, idle_from, Duration::from_secs(3)).await;
     assert!(writes.is_empty(), "etcd writes while both clusters idle: {writes:?}");
 
-    // Failover across clusters: east's pods go; a west pod takes over with a larger token, and
-    // the only keys deleted are east's own.
+    // Failover across clusters: east's pods stop being Ready; east demotes its holder before its
+    // keys go, a west pod takes over with a larger token, and the only keys deleted are east's.
+    let roles_seen = RoleLog::start(&c, &[&east_ns, &west_ns]);
+    let leading = (east_ns.clone(), east_leader.clone(), Some("leader".to_string()));
+    wait_until("the role log to see east's holder", Duration::from_secs(10), || roles_seen.entries().contains(&leading).then_some(()));
     let from = revision(&endpoint).await;
     for pod in ["w-1", "w-2"] {
-        delete_pod(&c, &east_ns, pod).await;
+        set_ready(&c, &east_ns, pod, false).await;
     }
     let (west_leader, west_token) = elected(&c, &west_ns, "jobs", "job", 2).await;
     assert!(west_token > east_token, "the fencing token went from {east_token} to {west_token}");
+    let order = roles_seen.entries();
+    let demoted = order.iter().position(|(ns, pod, role)| *ns == east_ns && *pod == east_leader && role.as_deref() != Some("leader"));
+    let promoted = order.iter().position(|(ns, pod, role)| *ns == west_ns && *pod == west_leader && role.as_deref() == Some("leader"));
+    assert!(matches!((demoted, promoted), (Some(d), Some(p)) if d < p), "east's holder must be demoted before west's is promoted: {order:?}");
     let writes = writes_within(&endpoint, from, Duration::from_secs(1)).await;
     let deleted: Vec<&(String, bool, String)> = writes.iter().filter(|(k, del, _)| *del && k.starts_with(&allowed)).collect();
     assert_eq!(deleted.len(), 2, "east's two keys go: {writes:?}");
