@@ -248,7 +248,7 @@ async fn run_controller(args: Box<ControllerArgs>) -> Result<(), Box<dyn std::er
 async fn kube_system_uid(client: &kube::Client) -> Result<ClusterId, String> {
     let api: kube::Api<k8s_openapi::api::core::v1::Namespace> = kube::Api::all(client.clone());
     let ns = api.get("kube-system").await.map_err(|e| {
-        format!("cannot read the kube-system namespace's UID for the default --cluster-id: {e}; grant `get` on namespaces or set --cluster-id")
+        format!("cannot read the kube-system namespace's UID for the default --cluster-id: {e}; grant `get` on the kube-system namespace or set --cluster-id")
     })?;
     let uid = ns.metadata.uid.ok_or("the kube-system namespace has no UID; set --cluster-id")?;
     ClusterId::new(uid).map_err(|e| e.to_string())
