@@ -107,7 +107,10 @@ fn second_cluster() -> String {
             let kubeconfig = format!("{}/kubeconfig-second", env("LEADERLOCK_CLUSTER_DIR"));
             let crd = concat!(env!("CARGO_MANIFEST_DIR"), "/crds/leaderlock.dev_leaderlocks.yaml");
             kubectl_ok(&["--kubeconfig", &kubeconfig, "apply", "--server-side", "-f", crd], None);
-            kubectl_ok(&["--kubeconfig", &kubeconfig, "wait", "--for=condition=Established", "--timeout=60s", "crd/leaderlocks.leaderlock.dev"], None);
+            kubectl_ok(
+                &["--kubeconfig", &kubeconfig, "wait", "--for=condition=Established", "--timeout=60s", "crd/leaderlocks.leaderlock.dev"],
+                None,
+            );
             kubeconfig
         })
         .clone()
@@ -236,7 +239,10 @@ async fn clusters_sharing_a_lock_never_delete_each_others_keys_and_elect_one_lea
     let order = roles_seen.entries();
     let demoted = order.iter().position(|(ns, pod, role)| *ns == east_ns && *pod == east_leader && role.as_deref() != Some("leader"));
     let promoted = order.iter().position(|(ns, pod, role)| *ns == west_ns && *pod == west_leader && role.as_deref() == Some("leader"));
-    assert!(matches!((demoted, promoted), (Some(d), Some(p)) if d < p), "east's holder must be demoted before west's is promoted: {order:?}");
+    assert!(
+        matches!((demoted, promoted), (Some(d), Some(p)) if d < p),
+        "east's holder must be demoted before west's is promoted: {order:?}"
+    );
     let writes = writes_within(&endpoint, from, Duration::from_secs(1)).await;
     let deleted: Vec<&(String, bool, String)> = writes.iter().filter(|(k, del, _)| *del && k.starts_with(&allowed)).collect();
     assert_eq!(deleted.len(), 2, "east's two keys go: {writes:?}");
