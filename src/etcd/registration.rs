@@ -25,12 +25,15 @@ pub enum Registration {
 /// The root is registered to another cluster. The message names both and the flags to change.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error(
-    "etcd prefix {root} is registered to cluster {owner}, and this controller is cluster {me}: it serves nothing under it and writes nothing to etcd. Give this cluster its own root with --etcd-prefix (e.g. {root}{me}/), or, if this really is cluster {owner}, set --cluster-id {owner}"
+    "etcd prefix {root} is registered to cluster {owner}, and this controller is cluster {me}: it serves nothing under it and writes nothing to etcd. Give this cluster its own root with --etcd-prefix (e.g. {sibling}), or, if this really is cluster {owner}, set --cluster-id {owner}"
 )]
 pub struct RootOwnedByOtherCluster {
     pub root: String,
     pub owner: String,
     pub me: String,
+    /// A root for this cluster beside the taken one, not inside it: the owner's controller
+    /// watches its whole root and would mirror every key of a root nested in it.
+    pub sibling: String,
 }
 
 /// Registers the root to `me` unless it is registered already (one guarded create; no write when
@@ -66,7 +69,8 @@ fn judge(root: &str, owner: &str, me: &ClusterId) -> Registration {
     if owner == me.as_str() {
         Registration::Ours
     } else {
-        Registration::Other(RootOwnedByOtherCluster { root: root.into(), owner: owner.into(), me: me.to_string() })
+        let sibling = format!("{}-{me}/", root.trim_end_matches('/'));
+        Registration::Other(RootOwnedByOtherCluster { root: root.into(), owner: owner.into(), me: me.to_string(), sibling })
     }
 }
 
@@ -80,7 +84,7 @@ mod tests {
         assert_eq!(judge("/ll/", "west", &me), Registration::Ours);
         let Registration::Other(refusal) = judge("/ll/", "east", &me) else { panic!("served another cluster's root") };
         let message = refusal.to_string();
-        for part in ["/ll/", "cluster east", "cluster west", "--etcd-prefix", "/ll/west/", "--cluster-id east"] {
+        for part in ["/ll/", "cluster east", "cluster west", "--etcd-prefix", "/ll-west/", "--cluster-id east"] {
             assert!(message.contains(part), "{part:?} missing from: {message}");
         }
     }
