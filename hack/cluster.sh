@@ -5,6 +5,11 @@
 #   hack/cluster.sh up [DIR]        start; writes DIR/kubeconfig and DIR/env (source it)
 #   hack/cluster.sh down [DIR]      stop everything started in DIR, remove its data
 #   hack/cluster.sh run -- CMD...   start in a temp DIR, run CMD with the env, always tear down
+#   hack/cluster.sh second-apiserver
+#                                   in a running control plane (its env sourced): start a second
+#                                   kube-apiserver, a second cluster on the same storage etcd under
+#                                   another --etcd-prefix; writes DIR/kubeconfig-second (stopped
+#                                   with the rest)
 #
 # DIR defaults to .cache/cluster in the clone. Every process is started with a parent-death
 # signal where a parent stays alive (run), and its pid is recorded so `down` (or the next `up`)
@@ -40,7 +45,7 @@ stop_all() {
   local dir="$1" pidf pid
   [[ -d "$dir" ]] || return 0
   # Stop in reverse dependency order so the apiserver never outlives its etcd for long.
-  for name in kube-controller-manager kube-apiserver etcd-locks etcd-apiserver; do
+  for name in kube-controller-manager kube-apiserver-second kube-apiserver etcd-locks etcd-apiserver; do
     pidf="$dir/$name.pid"
     [[ -f "$pidf" ]] || continue
     pid="$(cat "$pidf")"
@@ -75,15 +80,16 @@ make_certs() {
   openssl rsa -in "$d/sa.key" -pubout -out "$d/sa.pub" 2>/dev/null
 }
 
+# write_kubeconfig [FILE PORT]: the admin kubeconfig for the apiserver on PORT (default: the first).
 write_kubeconfig() {
-  local d="$DIR/pki"
-  cat >"$DIR/kubeconfig" <<KC
+  local d="$DIR/pki" file="${1:-$DIR/kubeconfig}" port="${2:-$API_PORT}"
+  cat >"$file" <<KC
 apiVersion: v1
 kind: Config
 clusters:
 - name: leaderlock-test
   cluster:
-    server: https://127.0.0.1:$API_PORT
+    server: https://127.0.0.1:$port
     certificate-authority: $d/ca.crt
 users:
 - name: admin
@@ -126,19 +132,7 @@ up() {
   wait_for etcd-apiserver 30 curl -sf "http://127.0.0.1:$e1/health"
   wait_for etcd-locks 30 curl -sf "http://127.0.0.1:$e2/health"
 
-  local d="$DIR/pki"
-  start kube-apiserver "$K8S_BIN_DIR/kube-apiserver" \
-    --etcd-servers "http://127.0.0.1:$e1" \
-    --bind-address 127.0.0.1 --advertise-address 127.0.0.1 --secure-port "$API_PORT" \
-    --tls-cert-file "$d/apiserver.crt" --tls-private-key-file "$d/apiserver.key" \
-    --client-ca-file "$d/ca.crt" \
-    --authorization-mode RBAC --anonymous-auth=false \
-    --service-account-issuer https://kubernetes.default.svc.cluster.local \
-    --service-account-key-file "$d/sa.pub" --service-account-signing-key-file "$d/sa.key" \
-    --service-cluster-ip-range 10.96.0.0/16 \
-    --endpoint-reconciler-type none \
-    --disable-admission-plugins ServiceAccount \
-    --cert-dir "$DIR/apiserver-certs"
+  start_apiserver kube-apiserver "$API_PORT" "http://127.0.0.1:$e1"
   write_kubeconfig
   wait_for kube-apiserver 120 "$K8S_BIN_DIR/kubectl" --kubeconfig "$DIR/kubeconfig" get --raw /readyz
 
@@ -158,6 +152,35 @@ export LEADERLOCK_HELM_BIN_DIR=$HELM_BIN_DIR
 export PATH=$K8S_BIN_DIR:$ETCD_BIN_DIR:$HELM_BIN_DIR:\$PATH
 ENV
   log "control plane ready: source $DIR/env"
+}
+
+# start_apiserver NAME PORT ETCD_URL [FLAGS...]: a kube-apiserver with the test PKI on PORT.
+start_apiserver() {
+  local name="$1" port="$2" etcd="$3" d="$DIR/pki"; shift 3
+  start "$name" "$K8S_BIN_DIR/kube-apiserver" \
+    --etcd-servers "$etcd" \
+    --bind-address 127.0.0.1 --advertise-address 127.0.0.1 --secure-port "$port" \
+    --tls-cert-file "$d/apiserver.crt" --tls-private-key-file "$d/apiserver.key" \
+    --client-ca-file "$d/ca.crt" \
+    --authorization-mode RBAC --anonymous-auth=false \
+    --service-account-issuer https://kubernetes.default.svc.cluster.local \
+    --service-account-key-file "$d/sa.pub" --service-account-signing-key-file "$d/sa.key" \
+    --service-cluster-ip-range 10.96.0.0/16 \
+    --endpoint-reconciler-type none \
+    --disable-admission-plugins ServiceAccount \
+    --cert-dir "$DIR/$name-certs" "$@"
+}
+
+# second_apiserver: another cluster (its own kube-system namespace, hence its own UID) in the
+# running control plane, sharing its storage etcd under another prefix and its lock etcd.
+second_apiserver() {
+  DIR="${LEADERLOCK_CLUSTER_DIR:?source the env of hack/cluster.sh up first}"
+  K8S_BIN_DIR="${LEADERLOCK_K8S_BIN_DIR:?source the env of hack/cluster.sh up first}"
+  local port; port=$(free_port)
+  start_apiserver kube-apiserver-second "$port" "${APISERVER_ETCD_ENDPOINTS:?}" --etcd-prefix /registry-second
+  write_kubeconfig "$DIR/kubeconfig-second" "$port"
+  wait_for kube-apiserver-second 120 "$K8S_BIN_DIR/kubectl" --kubeconfig "$DIR/kubeconfig-second" get --raw /readyz
+  log "second kube-apiserver :$port ready: KUBECONFIG=$DIR/kubeconfig-second"
 }
 
 # running PID: the process exists and is not a zombie (a killed server waiting to be reaped).
@@ -187,6 +210,7 @@ reap_stale() {
 cmd="${1:-}"; shift || true
 case "$cmd" in
   up) DIR="${1:-$ROOT/.cache/cluster}"; up ;;
+  second-apiserver) second_apiserver ;;
   down) DIR="${1:-$ROOT/.cache/cluster}"; stop_all "$DIR"; rm -rf "$DIR"; log "control plane in $DIR stopped" ;;
   run)
     [[ "${1:-}" == "--" ]] && shift
@@ -206,5 +230,5 @@ case "$cmd" in
     rc=$?
     exit $rc
     ;;
-  *) die "usage: $0 up [DIR] | down [DIR] | run -- CMD..." ;;
+  *) die "usage: $0 up [DIR] | down [DIR] | run -- CMD... | second-apiserver" ;;
 esac

@@ -152,7 +152,10 @@ fn route(path: &str, metrics: &Metrics) -> (StatusCode, &'static str, String) {
     match path {
         "/metrics" => (StatusCode::OK, "text/plain; version=0.0.4; charset=utf-8", metrics.render()),
         "/healthz" => (StatusCode::OK, "text/plain", "ok\n".into()),
-        "/readyz" => (StatusCode::OK, "text/plain", format!("ok: {}\n", if metrics.is_active() { "active" } else { "standby" })),
+        "/readyz" => match metrics.not_ready() {
+            Some(reason) => (StatusCode::SERVICE_UNAVAILABLE, "text/plain", format!("not ready: {reason}\n")),
+            None => (StatusCode::OK, "text/plain", format!("ok: {}\n", if metrics.is_active() { "active" } else { "standby" })),
+        },
         _ => (StatusCode::NOT_FOUND, "text/plain", "not found; try /metrics, /healthz or /readyz\n".into()),
     }
 }
@@ -204,5 +207,14 @@ mod tests {
         assert_eq!(pauses, [10, 20, 40, 80, 160, 320, 640, 1000, 1000]);
         b.reset();
         assert_eq!(b.next_pause(), Duration::from_millis(10));
+    }
+
+    #[test]
+    fn readyz_fails_with_the_reason_when_the_controller_serves_nothing() {
+        let m = Metrics::default();
+        m.set_not_ready("etcd prefix /ll/ is registered to cluster east".into());
+        let (status, _, body) = route("/readyz", &m);
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(body, "not ready: etcd prefix /ll/ is registered to cluster east\n");
     }
 }

@@ -49,6 +49,17 @@ impl Keyspace {
         format!("{}leases/{ttl}", self.root)
     }
 
+    /// The directory of every lease record, `<root>leases/`.
+    pub fn lease_records(&self) -> String {
+        format!("{}leases/", self.root)
+    }
+
+    /// The root's registration, `<root>cluster`: the cluster whose controller owns this root,
+    /// created once with a guarded create. Another cluster's controller finding it serves nothing.
+    pub fn registration(&self) -> String {
+        format!("{}cluster", self.root)
+    }
+
     /// The directory of the replica election's keys: `<root>controller/`.
     pub fn election_dir(&self) -> String {
         format!("{}controller/", self.root)
@@ -131,6 +142,9 @@ mod tests {
         let ks = keyspace();
         assert_eq!(ks.lease_record(15), "/ll/leases/15");
         assert_eq!(ks.election_dir(), "/ll/controller/");
+        assert_eq!(ks.lease_records(), "/ll/leases/");
+        assert_eq!(ks.registration(), "/ll/cluster");
+        assert!(ks.lock_prefix("shop", "a", Some("/ll/cluster")).is_err());
         assert_eq!(ks.watched(), vec!["/ll/".to_string(), "/legacy/locks/".to_string()]);
     }
 }

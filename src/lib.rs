@@ -29,6 +29,8 @@ pub mod metrics;
 pub mod pods;
 /// The pod-side helper: role, wait, run [§3].
 pub mod podside;
+/// A controller whose etcd root belongs to another cluster: says so on every LeaderLock [§5].
+pub mod refusal;
 /// What only the controller can judge (pure): lock-name conflicts, allowed etcd keys, selectors [§2].
 pub mod resolve;
 /// The `LeaderLock` custom resource and its CRD [§2].

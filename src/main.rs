@@ -9,7 +9,10 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use leaderlock::contract;
 use leaderlock::controller::{self, Settings};
 use leaderlock::etcd::engine::{Engine, EngineConfig};
+use leaderlock::etcd::ownership::ClusterId;
+use leaderlock::etcd::registration::{self, Registration};
 use leaderlock::etcd::{self, EtcdConfig, election};
+use leaderlock::keyspace::Keyspace;
 use leaderlock::metrics::Metrics;
 
 #[derive(Parser)]
@@ -120,6 +123,11 @@ struct ControllerArgs {
     /// Duration syntax: 500ms, 10s, 1.5m or 2h (units ms, s, m, h; a bare number is seconds).
     #[arg(long, env = "LEADERLOCK_ELECTION_TTL", default_value = "3", value_name = "DURATION", value_parser = election_ttl_secs)]
     election_ttl: i64,
+    /// This cluster's identity in etcd, written into every key the controller creates and into
+    /// its root's registration (default: the UID of the `kube-system` namespace). Controllers of
+    /// several clusters on one etcd need distinct identities and distinct --etcd-prefix roots.
+    #[arg(long, env = "LEADERLOCK_CLUSTER_ID")]
+    cluster_id: Option<ClusterId>,
 }
 
 #[derive(Args)]
@@ -202,6 +210,22 @@ async fn run_controller(args: Box<ControllerArgs>) -> Result<(), Box<dyn std::er
     let metrics = Arc::new(Metrics::default());
     let http = leaderlock::http::Server::bind(args.http_addr, metrics.clone(), leaderlock::http::Timeouts::default()).await?;
     tracing::info!(addr = %http.local_addr(), "serving /metrics, /healthz and /readyz");
+    let cluster_id = match args.cluster_id {
+        Some(id) => id,
+        None => kube_system_uid(&kube_client).await?,
+    };
+
+    // A root registered to another cluster is not ours to serve: write nothing, not even an
+    // election key, and say why (log, /readyz, every LeaderLock's Ready condition).
+    let keyspace = Keyspace::new(args.etcd_prefix.clone(), args.allowed_key_prefixes.clone());
+    if let Registration::Other(refusal) = registration::register(&etcd_client, &keyspace, &cluster_id, args.etcd_timeout).await? {
+        tracing::error!(root = %refusal.root, owner = %refusal.owner, cluster = %refusal.me, "{refusal}");
+        metrics.set_not_ready(refusal.to_string());
+        leaderlock::refusal::run(kube_client, args.namespace, refusal).await;
+        http.shutdown().await;
+        return Ok(());
+    }
+    tracing::info!(cluster = %cluster_id, root = %args.etcd_prefix, "serving this root as this cluster");
 
     // Only one replica acts at a time; the others wait on a watch of etcd's election key. The
     // election runs on its own thread and etcd connection, so no burst of reconciles can delay
@@ -211,7 +235,8 @@ async fn run_controller(args: Box<ControllerArgs>) -> Result<(), Box<dyn std::er
     let key = leadership.elected().await?;
     metrics.set_active(true);
     tracing::info!(key = %key, "active: this replica reconciles");
-    let engine_cfg = EngineConfig { root: args.etcd_prefix, allowed_prefixes: args.allowed_key_prefixes, call_timeout: args.etcd_timeout };
+    let engine_cfg =
+        EngineConfig { root: args.etcd_prefix, allowed_prefixes: args.allowed_key_prefixes, call_timeout: args.etcd_timeout, cluster_id };
     let engine = Arc::new(Engine::start(etcd_client, engine_cfg).await?);
     let maps = controller::Maps::default();
     sample_maps(&metrics, &engine, &maps);
@@ -249,6 +274,17 @@ fn sample_maps(metrics: &Metrics, engine: &Arc<Engine>, maps: &controller::Maps)
         let m = maps.clone();
         metrics.sample_map(name, Box::new(move || m.sizes().iter().find(|(n, _)| *n == name).map_or(0, |(_, v)| *v)));
     }
+}
+
+/// The default cluster identity: the `kube-system` namespace's UID, stable for a cluster's life
+/// and distinct between clusters.
+async fn kube_system_uid(client: &kube::Client) -> Result<ClusterId, String> {
+    let api: kube::Api<k8s_openapi::api::core::v1::Namespace> = kube::Api::all(client.clone());
+    let ns = api.get("kube-system").await.map_err(|e| {
+        format!("cannot read the kube-system namespace's UID for the default --cluster-id: {e}; grant `get` on the kube-system namespace or set --cluster-id")
+    })?;
+    let uid = ns.metadata.uid.ok_or("the kube-system namespace has no UID; set --cluster-id")?;
+    ClusterId::new(uid).map_err(|e| e.to_string())
 }
 
 /// Caps glibc's malloc at two arenas. By default each thread that meets contention gets its own

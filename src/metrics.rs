@@ -57,6 +57,8 @@ pub struct Metrics {
     pub active: Gauge,
     is_active: AtomicBool,
     sampled: Arc<Sampled>,
+    /// Why this controller serves nothing (e.g. its root belongs to another cluster): /readyz.
+    not_ready: std::sync::Mutex<Option<String>>,
     registry: Registry,
 }
 
@@ -72,6 +74,7 @@ impl Default for Metrics {
             active: Gauge::default(),
             is_active: AtomicBool::new(false),
             sampled: Arc::default(),
+            not_ready: std::sync::Mutex::default(),
             registry: Registry::with_prefix("leaderlock"),
         };
         m.register()
@@ -117,6 +120,16 @@ impl Metrics {
 
     pub fn is_active(&self) -> bool {
         self.is_active.load(Ordering::Relaxed)
+    }
+
+    /// Marks this controller not ready for good, with the reason /readyz shows.
+    pub fn set_not_ready(&self, reason: String) {
+        *self.not_ready.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(reason);
+    }
+
+    /// Why this controller is not ready, if it is not.
+    pub fn not_ready(&self) -> Option<String> {
+        self.not_ready.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
     }
 
     pub fn observe_reconcile(&self, took: Duration, failure: Option<&str>) {

@@ -134,6 +134,8 @@ pub mod reasons {
     pub const INVALID_SELECTOR: &str = "InvalidSelector";
     /// The apiserver refused a write the controller needs (RBAC); the message names it.
     pub const FORBIDDEN: &str = "Forbidden";
+    /// The etcd root is registered to another cluster: this controller serves nothing there.
+    pub const ROOT_OWNED_BY_OTHER_CLUSTER: &str = "RootOwnedByOtherCluster";
 }
 
 /// The CRD as YAML, exactly as checked in under `crds/`. Printed with serde-saphyr, the YAML

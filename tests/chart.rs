@@ -135,6 +135,7 @@ fn cluster_role_grants_exactly_what_the_controller_needs() {
 - {apiGroups: [leaderlock.dev], resources: [leaderlocks/status], verbs: [get, patch]}
 - {apiGroups: [""], resources: [pods], verbs: [get, list, watch, patch]}
 - {apiGroups: [events.k8s.io], resources: [events], verbs: [create]}
+- {apiGroups: [""], resources: [namespaces], resourceNames: [kube-system], verbs: [get]}
 "#,
     );
     assert_eq!(one(&docs, "ClusterRole")["rules"], expected);
@@ -143,6 +144,15 @@ fn cluster_role_grants_exactly_what_the_controller_needs() {
     assert_eq!(binding["subjects"], yaml("[{kind: ServiceAccount, name: ll-leaderlock, namespace: leaderlock-system}]"));
     assert_eq!(one(&docs, "ServiceAccount")["metadata"]["name"], "ll-leaderlock");
     assert!(!docs.iter().any(|d| d["kind"] == "Role" || d["kind"] == "RoleBinding"), "no namespaced grants");
+}
+
+#[test]
+fn a_given_cluster_id_is_passed_and_needs_no_namespace_grant() {
+    let (_, docs) = render("leaderlock-system", &["clusterId=east"]);
+    let args = &one(&docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"];
+    assert!(args.as_array().unwrap().iter().any(|a| a == "--cluster-id=east"), "{args:?}");
+    let rules = one(&docs, "ClusterRole")["rules"].as_array().unwrap().clone();
+    assert!(!rules.iter().any(|r| r["resources"][0] == "namespaces"), "{rules:?}");
 }
 
 #[test]

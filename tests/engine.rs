@@ -11,8 +11,9 @@ use std::time::{Duration, Instant};
 use common::env;
 use common::etcd::{ChildGuard, EtcdCluster, EtcdServer, TcpProxy, etcd_bin};
 use leaderlock::etcd::engine::{Engine, EngineConfig};
+use leaderlock::etcd::ownership::ClusterId;
 use leaderlock::etcd::{Error, EtcdConfig, connect};
-use leaderlock::lock::Candidate;
+use leaderlock::lock::{Candidate, Op};
 
 fn cand(i: usize) -> Candidate {
     Candidate { id: format!("uid-{i}"), name: format!("ns/pod-{i}") }
@@ -22,6 +23,10 @@ fn cands(n: usize) -> Vec<Candidate> {
     (0..n).map(cand).collect()
 }
 
+fn test_cluster() -> ClusterId {
+    ClusterId::new("test-cluster").unwrap()
+}
+
 fn unique_root(test: &str) -> String {
     static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     format!("/test-{test}-{}-{}/", std::process::id(), N.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
@@ -29,7 +34,8 @@ fn unique_root(test: &str) -> String {
 
 async fn engine_at(endpoint: &str, root: &str) -> Engine {
     let client = connect(&EtcdConfig::new(vec![endpoint.to_string()])).await.unwrap();
-    let cfg = EngineConfig { root: root.to_string(), allowed_prefixes: vec![], call_timeout: Duration::from_secs(5) };
+    let cfg =
+        EngineConfig { root: root.to_string(), allowed_prefixes: vec![], call_timeout: Duration::from_secs(5), cluster_id: test_cluster() };
     Engine::start(client, cfg).await.unwrap()
 }
 
@@ -235,6 +241,46 @@ async fn a_restarted_engine_adopts_its_lease_changes_no_holder_and_writes_nothin
     assert_eq!(revision(&etcd.endpoint()).await, before, "a restart must not write to etcd");
 }
 
+/// The upgrade to cluster identities: keys written before (`leaderlock:<ns>/<pod>`, no cluster)
+/// on our recorded lease are adopted as they are — no holder change, not one write — while a key
+/// of that form on another cluster's lease is never touched.
+#[tokio::test(flavor = "multi_thread")]
+async fn keys_from_before_cluster_identities_are_adopted_without_a_write_and_others_kept() {
+    let etcd = EtcdServer::start();
+    let root = "/leaderlock.dev/";
+    let mut c = etcd_client::Client::connect([etcd.endpoint()], None).await.unwrap();
+    let ours = c.lease_grant(15, None).await.unwrap().id();
+    let theirs = c.lease_grant(15, None).await.unwrap().id();
+    c.put(format!("{root}leases/15"), ours.to_string(), None).await.unwrap();
+    let (own, shared) = (format!("{root}locks/shop/ledger"), "/legacy/locks/job".to_string());
+    let old = |lease| Some(etcd_client::PutOptions::new().with_lease(lease));
+    c.put(format!("{own}/uid-0"), "leaderlock:ns/pod-0", old(ours)).await.unwrap();
+    c.put(format!("{own}/uid-1"), "leaderlock:ns/pod-1", old(ours)).await.unwrap();
+    c.put(format!("{shared}/uid-x"), "leaderlock:other/pod-x", old(theirs)).await.unwrap();
+    c.put(format!("{shared}/uid-0"), "leaderlock:ns/pod-0", old(ours)).await.unwrap();
+    let before = revision(&etcd.endpoint()).await;
+
+    let client = connect(&EtcdConfig::new(vec![etcd.endpoint()])).await.unwrap();
+    let cfg = EngineConfig {
+        root: root.into(),
+        allowed_prefixes: vec!["/legacy/locks/".into()],
+        call_timeout: Duration::from_secs(5),
+        cluster_id: test_cluster(),
+    };
+    let engine = Engine::start(client, cfg).await.unwrap();
+    assert_eq!(engine.sync(&own, &cands(2), 15).await.unwrap(), vec![], "adopting old keys writes nothing");
+    assert_eq!(engine.holder(&own).and_then(|h| h.candidate).as_deref(), Some("uid-0"), "the holder stays");
+    assert_eq!(engine.sync(&shared, &cands(1), 15).await.unwrap(), vec![]);
+    let holder = engine.holder(&shared).unwrap();
+    assert_eq!((holder.key.as_str(), holder.candidate), ("/legacy/locks/job/uid-x", None), "not ours: a foreign holder");
+    assert_eq!(revision(&etcd.endpoint()).await, before, "the upgrade wrote to etcd");
+
+    // Leaving the shared lock deletes our old key, never theirs.
+    let ops = engine.sync(&shared, &[], 15).await.unwrap();
+    assert!(matches!(ops.as_slice(), [Op::Delete { key, .. }] if key.ends_with("/uid-0")), "{ops:?}");
+    assert_eq!(engine.keys(&shared).iter().map(|k| k.key.as_str()).collect::<Vec<_>>(), ["/legacy/locks/job/uid-x"]);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn after_a_lost_lease_keys_are_recreated_with_the_previous_holder_first() {
     let endpoint = env("LEADERLOCK_ETCD_ENDPOINTS");
@@ -285,7 +331,12 @@ async fn tls_with_client_certificates_and_password_auth() {
     let client = connect(&cfg).await.unwrap();
     let engine = Engine::start(
         client,
-        EngineConfig { root: "/leaderlock.dev/".into(), allowed_prefixes: vec![], call_timeout: Duration::from_secs(5) },
+        EngineConfig {
+            root: "/leaderlock.dev/".into(),
+            allowed_prefixes: vec![],
+            call_timeout: Duration::from_secs(5),
+            cluster_id: test_cluster(),
+        },
     )
     .await
     .unwrap();
@@ -351,8 +402,12 @@ fn etcd_keys_outside_the_root_and_allowed_prefixes_are_refused() {
         let endpoint = env("LEADERLOCK_ETCD_ENDPOINTS");
         let client = connect(&EtcdConfig::new(vec![endpoint])).await.unwrap();
         let root = unique_root("allowed");
-        let cfg =
-            EngineConfig { root: root.clone(), allowed_prefixes: vec!["/legacy/locks/".into()], call_timeout: Duration::from_secs(5) };
+        let cfg = EngineConfig {
+            root: root.clone(),
+            allowed_prefixes: vec!["/legacy/locks/".into()],
+            call_timeout: Duration::from_secs(5),
+            cluster_id: test_cluster(),
+        };
         let engine = Engine::start(client, cfg).await.unwrap();
         assert_eq!(engine.lock_prefix("ns", "a", Some("/legacy/locks/a")).unwrap(), "/legacy/locks/a");
         let own = format!("{root}locks/ns/custom");
@@ -369,7 +424,12 @@ fn etcd_keys_outside_the_root_and_allowed_prefixes_are_refused() {
 async fn the_engine_keeps_watching_and_writing_through_the_loss_of_any_one_member() {
     let mut cluster = EtcdCluster::start(3);
     let client = connect(&EtcdConfig::new(cluster.endpoints())).await.unwrap();
-    let cfg = EngineConfig { root: "/leaderlock.dev/".into(), allowed_prefixes: vec![], call_timeout: Duration::from_secs(5) };
+    let cfg = EngineConfig {
+        root: "/leaderlock.dev/".into(),
+        allowed_prefixes: vec![],
+        call_timeout: Duration::from_secs(5),
+        cluster_id: test_cluster(),
+    };
     let engine = Engine::start(client, cfg).await.unwrap();
     let prefix = engine.lock_prefix("shop", "ledger", None).unwrap();
     engine.sync(&prefix, &cands(3), 30).await.unwrap();

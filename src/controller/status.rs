@@ -46,7 +46,8 @@ pub fn observed(
                 if let Some(h) = holders.get(prefix) {
                     st.holder = match holder_pod(h, candidates) {
                         Some(pod) => Some(pod),
-                        None if h.candidate.is_none() => Some(format!("etcd:{}", h.key)),
+                        // Another cluster's pod (`<cluster>/<ns>/<pod>`) or an outside holder (`etcd:<key>`).
+                        None if h.candidate.is_none() => Some(h.name.clone().unwrap_or_else(|| format!("etcd:{}", h.key))),
                         None => None, // a key of a pod that is leaving: not a holder to report
                     };
                     if st.holder.is_some() {

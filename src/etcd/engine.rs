@@ -14,6 +14,7 @@ use etcd_client::Client;
 use super::lease_pool::LeasePool;
 use super::mirror::Mirror;
 use super::mutex::txn_for;
+use super::ownership::{self, ClusterId};
 use super::{Result, call, retry};
 use crate::keyspace::Keyspace;
 use crate::lock::{self, Candidate, Holder, KeyState, Op};
@@ -26,12 +27,16 @@ pub struct EngineConfig {
     /// Prefixes outside the root that `etcdKey` overrides may use.
     pub allowed_prefixes: Vec<String>,
     pub call_timeout: Duration,
+    /// This controller's cluster: written into every key value it creates; it deletes or
+    /// rewrites no key naming another cluster (see [`super::ownership`]).
+    pub cluster_id: ClusterId,
 }
 
 /// The lock engine. One per controller process.
 pub struct Engine {
     client: Client,
     keyspace: Keyspace,
+    cluster_id: ClusterId,
     call_timeout: Duration,
     mirror: Mirror,
     leases: LeasePool,
@@ -47,7 +52,15 @@ impl Engine {
         let keyspace = Keyspace::new(cfg.root, cfg.allowed_prefixes);
         let mirror = Mirror::start(client.clone(), keyspace.watched(), cfg.call_timeout).await?;
         let leases = LeasePool::new(client.clone(), keyspace.clone(), cfg.call_timeout);
-        Ok(Engine { client, keyspace, call_timeout: cfg.call_timeout, mirror, leases, last_holder: Mutex::default() })
+        Ok(Engine {
+            client,
+            keyspace,
+            cluster_id: cfg.cluster_id,
+            call_timeout: cfg.call_timeout,
+            mirror,
+            leases,
+            last_holder: Mutex::default(),
+        })
     }
 
     pub fn mirror(&self) -> &Mirror {
@@ -67,14 +80,37 @@ impl Engine {
         Ok(self.keyspace.lock_prefix(namespace, lock, etcd_key)?)
     }
 
-    /// Keys under the lock `prefix`, from the mirror (no I/O).
+    pub fn cluster_id(&self) -> &ClusterId {
+        &self.cluster_id
+    }
+
+    /// Keys under the lock `prefix`, from the mirror (no I/O), as etcd holds them.
     pub fn keys(&self, prefix: &str) -> Vec<KeyState> {
         self.mirror.keys_under(&format!("{prefix}/"))
     }
 
-    /// The holder of the lock `prefix`, from the mirror (no I/O).
+    /// Keys under the lock `prefix` as the lock decision must judge them: only ours carry the
+    /// marker (see [`ownership::decision_view`]).
+    fn decision_keys(&self, prefix: &str) -> Vec<KeyState> {
+        ownership::decision_view(self.keys(prefix), &self.cluster_id, &self.our_leases())
+    }
+
+    /// The leases recorded under our root, from the mirror (no I/O): keys from before cluster
+    /// identities are ours when they live on one of them.
+    fn our_leases(&self) -> Vec<i64> {
+        let records = self.mirror.keys_under(&self.keyspace.lease_records());
+        records.iter().filter_map(|k| std::str::from_utf8(&k.value).ok()?.parse().ok()).collect()
+    }
+
+    /// The holder of the lock `prefix`, from the mirror (no I/O). A holder of another cluster has
+    /// no `candidate` and is named `<cluster>/<namespace>/<pod>`.
     pub fn holder(&self, prefix: &str) -> Option<Holder> {
-        lock::holder(prefix, &self.keys(prefix))
+        let mut holder = lock::holder(prefix, &self.decision_keys(prefix))?;
+        if holder.candidate.is_none() {
+            let raw = self.keys(prefix).into_iter().find(|k| k.key == holder.key);
+            holder.name = raw.and_then(|k| ownership::foreign_holder(&k, &self.cluster_id));
+        }
+        Some(holder)
     }
 
     /// How many lock prefixes have a remembered holder (for the `leaderlock_map_entries` gauge):
@@ -104,13 +140,13 @@ impl Engine {
             self.forget_holder(prefix); // our keys are about to go: nothing left to recreate
         }
         let lease = self.leases.get(ttl).await?;
-        let keys = self.keys(prefix);
+        let keys = self.decision_keys(prefix);
         let mut wanted = wanted.to_vec();
         if !keys.iter().any(|k| k.candidate_name().is_some()) {
             let prev = self.holders().get(prefix).cloned();
             lock::previous_holder_first(&mut wanted, prev.as_deref());
         }
-        Ok(lock::plan(prefix, &keys, &wanted, lease))
+        Ok(lock::plan(prefix, &keys, &wanted, lease).into_iter().map(|op| ownership::stamp(op, &self.cluster_id)).collect())
     }
 
     /// Remembers the current holder of `prefix`: if a lost lease wipes the lock's keys, they are
@@ -158,7 +194,7 @@ impl Engine {
     pub async fn release_all(&self, prefix: &str) -> Result<usize> {
         self.forget_holder(prefix);
         let ops: Vec<Op> =
-            lock::plan(prefix, &self.keys(prefix), &[], 0).into_iter().filter(|op| matches!(op, Op::Delete { .. })).collect();
+            lock::plan(prefix, &self.decision_keys(prefix), &[], 0).into_iter().filter(|op| matches!(op, Op::Delete { .. })).collect();
         self.apply_all(prefix, &ops, |_| {}).await?;
         Ok(ops.len())
     }

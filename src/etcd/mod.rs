@@ -9,7 +9,9 @@
 //! * [`mirror`] — one watch stream over the root prefix (and allowed external prefixes) keeping
 //!   an in-memory copy of every lock key at a known revision: waiters wait on it, never on a timer;
 //! * [`engine`] — applies the pure [`crate::lock`] decision through [`mutex`], reads holders from
-//!   the [`mirror`].
+//!   the [`mirror`];
+//! * [`ownership`] — whose key is it when several clusters share one etcd (pure);
+//! * [`registration`] — the root registered to one cluster with one guarded create.
 //!
 //! Which keys exist and which the controller may touch is pure: [`crate::keyspace`].
 //! Every call is bounded by a timeout; transient failures are retried with backoff.
@@ -20,6 +22,8 @@ pub mod engine;
 pub mod lease_pool;
 pub mod mirror;
 pub mod mutex;
+pub mod ownership;
+pub mod registration;
 pub mod session;
 
 use std::path::PathBuf;

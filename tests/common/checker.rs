@@ -200,7 +200,7 @@ impl Checker {
             .filter(|h| s.retired.get(&h.lock).is_none_or(|t| *t > h.at))
             .filter_map(|h| {
                 let (key, value, created) = h.from.as_ref()?;
-                let pod = value.strip_prefix(&format!("leaderlock:{}/", s.ns))?; // external holders release by themselves
+                let pod = pod_of(value, &s.ns)?; // external holders release by themselves
                 let explained = s.not_candidate.get(pod).is_some_and(|ts| {
                     ts.iter()
                         .any(|t| *t + s.lag_allowance.max(Duration::from_millis(500)) >= *created && *t <= h.at + Duration::from_secs(5))
@@ -331,9 +331,7 @@ impl State {
             Some((pod, token)) => {
                 let uid = self.pods.get(pod).map(|p| p.uid.clone()).unwrap_or_default();
                 self.holder(lock).is_some_and(|(key, kv)| {
-                    Some(kv.create_rev) == *token
-                        && kv.value == format!("leaderlock:{}/{pod}", self.ns)
-                        && key.ends_with(&format!("/{uid}"))
+                    Some(kv.create_rev) == *token && pod_of(&kv.value, &self.ns) == Some(pod.as_str()) && key.ends_with(&format!("/{uid}"))
                 })
             }
         };
@@ -387,6 +385,15 @@ impl State {
             }
             self.check_lock(&lock);
         }
+    }
+}
+
+/// The pod of namespace `ns` a LeaderLock key's value names, whichever cluster wrote it.
+fn pod_of<'a>(value: &'a str, ns: &str) -> Option<&'a str> {
+    use leaderlock::etcd::ownership::{Writer, writer};
+    match writer(value.as_bytes()) {
+        Writer::Cluster { name, .. } | Writer::Unnamed { name } => name.strip_prefix(ns)?.strip_prefix('/'),
+        Writer::Outside => None,
     }
 }
 
@@ -565,7 +572,7 @@ pub async fn converged(client: &kube::Client, ns: &str, endpoint: &str, root: &s
             }
             let ls = st.locks.iter().find(|l| l.name == lock.name).cloned().unwrap_or_default();
             let holder = mine.iter().min_by_key(|(_, r, _)| *r);
-            let want_holder = holder.map(|(_, r, v)| (v.trim_start_matches(&format!("leaderlock:{ns}/")).to_string(), r.to_string()));
+            let want_holder = holder.map(|(_, r, v)| (pod_of(v, ns).unwrap_or(v).to_string(), r.to_string()));
             if (ls.holder.clone(), ls.fencing_token.clone()) != (want_holder.clone().map(|h| h.0), want_holder.clone().map(|h| h.1)) {
                 return Err(format!("lock {}: status says {:?}/{:?}, etcd {want_holder:?}", lock.name, ls.holder, ls.fencing_token));
             }

@@ -1,0 +1,312 @@
+//! Several clusters on one lock etcd (docs/contract.md §4, §5): a root registered to one cluster
+//! is served by no other, and clusters sharing a lock under an allowed prefix never delete each
+//! other's keys and elect one leader between them.
+//!
+//! The refusal runs two real clusters: a second kube-apiserver (`hack/cluster.sh
+//! second-apiserver`) with its own `kube-system` UID, each controller with the default identity.
+//! The shared-lock test plays each cluster with a controller with its own --cluster-id watching
+//! its own namespace of one apiserver: to etcd — the only place clusters meet — that is two.
+mod common;
+
+use std::time::Duration;
+
+use common::etcd::{EtcdServer, TcpProxy};
+use common::k8s::*;
+use common::*;
+use etcd_client::{EventType, WatchOptions};
+
+/// Serialises the tests of this binary: each owns its controllers and lock etcd.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+async fn revision(endpoint: &str) -> i64 {
+    let mut c = etcd_client::Client::connect([endpoint], None).await.unwrap();
+    c.get("/", None).await.unwrap().header().unwrap().revision()
+}
+
+/// Every write (put or delete) to etcd within `window` after `from`, as (key, deleted, value of
+/// the deleted key's last version). Waits on a watch: returns early on nothing.
+async fn writes_within(endpoint: &str, from: i64, window: Duration) -> Vec<(String, bool, String)> {
+    let mut c = etcd_client::Client::connect([endpoint], None).await.unwrap();
+    let opts = WatchOptions::new().with_prefix().with_start_revision(from + 1).with_prev_key();
+    let mut stream = c.watch("/", Some(opts)).await.unwrap();
+    let mut writes = Vec::new();
+    let deadline = tokio::time::Instant::now() + window;
+    while let Ok(Ok(Some(resp))) = tokio::time::timeout_at(deadline, stream.message()).await {
+        for ev in resp.events() {
+            let kv = ev.kv().unwrap();
+            let prev = ev.prev_kv().map(|p| String::from_utf8_lossy(p.value()).into_owned()).unwrap_or_default();
+            writes.push((String::from_utf8_lossy(kv.key()).into_owned(), ev.event_type() == EventType::Delete, prev));
+        }
+    }
+    writes
+}
+
+/// (namespace, pod, role annotation).
+type RoleChange = (String, String, Option<String>);
+
+/// Every change of a pod's `leaderlock.dev/job` annotation in some namespaces, in the order the
+/// apiserver committed them (one watch over all namespaces: one storage, one order).
+struct RoleLog {
+    entries: std::sync::Arc<std::sync::Mutex<Vec<RoleChange>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl RoleLog {
+    fn start(c: &kube::Client, namespaces: &[&str]) -> RoleLog {
+        use futures::StreamExt;
+        use kube::ResourceExt;
+        let entries = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (sink, namespaces) = (entries.clone(), namespaces.iter().map(|n| n.to_string()).collect::<Vec<_>>());
+        let api = kube::Api::<k8s_openapi::api::core::v1::Pod>::all(c.clone());
+        let task = tokio::spawn(async move {
+            let mut last: std::collections::HashMap<(String, String), Option<String>> = Default::default();
+            let mut events = std::pin::pin!(kube::runtime::watcher(api, Default::default()));
+            while let Some(Ok(event)) = events.next().await {
+                let (kube::runtime::watcher::Event::Apply(p) | kube::runtime::watcher::Event::InitApply(p)) = event else { continue };
+                let (ns, name) = (p.namespace().unwrap_or_default(), p.name_any());
+                if !namespaces.contains(&ns) {
+                    continue;
+                }
+                let role = p.annotations().get("leaderlock.dev/job").cloned();
+                if last.insert((ns.clone(), name.clone()), role.clone()) != Some(role.clone()) {
+                    sink.lock().unwrap().push((ns, name, role));
+                }
+            }
+        });
+        RoleLog { entries, task }
+    }
+
+    fn entries(&self) -> Vec<RoleChange> {
+        self.entries.lock().unwrap().clone()
+    }
+}
+
+impl Drop for RoleLog {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn leaderlock_yaml(etcd_key: Option<&str>) -> String {
+    let key = etcd_key.map(|k| format!(", etcdKey: {k}")).unwrap_or_default();
+    format!(
+        "apiVersion: leaderlock.dev/v1alpha1\nkind: LeaderLock\nmetadata: {{name: jobs}}\nspec:\n  selector: {{matchLabels: {{app: worker}}}}\n  ttlSeconds: 5\n  locks: [{{name: job{key}}}]\n"
+    )
+}
+
+/// The second cluster: another kube-apiserver (`hack/cluster.sh second-apiserver`) on the same
+/// storage etcd under another prefix, so with its own `kube-system` UID. Started once per binary,
+/// stopped with the control plane. Returns its kubeconfig.
+fn second_cluster() -> String {
+    static SECOND: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    SECOND
+        .get_or_init(|| {
+            let script = concat!(env!("CARGO_MANIFEST_DIR"), "/hack/cluster.sh");
+            let out = std::process::Command::new(script).arg("second-apiserver").output().unwrap();
+            assert!(out.status.success(), "second apiserver: {}", String::from_utf8_lossy(&out.stderr));
+            let kubeconfig = format!("{}/kubeconfig-second", env("LEADERLOCK_CLUSTER_DIR"));
+            let crd = concat!(env!("CARGO_MANIFEST_DIR"), "/crds/leaderlock.dev_leaderlocks.yaml");
+            kubectl_ok(&["--kubeconfig", &kubeconfig, "apply", "--server-side", "-f", crd], None);
+            kubectl_ok(
+                &["--kubeconfig", &kubeconfig, "wait", "--for=condition=Established", "--timeout=60s", "crd/leaderlocks.leaderlock.dev"],
+                None,
+            );
+            kubeconfig
+        })
+        .clone()
+}
+
+async fn client_of(kubeconfig: &str) -> kube::Client {
+    let config = kube::config::Kubeconfig::read_from(kubeconfig).unwrap();
+    let config = kube::Config::from_custom_kubeconfig(config, &Default::default()).await.unwrap();
+    kube::Client::try_from(config).unwrap()
+}
+
+fn kube_system_uid(kubeconfig: &str) -> String {
+    kubectl_ok(&["--kubeconfig", kubeconfig, "get", "namespace", "kube-system", "-o", "jsonpath={.metadata.uid}"], None)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_controller_finding_its_root_registered_to_another_cluster_serves_nothing_and_says_why() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    install_crd();
+    let second = second_cluster();
+    let etcd = EtcdServer::start();
+    let endpoint = etcd.endpoint();
+    let (east_uid, west_uid) = (kube_system_uid(&env("KUBECONFIG")), kube_system_uid(&second));
+    assert_ne!(east_uid, west_uid, "two clusters, two identities");
+    let (east, west) = (client().await, client_of(&second).await);
+    let east_ns = namespace("multi-root");
+    let west_ns = east_ns.clone(); // the same name in another cluster
+    kubectl_ok(&["--kubeconfig", &second, "create", "namespace", &west_ns], None);
+    for (c, kubeconfig, ns) in [(&east, env("KUBECONFIG"), &east_ns), (&west, second.clone(), &west_ns)] {
+        ready_pods(c, ns, &["w-1", "w-2"], &[("app", "worker")]).await;
+        kubectl_ok(&["--kubeconfig", &kubeconfig, "apply", "-n", ns, "-f", "-"], Some(&leaderlock_yaml(None)));
+    }
+    // Both with the defaults: the same root, identities from each cluster's kube-system UID.
+    let _east_ctl = ControllerProcess::start(&["--etcd-endpoints", &endpoint, "--namespace", &east_ns]);
+    let east_holder = elected(&east, &east_ns, "jobs", "job", 2).await;
+    let before = revision(&endpoint).await;
+
+    let west_args = ["--etcd-endpoints", endpoint.as_str(), "--namespace", west_ns.as_str()];
+    let west_ctl = ControllerProcess::start_with_env(&west_args, &[("KUBECONFIG", &second)]);
+    let message = eventually("west's LeaderLock to say the root is another cluster's", Duration::from_secs(30), || async {
+        let st = leaderlock(&west, &west_ns, "jobs").await.status?;
+        let ready = st.conditions.into_iter().find(|c| c.type_ == "Ready")?;
+        (ready.status == "False" && ready.reason == "RootOwnedByOtherCluster").then_some(ready.message)
+    })
+    .await;
+    for part in [&format!("cluster {east_uid}"), &format!("cluster {west_uid}"), "--etcd-prefix", "--cluster-id", "/leaderlock.dev/"] {
+        assert!(message.contains(part), "{part:?} missing from the condition: {message}");
+    }
+    let readyz = west_ctl.http_get("/readyz").unwrap();
+    assert!(readyz.starts_with("not ready:") && readyz.contains(&east_uid), "/readyz: {readyz}");
+    let log = std::fs::read_to_string(&west_ctl.log).unwrap();
+    assert!(log.contains(&format!("registered to cluster {east_uid}")), "the log says why");
+    assert!(roles(&west, &west_ns, "job").await.is_empty(), "west's pods got a role from a root it does not serve");
+
+    // Neither the refusing controller nor the idle serving one wrote anything to etcd.
+    let writes = writes_within(&endpoint, before, Duration::from_secs(3)).await;
+    assert!(writes.is_empty(), "etcd writes after the second cluster's controller started: {writes:?}");
+    let version = leaderlock(&west, &west_ns, "jobs").await.metadata.resource_version;
+    drop(west_ctl);
+    let again = ControllerProcess::start_with_env(&west_args, &[("KUBECONFIG", &second)]);
+    wait_until("the restarted refusing controller to log its refusal", Duration::from_secs(30), || {
+        std::fs::read_to_string(&again.log).unwrap_or_default().contains("registered to cluster").then_some(())
+    });
+    assert_eq!(leaderlock(&west, &west_ns, "jobs").await.metadata.resource_version, version, "an already refused LeaderLock was rewritten");
+    assert_eq!(elected(&east, &east_ns, "jobs", "job", 2).await, east_holder, "the serving cluster kept its holder");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn clusters_sharing_a_lock_never_delete_each_others_keys_and_elect_one_leader() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    install_crd();
+    let etcd = EtcdServer::start();
+    let endpoint = etcd.endpoint();
+    let c = client().await;
+    let (east_ns, west_ns) = (namespace("multi-shared-east"), namespace("multi-shared-west"));
+    let shared = format!("/shared-{}/job", std::process::id());
+    let allowed = format!("/shared-{}/", std::process::id());
+    ready_pods(&c, &east_ns, &["w-1", "w-2"], &[("app", "worker")]).await;
+    kubectl_ok(&["apply", "-n", &east_ns, "-f", "-"], Some(&leaderlock_yaml(Some(&shared))));
+    let start = |ns: &str, id: &str, root: &str| {
+        ControllerProcess::start(&[
+            "--etcd-endpoints",
+            &endpoint,
+            "--namespace",
+            ns,
+            "--cluster-id",
+            id,
+            "--etcd-prefix",
+            root,
+            "--allowed-key-prefix",
+            &allowed,
+        ])
+    };
+    let _east = start(&east_ns, "east", "/east/");
+    let (east_leader, east_token) = elected(&c, &east_ns, "jobs", "job", 2).await;
+    let _west = start(&west_ns, "west", "/west/");
+    ready_pods(&c, &west_ns, &["w-1", "w-2"], &[("app", "worker")]).await;
+    kubectl_ok(&["apply", "-n", &west_ns, "-f", "-"], Some(&leaderlock_yaml(Some(&shared))));
+
+    // West queues behind east's holder: every west pod standby, its status names east's pod.
+    let foreign = format!("east/{east_ns}/{east_leader}");
+    eventually("west to report east's holder", Duration::from_secs(30), || async {
+        let (holder, token) = status_holder(&c, &west_ns, "jobs", "job").await?;
+        let roles = roles(&c, &west_ns, "job").await;
+        (holder == foreign && token == east_token && roles.len() == 2 && roles.values().all(|r| r == "standby")).then_some(())
+    })
+    .await;
+    assert_eq!(elected(&c, &east_ns, "jobs", "job", 2).await, (east_leader.clone(), east_token), "east kept its holder");
+
+    // Idle: not one write from either cluster, in particular no key of one deleted by the other.
+    let idle_from = revision(&endpoint).await;
+    let writes = writes_within(&endpoint, idle_from, Duration::from_secs(3)).await;
+    assert!(writes.is_empty(), "etcd writes while both clusters idle: {writes:?}");
+
+    // Failover across clusters: east's pods stop being Ready; east demotes its holder before its
+    // keys go, a west pod takes over with a larger token, and the only keys deleted are east's.
+    let roles_seen = RoleLog::start(&c, &[&east_ns, &west_ns]);
+    let leading = (east_ns.clone(), east_leader.clone(), Some("leader".to_string()));
+    wait_until("the role log to see east's holder", Duration::from_secs(10), || roles_seen.entries().contains(&leading).then_some(()));
+    let from = revision(&endpoint).await;
+    for pod in ["w-1", "w-2"] {
+        set_ready(&c, &east_ns, pod, false).await;
+    }
+    let (west_leader, west_token) = elected(&c, &west_ns, "jobs", "job", 2).await;
+    assert!(west_token > east_token, "the fencing token went from {east_token} to {west_token}");
+    let order = roles_seen.entries();
+    let demoted = order.iter().position(|(ns, pod, role)| *ns == east_ns && *pod == east_leader && role.as_deref() != Some("leader"));
+    let promoted = order.iter().position(|(ns, pod, role)| *ns == west_ns && *pod == west_leader && role.as_deref() == Some("leader"));
+    assert!(
+        matches!((demoted, promoted), (Some(d), Some(p)) if d < p),
+        "east's holder must be demoted before west's is promoted: {order:?}"
+    );
+    let writes = writes_within(&endpoint, from, Duration::from_secs(1)).await;
+    let deleted: Vec<&(String, bool, String)> = writes.iter().filter(|(k, del, _)| *del && k.starts_with(&allowed)).collect();
+    assert_eq!(deleted.len(), 2, "east's two keys go: {writes:?}");
+    assert!(deleted.iter().all(|(_, _, v)| v.starts_with("leaderlock@east:")), "a key of west was deleted: {deleted:?}");
+
+    // And back: east's new pods queue behind west's holder.
+    ready_pods(&c, &east_ns, &["w-3"], &[("app", "worker")]).await;
+    let foreign = format!("west/{west_ns}/{west_leader}");
+    eventually("east to report west's holder", Duration::from_secs(30), || async {
+        let (holder, _) = status_holder(&c, &east_ns, "jobs", "job").await?;
+        (holder == foreign && roles(&c, &east_ns, "job").await.get("w-3").is_some_and(|r| r == "standby")).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cluster_cut_off_from_etcd_longer_than_the_ttl_hands_the_shared_lock_to_the_other() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    install_crd();
+    let etcd = EtcdServer::start();
+    let endpoint = etcd.endpoint();
+    let mut proxy = TcpProxy::start(etcd.client_port).await;
+    let c = client().await;
+    let (east_ns, west_ns) = (namespace("multi-cut-east"), namespace("multi-cut-west"));
+    let allowed = format!("/shared-cut-{}/", std::process::id());
+    let shared = format!("{allowed}job");
+    let args = |ns: &str, id: &str, root: &str, etcd: &str| {
+        let args = ["--etcd-endpoints", etcd, "--etcd-timeout", "1s", "--namespace", ns, "--cluster-id", id];
+        let mut args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        args.extend(["--etcd-prefix".into(), root.into(), "--allowed-key-prefix".into(), allowed.clone()]);
+        args
+    };
+    let start = |args: &[String]| ControllerProcess::start(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let east_args = args(&east_ns, "east", "/east/", &proxy.endpoint());
+    ready_pods(&c, &east_ns, &["w-1"], &[("app", "worker")]).await;
+    kubectl_ok(&["apply", "-n", &east_ns, "-f", "-"], Some(&leaderlock_yaml(Some(&shared))));
+    let east = start(&east_args);
+    let (_, east_token) = elected(&c, &east_ns, "jobs", "job", 1).await;
+    let _west = start(&args(&west_ns, "west", "/west/", &endpoint));
+    ready_pods(&c, &west_ns, &["w-1", "w-2"], &[("app", "worker")]).await;
+    kubectl_ok(&["apply", "-n", &west_ns, "-f", "-"], Some(&leaderlock_yaml(Some(&shared))));
+    eventually("west to queue behind east", Duration::from_secs(30), || async {
+        let roles = roles(&c, &west_ns, "job").await;
+        (roles.len() == 2 && roles.values().all(|r| r == "standby")).then_some(())
+    })
+    .await;
+
+    // East's controller loses etcd: its lock lease expires after ttlSeconds, etcd deletes east's
+    // key, and a west pod holds with a larger token.
+    proxy.cut();
+    let (west_leader, west_token) = elected(&c, &west_ns, "jobs", "job", 2).await;
+    assert!(west_token > east_token, "the fencing token went from {east_token} to {west_token}");
+
+    // When east reaches etcd again (its controller exited on losing its election lease; a new
+    // one starts), its pod is demoted and the status names west's holder.
+    proxy.restore().await;
+    drop(east);
+    let _east = start(&east_args);
+    let foreign = format!("west/{west_ns}/{west_leader}");
+    eventually("east to demote its pod and report west's holder", Duration::from_secs(30), || async {
+        let (holder, token) = status_holder(&c, &east_ns, "jobs", "job").await?;
+        let roles = roles(&c, &east_ns, "job").await;
+        (holder == foreign && token == west_token && roles.get("w-1").is_some_and(|r| r == "standby")).then_some(())
+    })
+    .await;
+    assert_eq!(elected(&c, &west_ns, "jobs", "job", 2).await, (west_leader, west_token), "west kept the lock");
+}
