@@ -3,9 +3,10 @@
 //! no lease behind.
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::etcd::{EtcdServer, TcpProxy};
+use common::k8s::eventually;
 use leaderlock::etcd::election::campaign;
 use leaderlock::etcd::{EtcdConfig, connect};
 
@@ -18,19 +19,6 @@ async fn election_keys(endpoint: &str) -> Vec<(String, i64)> {
     let opts = etcd_client::GetOptions::new().with_prefix();
     let resp = c.get(format!("{ROOT}controller/"), Some(opts)).await.unwrap();
     resp.kvs().iter().map(|kv| (String::from_utf8_lossy(kv.key()).into_owned(), kv.lease())).collect()
-}
-
-/// Re-checks `check` every 50 ms until it holds or `timeout` passes (etcd has no watch for
-/// "a lease expired", and the election's own state is inside the campaign).
-async fn eventually<T>(what: &str, timeout: Duration, mut check: impl AsyncFnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 /// Before: the broken watch ended the standby's campaign with an error, and the controller
