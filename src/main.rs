@@ -243,12 +243,31 @@ async fn run_controller(args: Box<ControllerArgs>) -> Result<(), Box<dyn std::er
     let settings =
         Settings { instance: args.instance, metrics, namespace: args.namespace, concurrency: args.max_concurrent_reconciles, maps };
     tokio::select! {
-        () = controller::run(kube_client, engine, settings) => {
+        () = controller::run(kube_client, engine.clone(), settings) => {
             leadership.resign().await;
             http.shutdown().await;
             Ok(())
         }
-        () = leadership.lost() => Err("lost the controller election lease (etcd unreachable for longer than --election-ttl); exiting so a standby takes over".into()),
+        () = leadership.lost() => {
+            demote_before_exit(&engine).await;
+            Err("lost the controller election lease (etcd unreachable for longer than --election-ttl); exiting so a standby takes over".into())
+        }
+    }
+}
+
+/// How long a replica that lost its election waits for its holders' demotions before it exits.
+const DEMOTION_BOUND: Duration = Duration::from_secs(5);
+
+/// Once this replica exits nobody renews its lock leases until a standby adopts them, which
+/// one that cannot reach etcd either never does: its holders must not stay `leader` past the
+/// leases' expiry (docs/contract.md §4.7). Demotes them all, bounded by [`DEMOTION_BOUND`].
+async fn demote_before_exit(engine: &Engine) {
+    let generation = engine.step_down();
+    match tokio::time::timeout(DEMOTION_BOUND, engine.demoted(generation)).await {
+        Ok(()) => tracing::warn!("election lost: demoted this cluster's holders before exiting"),
+        Err(_) => {
+            tracing::error!(bound = ?DEMOTION_BOUND, "election lost: could not demote this cluster's holders in time; exiting anyway")
+        }
     }
 }
 

@@ -5,6 +5,9 @@
 //! adopts a recorded lease that is still alive, so it recreates no key and changes no holder.
 //! When a lease is lost anyway (etcd or every controller away longer than the TTL), the keys on
 //! it are gone; the next [`LeasePool::get`] grants a new one.
+//!
+//! A lease that goes unrenewed for half its TTL is *at risk* ([`LeasePool::is_at_risk`]): the
+//! controller stops calling the pods holding on it leaders before etcd could expire it.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -26,11 +29,13 @@ pub struct LeasePool {
     /// Serialises adopting/granting: concurrent first reconciles must end up on one lease, the
     /// one recorded (else the record could name a lease nobody keeps alive).
     acquiring: tokio::sync::Mutex<()>,
+    /// Bumped whenever a session's risk may have changed (at risk, renewed again, lost).
+    risk: tokio::sync::watch::Sender<u64>,
 }
 
 impl LeasePool {
     pub fn new(client: Client, keyspace: Keyspace, timeout: Duration) -> Self {
-        LeasePool { client, keyspace, timeout, live: Mutex::default(), acquiring: Default::default() }
+        LeasePool { client, keyspace, timeout, live: Mutex::default(), acquiring: Default::default(), risk: Default::default() }
     }
 
     /// The record key of the lease for `ttl` seconds.
@@ -58,8 +63,39 @@ impl LeasePool {
             None => self.grant_and_record(ttl, renewal).await?,
         };
         let id = session.lease();
+        self.forward_risk(&session);
         self.sessions().insert(ttl, session);
         Ok(id)
+    }
+
+    /// Whether `lease` is one of ours that may expire soon or is gone (no I/O). A lease the pool
+    /// does not keep is not judged here.
+    pub fn is_at_risk(&self, lease: i64) -> bool {
+        self.sessions().values().any(|s| s.lease() == lease && s.is_at_risk())
+    }
+
+    /// Changes whenever [`LeasePool::is_at_risk`] may have changed for some lease.
+    pub fn risk_changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.risk.subscribe()
+    }
+
+    /// Tells whoever watches [`LeasePool::risk_changes`] to look again.
+    pub fn notify_risk(&self) {
+        self.risk.send_modify(|generation| *generation += 1);
+    }
+
+    /// Relays `session`'s risk changes (and its end) to [`LeasePool::risk_changes`] until it ends.
+    fn forward_risk(&self, session: &Session) {
+        let (mut changes, pool) = (session.risk_changes(), self.risk.clone());
+        tokio::spawn(async move {
+            loop {
+                let ended = changes.changed().await.is_err();
+                pool.send_modify(|generation| *generation += 1);
+                if ended {
+                    return;
+                }
+            }
+        });
     }
 
     /// The session for `ttl`, if one was started (no I/O): whoever must learn of its loss waits
