@@ -334,11 +334,12 @@ async fn a_cluster_cut_off_from_etcd_longer_than_the_ttl_hands_the_shared_lock_t
     assert_eq!(elected(&c, &west_ns, "jobs", "job", 2).await, (west_leader, west_token), "west kept the lock");
 }
 
-/// Every key under `prefix` in the lock etcd, read directly (not through the test's proxy).
-async fn keys_with_prefix(endpoint: &str, prefix: &str) -> Vec<String> {
+/// Every key under `prefix` in the lock etcd with its create revision, read directly (not
+/// through the test's proxy).
+async fn keys_with_prefix(endpoint: &str, prefix: &str) -> Vec<(String, i64)> {
     let mut c = etcd_client::Client::connect([endpoint], None).await.unwrap();
     let resp = c.get(prefix, Some(etcd_client::GetOptions::new().with_prefix())).await.unwrap();
-    resp.kvs().iter().map(|kv| String::from_utf8_lossy(kv.key()).into_owned()).collect()
+    resp.kvs().iter().map(|kv| (String::from_utf8_lossy(kv.key()).into_owned(), kv.create_revision())).collect()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -376,4 +377,58 @@ async fn a_controller_cut_off_from_etcd_demotes_its_holder_before_the_lock_lease
     .await;
     assert_eq!(roles(&c, &ns, "job").await.get(&leader).map(String::as_str), Some("standby"), "promoted again while cut off");
     drop(ctl);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_standby_replica_that_reaches_etcd_takes_over_the_cut_off_one_with_no_holder_change() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    install_crd();
+    let etcd = EtcdServer::start();
+    let endpoint = etcd.endpoint();
+    let mut proxy = TcpProxy::start(etcd.client_port).await;
+    let c = client().await;
+    let ns = namespace("multi-cut-replica");
+    let root = format!("/replica-{}/", std::process::id());
+    ready_pods(&c, &ns, &["w-1"], &[("app", "worker")]).await;
+    // A TTL well above the election's, as advised: the standby adopts the lease in time.
+    kubectl_ok(&["apply", "-n", &ns, "-f", "-"], Some(&leaderlock_yaml(None).replace("ttlSeconds: 5", "ttlSeconds: 10")));
+    let replica = |etcd: &str| {
+        ControllerProcess::start(&[
+            "--etcd-endpoints",
+            etcd,
+            "--etcd-timeout",
+            "1s",
+            "--namespace",
+            &ns,
+            "--etcd-prefix",
+            &root,
+            "--cluster-id",
+            "one",
+        ])
+    };
+    let cut_off = replica(&proxy.endpoint());
+    let (leader, token) = elected(&c, &ns, "jobs", "job", 1).await;
+    let standby = replica(&endpoint);
+    eventually("the second replica to stand by", Duration::from_secs(30), || async {
+        (standby.http_get("/readyz").as_deref() == Some("ok: standby\n")).then_some(())
+    })
+    .await;
+    let lock_keys = format!("{root}locks/{ns}/job/");
+    let keys = keys_with_prefix(&endpoint, &lock_keys).await;
+
+    // The active replica loses etcd; the standby, which reaches it, takes over and adopts the
+    // lock lease before it expires: the same pod leads with the same token, and etcd's holder
+    // key was never recreated.
+    proxy.cut();
+    eventually("the standby to become active", Duration::from_secs(30), || async { standby.is_active().then_some(()) }).await;
+    wait_until("the cut-off replica to exit", Duration::from_secs(30), || (!cut_off.exits().is_empty()).then_some(()));
+    let (holder, again) = elected(&c, &ns, "jobs", "job", 1).await;
+    assert_eq!((holder, again), (leader.clone(), token), "the holder or its token changed");
+    eventually("the pod to be leader again", Duration::from_secs(30), || async {
+        (roles(&c, &ns, "job").await.get(&leader)? == "leader").then_some(())
+    })
+    .await;
+    assert_eq!(keys_with_prefix(&endpoint, &lock_keys).await, keys, "the holder's key was recreated");
+    let log = std::fs::read_to_string(&cut_off.log).unwrap();
+    assert!(log.contains("election lost: demoted this cluster's holders before exiting"), "no demotion before the exit:\n{log}");
 }
