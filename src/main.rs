@@ -240,8 +240,13 @@ async fn run_controller(args: Box<ControllerArgs>) -> Result<(), Box<dyn std::er
     let engine = Arc::new(Engine::start(etcd_client, engine_cfg).await?);
     let maps = controller::Maps::default();
     sample_maps(&metrics, &engine, &maps);
-    let settings =
-        Settings { instance: args.instance, metrics, namespace: args.namespace, concurrency: args.max_concurrent_reconciles, maps };
+    let settings = Settings {
+        instance: args.instance,
+        metrics: metrics.clone(),
+        namespace: args.namespace,
+        concurrency: args.max_concurrent_reconciles,
+        maps,
+    };
     tokio::select! {
         () = controller::run(kube_client, engine.clone(), settings) => {
             leadership.resign().await;
@@ -249,21 +254,35 @@ async fn run_controller(args: Box<ControllerArgs>) -> Result<(), Box<dyn std::er
             Ok(())
         }
         () = leadership.lost() => {
+            metrics.set_active(false);
             demote_before_exit(&engine).await;
             Err("lost the controller election lease (etcd unreachable for longer than --election-ttl); exiting so a standby takes over".into())
         }
     }
 }
 
-/// How long a replica that lost its election waits for its holders' demotions before it exits.
+/// How long a replica that lost its election waits for its last demotions to be written.
 const DEMOTION_BOUND: Duration = Duration::from_secs(5);
 
-/// Once this replica exits nobody renews its lock leases until a standby adopts them, which
-/// one that cannot reach etcd either never does: its holders must not stay `leader` past the
-/// leases' expiry (docs/contract.md §4.7). Demotes them all, bounded by [`DEMOTION_BOUND`].
+/// Once this replica exits nobody renews its lock leases until a standby adopts them, which one
+/// cut off from etcd too never does: its holders must not stay `leader` past the leases' expiry
+/// (docs/contract.md §4.7). So it lingers, reconciling nothing, until its lock leases are
+/// renewed past their risk window (etcd answers: a successor can adopt them, nothing to demote)
+/// or all are at risk and their holders demoted ([`DEMOTION_BOUND`] for the writes).
 async fn demote_before_exit(engine: &Engine) {
-    let generation = engine.step_down();
-    match tokio::time::timeout(DEMOTION_BOUND, engine.demoted(generation)).await {
+    let leases = engine.leases();
+    let renewed_through = tokio::time::Instant::now() + leases.longest_risk_window();
+    let mut changes = engine.fence_changes();
+    while !leases.all_at_risk() {
+        tokio::select! {
+            () = tokio::time::sleep_until(renewed_through) => {
+                tracing::info!("election lost, lock leases still renewed: exiting without demotions, a successor adopts them");
+                return;
+            }
+            changed = changes.changed() => if changed.is_err() { break },
+        }
+    }
+    match tokio::time::timeout(DEMOTION_BOUND, engine.demoted(engine.fence_generation())).await {
         Ok(()) => tracing::warn!("election lost: demoted this cluster's holders before exiting"),
         Err(_) => {
             tracing::error!(bound = ?DEMOTION_BOUND, "election lost: could not demote this cluster's holders in time; exiting anyway")

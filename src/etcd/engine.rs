@@ -6,7 +6,6 @@
 //! tests call it ([`Engine::sync`] is the same without an observer).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -45,8 +44,6 @@ pub struct Engine {
     /// lease are recreated with the same candidate first (and it keeps the lock). Forgotten when
     /// nobody of ours wants the lock any more: nothing of ours is left to recreate.
     last_holder: Mutex<HashMap<String, String>>,
-    /// Set when this replica stops being active: nobody renews our leases any more.
-    stepping_down: AtomicBool,
     /// The last [`LeasePool::risk_changes`] generation whose demotions were written.
     demoted: tokio::sync::watch::Sender<u64>,
 }
@@ -65,7 +62,6 @@ impl Engine {
             mirror,
             leases,
             last_holder: Mutex::default(),
-            stepping_down: AtomicBool::new(false),
             demoted: Default::default(),
         })
     }
@@ -127,17 +123,14 @@ impl Engine {
     }
 
     /// Whether keys on our `lease` must not make leaders: the lease went unrenewed for half its
-    /// TTL or is lost, or this replica is stepping down (no I/O).
+    /// TTL or is lost (no I/O).
     pub fn is_fenced(&self, lease: i64) -> bool {
-        self.stepping_down.load(Ordering::SeqCst) || self.leases.is_at_risk(lease)
+        self.leases.is_at_risk(lease)
     }
 
-    /// This replica stops being active (its election lease is lost): nobody renews our lock
-    /// leases until another replica adopts them, so every holder of ours is fenced. Returns the
-    /// generation [`Engine::demoted`] must reach.
-    pub fn step_down(&self) -> u64 {
-        self.stepping_down.store(true, Ordering::SeqCst);
-        self.leases.notify_risk();
+    /// The generation of [`Engine::fence_changes`] now: [`Engine::demoted`] reaches it once the
+    /// demotions it calls for are written.
+    pub fn fence_generation(&self) -> u64 {
         *self.leases.risk_changes().borrow()
     }
 

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use etcd_client::Client;
 
-use super::session::{Renewal, Session};
+use super::session::{Renewal, Session, at_risk_after};
 use super::{Result, call, retry};
 use crate::keyspace::Keyspace;
 
@@ -74,14 +74,20 @@ impl LeasePool {
         self.sessions().values().any(|s| s.lease() == lease && s.is_at_risk())
     }
 
+    /// Whether every lease the pool keeps is at risk or lost (true when it keeps none): nothing
+    /// of ours can still be called leader.
+    pub fn all_at_risk(&self) -> bool {
+        self.sessions().values().all(Session::is_at_risk)
+    }
+
+    /// The longest a lease of the pool can go unrenewed before it counts as at risk.
+    pub fn longest_risk_window(&self) -> Duration {
+        self.sessions().keys().map(|ttl| at_risk_after(*ttl)).max().unwrap_or_default()
+    }
+
     /// Changes whenever [`LeasePool::is_at_risk`] may have changed for some lease.
     pub fn risk_changes(&self) -> tokio::sync::watch::Receiver<u64> {
         self.risk.subscribe()
-    }
-
-    /// Tells whoever watches [`LeasePool::risk_changes`] to look again.
-    pub fn notify_risk(&self) {
-        self.risk.send_modify(|generation| *generation += 1);
     }
 
     /// Relays `session`'s risk changes (and its end) to [`LeasePool::risk_changes`] until it ends.
