@@ -271,7 +271,9 @@ const DEMOTION_BOUND: Duration = Duration::from_secs(5);
 /// or all are at risk and their holders demoted ([`DEMOTION_BOUND`] for the writes).
 async fn demote_before_exit(engine: &Engine) {
     let leases = engine.leases();
-    let renewed_through = tokio::time::Instant::now() + leases.longest_risk_window();
+    // Past this, a lease not at risk was renewed after the election was lost (with a margin
+    // against a tie with the risk deadline itself).
+    let renewed_through = tokio::time::Instant::now() + leases.longest_risk_window() + Duration::from_millis(500);
     let mut changes = engine.fence_changes();
     while !leases.all_at_risk() {
         tokio::select! {

@@ -11,7 +11,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use etcd_client::Client;
 
@@ -56,9 +56,9 @@ impl LeasePool {
         tracing::debug!(ttl, "lease: reading the recorded lease");
         let renewal = Renewal::lock_leases(ttl);
         let session = match self.recorded_alive(ttl).await? {
-            Some(id) => {
+            Some((id, renewed)) => {
                 tracing::info!(lease = id, ttl, "adopted recorded lease");
-                Session::attach(&self.client, id, ttl, renewal, self.timeout)
+                Session::attach(&self.client, id, ttl, renewed, renewal, self.timeout)
             }
             None => self.grant_and_record(ttl, renewal).await?,
         };
@@ -138,7 +138,9 @@ impl LeasePool {
         self.live.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    async fn recorded_alive(&self, ttl: i64) -> Result<Option<i64>> {
+    /// The recorded lease for `ttl` if etcd still has it, with the earliest moment etcd could
+    /// expire it.
+    async fn recorded_alive(&self, ttl: i64) -> Result<Option<(i64, Instant)>> {
         let (c, t, key) = (&self.client, self.timeout, self.record_key(ttl));
         let resp = retry(5, || {
             let (mut c, key) = (c.clone(), key.clone());
@@ -148,12 +150,14 @@ impl LeasePool {
         let Some(id) = resp.kvs().first().and_then(|kv| kv.value_str().ok()?.parse::<i64>().ok()) else {
             return Ok(None);
         };
+        let asked = Instant::now();
         let alive = retry(5, || {
             let mut c = c.clone();
             async move { call("lease time-to-live", t, c.lease_time_to_live(id, None)).await }
         })
         .await?;
-        Ok((alive.ttl() > 0).then_some(id))
+        // etcd answers whole seconds left, rounded down, as of some moment after we asked.
+        Ok((alive.ttl() > 0).then(|| (id, asked + Duration::from_secs(alive.ttl() as u64))))
     }
 
     async fn grant_and_record(&self, ttl: i64, renewal: Renewal) -> Result<Session> {

@@ -51,6 +51,11 @@ pub fn at_risk_after(ttl: i64) -> Duration {
     Duration::from_millis(ttl.max(1) as u64 * 1000 / 2)
 }
 
+/// The time left, once a lease is at risk, before etcd could expire it.
+fn demotion_window(ttl: i64) -> Duration {
+    Duration::from_secs(ttl.max(1) as u64).saturating_sub(at_risk_after(ttl))
+}
+
 /// A lease kept alive until it is lost, closed, or the last clone is dropped (then it is
 /// orphaned: no longer renewed, not revoked, so the next owner can still adopt it).
 #[derive(Clone)]
@@ -83,14 +88,16 @@ impl Session {
     /// Grants a lease of `ttl` seconds and starts keeping it alive.
     pub async fn grant(client: &Client, ttl: i64, renewal: Renewal, timeout: Duration) -> Result<Session> {
         let mut c = client.clone();
+        let expires = Instant::now() + Duration::from_secs(ttl.max(0) as u64);
         let lease = call("lease grant", timeout, c.lease_grant(ttl, None)).await?.id();
-        Ok(Self::attach(client, lease, ttl, renewal, timeout))
+        Ok(Self::attach(client, lease, ttl, expires, renewal, timeout))
     }
 
-    /// Keeps an existing lease alive (adoption: no write). The caller has checked it is alive.
-    pub fn attach(client: &Client, lease: i64, ttl: i64, renewal: Renewal, timeout: Duration) -> Session {
+    /// Keeps an existing lease alive (adoption: no write). The caller has checked it is alive,
+    /// and that etcd cannot expire it before `expires` (the risk is counted from there).
+    pub fn attach(client: &Client, lease: i64, ttl: i64, expires: Instant, renewal: Renewal, timeout: Duration) -> Session {
         let (alive_tx, alive) = watch::channel(true);
-        let (renewed_tx, renewed) = watch::channel(Instant::now());
+        let (renewed_tx, renewed) = watch::channel(expires);
         let (at_risk_tx, at_risk) = watch::channel(false);
         let keeper_client = client.clone();
         let keeper = tokio::spawn(async move {
@@ -98,7 +105,7 @@ impl Session {
             tracing::warn!(lease, ttl, "lease lost: the keys attached to it are gone");
             let _ = alive_tx.send(false);
         });
-        let risk = tokio::spawn(watch_risk(lease, at_risk_after(ttl), renewed, at_risk_tx));
+        let risk = tokio::spawn(watch_risk(lease, demotion_window(ttl), renewed, at_risk_tx));
         Session { inner: Arc::new(Inner { client: client.clone(), lease, ttl, timeout, alive, at_risk, keeper, risk }) }
     }
 
@@ -149,12 +156,12 @@ impl Session {
 /// errors (retrying at least every period). Returns when the lease is gone: etcd says it
 /// expired, or — after a whole TTL without a renewal — etcd cannot confirm it and the policy
 /// says give up.
-async fn keep_alive(client: &Client, lease: i64, ttl: i64, renewal: Renewal, timeout: Duration, renewed: &watch::Sender<Instant>) {
+async fn keep_alive(client: &Client, lease: i64, ttl: i64, renewal: Renewal, timeout: Duration, expires: &watch::Sender<Instant>) {
     let mut backoff = Backoff::default();
     let mut last_renewed = Instant::now();
     loop {
         if let Err(Error::LeaseLost { .. }) =
-            renew_until_error(client, lease, renewal.period, timeout, &mut last_renewed, &mut backoff, renewed).await
+            renew_until_error(client, lease, ttl, renewal.period, timeout, &mut last_renewed, &mut backoff, expires).await
         {
             return;
         }
@@ -176,14 +183,16 @@ async fn keep_alive(client: &Client, lease: i64, ttl: i64, renewal: Renewal, tim
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn renew_until_error(
     client: &Client,
     id: i64,
+    ttl: i64,
     period: Duration,
     timeout: Duration,
     last_renewed: &mut Instant,
     backoff: &mut Backoff,
-    renewed: &watch::Sender<Instant>,
+    expires: &watch::Sender<Instant>,
 ) -> Result<()> {
     let mut c = client.clone();
     let (mut keeper, mut stream) = call("lease keep-alive", timeout, c.lease_keep_alive(id)).await?;
@@ -197,7 +206,7 @@ async fn renew_until_error(
             Some(r) if r.ttl() > 0 => {
                 *last_renewed = Instant::now();
                 *backoff = Backoff::default();
-                renewed.send_replace(sent);
+                expires.send_replace(sent + Duration::from_secs(ttl.max(0) as u64));
             }
             Some(_) => return Err(Error::LeaseLost { lease: id }),
             None => return Err(Error::WatchEnded("keep-alive stream closed".into())),
@@ -206,22 +215,23 @@ async fn renew_until_error(
     }
 }
 
-/// Says when the lease goes without a confirmed renewal for `after`: a deadline derived from
-/// the lease (re-armed by every renewal), no I/O. Ends when the keeper does.
-async fn watch_risk(lease: i64, after: Duration, mut renewed: watch::Receiver<Instant>, at_risk: watch::Sender<bool>) {
+/// Says when the lease is within `window` of the earliest moment etcd could expire it: a
+/// deadline derived from the lease (moved by every renewal), no I/O. Ends when the keeper does.
+async fn watch_risk(lease: i64, window: Duration, mut expires: watch::Receiver<Instant>, at_risk: watch::Sender<bool>) {
     loop {
-        let deadline = *renewed.borrow_and_update() + after;
+        // Unrepresentable (a machine up for less than the window): at risk at once.
+        let deadline = expires.borrow_and_update().checked_sub(window).unwrap_or_else(Instant::now);
         tokio::select! {
             () = tokio::time::sleep_until(deadline.into()) => {
-                tracing::warn!(lease, after = ?after, "lease not renewed: at risk of expiring");
+                tracing::warn!(lease, left = ?window, "lease not renewed: at risk of expiring");
                 at_risk.send_replace(true);
-                if renewed.changed().await.is_err() {
+                if expires.changed().await.is_err() {
                     return;
                 }
                 tracing::info!(lease, "lease renewed again: no longer at risk");
                 at_risk.send_replace(false);
             }
-            changed = renewed.changed() => if changed.is_err() { return },
+            changed = expires.changed() => if changed.is_err() { return },
         }
     }
 }
@@ -255,18 +265,24 @@ mod tests {
 
     #[tokio::test]
     async fn the_risk_is_raised_no_sooner_than_due_and_cleared_by_the_next_renewal() {
-        let after = Duration::from_millis(300);
-        let (renewed_tx, renewed) = watch::channel(Instant::now());
+        let (ttl, window) = (Duration::from_millis(600), Duration::from_millis(300));
+        let renewed = Instant::now();
+        let (expires_tx, expires) = watch::channel(renewed + ttl);
         let (risk_tx, mut risk) = watch::channel(false);
-        let task = tokio::spawn(watch_risk(1, after, renewed, risk_tx));
-        let last = Instant::now();
-        renewed_tx.send_replace(last);
+        let task = tokio::spawn(watch_risk(1, window, expires, risk_tx));
         tokio::time::timeout(Duration::from_secs(5), risk.changed()).await.unwrap().unwrap();
-        assert!(*risk.borrow_and_update() && last.elapsed() >= after, "raised {:?} after the last renewal", last.elapsed());
-        renewed_tx.send_replace(Instant::now());
+        assert!(*risk.borrow_and_update(), "raised, then cleared without a renewal");
+        assert!(renewed.elapsed() >= ttl - window, "raised {:?} after the last renewal", renewed.elapsed());
+        expires_tx.send_replace(Instant::now() + ttl);
         tokio::time::timeout(Duration::from_secs(5), risk.changed()).await.unwrap().unwrap();
         assert!(!*risk.borrow(), "not cleared by a renewal");
-        drop(renewed_tx);
+        drop(expires_tx);
         tokio::time::timeout(Duration::from_secs(5), task).await.unwrap().unwrap();
+    }
+
+    #[test]
+    fn half_the_ttl_is_left_to_demote_once_a_lease_is_at_risk() {
+        assert_eq!(demotion_window(5), Duration::from_millis(2500));
+        assert_eq!(demotion_window(15), Duration::from_millis(7500));
     }
 }
