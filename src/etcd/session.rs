@@ -1,5 +1,6 @@
 //! One lease kept alive, like etcd's `concurrency.Session`: granted (or attached to an existing
-//! lease, to adopt it), renewed in the background by a policy, with one signal when it is lost.
+//! lease, to adopt it), renewed in the background by a policy, with one signal when it is lost
+//! and one while it is at risk (unrenewed for half its TTL: etcd may expire it soon).
 //! Both owners of leases use it: the replica election (one session per campaign) and the
 //! [`super::lease_pool`] (one session per TTL value for every candidate key).
 
