@@ -432,3 +432,33 @@ async fn a_standby_replica_that_reaches_etcd_takes_over_the_cut_off_one_with_no_
     let log = std::fs::read_to_string(&cut_off.log).unwrap();
     assert!(log.contains("election lost: demoted this cluster's holders before exiting"), "no demotion before the exit:\n{log}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cut_shorter_than_half_the_ttl_changes_no_pod_even_when_the_replica_exits() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    install_crd();
+    let etcd = EtcdServer::start();
+    let mut proxy = TcpProxy::start(etcd.client_port).await;
+    let c = client().await;
+    let ns = namespace("multi-cut-brief");
+    let root = format!("/brief-{}/", std::process::id());
+    ready_pods(&c, &ns, &["w-1"], &[("app", "worker")]).await;
+    // ttlSeconds 20: the lease is at risk only after 10 s without a renewal.
+    kubectl_ok(&["apply", "-n", &ns, "-f", "-"], Some(&leaderlock_yaml(None).replace("ttlSeconds: 5", "ttlSeconds: 20")));
+    let proxied = proxy.endpoint();
+    let ctl = ControllerProcess::start(&["--etcd-endpoints", &proxied, "--etcd-timeout", "1s", "--namespace", &ns, "--etcd-prefix", &root]);
+    let (leader, _) = elected(&c, &ns, "jobs", "job", 1).await;
+    let roles_seen = RoleLog::start(&c, &[&ns]);
+    let leading = (ns.clone(), leader.clone(), Some("leader".to_string()));
+    wait_until("the role log to see the holder", Duration::from_secs(10), || roles_seen.entries().contains(&leading).then_some(()));
+
+    // Longer than --election-ttl (2 s): the replica loses its election and exits; but its lock
+    // lease is renewed again long before it is at risk, so it exits without demoting anyone.
+    proxy.cut();
+    tokio::time::sleep(Duration::from_secs(4)).await; // the fault itself
+    proxy.restore().await;
+    wait_until("the replica to exit", Duration::from_secs(30), || (!ctl.exits().is_empty()).then_some(()));
+    let log = std::fs::read_to_string(&ctl.log).unwrap();
+    assert!(log.contains("exiting without demotions"), "the replica did not see its lease renewed:\n{log}");
+    assert_eq!(roles_seen.entries(), [leading], "a pod changed role on a cut shorter than half the TTL");
+}
