@@ -255,39 +255,8 @@ async fn run_controller(args: Box<ControllerArgs>) -> Result<(), Box<dyn std::er
         }
         () = leadership.lost() => {
             metrics.set_active(false);
-            demote_before_exit(&engine).await;
+            controller::demote_before_exit(&engine).await;
             Err("lost the controller election lease (etcd unreachable for longer than --election-ttl); exiting so a standby takes over".into())
-        }
-    }
-}
-
-/// How long a replica that lost its election waits for its last demotions to be written.
-const DEMOTION_BOUND: Duration = Duration::from_secs(5);
-
-/// Once this replica exits nobody renews its lock leases until a standby adopts them, which one
-/// cut off from etcd too never does: its holders must not stay `leader` past the leases' expiry
-/// (docs/contract.md §4.7). So it lingers, reconciling nothing, until its lock leases are
-/// renewed past their risk window (etcd answers: a successor can adopt them, nothing to demote)
-/// or all are at risk and their holders demoted ([`DEMOTION_BOUND`] for the writes).
-async fn demote_before_exit(engine: &Engine) {
-    let leases = engine.leases();
-    // Past this, a lease not at risk was renewed after the election was lost (with a margin
-    // against a tie with the risk deadline itself).
-    let renewed_through = tokio::time::Instant::now() + leases.longest_risk_window() + Duration::from_millis(500);
-    let mut changes = engine.fence_changes();
-    while !leases.all_at_risk() {
-        tokio::select! {
-            () = tokio::time::sleep_until(renewed_through) => {
-                tracing::info!("election lost, lock leases still renewed: exiting without demotions, a successor adopts them");
-                return;
-            }
-            changed = changes.changed() => if changed.is_err() { break },
-        }
-    }
-    match tokio::time::timeout(DEMOTION_BOUND, engine.demoted(engine.fence_generation())).await {
-        Ok(()) => tracing::warn!("election lost: demoted this cluster's holders before exiting"),
-        Err(_) => {
-            tracing::error!(bound = ?DEMOTION_BOUND, "election lost: could not demote this cluster's holders in time; exiting anyway")
         }
     }
 }

@@ -1,12 +1,14 @@
-//! Demote-before-expiry (docs/contract.md §4.7): when a lock lease of ours goes unrenewed for
-//! half its TTL (etcd unreachable), or this replica steps down, its holders stop being leaders
-//! at once — through the apiserver, before etcd could expire the lease and another cluster (or
-//! a standby replica) promote the next candidate. When renewals resume, every LeaderLock is
-//! reconciled again and the same holders are promoted with the same tokens: etcd saw no change.
+//! Demote-before-expiry (docs/contract.md §4.5, §4.7): when a lock lease of ours goes unrenewed
+//! for half its TTL (etcd unreachable), its holders stop being leaders at once — through the
+//! apiserver, before etcd could expire the lease and another cluster promote the next
+//! candidate. When renewals resume, every LeaderLock is reconciled again and the same holders
+//! are promoted with the same tokens: etcd saw no change. A replica that lost its election
+//! waits for these demotions before it exits ([`demote_before_exit`]).
 //!
 //! Woken by the lease pool's risk signal (a deadline derived from each lease), never a timer.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures::StreamExt;
 use kube::ResourceExt;
@@ -15,7 +17,11 @@ use tokio::sync::mpsc::UnboundedSender;
 
 use super::reconcile::{execute, observe};
 use super::{Context, plan};
+use crate::etcd::engine::Engine;
 use crate::resource::LeaderLock;
+
+/// How long a replica that lost its election waits for its last demotions to be written.
+const DEMOTION_BOUND: Duration = Duration::from_secs(5);
 
 /// Demotes on every risk change until the engine is dropped, then asks for a reconcile of every
 /// LeaderLock (the status, and promotions once a lease is safe again).
@@ -47,4 +53,35 @@ async fn demote_fenced(ctx: &Context, lls: &Store<LeaderLock>, concurrency: usiz
             }
         })
         .await;
+}
+
+/// For a replica that lost its election, before it exits. Once it exits nobody renews its lock
+/// leases until a standby adopts them, which one cut off from etcd too never does: its holders
+/// must not stay `leader` past the leases' expiry. So it lingers, reconciling nothing, until
+/// its lock leases are either renewed past their risk window (etcd answers: a successor can
+/// adopt them, nothing to demote) or all at risk, and their demotions are written (at most
+/// [`DEMOTION_BOUND`]).
+pub async fn demote_before_exit(engine: &Engine) {
+    let leases = engine.leases();
+    // Past this, a lease not at risk was renewed after the election was lost (with a margin
+    // against a tie with the risk deadline itself).
+    let renewed_through = tokio::time::Instant::now() + leases.longest_risk_window() + Duration::from_millis(500);
+    let mut changes = engine.fence_changes();
+    let all_at_risk = loop {
+        if leases.all_at_risk() {
+            break true;
+        }
+        tokio::select! {
+            () = tokio::time::sleep_until(renewed_through) => break false,
+            changed = changes.changed() => if changed.is_err() { break leases.all_at_risk() },
+        }
+    };
+    let written = tokio::time::timeout(DEMOTION_BOUND, engine.demoted(engine.fence_generation())).await.is_ok();
+    match (all_at_risk, written) {
+        (true, true) => tracing::warn!("election lost: demoted this cluster's holders before exiting"),
+        (false, true) => tracing::info!("election lost, lock leases still renewed: exiting without demotions, a successor adopts them"),
+        (_, false) => {
+            tracing::error!(bound = ?DEMOTION_BOUND, "election lost: could not demote this cluster's holders in time; exiting anyway")
+        }
+    }
 }

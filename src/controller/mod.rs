@@ -34,6 +34,7 @@ use kube::runtime::controller::Action;
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 
 pub use error::{Error, Result};
+pub use fencing::demote_before_exit;
 pub use wiring::{Settings, run};
 pub use written::Written;
 
