@@ -240,15 +240,24 @@ async fn run_controller(args: Box<ControllerArgs>) -> Result<(), Box<dyn std::er
     let engine = Arc::new(Engine::start(etcd_client, engine_cfg).await?);
     let maps = controller::Maps::default();
     sample_maps(&metrics, &engine, &maps);
-    let settings =
-        Settings { instance: args.instance, metrics, namespace: args.namespace, concurrency: args.max_concurrent_reconciles, maps };
+    let settings = Settings {
+        instance: args.instance,
+        metrics: metrics.clone(),
+        namespace: args.namespace,
+        concurrency: args.max_concurrent_reconciles,
+        maps,
+    };
     tokio::select! {
-        () = controller::run(kube_client, engine, settings) => {
+        () = controller::run(kube_client, engine.clone(), settings) => {
             leadership.resign().await;
             http.shutdown().await;
             Ok(())
         }
-        () = leadership.lost() => Err("lost the controller election lease (etcd unreachable for longer than --election-ttl); exiting so a standby takes over".into()),
+        () = leadership.lost() => {
+            metrics.set_active(false);
+            controller::demote_before_exit(&engine).await;
+            Err("lost the controller election lease (etcd unreachable for longer than --election-ttl); exiting so a standby takes over".into())
+        }
     }
 }
 

@@ -79,6 +79,23 @@ impl RoleLog {
     fn entries(&self) -> Vec<RoleChange> {
         self.entries.lock().unwrap().clone()
     }
+
+    /// The first moment, replaying the log, at which two pods were annotated `leader` at once.
+    fn two_leaders(&self) -> Option<Vec<RoleChange>> {
+        let entries = self.entries();
+        let mut leaders = std::collections::BTreeSet::new();
+        for (i, (ns, pod, role)) in entries.iter().enumerate() {
+            if role.as_deref() == Some("leader") {
+                leaders.insert((ns.clone(), pod.clone()));
+            } else {
+                leaders.remove(&(ns.clone(), pod.clone()));
+            }
+            if leaders.len() > 1 {
+                return Some(entries[..=i].to_vec());
+            }
+        }
+        None
+    }
 }
 
 impl Drop for RoleLog {
@@ -290,23 +307,158 @@ async fn a_cluster_cut_off_from_etcd_longer_than_the_ttl_hands_the_shared_lock_t
     })
     .await;
 
-    // East's controller loses etcd: its lock lease expires after ttlSeconds, etcd deletes east's
-    // key, and a west pod holds with a larger token.
+    // East's controller loses etcd: it demotes its pod before its lock lease can expire; then
+    // etcd deletes east's key and a west pod holds with a larger token. Across both clusters,
+    // never two pods annotated leader at once.
+    let roles_seen = RoleLog::start(&c, &[&east_ns, &west_ns]);
+    let leading = (east_ns.clone(), "w-1".to_string(), Some("leader".to_string()));
+    wait_until("the role log to see east's holder", Duration::from_secs(10), || roles_seen.entries().contains(&leading).then_some(()));
     proxy.cut();
     let (west_leader, west_token) = elected(&c, &west_ns, "jobs", "job", 2).await;
     assert!(west_token > east_token, "the fencing token went from {east_token} to {west_token}");
+    assert_eq!(roles_seen.two_leaders(), None, "two pods across the clusters were annotated leader at once");
+    assert_eq!(roles(&c, &east_ns, "job").await.get("w-1").map(String::as_str), Some("standby"), "east's pod still leads");
 
     // When east reaches etcd again (its controller exited on losing its election lease; a new
-    // one starts), its pod is demoted and the status names west's holder.
+    // one starts), its pod stays standby and the status names west's holder.
     proxy.restore().await;
     drop(east);
     let _east = start(&east_args);
     let foreign = format!("west/{west_ns}/{west_leader}");
-    eventually("east to demote its pod and report west's holder", Duration::from_secs(30), || async {
+    eventually("east to report west's holder", Duration::from_secs(30), || async {
         let (holder, token) = status_holder(&c, &east_ns, "jobs", "job").await?;
         let roles = roles(&c, &east_ns, "job").await;
         (holder == foreign && token == west_token && roles.get("w-1").is_some_and(|r| r == "standby")).then_some(())
     })
     .await;
     assert_eq!(elected(&c, &west_ns, "jobs", "job", 2).await, (west_leader, west_token), "west kept the lock");
+}
+
+/// Every key under `prefix` in the lock etcd with its create revision, read directly (not
+/// through the test's proxy).
+async fn keys_with_prefix(endpoint: &str, prefix: &str) -> Vec<(String, i64)> {
+    let mut c = etcd_client::Client::connect([endpoint], None).await.unwrap();
+    let resp = c.get(prefix, Some(etcd_client::GetOptions::new().with_prefix())).await.unwrap();
+    resp.kvs().iter().map(|kv| (String::from_utf8_lossy(kv.key()).into_owned(), kv.create_revision())).collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_controller_cut_off_from_etcd_demotes_its_holder_before_the_lock_lease_can_expire() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    install_crd();
+    let etcd = EtcdServer::start();
+    let endpoint = etcd.endpoint();
+    let mut proxy = TcpProxy::start(etcd.client_port).await;
+    let c = client().await;
+    let ns = namespace("multi-cut-alone");
+    let root = format!("/alone-{}/", std::process::id());
+    ready_pods(&c, &ns, &["w-1"], &[("app", "worker")]).await;
+    kubectl_ok(&["apply", "-n", &ns, "-f", "-"], Some(&leaderlock_yaml(None)));
+    let proxied = proxy.endpoint();
+    let args = ["--etcd-endpoints", &proxied, "--etcd-timeout", "1s", "--namespace", &ns, "--etcd-prefix", &root, "--cluster-id", "alone"];
+    let ctl = ControllerProcess::start(&args);
+    let (leader, _) = elected(&c, &ns, "jobs", "job", 1).await;
+    let lock_keys = format!("{root}locks/{ns}/job/");
+    assert_eq!(keys_with_prefix(&endpoint, &lock_keys).await.len(), 1, "the holder's key");
+
+    // Cut for longer than ttlSeconds (5 s): the pod is demoted while its key still exists,
+    // that is before etcd expired the lease it lives on.
+    proxy.cut();
+    eventually("the cut-off controller to demote its holder", Duration::from_secs(30), || async {
+        (roles(&c, &ns, "job").await.get(&leader)? == "standby").then_some(())
+    })
+    .await;
+    let keys = keys_with_prefix(&endpoint, &lock_keys).await;
+    assert_eq!(keys.len(), 1, "the holder was demoted only after its lease expired");
+    assert!(!annotations(&c, &ns, &leader).await.contains_key("leaderlock.dev/job.token"), "the demoted pod kept its token");
+    eventually("etcd to expire the unrenewed lease", Duration::from_secs(30), || async {
+        keys_with_prefix(&endpoint, &lock_keys).await.is_empty().then_some(())
+    })
+    .await;
+    assert_eq!(roles(&c, &ns, "job").await.get(&leader).map(String::as_str), Some("standby"), "promoted again while cut off");
+    drop(ctl);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_standby_replica_that_reaches_etcd_takes_over_the_cut_off_one_with_no_holder_change() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    install_crd();
+    let etcd = EtcdServer::start();
+    let endpoint = etcd.endpoint();
+    let mut proxy = TcpProxy::start(etcd.client_port).await;
+    let c = client().await;
+    let ns = namespace("multi-cut-replica");
+    let root = format!("/replica-{}/", std::process::id());
+    ready_pods(&c, &ns, &["w-1"], &[("app", "worker")]).await;
+    // A TTL well above the election's, as advised: the standby adopts the lease in time.
+    kubectl_ok(&["apply", "-n", &ns, "-f", "-"], Some(&leaderlock_yaml(None).replace("ttlSeconds: 5", "ttlSeconds: 10")));
+    let replica = |etcd: &str| {
+        ControllerProcess::start(&[
+            "--etcd-endpoints",
+            etcd,
+            "--etcd-timeout",
+            "1s",
+            "--namespace",
+            &ns,
+            "--etcd-prefix",
+            &root,
+            "--cluster-id",
+            "one",
+        ])
+    };
+    let cut_off = replica(&proxy.endpoint());
+    let (leader, token) = elected(&c, &ns, "jobs", "job", 1).await;
+    let standby = replica(&endpoint);
+    eventually("the second replica to stand by", Duration::from_secs(30), || async {
+        (standby.http_get("/readyz").as_deref() == Some("ok: standby\n")).then_some(())
+    })
+    .await;
+    let lock_keys = format!("{root}locks/{ns}/job/");
+    let keys = keys_with_prefix(&endpoint, &lock_keys).await;
+
+    // The active replica loses etcd; the standby, which reaches it, takes over and adopts the
+    // lock lease before it expires: the same pod leads with the same token, and etcd's holder
+    // key was never recreated.
+    proxy.cut();
+    eventually("the standby to become active", Duration::from_secs(30), || async { standby.is_active().then_some(()) }).await;
+    wait_until("the cut-off replica to exit", Duration::from_secs(30), || (!cut_off.exits().is_empty()).then_some(()));
+    let (holder, again) = elected(&c, &ns, "jobs", "job", 1).await;
+    assert_eq!((holder, again), (leader.clone(), token), "the holder or its token changed");
+    eventually("the pod to be leader again", Duration::from_secs(30), || async {
+        (roles(&c, &ns, "job").await.get(&leader)? == "leader").then_some(())
+    })
+    .await;
+    assert_eq!(keys_with_prefix(&endpoint, &lock_keys).await, keys, "the holder's key was recreated");
+    let log = std::fs::read_to_string(&cut_off.log).unwrap();
+    assert!(log.contains("election lost: demoted this cluster's holders before exiting"), "no demotion before the exit:\n{log}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cut_shorter_than_half_the_ttl_changes_no_pod_even_when_the_replica_exits() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    install_crd();
+    let etcd = EtcdServer::start();
+    let mut proxy = TcpProxy::start(etcd.client_port).await;
+    let c = client().await;
+    let ns = namespace("multi-cut-brief");
+    let root = format!("/brief-{}/", std::process::id());
+    ready_pods(&c, &ns, &["w-1"], &[("app", "worker")]).await;
+    // ttlSeconds 20: the lease is at risk only after 10 s without a renewal.
+    kubectl_ok(&["apply", "-n", &ns, "-f", "-"], Some(&leaderlock_yaml(None).replace("ttlSeconds: 5", "ttlSeconds: 20")));
+    let proxied = proxy.endpoint();
+    let ctl = ControllerProcess::start(&["--etcd-endpoints", &proxied, "--etcd-timeout", "1s", "--namespace", &ns, "--etcd-prefix", &root]);
+    let (leader, _) = elected(&c, &ns, "jobs", "job", 1).await;
+    let roles_seen = RoleLog::start(&c, &[&ns]);
+    let leading = (ns.clone(), leader.clone(), Some("leader".to_string()));
+    wait_until("the role log to see the holder", Duration::from_secs(10), || roles_seen.entries().contains(&leading).then_some(()));
+
+    // Longer than --election-ttl (2 s): the replica loses its election and exits; but its lock
+    // lease is renewed again long before it is at risk, so it exits without demoting anyone.
+    proxy.cut();
+    tokio::time::sleep(Duration::from_secs(4)).await; // the fault itself
+    proxy.restore().await;
+    wait_until("the replica to exit", Duration::from_secs(30), || (!ctl.exits().is_empty()).then_some(()));
+    let log = std::fs::read_to_string(&ctl.log).unwrap();
+    assert!(log.contains("exiting without demotions"), "the replica did not see its lease renewed:\n{log}");
+    assert_eq!(roles_seen.entries(), [leading], "a pod changed role on a cut shorter than half the TTL");
 }

@@ -11,11 +11,13 @@
 //!
 //! Nothing here polls: every reconcile is triggered by a LeaderLock, a pod or an etcd change.
 //! One concern per module: [`plan`] decides (pure), [`reconcile`] applies, [`status`] builds the
-//! status (pure), [`written`] remembers our writes, [`wiring`] feeds the streams.
+//! status (pure), [`written`] remembers our writes, [`wiring`] feeds the streams, [`fencing`]
+//! demotes the holders of a lease at risk.
 
 mod cleanup;
 mod error;
 mod events;
+mod fencing;
 pub mod plan;
 mod pod_writes;
 mod reconcile;
@@ -32,6 +34,7 @@ use kube::runtime::controller::Action;
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 
 pub use error::{Error, Result};
+pub use fencing::demote_before_exit;
 pub use wiring::{Settings, run};
 pub use written::Written;
 

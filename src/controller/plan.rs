@@ -126,6 +126,12 @@ pub fn before_etcd(o: &Observed) -> Vec<Step> {
     steps
 }
 
+/// Only the demotions: what a lease at risk calls for (docs/contract.md §4.7), with no etcd
+/// write, which could not be made anyway.
+pub fn demotions(o: &Observed) -> Vec<Step> {
+    pod_writes(o, Pass::Demotions)
+}
+
 /// After etcd: every pod write left (promotions of the holders etcd now shows last), then the
 /// status and the holder changes it reports.
 pub fn after_etcd(o: &Observed, now: jiff::Timestamp) -> Vec<Step> {
@@ -343,6 +349,16 @@ pub(crate) mod tests {
         o.absorb(&before);
         o.holders = holds("b", 9);
         assert_eq!(after_etcd(&o, now())[0], write("b", &[STANDBY], &[LEADER, ("leaderlock.dev/ledger.token", "9")]));
+    }
+
+    #[test]
+    fn a_leader_whose_holder_is_no_longer_known_is_demoted_without_any_etcd_step() {
+        let leader = [LEADER, ("leaderlock.dev/ledger.token", "7")];
+        let ll = leaderlock(&["ledger"], None);
+        let v = view(&ll, &[pod("a", 1, true, &leader)]);
+        // The holder's lease is at risk: the engine reports no holder.
+        assert_eq!(demotions(&observed(&ll, &v, Holders::new())), [write("a", &leader, &[STANDBY])]);
+        assert_eq!(demotions(&observed(&ll, &v, holds("a", 7))), []);
     }
 
     #[test]

@@ -55,6 +55,7 @@ pub async fn run(client: kube::Client, engine: Arc<Engine>, settings: Settings) 
     let (pods_synced_tx, pods_synced) = tokio::sync::watch::channel(false);
     // Reconciles the index asks for beyond an object's own event (relists, deletions).
     let (trigger, triggers) = mpsc::unbounded_channel();
+    let fencing_trigger = trigger.clone();
     let (lls_synced_tx, lls_synced) = tokio::sync::watch::channel(false);
     // The pod watch only feeds the index, which names the LeaderLocks each event concerns.
     let (pod_index, written_pods) = (index.clone(), maps.written_pods.clone());
@@ -93,7 +94,7 @@ pub async fn run(client: kube::Client, engine: Arc<Engine>, settings: Settings) 
                 Err(e) => Some(Err(e)),
             })
         });
-    let controller = Controller::for_stream(ll_events, reader)
+    let controller = Controller::for_stream(ll_events, reader.clone())
         .with_config(kube::runtime::controller::Config::default().concurrency(settings.concurrency));
     let ctx = Arc::new(Context {
         client: client.clone(),
@@ -105,6 +106,9 @@ pub async fn run(client: kube::Client, engine: Arc<Engine>, settings: Settings) 
         written_pods: maps.written_pods.clone(),
     });
 
+    // Detached: when the election is lost this future is dropped, and the demotions must
+    // still be written before the process exits (the caller waits on `Engine::demoted`).
+    tokio::spawn(super::fencing::run(ctx.clone(), reader.clone(), fencing_trigger, settings.concurrency.into()));
     let etcd_changes = etcd_triggers(engine.clone(), index);
     let extra = tokio_stream::wrappers::UnboundedReceiverStream::new(triggers);
 

@@ -44,6 +44,8 @@ pub struct Engine {
     /// lease are recreated with the same candidate first (and it keeps the lock). Forgotten when
     /// nobody of ours wants the lock any more: nothing of ours is left to recreate.
     last_holder: Mutex<HashMap<String, String>>,
+    /// The last [`LeasePool::risk_changes`] generation whose demotions were written.
+    demoted: tokio::sync::watch::Sender<u64>,
 }
 
 impl Engine {
@@ -60,6 +62,7 @@ impl Engine {
             mirror,
             leases,
             last_holder: Mutex::default(),
+            demoted: Default::default(),
         })
     }
 
@@ -103,14 +106,48 @@ impl Engine {
     }
 
     /// The holder of the lock `prefix`, from the mirror (no I/O). A holder of another cluster has
-    /// no `candidate` and is named `<cluster>/<namespace>/<pod>`.
+    /// no `candidate` and is named `<cluster>/<namespace>/<pod>`. None while our holder's key is
+    /// on a lease at risk ([`Engine::is_fenced`]): etcd may expire it any moment, and another
+    /// cluster promote its next candidate, so ours must not be called leader (docs/contract.md §4.7).
     pub fn holder(&self, prefix: &str) -> Option<Holder> {
-        let mut holder = lock::holder(prefix, &self.decision_keys(prefix))?;
+        let keys = self.decision_keys(prefix);
+        let mut holder = lock::holder(prefix, &keys)?;
+        if holder.candidate.is_some() && keys.iter().any(|k| k.key == holder.key && self.is_fenced(k.lease)) {
+            return None;
+        }
         if holder.candidate.is_none() {
             let raw = self.keys(prefix).into_iter().find(|k| k.key == holder.key);
             holder.name = raw.and_then(|k| ownership::foreign_holder(&k, &self.cluster_id));
         }
         Some(holder)
+    }
+
+    /// Whether keys on our `lease` must not make leaders: the lease went unrenewed for half its
+    /// TTL or is lost (no I/O).
+    pub fn is_fenced(&self, lease: i64) -> bool {
+        self.leases.is_at_risk(lease)
+    }
+
+    /// The generation of [`Engine::fence_changes`] now: [`Engine::demoted`] reaches it once the
+    /// demotions it calls for are written.
+    pub fn fence_generation(&self) -> u64 {
+        *self.leases.risk_changes().borrow()
+    }
+
+    /// Changes whenever a lease's risk may have changed: the pods must be looked at again.
+    pub fn fence_changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.leases.risk_changes()
+    }
+
+    /// Records that the demotions called for by `generation` of [`Engine::fence_changes`] are
+    /// written.
+    pub fn mark_demoted(&self, generation: u64) {
+        self.demoted.send_if_modified(|done| std::mem::replace(done, generation.max(*done)) != *done);
+    }
+
+    /// Resolves once the demotions of `generation` (or a later one) are written.
+    pub async fn demoted(&self, generation: u64) {
+        let _ = self.demoted.subscribe().wait_for(|done| *done >= generation).await;
     }
 
     /// How many lock prefixes have a remembered holder (for the `leaderlock_map_entries` gauge):

@@ -5,14 +5,17 @@
 //! adopts a recorded lease that is still alive, so it recreates no key and changes no holder.
 //! When a lease is lost anyway (etcd or every controller away longer than the TTL), the keys on
 //! it are gone; the next [`LeasePool::get`] grants a new one.
+//!
+//! A lease that goes unrenewed for half its TTL is *at risk* ([`LeasePool::is_at_risk`]): the
+//! controller stops calling the pods holding on it leaders before etcd could expire it.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use etcd_client::Client;
 
-use super::session::{Renewal, Session};
+use super::session::{Renewal, Session, at_risk_after};
 use super::{Result, call, retry};
 use crate::keyspace::Keyspace;
 
@@ -26,11 +29,13 @@ pub struct LeasePool {
     /// Serialises adopting/granting: concurrent first reconciles must end up on one lease, the
     /// one recorded (else the record could name a lease nobody keeps alive).
     acquiring: tokio::sync::Mutex<()>,
+    /// Bumped whenever a session's risk may have changed (at risk, renewed again, lost).
+    risk: tokio::sync::watch::Sender<u64>,
 }
 
 impl LeasePool {
     pub fn new(client: Client, keyspace: Keyspace, timeout: Duration) -> Self {
-        LeasePool { client, keyspace, timeout, live: Mutex::default(), acquiring: Default::default() }
+        LeasePool { client, keyspace, timeout, live: Mutex::default(), acquiring: Default::default(), risk: Default::default() }
     }
 
     /// The record key of the lease for `ttl` seconds.
@@ -51,15 +56,52 @@ impl LeasePool {
         tracing::debug!(ttl, "lease: reading the recorded lease");
         let renewal = Renewal::lock_leases(ttl);
         let session = match self.recorded_alive(ttl).await? {
-            Some(id) => {
+            Some((id, renewed)) => {
                 tracing::info!(lease = id, ttl, "adopted recorded lease");
-                Session::attach(&self.client, id, ttl, renewal, self.timeout)
+                Session::attach(&self.client, id, ttl, renewed, renewal, self.timeout)
             }
             None => self.grant_and_record(ttl, renewal).await?,
         };
         let id = session.lease();
+        self.forward_risk(&session);
         self.sessions().insert(ttl, session);
         Ok(id)
+    }
+
+    /// Whether `lease` is one of ours that may expire soon or is gone (no I/O). A lease the pool
+    /// does not keep is not judged here.
+    pub fn is_at_risk(&self, lease: i64) -> bool {
+        self.sessions().values().any(|s| s.lease() == lease && s.is_at_risk())
+    }
+
+    /// Whether every lease the pool keeps is at risk or lost (true when it keeps none): nothing
+    /// of ours can still be called leader.
+    pub fn all_at_risk(&self) -> bool {
+        self.sessions().values().all(Session::is_at_risk)
+    }
+
+    /// The longest a lease of the pool can go unrenewed before it counts as at risk.
+    pub fn longest_risk_window(&self) -> Duration {
+        self.sessions().keys().map(|ttl| at_risk_after(*ttl)).max().unwrap_or_default()
+    }
+
+    /// Changes whenever [`LeasePool::is_at_risk`] may have changed for some lease.
+    pub fn risk_changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.risk.subscribe()
+    }
+
+    /// Relays `session`'s risk changes (and its end) to [`LeasePool::risk_changes`] until it ends.
+    fn forward_risk(&self, session: &Session) {
+        let (mut changes, pool) = (session.risk_changes(), self.risk.clone());
+        tokio::spawn(async move {
+            loop {
+                let ended = changes.changed().await.is_err();
+                pool.send_modify(|generation| *generation += 1);
+                if ended {
+                    return;
+                }
+            }
+        });
     }
 
     /// The session for `ttl`, if one was started (no I/O): whoever must learn of its loss waits
@@ -96,7 +138,9 @@ impl LeasePool {
         self.live.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    async fn recorded_alive(&self, ttl: i64) -> Result<Option<i64>> {
+    /// The recorded lease for `ttl` if etcd still has it, with the earliest moment etcd could
+    /// expire it.
+    async fn recorded_alive(&self, ttl: i64) -> Result<Option<(i64, Instant)>> {
         let (c, t, key) = (&self.client, self.timeout, self.record_key(ttl));
         let resp = retry(5, || {
             let (mut c, key) = (c.clone(), key.clone());
@@ -106,12 +150,14 @@ impl LeasePool {
         let Some(id) = resp.kvs().first().and_then(|kv| kv.value_str().ok()?.parse::<i64>().ok()) else {
             return Ok(None);
         };
+        let asked = Instant::now();
         let alive = retry(5, || {
             let mut c = c.clone();
             async move { call("lease time-to-live", t, c.lease_time_to_live(id, None)).await }
         })
         .await?;
-        Ok((alive.ttl() > 0).then_some(id))
+        // etcd answers whole seconds left, rounded down, as of some moment after we asked.
+        Ok((alive.ttl() > 0).then(|| (id, asked + Duration::from_secs(alive.ttl() as u64))))
     }
 
     async fn grant_and_record(&self, ttl: i64, renewal: Renewal) -> Result<Session> {

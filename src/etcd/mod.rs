@@ -1,7 +1,8 @@
 //! etcd access, shaped like etcd's own `client/v3/concurrency` package:
 //!
 //! * [`client`] — connecting (TLS, auth) and single calls bounded by a timeout, with retries;
-//! * [`session`] — one lease kept alive by a renewal policy, with one signal when it is lost;
+//! * [`session`] — one lease kept alive by a renewal policy, with one signal when it is lost
+//!   and one while it is at risk of expiring;
 //! * [`election`] — which controller replica is active: etcd's election recipe on a session;
 //! * [`lease_pool`] — the candidate keys' leases: one session per TTL value, recorded in etcd
 //!   and adopted by the next controller;
