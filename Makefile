@@ -14,9 +14,12 @@ test: deps ## Run every test against a real etcd and kube-apiserver started on l
 	hack/cluster.sh run -- cargo test --locked --all-targets
 	LEADERLOCK_NODE=1 hack/cluster.sh run -- cargo test --locked --test e2e -- --ignored
 
-demo: deps ## Local demo: control plane + controller + an example LeaderLock
-	cargo build --locked
+demo: deps ## Demo on a real node: chart + examples with the image built here, a failover in the jobs' logs
 	hack/demo.sh
+
+demo-played: deps ## Fast demo without a node: controller on the host, the script plays the kubelet
+	cargo build --locked
+	hack/demo.sh --played
 
 bench: deps ## Benchmarks side by side (LeaderLock, TryLock loop, etcd Mutex, client-go); writes BENCHMARKS.md
 	hack/bench.sh
@@ -36,4 +39,4 @@ up: deps ## Start a control plane in .cache/cluster and leave it running (source
 down: ## Stop the control plane started by `make up`
 	hack/cluster.sh down
 
-.PHONY: help deps test demo bench chaos crd up down e2e
+.PHONY: help deps test demo demo-played bench chaos crd up down e2e

@@ -28,7 +28,7 @@ static_leaderlock() {
     nice cargo build --release --locked --target "$TARGET" --bin leaderlock >&2) \
     || die "cargo build of the static leaderlock binary failed (see above)"
   local bin="$ROOT/target/$TARGET/release/leaderlock"
-  file "$bin" | grep -q 'statically linked' || die "$bin is not statically linked: $(file -b "$bin")"
+  file "$bin" | grep -Eq 'statically linked|static-pie linked' || die "$bin is not statically linked: $(file -b "$bin")"
   echo "$bin"
 }
 
