@@ -357,7 +357,12 @@ fn status_holder() -> Option<(String, u64)> {
         .as_str()
         .filter(|h| !h.is_empty())?
         .to_string();
-    Some((holder, lock["fencingToken"].as_u64()?))
+    // int64 in the API, so JSON carries it as a string.
+    let token = &lock["fencingToken"];
+    Some((
+        holder,
+        token.as_u64().or_else(|| token.as_str()?.parse().ok())?,
+    ))
 }
 
 /// `leaderlock role` run inside the pod's worker container.
@@ -389,19 +394,13 @@ fn last_job_token(pod: &str) -> Option<u64> {
         .and_then(|t| t.trim().parse().ok())
 }
 
-/// Whether the example's job (`sh -c '… while true …'`) is a live process in the pod.
+/// Whether the example's job (`sh -c '… while true …'`) is a live process in the pod. busybox
+/// has no pgrep; `leaderlock run`'s own arguments hold the script too, hence the `^sh -c`; the
+/// pattern's brackets keep the probe from matching itself.
 fn job_running(pod: &str) -> bool {
+    let probe = r#"for f in /proc/[0-9]*/cmdline; do tr '\0' ' ' <$f | grep -q '^sh -c .*while [t]rue' && exit 0; done; exit 1"#;
     kubectl(&[
-        "exec",
-        "-n",
-        NS,
-        pod,
-        "-c",
-        "worker",
-        "--",
-        "pgrep",
-        "-f",
-        "while true",
+        "exec", "-n", NS, pod, "-c", "worker", "--", "sh", "-c", probe,
     ])
     .status
     .success()

@@ -197,7 +197,7 @@ func (w *roleWatch) pollFiles(ns, nodeDir string) {
 // watchAnnotations counts the moments at which two pods are annotated leader: what the
 // independent checker counts as a safety violation.
 func (w *roleWatch) watchAnnotations(ns string) {
-	cmd := exec.Command("kubectl", "get", "pods", "-n", ns, "-l", "app=ledger-worker", "-w", "-o", "json")
+	cmd := exec.Command("kubectl", "get", "pods", "-n", ns, "-l", "app=ledger-worker", "-w", "--output-watch-events", "-o", "json")
 	out, err := cmd.StdoutPipe()
 	if err != nil {
 		fail("pod watch: %v", err)
@@ -209,14 +209,22 @@ func (w *roleWatch) watchAnnotations(ns string) {
 	dec := json.NewDecoder(bufio.NewReader(out))
 	roles := map[string]string{}
 	for {
-		var p struct {
-			Metadata struct {
-				Name        string            `json:"name"`
-				Annotations map[string]string `json:"annotations"`
-			} `json:"metadata"`
+		var ev struct {
+			Type   string `json:"type"`
+			Object struct {
+				Metadata struct {
+					Name        string            `json:"name"`
+					Annotations map[string]string `json:"annotations"`
+				} `json:"metadata"`
+			} `json:"object"`
 		}
-		if err := dec.Decode(&p); err != nil {
+		if err := dec.Decode(&ev); err != nil {
 			return
+		}
+		p := ev.Object
+		if ev.Type == "DELETED" {
+			delete(roles, p.Metadata.Name)
+			continue
 		}
 		roles[p.Metadata.Name] = p.Metadata.Annotations["leaderlock.dev/"+lockName]
 		n := 0
