@@ -10,14 +10,14 @@ source "$(dirname "$0")/lib.sh"
 cd "$ROOT"
 
 if [[ "${1:-}" != --inside ]]; then
-  export GOTOOLCHAIN=local CGO_ENABLED=0 GOFLAGS=-mod=readonly
   mod="$ROOT/tests/cluster/e2e"
   key="$(cat "$mod/go.mod" "$mod/go.sum" "$mod"/*.go | sha256sum | cut -c1-16)"
   out="$CACHE_DIR/bin/e2e-$key"
   if [[ ! -f "$out/.complete" ]]; then
     log "building the e2e harness (tests/cluster/e2e)"
     mkdir -p "$out"
-    (cd "$mod" && go vet . && go build -trimpath -o "$out/e2e" .) || die "building the e2e harness failed"
+    (cd "$mod" && export GOTOOLCHAIN=local CGO_ENABLED=0 GOFLAGS=-mod=readonly && go vet . && go build -trimpath -o "$out/e2e" .) \
+      || die "building the e2e harness failed"
     touch "$out/.complete"
     find "$CACHE_DIR/bin" -maxdepth 1 -name 'e2e-*' ! -path "$out" -exec rm -rf {} +
   fi

@@ -10,8 +10,8 @@ import (
 // sample is one measured handover; durations are relative to the old job's stop (for a crash,
 // the moment the container was killed).
 type sample struct {
-	Gap, Overlap, File, Slice time.Duration
-	HasFile, HasSlice         bool
+	Gap, Overlap, File, Slice, Annotation time.Duration
+	HasFile, HasSlice, HasAnnotation      bool
 	// FromFault: the fault (delete, kill, probe made to fail) → the new job's start.
 	FromFault time.Duration
 }
@@ -172,6 +172,9 @@ func (h *leaderLockRun) handover(kind string) sample {
 	}
 	if ft, ok := h.roles.fileTurnedLeader(newStart.Pod, t); ok {
 		s.File, s.HasFile = ft-oldStop.At, true
+	}
+	if at, ok := h.roles.annotationTurnedLeader(newStart.Pod, t); ok {
+		s.Annotation, s.HasAnnotation = at-oldStop.At, true
 	}
 	var newIP string
 	for _, p := range listPods(h.ns, h.app) {

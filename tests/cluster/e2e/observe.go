@@ -151,12 +151,13 @@ func listPods(ns, app string) []pod {
 type roleWatch struct {
 	mu         sync.Mutex
 	fileLeader map[string]time.Duration // pod -> when its file last turned to leader
+	annLeader  map[string]time.Duration // pod -> when its annotation last turned to leader
 	twoLeaders int
 	stop       chan struct{}
 }
 
 func newRoleWatch(ns, nodeDir string) *roleWatch {
-	w := &roleWatch{fileLeader: map[string]time.Duration{}, stop: make(chan struct{})}
+	w := &roleWatch{fileLeader: map[string]time.Duration{}, annLeader: map[string]time.Duration{}, stop: make(chan struct{})}
 	go w.pollFiles(ns, nodeDir)
 	go w.watchAnnotations(ns)
 	return w
@@ -226,7 +227,13 @@ func (w *roleWatch) watchAnnotations(ns string) {
 			delete(roles, p.Metadata.Name)
 			continue
 		}
-		roles[p.Metadata.Name] = p.Metadata.Annotations["leaderlock.dev/"+lockName]
+		role := p.Metadata.Annotations["leaderlock.dev/"+lockName]
+		if role == "leader" && roles[p.Metadata.Name] != "leader" {
+			w.mu.Lock()
+			w.annLeader[p.Metadata.Name] = now()
+			w.mu.Unlock()
+		}
+		roles[p.Metadata.Name] = role
 		n := 0
 		for _, r := range roles {
 			if r == "leader" {
@@ -245,6 +252,13 @@ func (w *roleWatch) fileTurnedLeader(pod string, after time.Duration) (time.Dura
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	t, ok := w.fileLeader[pod]
+	return t, ok && t >= after
+}
+
+func (w *roleWatch) annotationTurnedLeader(pod string, after time.Duration) (time.Duration, bool) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	t, ok := w.annLeader[pod]
 	return t, ok && t >= after
 }
 

@@ -57,11 +57,12 @@ func (r *results) values(kind string, pick func(sample) (time.Duration, bool)) [
 	return v
 }
 
-func gap(s sample) (time.Duration, bool)       { return s.Gap, true }
-func overlap(s sample) (time.Duration, bool)   { return s.Overlap, true }
-func file(s sample) (time.Duration, bool)      { return s.File, s.HasFile }
-func slice(s sample) (time.Duration, bool)     { return s.Slice, s.HasSlice }
-func fromFault(s sample) (time.Duration, bool) { return s.FromFault, true }
+func gap(s sample) (time.Duration, bool)        { return s.Gap, true }
+func overlap(s sample) (time.Duration, bool)    { return s.Overlap, true }
+func file(s sample) (time.Duration, bool)       { return s.File, s.HasFile }
+func slice(s sample) (time.Duration, bool)      { return s.Slice, s.HasSlice }
+func fromFault(s sample) (time.Duration, bool)  { return s.FromFault, true }
+func annotation(s sample) (time.Duration, bool) { return s.Annotation, s.HasAnnotation }
 
 // pct is the nearest-rank percentile of sorted values (NaN when empty).
 func pct(v []float64, p float64) float64 {
@@ -108,9 +109,9 @@ func (r *results) markdown(plotFile string) string {
 	fmt.Fprintf(&b, "%s\n## On a real node: failover as the workload sees it (`make e2e`)\n\n", sectionBegin)
 	fmt.Fprintf(&b, "kubelet %s and containerd on this machine, three pods per workload, the chart's two controller replicas; %d handovers in %s. ", r.kubelet, r.handovers(), r.duration.Round(time.Second))
 	b.WriteString("Times in ms, from the jobs' own timestamps (the kernel's boot-time clock, 10 ms resolution), each relative to the old job's stop — for a killed container, the kill. ")
-	b.WriteString("*Job gap*: old job stopped → new job started (0 when they overlapped); *overlap*: both jobs ran; *file*: the new holder's downward-API file shows `leader`; *Service*: the leader-only Service's EndpointSlice holds only the new holder (file and Service are negative when they came before the old job stopped); *fault → new job*: from the delete, the kill or the probe made to fail.\n\n")
-	b.WriteString("| handover | n | job gap p50 | p90 | p99 | max | overlap max | file p50 | file p99 | Service p50 | Service p99 | fault → new job p50 | p99 |\n")
-	b.WriteString("|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
+	b.WriteString("*Job gap*: old job stopped → new job started (0 when they overlapped); *overlap*: both jobs ran; *annotation*: the harness's pod watch sees the new holder annotated `leader`; *file*: the new holder's downward-API file shows `leader` (polled on the node every 5 ms); *Service*: the leader-only Service's EndpointSlice holds only the new holder (file and Service are negative when they came before the old job stopped); *fault → new job*: from the delete, the kill or the probe made to fail.\n\n")
+	b.WriteString("| handover | n | job gap p50 | p90 | p99 | max | overlap max | annotation p50 | file p50 | file p99 | Service p50 | Service p99 | fault → new job p50 | p99 |\n")
+	b.WriteString("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
 	for _, k := range kinds {
 		g := r.values(k.key, gap)
 		o := r.values(k.key, overlap)
@@ -121,8 +122,9 @@ func (r *results) markdown(plotFile string) string {
 			maxO = o[len(o)-1]
 		}
 		ff := r.values(k.key, fromFault)
-		fmt.Fprintf(&b, "| %s | %d | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", k.title, len(r.samples[k.key]),
-			fmtMs(pct(g, 50)), fmtMs(pct(g, 90)), fmtMs(pct(g, 99)), fmtMs(pct(g, 100)), fmtMs(maxO),
+		a := r.values(k.key, annotation)
+		fmt.Fprintf(&b, "| %s | %d | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", k.title, len(r.samples[k.key]),
+			fmtMs(pct(g, 50)), fmtMs(pct(g, 90)), fmtMs(pct(g, 99)), fmtMs(pct(g, 100)), fmtMs(maxO), fmtMs(pct(a, 50)),
 			fmtMs(pct(f, 50)), fmtMs(pct(f, 99)), fmtMs(pct(s, 50)), fmtMs(pct(s, 99)), fmtMs(pct(ff, 50)), fmtMs(pct(ff, 99)))
 	}
 	if len(r.faults) > 0 {
