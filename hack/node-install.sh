@@ -15,7 +15,7 @@ kinds=("$@")
 for kind in "${kinds[@]}"; do
   "$ROOT/hack/image.sh" "$kind" "$LEADERLOCK_NODE_DIR/images"
   ctr images import --local "$LEADERLOCK_NODE_DIR/images/$kind.tar" 2>&1 | grep -v DEPRECATION >&2 || true
-  ctr images ls -q | grep -q "^leaderlock.dev/$kind:" || die "image $kind did not import into containerd"
+  grep -q "^leaderlock.dev/$kind:" <<<"$(ctr images ls -q)" || die "image $kind did not import into containerd"
 done
 
 values="$LEADERLOCK_NODE_DIR/chart-values.yaml"
