@@ -279,8 +279,7 @@ node_down() {
   [[ -f "$NODE/slot" ]] || return 0
   SLOT="$(cat "$NODE/slot")"
   stop_pid kubelet
-  kill_cgroup_procs
-  stop_pid containerd
+  stop_pid containerd # its shims and containers live on, in the run's cgroup
   kill_cgroup_procs
   unmount_under "$NODE"
   remove_cgroups

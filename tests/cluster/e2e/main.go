@@ -84,6 +84,7 @@ func main() {
 			r.faults = h.faults()
 		}
 		r.violations += h.violations()
+		r.restarts = h.restarts
 		h.close()
 	}
 	if strings.Contains(c.phases, "clientgo") {

@@ -20,6 +20,7 @@ type results struct {
 	samples    map[string][]sample
 	faults     []faultResult
 	violations int
+	restarts   int // crashes after which the old holder's job restarted before its demotion
 	duration   time.Duration
 }
 
@@ -132,6 +133,9 @@ func (r *results) markdown(plotFile string) string {
 		for _, f := range r.faults {
 			fmt.Fprintf(&b, "| %s | %v | %s |\n", f.Name, f.HolderChanged, f.Took.Round(100*time.Millisecond))
 		}
+	}
+	if n := len(r.samples["crash"]); n > 0 {
+		fmt.Fprintf(&b, "\nAfter %d of %d container kills the kubelet restarted the container before the controller's demotion reached its file, so the old holder's job started again with its old fencing token until the demotion arrived (counted in the overlap column, not as a violation: the pod still held the lock).\n", r.restarts, n)
 	}
 	fmt.Fprintf(&b, "\nSafety violations (two pods annotated `leader` at once, a fencing token that did not grow, a job start without a handover): **%d**.\n", r.violations)
 	if plotFile != "" {
