@@ -225,8 +225,13 @@ func (h *leaderLockRun) handover(kind string) sample {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	if kind == "notready" {
+	switch kind {
+	case "notready":
 		mustKubectl("exec", "-n", h.ns, old.Name, "-c", "worker", "--", "rm", "/tmp/unready")
+	case "crash":
+		// The kubelet restarts a killed container with a back-off that doubles on every kill
+		// (10 s … 5 min): replace the pod so the next rounds do not wait on CrashLoopBackOff.
+		mustKubectl("delete", "pod", "-n", h.ns, old.Name, "--wait=false")
 	}
 	h.steadyHolder()
 	if o := h.settle(old.Name, oldToken, newStart, t, now()); o > s.Overlap {
