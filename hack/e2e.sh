@@ -14,9 +14,10 @@ if [[ "${1:-}" != --inside ]]; then
   key="$(cat "$mod/go.mod" "$mod/go.sum" "$mod"/*.go | sha256sum | cut -c1-16)"
   out="$CACHE_DIR/bin/e2e-$key"
   if [[ ! -f "$out/.complete" ]]; then
-    log "building the e2e harness (tests/cluster/e2e)"
+    log "testing and building the e2e harness (tests/cluster/e2e)"
     mkdir -p "$out"
-    (cd "$mod" && export GOTOOLCHAIN=local CGO_ENABLED=0 GOFLAGS=-mod=readonly && go vet . && go build -trimpath -o "$out/e2e" .) \
+    (cd "$mod" && export GOTOOLCHAIN=local CGO_ENABLED=0 GOFLAGS=-mod=readonly && go vet . && go test . >&2 \
+      && go build -trimpath -o "$out/e2e" .) \
       || die "building the e2e harness failed"
     touch "$out/.complete"
     find "$CACHE_DIR/bin" -maxdepth 1 -name 'e2e-*' ! -path "$out" -exec rm -rf {} +
