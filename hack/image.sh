@@ -24,6 +24,11 @@ tool_dir() { sed -n "s/^$1=//p" <<<"$TOOLS"; }
 # to the explicit --target only, so build scripts and proc-macros of host builds are untouched.
 static_leaderlock() {
   log "building the static release binary (cargo build --release --target $TARGET, crt-static)"
+  # Called from a test, cargo's per-crate variables are in our environment; build scripts that
+  # watch them (ring watches CARGO_PKG_NAME, …) would rebuild everything each time the caller
+  # changes between a test and a shell.
+  local v
+  for v in $(compgen -e | grep -E '^(CARGO_(PKG|MANIFEST|CRATE|BIN|PRIMARY|TARGET_TMPDIR)|OUT_DIR$)'); do unset "$v"; done
   (cd "$ROOT" && CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUSTFLAGS="-C target-feature=+crt-static" \
     nice cargo build --release --locked --target "$TARGET" --bin leaderlock >&2) \
     || die "cargo build of the static leaderlock binary failed (see above)"
