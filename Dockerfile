@@ -1,9 +1,11 @@
 # syntax=docker/dockerfile:1
-# LeaderLock controller image.
+# LeaderLock controller image, for building on a machine with a container engine
+# (`docker build -t <registry>/leaderlock:0.1.0 .`).
 #
-# No Docker engine runs in this repository's CI or dev machines: this Dockerfile is built
-# outside them (e.g. `docker build -t <registry>/leaderlock:0.1.0 .` on a machine with Docker),
-# and the image is what charts/leaderlock deploys (values: image.repository / image.tag).
+# The repository's own build is hack/image.sh, which needs no daemon: it packs the same content
+# (one statically linked /leaderlock, run as 65532:65532, entrypoint /leaderlock, command
+# `controller`) and is the image the e2e test runs on a real node; that test also checks that
+# this file's final stage still describes that image.
 
 # --- build -------------------------------------------------------------------------------
 FROM rust:1-bookworm AS build
@@ -14,16 +16,19 @@ RUN apt-get update \
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
+# Static glibc (crt-static on the gnu target): `leaderlock copy-self` hands this binary to
+# workload containers of any image, with or without a libc of their own. The flags apply to the
+# explicit --target only, so build scripts and proc-macros are built as usual.
+ENV CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUSTFLAGS="-C target-feature=+crt-static"
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
-    cargo build --release --locked --bin leaderlock \
- && cp target/release/leaderlock /leaderlock
+    cargo build --release --locked --target x86_64-unknown-linux-gnu --bin leaderlock \
+ && cp target/x86_64-unknown-linux-gnu/release/leaderlock /leaderlock
 
 # --- runtime -----------------------------------------------------------------------------
-# distroless/cc: glibc + libgcc, no shell; the :nonroot tag runs as uid/gid 65532.
-FROM gcr.io/distroless/cc-debian12:nonroot
+# Nothing but the static binary.
+FROM scratch
 COPY --from=build /leaderlock /leaderlock
 USER 65532:65532
-EXPOSE 8080
 ENTRYPOINT ["/leaderlock"]
 CMD ["controller"]

@@ -5,20 +5,27 @@ SHELL := /bin/bash
 help: ## List targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
 
-deps: ## Install Debian packages and build the pinned control-plane tools (cached)
+deps: ## Install Debian packages and build the pinned control-plane and node tools (cached)
 	@hack/ensure-deps.sh
-	@hack/build-tools.sh >/dev/null
+	@hack/build-tools.sh node >/dev/null
 
-test: deps ## Run every test against a real etcd and kube-apiserver started on loopback
+test: deps ## Run every test against a real etcd and kube-apiserver started on loopback, then the e2e test on a real node
 	cargo build --locked --all-targets
 	hack/cluster.sh run -- cargo test --locked --all-targets
+	LEADERLOCK_NODE=1 hack/cluster.sh run -- cargo test --locked --test e2e -- --ignored
 
-demo: deps ## Local demo: control plane + controller + an example LeaderLock
-	cargo build --locked
+demo: deps ## Demo on a real node: chart + examples with the image built here, a failover in the jobs' logs
 	hack/demo.sh
+
+demo-played: deps ## Fast demo without a node: controller on the host, the script plays the kubelet
+	cargo build --locked
+	hack/demo.sh --played
 
 bench: deps ## Benchmarks side by side (LeaderLock, TryLock loop, etcd Mutex, client-go); writes BENCHMARKS.md
 	hack/bench.sh
+
+e2e: deps ## Failover on a real node (kubelet, containerd, the chart, the examples' job); writes BENCHMARKS.md
+	hack/e2e.sh
 
 chaos: deps ## All fault scenarios with the independent checker; writes CHAOS.md
 	hack/chaos.sh
@@ -36,4 +43,4 @@ up: deps ## Start a control plane in .cache/cluster and leave it running (source
 down: ## Stop the control plane started by `make up`
 	hack/cluster.sh down
 
-.PHONY: help deps test demo bench chaos lint crd up down
+.PHONY: help deps test demo demo-played bench chaos lint crd up down e2e

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Builds the pinned control-plane tools (kube-apiserver, kube-controller-manager, kubectl,
 # etcd, etcdctl, our Go peers) from the Go wrapper modules under tests/cluster/, once per pin.
+# `hack/build-tools.sh node` also builds what a real node needs: kubelet and kube-scheduler (same
+# Kubernetes pin), containerd v2 with ctr and the runc shim, the CNI plugins, and the image packer.
 # Prints the folder holding the binaries of each module, as NAME=DIR lines, on stdout.
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
@@ -53,3 +55,16 @@ kv="$kv -X k8s.io/client-go/pkg/version.gitVersion=$K8S_VERSION -X k8s.io/client
 build_module etcd "" go.etcd.io/etcd/server/v3 go.etcd.io/etcd/etcdctl/v3 ./trylock ./mutex
 build_module k8s "$kv" k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kubectl k8s.io/kubernetes/cmd/kube-controller-manager
 build_module helm "-X helm.sh/helm/v3/internal/version.version=v3.22.0 -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMinor=37 -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMinor=37" helm.sh/helm/v3/cmd/helm
+
+# The node's tools only when asked: `make test` without the e2e suite never pays for them.
+if [[ "${1:-}" == node ]]; then
+  build_module node "$kv" k8s.io/kubernetes/cmd/kubelet k8s.io/kubernetes/cmd/kube-scheduler
+  build_module containerd "-X github.com/containerd/containerd/v2/version.Version=v2.4.2" \
+    github.com/containerd/containerd/v2/cmd/containerd github.com/containerd/containerd/v2/cmd/ctr \
+    github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2 \
+    github.com/containernetworking/plugins/plugins/main/bridge \
+    github.com/containernetworking/plugins/plugins/main/loopback \
+    github.com/containernetworking/plugins/plugins/ipam/host-local \
+    github.com/containernetworking/plugins/plugins/meta/portmap
+  build_module image "" ./ocipack ./pause
+fi

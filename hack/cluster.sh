@@ -11,11 +11,16 @@
 #                                   another --etcd-prefix; writes DIR/kubeconfig-second (stopped
 #                                   with the rest)
 #
+# With LEADERLOCK_NODE=1 a real node joins (hack/node.sh: containerd, CNI bridge, kubelet), with
+# kube-scheduler and the kube-controller-manager controllers a Deployment and a Service need; the
+# apiserver and the lock etcd then also listen on the host's pod-bridge address, so pods reach them.
+#
 # DIR defaults to .cache/cluster in the clone. Every process is started with a parent-death
 # signal where a parent stays alive (run), and its pid is recorded so `down` (or the next `up`)
 # finds it: no orphans survive a failed or interrupted test.
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
+source "$(dirname "$0")/node.sh"
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
@@ -44,8 +49,9 @@ wait_for() {
 stop_all() {
   local dir="$1" pidf pid
   [[ -d "$dir" ]] || return 0
+  node_down "$dir" # containers, shims, kubelet, containerd, mounts, cgroups, bridge (if a node ran)
   # Stop in reverse dependency order so the apiserver never outlives its etcd for long.
-  for name in kube-controller-manager kube-apiserver-second kube-apiserver etcd-locks etcd-apiserver; do
+  for name in kube-scheduler kube-controller-manager kube-apiserver-second kube-apiserver etcd-locks etcd-apiserver; do
     pidf="$dir/$name.pid"
     [[ -f "$pidf" ]] || continue
     pid="$(cat "$pidf")"
@@ -65,7 +71,7 @@ make_certs() {
     -keyout "$d/ca.key" -out "$d/ca.crt" 2>/dev/null
   openssl req -newkey rsa:2048 -nodes -subj "/CN=kube-apiserver" \
     -keyout "$d/apiserver.key" -out "$d/apiserver.csr" 2>/dev/null
-  printf 'subjectAltName=IP:127.0.0.1,DNS:localhost,DNS:kubernetes.default.svc\n' >"$d/san.ext"
+  printf 'subjectAltName=IP:127.0.0.1,DNS:localhost,DNS:kubernetes.default.svc%s\n' "${HOST_IP:+,IP:$HOST_IP}" >"$d/san.ext"
   openssl x509 -req -in "$d/apiserver.csr" -CA "$d/ca.crt" -CAkey "$d/ca.key" -CAcreateserial \
     -days 3 -extfile "$d/san.ext" -out "$d/apiserver.crt" 2>/dev/null
   # The admin identity: a client certificate in system:masters.
@@ -89,7 +95,7 @@ kind: Config
 clusters:
 - name: leaderlock-test
   cluster:
-    server: https://127.0.0.1:$port
+    server: https://${HOST_IP:-127.0.0.1}:$port
     certificate-authority: $d/ca.crt
 users:
 - name: admin
@@ -104,9 +110,11 @@ KC
 }
 
 start_etcd() {
-  local name="$1" client="$2" peer="$3"
+  local name="$1" client="$2" peer="$3" listen="http://127.0.0.1:$2"
+  # With a node, pods reach the lock etcd at the host's bridge address.
+  [[ "$name" == etcd-locks && -n "${HOST_IP:-}" ]] && listen="$listen,http://$HOST_IP:$client"
   start "$name" "$ETCD_BIN_DIR/etcd" --name "$name" --data-dir "$DIR/$name.data" \
-    --listen-client-urls "http://127.0.0.1:$client" --advertise-client-urls "http://127.0.0.1:$client" \
+    --listen-client-urls "$listen" --advertise-client-urls "http://127.0.0.1:$client" \
     --listen-peer-urls "http://127.0.0.1:$peer" --initial-advertise-peer-urls "http://127.0.0.1:$peer" \
     --initial-cluster "$name=http://127.0.0.1:$peer" --log-level warn \
     --unsafe-no-fsync
@@ -118,13 +126,18 @@ up() {
   stop_all "$DIR"  # a previous run killed hard may have left processes behind
   rm -rf "$DIR"/*.data "$DIR/pki"
   local tools
-  tools="$("$ROOT/hack/build-tools.sh")"
+  tools="$("$ROOT/hack/build-tools.sh" ${LEADERLOCK_NODE:+node})"
   ETCD_BIN_DIR="$(sed -n 's/^etcd=//p' <<<"$tools")"
   K8S_BIN_DIR="$(sed -n 's/^k8s=//p' <<<"$tools")"
   HELM_BIN_DIR="$(sed -n 's/^helm=//p' <<<"$tools")"
+  NODE_BIN_DIR="$(sed -n 's/^node=//p' <<<"$tools")"
+  CONTAINERD_BIN_DIR="$(sed -n 's/^containerd=//p' <<<"$tools")"
+  IMAGE_BIN_DIR="$(sed -n 's/^image=//p' <<<"$tools")"
 
   local e1 e1p e2 e2p
   e1=$(free_port) e1p=$(free_port) e2=$(free_port) e2p=$(free_port) API_PORT=$(free_port)
+  HOST_IP=""
+  if [[ -n "${LEADERLOCK_NODE:-}" ]]; then HOST_IP="$(node_net_up)"; fi
   log "starting etcd (apiserver storage :$e1, locks :$e2) and kube-apiserver :$API_PORT in $DIR"
   make_certs
   start_etcd etcd-apiserver "$e1" "$e1p"
@@ -132,34 +145,57 @@ up() {
   wait_for etcd-apiserver 30 curl -sf "http://127.0.0.1:$e1/health"
   wait_for etcd-locks 30 curl -sf "http://127.0.0.1:$e2/health"
 
+  local d="$DIR/pki"
   start_apiserver kube-apiserver "$API_PORT" "http://127.0.0.1:$e1"
   write_kubeconfig
   wait_for kube-apiserver 120 "$K8S_BIN_DIR/kubectl" --kubeconfig "$DIR/kubeconfig" get --raw /readyz
 
+  local controllers=garbagecollector,namespace
+  [[ -n "$HOST_IP" ]] && controllers="$controllers,deployment-controller,replicaset-controller,endpointslice-controller,endpoints-controller,serviceaccount-controller,root-ca-certificate-publisher-controller,pod-garbage-collector-controller,disruption-controller,node-lifecycle-controller"
   start kube-controller-manager "$K8S_BIN_DIR/kube-controller-manager" \
-    --kubeconfig "$DIR/kubeconfig" --controllers garbagecollector,namespace \
-    --leader-elect=false --secure-port 0 --use-service-account-credentials=false
+    --kubeconfig "$DIR/kubeconfig" --controllers "$controllers" \
+    --leader-elect=false --secure-port 0 --use-service-account-credentials=false \
+    ${HOST_IP:+--root-ca-file "$d/ca.crt"}
+  if [[ -n "$HOST_IP" ]]; then
+    start kube-scheduler "$NODE_BIN_DIR/kube-scheduler" --kubeconfig "$DIR/kubeconfig" --leader-elect=false \
+      --bind-address 127.0.0.1 --secure-port "$(free_port)"
+    # Pods are admitted only once the serviceaccount controller made the namespace's default one.
+    wait_for kube-controller-manager 60 "$K8S_BIN_DIR/kubectl" --kubeconfig "$DIR/kubeconfig" get serviceaccount default
+  fi
 
   cat >"$DIR/env" <<ENV
 export KUBECONFIG=$DIR/kubeconfig
 export LEADERLOCK_ETCD_ENDPOINTS=http://127.0.0.1:$e2
 export APISERVER_ETCD_ENDPOINTS=http://127.0.0.1:$e1
-export KUBE_APISERVER_URL=https://127.0.0.1:$API_PORT
+export KUBE_APISERVER_URL=https://${HOST_IP:-127.0.0.1}:$API_PORT
 export LEADERLOCK_CLUSTER_DIR=$DIR
 export LEADERLOCK_ETCD_BIN_DIR=$ETCD_BIN_DIR
 export LEADERLOCK_K8S_BIN_DIR=$K8S_BIN_DIR
 export LEADERLOCK_HELM_BIN_DIR=$HELM_BIN_DIR
 export PATH=$K8S_BIN_DIR:$ETCD_BIN_DIR:$HELM_BIN_DIR:\$PATH
 ENV
+  if [[ -n "$HOST_IP" ]]; then
+    # What pods are given instead of a kube-proxy route to the `kubernetes` Service.
+    cat >>"$DIR/env" <<ENV
+export LEADERLOCK_POD_ETCD_ENDPOINTS=http://$HOST_IP:$e2
+export LEADERLOCK_POD_APISERVER_HOST=$HOST_IP
+export LEADERLOCK_POD_APISERVER_PORT=$API_PORT
+ENV
+    node_up
+  fi
   log "control plane ready: source $DIR/env"
 }
 
 # start_apiserver NAME PORT ETCD_URL [FLAGS...]: a kube-apiserver with the test PKI on PORT.
 start_apiserver() {
   local name="$1" port="$2" etcd="$3" d="$DIR/pki"; shift 3
+  local node_flags=(--disable-admission-plugins ServiceAccount)
+  # With a node: pods get ServiceAccount tokens, and the apiserver reaches the kubelet (logs, exec)
+  # with the admin client certificate, which the kubelet's webhook authorizer accepts.
+  [[ -n "${HOST_IP:-}" ]] && node_flags=(--kubelet-client-certificate "$d/admin.crt" --kubelet-client-key "$d/admin.key")
   start "$name" "$K8S_BIN_DIR/kube-apiserver" \
     --etcd-servers "$etcd" \
-    --bind-address 127.0.0.1 --advertise-address 127.0.0.1 --secure-port "$port" \
+    --bind-address "${HOST_IP:-127.0.0.1}" --advertise-address "${HOST_IP:-127.0.0.1}" --secure-port "$port" \
     --tls-cert-file "$d/apiserver.crt" --tls-private-key-file "$d/apiserver.key" \
     --client-ca-file "$d/ca.crt" \
     --authorization-mode RBAC --anonymous-auth=false \
@@ -167,7 +203,7 @@ start_apiserver() {
     --service-account-key-file "$d/sa.pub" --service-account-signing-key-file "$d/sa.key" \
     --service-cluster-ip-range 10.96.0.0/16 \
     --endpoint-reconciler-type none \
-    --disable-admission-plugins ServiceAccount \
+    "${node_flags[@]}" \
     --cert-dir "$DIR/$name-certs" "$@"
 }
 
@@ -203,7 +239,7 @@ reap_stale() {
     for pidf in "$d"/*.pid; do
       running "$(cat "$pidf" 2>/dev/null)" && live=1
     done
-    ((live)) || { log "removing $d, left by a run that was killed"; rm -rf "$d"; }
+    ((live)) || { log "removing $d, left by a run that was killed"; node_down "$d"; rm -rf "$d"; }
   done
 }
 

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what `make test` and `make demo` need beyond this machine kind's toolchains:
-# Debian packages (protoc for etcd-client's build, openssl, curl, util-linux's setpriv).
+# Debian packages (protoc for etcd-client's build, openssl, curl, util-linux's setpriv; runc,
+# busybox-static and file for the real node and its images).
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 
@@ -13,6 +14,10 @@ command -v protoc >/dev/null || missing+=(protobuf-compiler)
 command -v openssl >/dev/null || missing+=(openssl)
 command -v curl >/dev/null || missing+=(curl)
 command -v setpriv >/dev/null || missing+=(util-linux)
+# The real node (hack/node.sh): runc runs containers, busybox-static is the workload image's shell.
+command -v runc >/dev/null || missing+=(runc)
+[[ -x /bin/busybox ]] || missing+=(busybox-static)
+command -v file >/dev/null || missing+=(file)
 if ((${#missing[@]})); then
   log "installing Debian packages: ${missing[*]}"
   SUDO=""; [[ $(id -u) -eq 0 ]] || SUDO="sudo"
