@@ -1,6 +1,6 @@
 //! Read-your-writes: what this controller wrote that the watches have not delivered yet.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use kube::Resource;
@@ -14,21 +14,50 @@ use crate::resource::{LeaderLock, LeaderLockStatus};
 /// holder change twice and write the status again, or — for pods — think a pod it just promoted
 /// is still standby and skip its demotion: two leaders.
 ///
-/// An object deleted before the watch delivered our write is never read again: its entry goes
-/// with its Delete event, or with the relist that no longer shows it ([`Written::observe`]).
+/// An entry goes when a reader's copy shows our write or anything newer ([`Written::newer_than`]:
+/// pruning on the watch event instead would race a reconcile that took its view just before the
+/// index saw that event), with its object's Delete event, or with the relist that no longer shows
+/// it ([`Written::observe`]). So entries are bounded by the live objects. A write whose
+/// answer comes back after the object's Delete event was seen is not recorded at all: the UIDs of
+/// the last [`Written::TOMBSTONES`] deletions are kept for that (a 30-minute soak showed such
+/// entries accumulating otherwise).
 pub struct Written<T> {
     entries: Mutex<HashMap<String, (u64, T)>>,
     /// During a relist, the UIDs it listed so far.
     relisted: Mutex<Option<HashSet<String>>>,
+    /// UIDs of recently deleted objects, oldest first; bounded.
+    deleted: Mutex<Tombstones>,
+}
+
+#[derive(Default)]
+struct Tombstones {
+    order: VecDeque<String>,
+    set: HashSet<String>,
+}
+
+impl Tombstones {
+    fn add(&mut self, uid: String, cap: usize) {
+        if self.set.insert(uid.clone()) {
+            self.order.push_back(uid);
+        }
+        while self.order.len() > cap {
+            if let Some(old) = self.order.pop_front() {
+                self.set.remove(&old);
+            }
+        }
+    }
 }
 
 impl<T> Default for Written<T> {
     fn default() -> Self {
-        Written { entries: Mutex::default(), relisted: Mutex::default() }
+        Written { entries: Mutex::default(), relisted: Mutex::default(), deleted: Mutex::default() }
     }
 }
 
 impl<T: Clone> Written<T> {
+    /// How many deletions are remembered: far more than can happen between a write and its answer.
+    pub const TOMBSTONES: usize = 4096;
+
     fn map(&self) -> std::sync::MutexGuard<'_, HashMap<String, (u64, T)>> {
         self.entries.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -51,6 +80,7 @@ impl<T: Clone> Written<T> {
             watcher::Event::Delete(o) => {
                 if let Some(u) = uid(o) {
                     self.map().remove(&u);
+                    self.deleted.lock().unwrap_or_else(PoisonError::into_inner).add(u, Self::TOMBSTONES);
                 }
             }
             watcher::Event::Apply(_) => {}
@@ -63,9 +93,13 @@ impl<T: Clone> Written<T> {
         }
     }
 
-    /// Remembers that writing `value` produced version `rv` of object `uid`.
+    /// Remembers that writing `value` produced version `rv` of object `uid` (not when the watch
+    /// already said the object is gone).
     pub fn record(&self, uid: Option<&str>, rv: Option<&str>, value: T) {
         if let (Some(uid), Some(rv)) = (uid, rv.and_then(|v| v.parse::<u64>().ok())) {
+            if self.deleted.lock().unwrap_or_else(PoisonError::into_inner).set.contains(uid) {
+                return;
+            }
             self.map().insert(uid.to_string(), (rv, value));
         }
     }
@@ -131,9 +165,27 @@ mod tests {
     }
 
     fn pod(uid: &str) -> k8s_openapi::api::core::v1::Pod {
+        pod_at(uid, "1")
+    }
+
+    fn pod_at(uid: &str, rv: &str) -> k8s_openapi::api::core::v1::Pod {
         let mut p = k8s_openapi::api::core::v1::Pod::default();
         p.metadata.uid = Some(uid.into());
+        p.metadata.resource_version = Some(rv.into());
         p
+    }
+
+    #[test]
+    fn a_write_answered_after_its_objects_delete_event_is_not_kept() {
+        let written: Written<PodKeys> = Written::default();
+        written.observe(&watcher::Event::Delete(pod("p1")));
+        written.record(Some("p1"), Some("9"), PodKeys::default());
+        assert_eq!(written.len(), 0, "nothing will ever deliver or delete p1 again");
+        for i in 0..Written::<PodKeys>::TOMBSTONES {
+            written.observe(&watcher::Event::Delete(pod(&format!("other-{i}"))));
+        }
+        written.record(Some("p1"), Some("9"), PodKeys::default());
+        assert_eq!(written.len(), 1, "tombstones are bounded: the oldest are forgotten");
     }
 
     #[test]
