@@ -14,6 +14,11 @@ use serde_json::Value;
 const CHART_NS: &str = "leaderlock-system";
 const NS: &str = "e2e";
 const LOCK: &str = "ledger-writer";
+/// How long a condition that depends on a downward-API file may take. The kubelet usually
+/// projects an annotation change within 0.3 s, but `make e2e` saw it wait for the kubelet's
+/// periodic pod resync (`syncFrequency`, 1 min plus jitter) in about 1 of 20 handovers: the
+/// test asserts what happens, not how fast (the benchmark reports that).
+const FILE_SECS: u64 = 150;
 const JOB_LINE: &str = "writing the ledger with fencing token ";
 
 #[test]
@@ -40,9 +45,7 @@ struct Node {
 impl Node {
     fn from_env() -> Self {
         let var = |k: &str| {
-            std::env::var(k).unwrap_or_else(|_| {
-                panic!("{k} is not set: run this test inside LEADERLOCK_NODE=1 hack/cluster.sh run")
-            })
+            std::env::var(k).unwrap_or_else(|_| panic!("{k} is not set: run this test inside LEADERLOCK_NODE=1 hack/cluster.sh run"))
         };
         Node {
             dir: PathBuf::from(var("LEADERLOCK_NODE_DIR")),
@@ -58,13 +61,9 @@ impl Node {
     fn import_images(&self) {
         let out_dir = self.dir.join("images");
         for kind in ["leaderlock", "busybox"] {
-            run(Command::new(repo().join("hack/image.sh"))
-                .arg(kind)
-                .arg(&out_dir));
+            run(Command::new(repo().join("hack/image.sh")).arg(kind).arg(&out_dir));
             let tar = out_dir.join(format!("{kind}.tar"));
-            run(Command::new("ctr")
-                .args(["-a", &self.containerd, "-n", "k8s.io", "images", "import"])
-                .arg(&tar));
+            run(Command::new("ctr").args(["-a", &self.containerd, "-n", "k8s.io", "images", "import"]).arg(&tar));
         }
     }
 }
@@ -76,31 +75,13 @@ fn dockerfile_describes_the_image(node: &Node) {
     let stage = &dockerfile[dockerfile.rfind("\nFROM ").expect("a FROM line")..];
     let directive = |name: &str| {
         let prefix = format!("{name} ");
-        stage
-            .lines()
-            .find_map(|l| l.strip_prefix(prefix.as_str()))
-            .map(str::trim)
-            .unwrap_or_else(|| panic!("no {name} in the final stage"))
+        stage.lines().find_map(|l| l.strip_prefix(prefix.as_str())).map(str::trim).unwrap_or_else(|| panic!("no {name} in the final stage"))
     };
-    assert_eq!(
-        directive("FROM"),
-        "scratch",
-        "the final stage adds nothing but the binary"
-    );
+    assert_eq!(directive("FROM"), "scratch", "the final stage adds nothing but the binary");
     let copies: Vec<_> = stage.lines().filter(|l| l.starts_with("COPY ")).collect();
     assert_eq!(copies, ["COPY --from=build /leaderlock /leaderlock"]);
-    let inspect = run(Command::new("ocipack")
-        .arg("-inspect")
-        .arg(node.dir.join("images/leaderlock.tar")));
-    let config: Value = serde_json::from_str(
-        inspect
-            .lines()
-            .next()
-            .unwrap()
-            .strip_prefix("config ")
-            .unwrap(),
-    )
-    .unwrap();
+    let inspect = run(Command::new("ocipack").arg("-inspect").arg(node.dir.join("images/leaderlock.tar")));
+    let config: Value = serde_json::from_str(inspect.lines().next().unwrap().strip_prefix("config ").unwrap()).unwrap();
     let words = |s: &str| serde_json::from_str::<Value>(s).unwrap();
     assert_eq!(config["entrypoint"], words(directive("ENTRYPOINT")));
     assert_eq!(config["cmd"], words(directive("CMD")));
@@ -115,24 +96,13 @@ fn repo() -> &'static Path {
 
 fn app_version() -> String {
     let chart = std::fs::read_to_string(repo().join("charts/leaderlock/Chart.yaml")).unwrap();
-    let line = chart
-        .lines()
-        .find(|l| l.starts_with("appVersion:"))
-        .unwrap();
-    line["appVersion:".len()..]
-        .trim()
-        .trim_matches('"')
-        .to_string()
+    let line = chart.lines().find(|l| l.starts_with("appVersion:")).unwrap();
+    line["appVersion:".len()..].trim().trim_matches('"').to_string()
 }
 
 fn run(cmd: &mut Command) -> String {
     let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{cmd:?} failed: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -157,25 +127,17 @@ fn wait_for<T>(what: &str, secs: u64, mut f: impl FnMut() -> Option<T>) -> T {
         if let Some(v) = f() {
             return v;
         }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {secs}s waiting for {what}"
-        );
+        assert!(Instant::now() < deadline, "timed out after {secs}s waiting for {what}");
         std::thread::sleep(Duration::from_millis(200));
     }
 }
 
 fn ready(pod: &Value) -> bool {
-    pod["status"]["conditions"].as_array().is_some_and(|cs| {
-        cs.iter()
-            .any(|c| c["type"] == "Ready" && c["status"] == "True")
-    })
+    pod["status"]["conditions"].as_array().is_some_and(|cs| cs.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"))
 }
 
 fn names(pods: &[Value]) -> Vec<String> {
-    pods.iter()
-        .map(|p| p["metadata"]["name"].as_str().unwrap().to_string())
-        .collect()
+    pods.iter().map(|p| p["metadata"]["name"].as_str().unwrap().to_string()).collect()
 }
 
 /// `helm install` with the image built here; pods reach the apiserver and the lock etcd at the
@@ -196,46 +158,20 @@ fn install_chart(node: &Node) {
     run(Command::new("helm")
         .args(["install", "leaderlock"])
         .arg(&chart)
-        .args([
-            "-n",
-            CHART_NS,
-            "--create-namespace",
-            "--wait",
-            "--timeout",
-            "180s",
-            "-f",
-        ])
+        .args(["-n", CHART_NS, "--create-namespace", "--wait", "--timeout", "180s", "-f"])
         .arg(&values));
-    let pods = json(&[
-        "get",
-        "pods",
-        "-n",
-        CHART_NS,
-        "-l",
-        "app.kubernetes.io/name=leaderlock",
-    ]);
+    let pods = json(&["get", "pods", "-n", CHART_NS, "-l", "app.kubernetes.io/name=leaderlock"]);
     let pods = pods["items"].as_array().unwrap();
     assert_eq!(pods.len(), 2, "two controller replicas");
     for p in pods {
-        assert!(
-            ready(p),
-            "controller pod not Ready (probes): {}",
-            p["metadata"]["name"]
-        );
-        assert_eq!(
-            p["spec"]["serviceAccountName"], "leaderlock",
-            "the chart's ServiceAccount"
-        );
-        let projected = p["spec"]["volumes"].as_array().unwrap().iter().any(|v| {
-            v["projected"]["sources"]
-                .as_array()
-                .is_some_and(|s| s.iter().any(|s| s.get("serviceAccountToken").is_some()))
-        });
-        assert!(
-            projected,
-            "no projected ServiceAccount token in {}",
-            p["metadata"]["name"]
-        );
+        assert!(ready(p), "controller pod not Ready (probes): {}", p["metadata"]["name"]);
+        assert_eq!(p["spec"]["serviceAccountName"], "leaderlock", "the chart's ServiceAccount");
+        let projected = p["spec"]["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|v| v["projected"]["sources"].as_array().is_some_and(|s| s.iter().any(|s| s.get("serviceAccountToken").is_some())));
+        assert!(projected, "no projected ServiceAccount token in {}", p["metadata"]["name"]);
     }
     let names = names(pods);
     wait_for("exactly one active controller replica", 60, || {
@@ -257,12 +193,7 @@ fn active(pod: &str) -> Option<bool> {
 /// examples/ applied as a user would, with the image names of this machine.
 fn run_examples() {
     kubectl_ok(&["create", "namespace", NS]);
-    wait_for("the namespace's default ServiceAccount", 60, || {
-        kubectl(&["get", "sa", "default", "-n", NS])
-            .status
-            .success()
-            .then_some(())
-    });
+    wait_for("the namespace's default ServiceAccount", 60, || kubectl(&["get", "sa", "default", "-n", NS]).status.success().then_some(()));
     let deployment = std::fs::read_to_string(repo().join("examples/deployment.yaml"))
         .unwrap()
         .replace("image: leaderlock:", "image: leaderlock.dev/leaderlock:")
@@ -273,10 +204,7 @@ fn run_examples() {
     );
     let file = std::env::temp_dir().join(format!("e2e-deployment-{}.yaml", std::process::id()));
     std::fs::write(&file, deployment).unwrap();
-    for f in [
-        "examples/leaderlock-ledger.yaml",
-        "examples/leader-service.yaml",
-    ] {
+    for f in ["examples/leaderlock-ledger.yaml", "examples/leader-service.yaml"] {
         kubectl_ok(&["apply", "-n", NS, "-f", repo().join(f).to_str().unwrap()]);
     }
     kubectl_ok(&["apply", "-n", NS, "-f", file.to_str().unwrap()]);
@@ -293,105 +221,46 @@ fn run_examples() {
 /// logs (exactly one job runs), and the leader-only Service's EndpointSlice.
 fn converged_holder() -> (String, u64) {
     let (holder, token) = wait_for("an elected holder", 60, status_holder);
-    let pods = names(
-        json(&["get", "pods", "-n", NS, "-l", "app=ledger-worker"])["items"]
-            .as_array()
-            .unwrap(),
-    );
-    wait_for(
-        "every pod's `leaderlock role` to agree with the status",
-        30,
-        || {
-            pods.iter()
-                .all(|p| {
-                    let want = if *p == holder {
-                        format!("leader {token}")
-                    } else {
-                        "standby".to_string()
-                    };
-                    role(p).as_deref() == Some(want.as_str())
-                })
-                .then_some(())
-        },
-    );
-    let file = kubectl_ok(&[
-        "exec",
-        "-n",
-        NS,
-        &holder,
-        "-c",
-        "worker",
-        "--",
-        "cat",
-        "/etc/leaderlock/annotations",
-    ]);
-    assert!(
-        file.contains(&format!("leaderlock.dev/{LOCK}.token=\"{token}\"")),
-        "holder's file lacks token {token}:\n{file}"
-    );
-    wait_for("the job to run in the holder only", 30, || {
-        let running: Vec<_> = pods.iter().filter(|p| job_running(p)).collect();
-        (running.len() == 1 && *running[0] == holder && last_job_token(&holder) == Some(token))
+    let pods = names(json(&["get", "pods", "-n", NS, "-l", "app=ledger-worker"])["items"].as_array().unwrap());
+    wait_for("every pod's `leaderlock role` to agree with the status", FILE_SECS, || {
+        pods.iter()
+            .all(|p| {
+                let want = if *p == holder { format!("leader {token}") } else { "standby".to_string() };
+                role(p).as_deref() == Some(want.as_str())
+            })
             .then_some(())
     });
-    let ip = json(&["get", "pod", "-n", NS, &holder])["status"]["podIP"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    wait_for(
-        "the leader Service's EndpointSlice to hold the holder only",
-        30,
-        || (slice_addresses() == vec![ip.clone()]).then_some(()),
-    );
+    let file = kubectl_ok(&["exec", "-n", NS, &holder, "-c", "worker", "--", "cat", "/etc/leaderlock/annotations"]);
+    assert!(file.contains(&format!("leaderlock.dev/{LOCK}.token=\"{token}\"")), "holder's file lacks token {token}:\n{file}");
+    wait_for("the job to run in the holder only", FILE_SECS, || {
+        let running: Vec<_> = pods.iter().filter(|p| job_running(p)).collect();
+        (running.len() == 1 && *running[0] == holder && last_job_token(&holder) == Some(token)).then_some(())
+    });
+    let ip = json(&["get", "pod", "-n", NS, &holder])["status"]["podIP"].as_str().unwrap().to_string();
+    wait_for("the leader Service's EndpointSlice to hold the holder only", 30, || (slice_addresses() == vec![ip.clone()]).then_some(()));
     (holder, token)
 }
 
 fn status_holder() -> Option<(String, u64)> {
     let ll = json(&["get", "leaderlock", "ledger", "-n", NS]);
-    let lock = ll["status"]["locks"]
-        .as_array()?
-        .iter()
-        .find(|l| l["name"] == LOCK)?
-        .clone();
-    let holder = lock["holder"]
-        .as_str()
-        .filter(|h| !h.is_empty())?
-        .to_string();
+    let lock = ll["status"]["locks"].as_array()?.iter().find(|l| l["name"] == LOCK)?.clone();
+    let holder = lock["holder"].as_str().filter(|h| !h.is_empty())?.to_string();
     // int64 in the API, so JSON carries it as a string.
     let token = &lock["fencingToken"];
-    Some((
-        holder,
-        token.as_u64().or_else(|| token.as_str()?.parse().ok())?,
-    ))
+    Some((holder, token.as_u64().or_else(|| token.as_str()?.parse().ok())?))
 }
 
 /// `leaderlock role` run inside the pod's worker container.
 fn role(pod: &str) -> Option<String> {
-    let out = kubectl(&[
-        "exec",
-        "-n",
-        NS,
-        pod,
-        "-c",
-        "worker",
-        "--",
-        "/opt/leaderlock/leaderlock",
-        "role",
-        "--lock",
-        LOCK,
-    ]);
-    matches!(out.status.code(), Some(0 | 1))
-        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+    let out = kubectl(&["exec", "-n", NS, pod, "-c", "worker", "--", "/opt/leaderlock/leaderlock", "role", "--lock", LOCK]);
+    matches!(out.status.code(), Some(0 | 1)).then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
 /// The fencing token of the last job start in the pod's own log, if its job ever started.
 fn last_job_token(pod: &str) -> Option<u64> {
     let out = kubectl(&["logs", "-n", NS, pod, "-c", "worker"]);
     let log = String::from_utf8_lossy(&out.stdout);
-    log.lines()
-        .rev()
-        .find_map(|l| l.strip_prefix(JOB_LINE))
-        .and_then(|t| t.trim().parse().ok())
+    log.lines().rev().find_map(|l| l.strip_prefix(JOB_LINE)).and_then(|t| t.trim().parse().ok())
 }
 
 /// Whether the example's job (`sh -c '… while true …'`) is a live process in the pod. busybox
@@ -399,22 +268,11 @@ fn last_job_token(pod: &str) -> Option<u64> {
 /// pattern's brackets keep the probe from matching itself.
 fn job_running(pod: &str) -> bool {
     let probe = r#"for f in /proc/[0-9]*/cmdline; do tr '\0' ' ' <$f | grep -q '^sh -c .*while [t]rue' && exit 0; done; exit 1"#;
-    kubectl(&[
-        "exec", "-n", NS, pod, "-c", "worker", "--", "sh", "-c", probe,
-    ])
-    .status
-    .success()
+    kubectl(&["exec", "-n", NS, pod, "-c", "worker", "--", "sh", "-c", probe]).status.success()
 }
 
 fn slice_addresses() -> Vec<String> {
-    let slices = json(&[
-        "get",
-        "endpointslices",
-        "-n",
-        NS,
-        "-l",
-        "kubernetes.io/service-name=ledger-leader",
-    ]);
+    let slices = json(&["get", "endpointslices", "-n", NS, "-l", "kubernetes.io/service-name=ledger-leader"]);
     let mut ips: Vec<String> = slices["items"]
         .as_array()
         .into_iter()
@@ -431,28 +289,15 @@ fn slice_addresses() -> Vec<String> {
 /// the Service follows; the Deployment's replacement pod becomes a standby.
 fn graceful_failover((old, old_token): &(String, u64)) {
     kubectl_ok(&["delete", "pod", "-n", NS, old, "--wait=false"]);
-    let (new, new_token) = wait_for("a new holder", 60, || {
-        status_holder().filter(|(h, _)| h != old)
-    });
-    assert!(
-        new_token > *old_token,
-        "fencing token did not grow: {old_token} -> {new_token}"
-    );
-    wait_for("the new holder's job", 30, || {
-        (last_job_token(&new) == Some(new_token)).then_some(())
-    });
-    wait_for("the old pod to be gone", 60, || {
-        (!kubectl(&["get", "pod", "-n", NS, old]).status.success()).then_some(())
-    });
+    let (new, new_token) = wait_for("a new holder", 60, || status_holder().filter(|(h, _)| h != old));
+    assert!(new_token > *old_token, "fencing token did not grow: {old_token} -> {new_token}");
+    wait_for("the new holder's job", FILE_SECS, || (last_job_token(&new) == Some(new_token)).then_some(()));
+    wait_for("the old pod to be gone", 60, || (!kubectl(&["get", "pod", "-n", NS, old]).status.success()).then_some(()));
     wait_for("three Ready pods again", 120, || {
         let pods = json(&["get", "pods", "-n", NS, "-l", "app=ledger-worker"]);
         let items = pods["items"].as_array()?;
         (items.len() == 3 && items.iter().all(ready)).then_some(())
     });
     let (holder, token) = converged_holder();
-    assert_eq!(
-        (holder.as_str(), token),
-        (new.as_str(), new_token),
-        "holder changed again without cause"
-    );
+    assert_eq!((holder.as_str(), token), (new.as_str(), new_token), "holder changed again without cause");
 }
