@@ -47,20 +47,12 @@ wait_for() {
 }
 
 stop_all() {
-  local dir="$1" pidf pid
+  local dir="$1" name
   [[ -d "$dir" ]] || return 0
   node_down "$dir" # containers, shims, kubelet, containerd, mounts, cgroups, bridge (if a node ran)
   # Stop in reverse dependency order so the apiserver never outlives its etcd for long.
   for name in kube-scheduler kube-controller-manager kube-apiserver-second kube-apiserver etcd-locks etcd-apiserver; do
-    pidf="$dir/$name.pid"
-    [[ -f "$pidf" ]] || continue
-    pid="$(cat "$pidf")"
-    if kill -0 "$pid" 2>/dev/null; then
-      kill -TERM "$pid" 2>/dev/null || true
-      for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-      kill -KILL "$pid" 2>/dev/null || true
-    fi
-    rm -f "$pidf"
+    stop_pid "$name" "$dir"
   done
 }
 

@@ -207,9 +207,10 @@ ENV
   log "node ready"
 }
 
-# stop_pid NAME: TERM, then KILL after 5 s, the process recorded in DIR/NAME.pid.
+# stop_pid NAME [RUNDIR]: TERM, then KILL after 5 s, the process recorded in RUNDIR/NAME.pid
+# (RUNDIR defaults to $DIR). hack/cluster.sh stops its servers with it too.
 stop_pid() {
-  local pidf="$DIR/$1.pid" pid
+  local pidf="${2:-$DIR}/$1.pid" pid
   [[ -f "$pidf" ]] || return 0
   pid="$(cat "$pidf")"
   if kill -0 "$pid" 2>/dev/null; then
