@@ -342,18 +342,36 @@ async fn keys_with_prefix(endpoint: &str, prefix: &str) -> Vec<(String, i64)> {
     resp.kvs().iter().map(|kv| (String::from_utf8_lossy(kv.key()).into_owned(), kv.create_revision())).collect()
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_controller_cut_off_from_etcd_demotes_its_holder_before_the_lock_lease_can_expire() {
-    let _serial = ONE_AT_A_TIME.lock().await;
+/// A lock etcd reached through a proxy a test can cut, one Ready worker pod and a `jobs`
+/// LeaderLock with `ttl_seconds`, in namespace `multi-cut-NAME` under root `/NAME-<pid>/`.
+/// Bind every field: one left to `..` would be dropped at once (etcd stopped, tests unserialised).
+struct CutStage {
+    _serial: tokio::sync::MutexGuard<'static, ()>,
+    etcd: EtcdServer,
+    proxy: TcpProxy,
+    c: kube::Client,
+    ns: String,
+    root: String,
+}
+
+async fn cut_stage(name: &str, ttl_seconds: u32) -> CutStage {
+    let serial = ONE_AT_A_TIME.lock().await;
     install_crd();
     let etcd = EtcdServer::start();
-    let endpoint = etcd.endpoint();
-    let mut proxy = TcpProxy::start(etcd.client_port).await;
+    let proxy = TcpProxy::start(etcd.client_port).await;
     let c = client().await;
-    let ns = namespace("multi-cut-alone");
-    let root = format!("/alone-{}/", std::process::id());
+    let ns = namespace(&format!("multi-cut-{name}"));
+    let root = format!("/{name}-{}/", std::process::id());
     ready_pods(&c, &ns, &["w-1"], &[("app", "worker")]).await;
-    kubectl_ok(&["apply", "-n", &ns, "-f", "-"], Some(&leaderlock_yaml(None)));
+    let yaml = leaderlock_yaml(None).replace("ttlSeconds: 5", &format!("ttlSeconds: {ttl_seconds}"));
+    kubectl_ok(&["apply", "-n", &ns, "-f", "-"], Some(&yaml));
+    CutStage { _serial: serial, etcd, proxy, c, ns, root }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_controller_cut_off_from_etcd_demotes_its_holder_before_the_lock_lease_can_expire() {
+    let CutStage { _serial, etcd, mut proxy, c, ns, root } = cut_stage("alone", 5).await;
+    let endpoint = etcd.endpoint();
     let proxied = proxy.endpoint();
     let args = ["--etcd-endpoints", &proxied, "--etcd-timeout", "1s", "--namespace", &ns, "--etcd-prefix", &root, "--cluster-id", "alone"];
     let ctl = ControllerProcess::start(&args);
@@ -381,17 +399,9 @@ async fn a_controller_cut_off_from_etcd_demotes_its_holder_before_the_lock_lease
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_standby_replica_that_reaches_etcd_takes_over_the_cut_off_one_with_no_holder_change() {
-    let _serial = ONE_AT_A_TIME.lock().await;
-    install_crd();
-    let etcd = EtcdServer::start();
-    let endpoint = etcd.endpoint();
-    let mut proxy = TcpProxy::start(etcd.client_port).await;
-    let c = client().await;
-    let ns = namespace("multi-cut-replica");
-    let root = format!("/replica-{}/", std::process::id());
-    ready_pods(&c, &ns, &["w-1"], &[("app", "worker")]).await;
     // A TTL well above the election's, as advised: the standby adopts the lease in time.
-    kubectl_ok(&["apply", "-n", &ns, "-f", "-"], Some(&leaderlock_yaml(None).replace("ttlSeconds: 5", "ttlSeconds: 10")));
+    let CutStage { _serial, etcd, mut proxy, c, ns, root } = cut_stage("replica", 10).await;
+    let endpoint = etcd.endpoint();
     let replica = |etcd: &str| {
         ControllerProcess::start(&[
             "--etcd-endpoints",
@@ -435,16 +445,8 @@ async fn a_standby_replica_that_reaches_etcd_takes_over_the_cut_off_one_with_no_
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_cut_shorter_than_half_the_ttl_changes_no_pod_even_when_the_replica_exits() {
-    let _serial = ONE_AT_A_TIME.lock().await;
-    install_crd();
-    let etcd = EtcdServer::start();
-    let mut proxy = TcpProxy::start(etcd.client_port).await;
-    let c = client().await;
-    let ns = namespace("multi-cut-brief");
-    let root = format!("/brief-{}/", std::process::id());
-    ready_pods(&c, &ns, &["w-1"], &[("app", "worker")]).await;
     // ttlSeconds 20: the lease is at risk only after 10 s without a renewal.
-    kubectl_ok(&["apply", "-n", &ns, "-f", "-"], Some(&leaderlock_yaml(None).replace("ttlSeconds: 5", "ttlSeconds: 20")));
+    let CutStage { _serial, etcd: _etcd, mut proxy, c, ns, root } = cut_stage("brief", 20).await;
     let proxied = proxy.endpoint();
     let ctl = ControllerProcess::start(&["--etcd-endpoints", &proxied, "--etcd-timeout", "1s", "--namespace", &ns, "--etcd-prefix", &root]);
     let (leader, _) = elected(&c, &ns, "jobs", "job", 1).await;
