@@ -24,6 +24,7 @@ fn controller_help_lists_every_flag_with_its_env_var() {
         ("--max-concurrent-reconciles", "LEADERLOCK_MAX_CONCURRENT_RECONCILES"),
         ("--http-addr", "LEADERLOCK_HTTP_ADDR"),
         ("--election-ttl", "LEADERLOCK_ELECTION_TTL"),
+        ("--cluster-id", "LEADERLOCK_CLUSTER_ID"),
         ("--log-format", "LEADERLOCK_LOG_FORMAT"),
         ("--log-level", "LEADERLOCK_LOG_LEVEL"),
     ] {
@@ -32,6 +33,23 @@ fn controller_help_lists_every_flag_with_its_env_var() {
     let top = String::from_utf8(leaderlock(&["--help"]).stdout).unwrap();
     for sub in ["controller", "crd", "role", "wait", "run", "copy-self"] {
         assert!(top.contains(sub), "subcommand {sub} missing from --help");
+    }
+}
+
+/// The contract names every flag and env var users can set: a new flag without a line in
+/// docs/contract.md fails here.
+#[test]
+fn every_flag_and_env_var_in_help_is_in_the_contract() {
+    let contract = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/contract.md")).unwrap();
+    for sub in ["controller", "role", "wait", "run", "copy-self", "crd"] {
+        let help = String::from_utf8(leaderlock(&[sub, "--help"]).stdout).unwrap();
+        let words = help.split(|c: char| !(c.is_ascii_alphanumeric() || c == '-' || c == '_'));
+        for name in words.filter(|w| (w.starts_with("--") && w.len() > 2) || w.starts_with("LEADERLOCK_")) {
+            if name == "--help" {
+                continue;
+            }
+            assert!(contract.contains(name), "`leaderlock {sub} --help` names {name}, docs/contract.md does not");
+        }
     }
 }
 
