@@ -38,8 +38,11 @@ enum LogFormat {
 enum Command {
     /// Run the controller: elect holders for every LeaderLock, annotate pods, write status.
     Controller(Box<ControllerArgs>),
-    /// Print the LeaderLock CustomResourceDefinition as YAML (pipe it to `kubectl apply -f -`).
-    Crd,
+    /// Print the CustomResourceDefinitions as YAML (pipe them to `kubectl apply -f -`).
+    Crd {
+        /// Only this CRD, by plural: leaderlocks or handovers. Default: both, as one YAML stream.
+        kind: Option<String>,
+    },
     /// Copy this binary to DEST (executable): an init container uses it to hand `leaderlock run`
     /// to an application container through a shared emptyDir (the image has no shell or `cp`).
     CopySelf {
@@ -307,21 +310,35 @@ fn limit_malloc_arenas() {
     }
 }
 
+/// Prints the CRD named `kind` (a plural), or every CRD as one multi-document YAML stream.
+fn print_crds(kind: Option<&str>) -> ExitCode {
+    let all = leaderlock::resource::crds();
+    let known: Vec<&str> = all.iter().map(|(k, _)| *k).collect();
+    let chosen: Vec<_> = all.into_iter().filter(|(k, _)| kind.is_none_or(|want| want == *k)).collect();
+    if chosen.is_empty() {
+        eprintln!("error: no CRD named {:?}; choose one of {}", kind.unwrap_or_default(), known.join(", "));
+        return ExitCode::from(2);
+    }
+    let mut docs = Vec::new();
+    for (name, yaml) in chosen {
+        match yaml {
+            Ok(y) => docs.push(y),
+            Err(e) => {
+                eprintln!("error: cannot render the {name} CRD: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    print!("{}", docs.join("---\n"));
+    ExitCode::SUCCESS
+}
+
 fn main() -> ExitCode {
     limit_malloc_arenas();
     let cli = Cli::parse();
     init_logging(&cli);
     match cli.command {
-        Command::Crd => match leaderlock::resource::crd_yaml() {
-            Ok(yaml) => {
-                print!("{yaml}");
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("error: cannot render the CRD: {e}");
-                ExitCode::FAILURE
-            }
-        },
+        Command::Crd { kind } => print_crds(kind.as_deref()),
         Command::CopySelf { dest } => match leaderlock::podside::copy_self(&dest) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {

@@ -137,6 +137,7 @@ mod tests {
                 locks: locks.iter().map(|(n, k)| LockSpec { name: n.to_string(), etcd_key: k.map(str::to_string) }).collect(),
                 ttl_seconds: 15,
                 pod_labels: false,
+                paused: false,
             },
         );
         l.metadata.creation_timestamp = Some(Time(jiff::Timestamp::from_second(1_700_000_000 + age_secs).unwrap()));

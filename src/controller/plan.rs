@@ -249,7 +249,7 @@ pub(crate) mod tests {
     pub fn leaderlock(locks: &[&str], status: Option<LeaderLockStatus>) -> LeaderLock {
         let selector = LabelSelector { match_labels: Some([("app".to_string(), "worker".to_string())].into()), ..Default::default() };
         let locks = locks.iter().map(|l| LockSpec { name: l.to_string(), etcd_key: None }).collect();
-        let mut ll = LeaderLock::new("payments", LeaderLockSpec { selector, locks, ttl_seconds: 15, pod_labels: false });
+        let mut ll = LeaderLock::new("payments", LeaderLockSpec { selector, locks, ttl_seconds: 15, pod_labels: false, paused: false });
         ll.metadata.namespace = Some("ns".into());
         ll.metadata.generation = Some(3);
         ll.status = status;

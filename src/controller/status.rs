@@ -149,6 +149,7 @@ mod tests {
             since: Some("2027-01-15T08:00:00Z".into()),
             candidates: 2,
             transitions: 1,
+            queue: vec![],
         };
         assert_eq!((s.observed_generation, s.lock_count, &s.locks[..]), (Some(3), 1, &[lock][..]));
         assert_eq!(ready(&s), ("True", reasons::ELECTED, "every lock has a holder"));

@@ -21,6 +21,7 @@ fn ll(ns: &str, name: &str, age: i64, app: &str, locks: &[(&str, Option<&str>)])
             locks: locks.iter().map(|(n, k)| LockSpec { name: n.to_string(), etcd_key: k.map(str::to_string) }).collect(),
             ttl_seconds: 15,
             pod_labels: false,
+            paused: false,
         },
     );
     l.metadata.namespace = Some(ns.into());

@@ -7,6 +7,8 @@
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector};
 use kube::{CustomResource, CustomResourceExt, KubeSchema};
+
+pub mod handover;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -54,6 +56,11 @@ pub struct LeaderLockSpec {
     /// Also mirror each pod's role into the label `leaderlock.dev/<lock>` (for Service selectors).
     #[serde(default)]
     pub pod_labels: bool,
+
+    /// Freeze every holder (maintenance): no failover, no handover, candidate keys stay as they
+    /// are until set back to false. The `Paused` condition says so.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub paused: bool,
 }
 
 /// One lock: a name unique in the LeaderLock and, optionally, the etcd prefix it lives under.
@@ -115,6 +122,10 @@ pub struct LockStatus {
     /// Holder changes observed since the LeaderLock was created.
     #[serde(default)]
     pub transitions: i64,
+    /// Everyone in line, in etcd's order, holder first (same naming as `holder`): who takes over
+    /// next. `kubectl leaderlock status -o wide` shows it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub queue: Vec<String>,
 }
 
 /// Condition types and reasons users can match on.
@@ -136,6 +147,12 @@ pub mod reasons {
     pub const FORBIDDEN: &str = "Forbidden";
     /// The etcd root is registered to another cluster: this controller serves nothing there.
     pub const ROOT_OWNED_BY_OTHER_CLUSTER: &str = "RootOwnedByOtherCluster";
+    /// Condition type: `True` while `spec.paused` freezes the holders.
+    pub const PAUSED: &str = "Paused";
+    /// `Paused=True`: frozen by `spec.paused`.
+    pub const SPEC_PAUSED: &str = "SpecPaused";
+    /// `Paused=False` after a pause ended.
+    pub const RESUMED: &str = "Resumed";
 }
 
 /// The CRD as YAML, exactly as checked in under `crds/`. Printed with serde-saphyr, the YAML
@@ -143,8 +160,18 @@ pub mod reasons {
 /// would take for another type. Long strings are never folded: a CEL rule or a description
 /// reads as written, and a one-word change is a one-line diff.
 pub fn crd_yaml() -> Result<String, serde_saphyr::ser::Error> {
+    crd_yaml_of::<LeaderLock>()
+}
+
+/// The CRD of any of our kinds as YAML, printed like [`crd_yaml`].
+pub fn crd_yaml_of<K: CustomResourceExt>() -> Result<String, serde_saphyr::ser::Error> {
     let options = serde_saphyr::ser_options! { folded_wrap_chars: usize::MAX };
-    serde_saphyr::to_string_with_options(&LeaderLock::crd(), options)
+    serde_saphyr::to_string_with_options(&K::crd(), options)
+}
+
+/// Every CRD the controller serves, by plural: what `leaderlock crd [PLURAL]` prints.
+pub fn crds() -> Vec<(&'static str, Result<String, serde_saphyr::ser::Error>)> {
+    vec![("leaderlocks", crd_yaml()), ("handovers", crd_yaml_of::<handover::Handover>())]
 }
 
 #[cfg(test)]
@@ -159,5 +186,8 @@ mod tests {
         let yaml = crd_yaml().unwrap();
         let read_back: serde_json::Value = serde_saphyr::from_str(&yaml).unwrap();
         assert_eq!(read_back, serde_json::to_value(LeaderLock::crd()).unwrap());
+        let yaml = crd_yaml_of::<handover::Handover>().unwrap();
+        let read_back: serde_json::Value = serde_saphyr::from_str(&yaml).unwrap();
+        assert_eq!(read_back, serde_json::to_value(handover::Handover::crd()).unwrap());
     }
 }
