@@ -25,6 +25,8 @@ pub mod keyspace;
 pub mod lock;
 /// Prometheus metrics [§5].
 pub mod metrics;
+/// The kubectl plugin `kubectl leaderlock`: status, handover, step-down, pause, resume [§5.8].
+pub mod plugin;
 /// The pod contract (pure): candidacy, role and token keys, demote-before-promote [§3].
 pub mod pods;
 /// The pod-side helper: role, wait, run [§3].
