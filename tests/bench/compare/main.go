@@ -6,7 +6,7 @@
 // (APISERVER_ETCD_ENDPOINTS).
 //
 // Phases, in priority order, one file each: idle write amplification (idle.go), failover
-// latency (failover.go), scale, 1k and 10k (scale.go), controller restart (restart.go); each
+// latency (failover.go), planned handover latency (handover.go), scale, 1k and 10k (scale.go), controller restart (restart.go); each
 // records its figures in its own result type, report.go turns them into the report. It prints a table, writes BENCHMARKS.md (-out) and ends stdout with one
 // machine-readable "BENCH ..." line. Run it through hack/bench.sh.
 package main
@@ -65,7 +65,7 @@ func main() {
 	cfg.kubeconfig = mustEnv("KUBECONFIG")
 	cfg.apiserverEtcd = mustEnv("APISERVER_ETCD_ENDPOINTS")
 	cfg.clusterDir = mustEnv("LEADERLOCK_CLUSTER_DIR")
-	phases := envStr("BENCH_PHASES", "idle,failover,scale,restart")
+	phases := envStr("BENCH_PHASES", "idle,failover,handover,scale,restart")
 
 	var err error
 	logDir, err = os.MkdirTemp("", "leaderlock-bench-")
@@ -101,6 +101,10 @@ func main() {
 		failover(etcds)
 		report(false)
 	}
+	if strings.Contains(phases, "handover") {
+		handoverPhase()
+		report(false)
+	}
 	if strings.Contains(phases, "scale") {
 		for _, n := range cfg.scales {
 			scale(etcds, ctl, apiPid, n)
@@ -128,6 +132,7 @@ func main() {
 type results struct {
 	idle     *idleResult
 	failover *failoverResult
+	handover *handoverResult
 	scales   map[int]*scaleResult // by number of LeaderLocks
 	restart  *restartResult
 	totalS   string // seconds of measurement
