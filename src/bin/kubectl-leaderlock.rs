@@ -131,11 +131,11 @@ struct Move {
 
 #[derive(Args)]
 struct HandoverArgs {
-    #[command(flatten)]
-    target: Move,
     /// The candidate pod to hand the lock to (default: the next in line, as step-down).
     #[arg(long, value_name = "POD")]
     to: Option<String>,
+    #[command(flatten)]
+    target: Move,
 }
 
 #[derive(Args)]
