@@ -51,38 +51,61 @@ func handoverPhase() {
 		old := t.leaderOf(lock)
 		t.mu.Unlock()
 		target := pods[(indexOf(pods, old)+1)%len(pods)]
-		// Two leaders at once would show in the counter the tracker keeps; watch for it.
-		twoLeaders := make(chan struct{}, 1)
-		go func() {
-			if _, err := t.wait("", 30*time.Second, func(t *tracker) bool { return t.leaders > 1 }); err == nil {
-				twoLeaders <- struct{}{}
-			}
-		}()
+		// Registered before the request exists, so each fires with the receipt time of the event
+		// that made it true: the target promoted, or (never, we hope) two leaders at once.
+		promoted := t.when(func(t *tracker) bool { return t.leaderOf(lock) == target })
+		twoLeaders := t.when(func(t *tracker) bool { return t.leaders > 1 })
 		t0 := time.Now()
 		created, err := k.createHandover(ns, lock, target)
 		must(err)
-		finished := k.watchFinal(ns, created)
-		at, err := t.wait("the target to be annotated leader", 30*time.Second, func(t *tracker) bool { return t.leaderOf(lock) == target })
-		must(err)
-		annotated = append(annotated, at.Sub(t0))
-		fin := <-finished
-		if fin.err != nil {
-			fatalf("handover %d (%s → %s): %v", i, old, target, fin.err)
-		}
-		if fin.phase != "Done" {
-			fatalf("handover %d (%s → %s): phase %s, reason %s", i, old, target, fin.phase, fin.reason)
+		fin := <-k.watchFinal(ns, created)
+		if fin.err != nil || fin.phase != "Done" {
+			fatalf("handover %d (%s → %s): phase %q, reason %q, %v", i, old, target, fin.phase, fin.reason, fin.err)
 		}
 		done = append(done, fin.at.Sub(t0))
+		select {
+		case at := <-promoted:
+			annotated = append(annotated, at.Sub(t0))
+		case <-time.After(30 * time.Second):
+			fatalf("handover %d (%s → %s): Done, but the pods watch never showed %s as leader", i, old, target, target)
+		}
 		select {
 		case <-twoLeaders:
 			r.twoLeaders++
 		default:
 		}
+		t.forget(twoLeaders)
 	}
 	a, d := summarize(annotated), summarize(done)
 	r.annotated, r.done = &a, &d
 	res.handover = r
 	logf("handover: n=%d annotated p50=%.1fms p95=%.1fms p99=%.1fms max=%.1fms; done p99=%.1fms", a.N, a.P50, a.P95, a.P99, a.Max, d.P99)
+}
+
+// when registers cond with the tracker and returns the channel that receives the receipt time
+// of the event that makes it true (at once, if it already holds).
+func (t *tracker) when(cond func(t *tracker) bool) <-chan time.Time {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	w := &waiter{cond: cond, fired: make(chan time.Time, 1)}
+	if cond(t) {
+		w.fired <- time.Now()
+	} else {
+		t.waiters = append(t.waiters, w)
+	}
+	return w.fired
+}
+
+// forget drops the waiter whose channel is fired, if it never fired.
+func (t *tracker) forget(fired <-chan time.Time) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for i, w := range t.waiters {
+		if w.fired == fired {
+			t.waiters = append(t.waiters[:i], t.waiters[i+1:]...)
+			return
+		}
+	}
 }
 
 func indexOf(s []string, x string) int {
