@@ -194,3 +194,31 @@ fn main() -> ExitCode {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn timeout_means_nothing_without_wait_and_defaults_to_30s() {
+        let Ok(Cli { command: Command::StepDown(a), namespace, .. }) =
+            Cli::try_parse_from(["kubectl-leaderlock", "step-down", "payments", "-n", "shop", "--timeout", "1.5m"])
+        else {
+            panic!("step-down refused");
+        };
+        assert_eq!((a.target.waiting.deadline(), namespace.as_deref()), (None, Some("shop")));
+        let Ok(Cli { command: Command::Pause(a), .. }) =
+            Cli::try_parse_from(["kubectl-leaderlock", "-n", "shop", "pause", "payments", "--wait"])
+        else {
+            panic!("pause refused");
+        };
+        assert_eq!(a.waiting.deadline(), Some(Duration::from_secs(30)));
+    }
+}
