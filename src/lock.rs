@@ -204,10 +204,9 @@ pub fn requeue(prefix: &str, keys: &[KeyState], holder_token: i64, target: Targe
     }
     let at = match target {
         Target::Next => 1,
-        Target::Candidate(id) => line
-            .iter()
-            .position(|k| k.candidate_name().is_some() && candidate_id(&k.key[dir.len()..]) == id)
-            .ok_or(Unmovable::NotQueued)?,
+        Target::Candidate(id) => {
+            line.iter().position(|k| k.candidate_name().is_some() && candidate_id(&k.key[dir.len()..]) == id).ok_or(Unmovable::NotQueued)?
+        }
     };
     if at == 0 {
         return Err(Unmovable::AlreadyHolder);
