@@ -39,6 +39,6 @@ hack/build-tools.sh >/dev/null # etcd, the trylock and mutex peers, kube-apiserv
 
 exec hack/cluster.sh run -- "$out/compare" \
   -out "$ROOT/BENCHMARKS.md" \
-  -crd "$ROOT/crds/leaderlock.dev_leaderlocks.yaml" \
+  -crd "$ROOT/crds/" \
   -controller "$ROOT/target/release/leaderlock" \
   -elector "$out/elector"

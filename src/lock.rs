@@ -73,6 +73,23 @@ pub fn candidate_key(prefix: &str, id: &str) -> String {
     format!("{prefix}/{id}")
 }
 
+/// The candidate a key suffix belongs to: `<id>`, or `<id>.<n>` once [`requeue`] sent the key to
+/// the back of the line (a transaction cannot delete and create the same key, so a requeued key
+/// gets the next name). Pod UIDs have no dot.
+pub fn candidate_id(suffix: &str) -> &str {
+    suffix.split_once('.').map_or(suffix, |(id, _)| id)
+}
+
+/// The name a requeued key is created under: `<id>.1`, then `<id>.2`, ...
+fn requeued_key(key: &str) -> String {
+    let (dir, suffix) = key.rsplit_once('/').unwrap_or(("", key));
+    let next = match suffix.split_once('.') {
+        Some((id, n)) => format!("{id}.{}", n.parse::<u64>().map_or(1, |n| n + 1)),
+        None => format!("{suffix}.1"),
+    };
+    format!("{dir}/{next}")
+}
+
 /// The value recorded in a candidate's key.
 pub fn candidate_value(name: &str) -> Vec<u8> {
     format!("{VALUE_MARKER}{name}").into_bytes()
@@ -88,10 +105,19 @@ fn keys_of<'a>(prefix: &str, keys: &'a [KeyState]) -> Vec<&'a KeyState> {
 
 /// The holder of the lock `prefix`: the key with the lowest create revision, ours or not.
 pub fn holder(prefix: &str, keys: &[KeyState]) -> Option<Holder> {
-    let k = *keys_of(prefix, keys).first()?;
-    let dir = format!("{prefix}/");
+    keys_of(prefix, keys).first().map(|k| as_holder(prefix, k))
+}
+
+/// Everyone in line for the lock `prefix`, holder first: each key as a [`Holder`] (its create
+/// revision is the token it would hold with).
+pub fn line(prefix: &str, keys: &[KeyState]) -> Vec<Holder> {
+    keys_of(prefix, keys).iter().map(|k| as_holder(prefix, k)).collect()
+}
+
+fn as_holder(prefix: &str, k: &KeyState) -> Holder {
     let name = k.candidate_name().map(str::to_string);
-    Some(Holder { key: k.key.clone(), token: k.create_revision, candidate: name.as_ref().map(|_| k.key[dir.len()..].to_string()), name })
+    let id = candidate_id(&k.key[prefix.len() + 1..]).to_string();
+    Holder { key: k.key.clone(), token: k.create_revision, candidate: name.as_ref().map(|_| id), name }
 }
 
 /// The operations that make the keys under `prefix` match `wanted`: a key for each wanted
@@ -103,12 +129,12 @@ pub fn plan(prefix: &str, keys: &[KeyState], wanted: &[Candidate], lease: i64) -
     let mut ops = Vec::new();
     let mut present = BTreeSet::new();
     for k in keys_of(prefix, keys) {
-        let id = &k.key[dir.len()..];
-        present.insert(id.to_string());
+        let id = candidate_id(&k.key[dir.len()..]);
+        let first_of_its_candidate = present.insert(id.to_string());
         if k.candidate_name().is_none() {
             continue; // not ours: an external holder or waiter
         }
-        if !wanted_ids.contains(id) {
+        if !wanted_ids.contains(id) || !first_of_its_candidate {
             ops.push(Op::Delete { key: k.key.clone(), create_revision: k.create_revision });
         } else if k.lease != lease {
             ops.push(Op::Reattach { key: k.key.clone(), mod_revision: k.mod_revision, value: k.value.clone(), lease });
@@ -121,6 +147,78 @@ pub fn plan(prefix: &str, keys: &[KeyState], wanted: &[Candidate], lease: i64) -
         }
     }
     ops
+}
+
+/// Whom a planned handover moves a lock to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Target<'a> {
+    /// The next in line after the holder (a step-down).
+    Next,
+    /// This candidate (by id).
+    Candidate(&'a str),
+}
+
+/// Why a handover cannot be made from the keys as they are.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Unmovable {
+    #[error("the lock has no holder")]
+    NoHolder,
+    #[error("the holder changed (its fencing token is {now}, not {expected})")]
+    HolderChanged { expected: i64, now: i64 },
+    #[error("the lock is held outside this cluster's LeaderLock ({key}); only its owner can release it")]
+    ExternalHolder { key: String },
+    #[error("the target has no key in the lock's queue")]
+    NotQueued,
+    #[error("the target already holds the lock")]
+    AlreadyHolder,
+    #[error("nobody else is in line")]
+    NobodyNext,
+    #[error("{key}, a key of another etcd client, is in line ahead of the target and cannot be moved")]
+    ExternalAhead { key: String },
+}
+
+/// A handover as one etcd transaction: delete the keys ahead of the target (the holder and any
+/// waiter before it), each guarded on its create revision, and recreate them at the back of the
+/// line in the same order, so the target leads at once and nobody loses their place among the
+/// others. The queue's front is never empty, so `etcdctl lock` and Go `Mutex` waiters stay right.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Requeue {
+    /// Guarded deletes then guarded creates ([`Op::Delete`], [`Op::Create`]).
+    pub ops: Vec<Op>,
+    /// The key that leads once the transaction lands, and its create revision (the new fencing
+    /// token), which the transaction also checks.
+    pub target: (String, i64),
+}
+
+/// Plans the handover of the lock `prefix`, whose holder must still have the fencing token
+/// `holder_token`, to `target`.
+pub fn requeue(prefix: &str, keys: &[KeyState], holder_token: i64, target: Target) -> Result<Requeue, Unmovable> {
+    let dir = format!("{prefix}/");
+    let line = keys_of(prefix, keys);
+    let front = line.first().ok_or(Unmovable::NoHolder)?;
+    if front.create_revision != holder_token {
+        return Err(Unmovable::HolderChanged { expected: holder_token, now: front.create_revision });
+    }
+    if front.candidate_name().is_none() {
+        return Err(Unmovable::ExternalHolder { key: front.key.clone() });
+    }
+    let at = match target {
+        Target::Next => 1,
+        Target::Candidate(id) => {
+            line.iter().position(|k| k.candidate_name().is_some() && candidate_id(&k.key[dir.len()..]) == id).ok_or(Unmovable::NotQueued)?
+        }
+    };
+    if at == 0 {
+        return Err(Unmovable::AlreadyHolder);
+    }
+    let to = line.get(at).ok_or(Unmovable::NobodyNext)?;
+    let ahead = &line[..at];
+    if let Some(k) = ahead.iter().find(|k| k.candidate_name().is_none()) {
+        return Err(Unmovable::ExternalAhead { key: k.key.clone() });
+    }
+    let deletes = ahead.iter().map(|k| Op::Delete { key: k.key.clone(), create_revision: k.create_revision });
+    let creates = ahead.iter().map(|k| Op::Create { key: requeued_key(&k.key), value: k.value.clone(), lease: k.lease });
+    Ok(Requeue { ops: deletes.chain(creates).collect(), target: (to.key.clone(), to.create_revision) })
 }
 
 /// Puts `previous` (the last known holder) first, keeping the others' order: after a lost lease
@@ -240,6 +338,53 @@ mod tests {
         assert_eq!(w, vec![cand(3), cand(1), cand(2)]);
     }
 
+    fn line(etcd: &FakeEtcd) -> Vec<String> {
+        keys_of(P, &etcd.view()).iter().map(|k| k.key[P.len() + 1..].to_string()).collect()
+    }
+
+    #[test]
+    fn a_handover_sends_the_keys_ahead_of_the_target_to_the_back_in_their_order() {
+        let mut etcd = FakeEtcd::default();
+        etcd.apply(&plan(P, &[], &[cand(1), cand(2), cand(3), cand(4)], 7));
+        let r = requeue(P, &etcd.view(), 1, Target::Candidate("uid-3")).unwrap();
+        assert_eq!(r.target, (format!("{P}/uid-3"), 3));
+        etcd.apply(&r.ops);
+        assert_eq!(line(&etcd), ["uid-3", "uid-4", "uid-1.1", "uid-2.1"]);
+        assert_eq!(holder(P, &etcd.view()).unwrap().candidate.as_deref(), Some("uid-3"));
+        // The requeued keys are still their candidates' keys: nothing to create or delete.
+        assert_eq!(plan(P, &etcd.view(), &[cand(1), cand(2), cand(3), cand(4)], 7), []);
+        // A step-down moves only the holder; a requeued key is renamed again.
+        let token = holder(P, &etcd.view()).unwrap().token;
+        etcd.apply(&requeue(P, &etcd.view(), token, Target::Next).unwrap().ops);
+        etcd.apply(&requeue(P, &etcd.view(), 4, Target::Candidate("uid-1")).unwrap().ops);
+        assert_eq!(line(&etcd), ["uid-1.1", "uid-2.1", "uid-3.1", "uid-4.1"]);
+        let token = holder(P, &etcd.view()).unwrap().token;
+        etcd.apply(&requeue(P, &etcd.view(), token, Target::Next).unwrap().ops);
+        assert_eq!(line(&etcd), ["uid-2.1", "uid-3.1", "uid-4.1", "uid-1.2"]);
+    }
+
+    #[test]
+    fn a_handover_is_refused_when_it_cannot_be_made_as_asked() {
+        let mut etcd = FakeEtcd::default();
+        etcd.apply(&plan(P, &[], &[cand(1), cand(2)], 7));
+        let keys = etcd.view();
+        assert_eq!(requeue(P, &keys, 9, Target::Next), Err(Unmovable::HolderChanged { expected: 9, now: 1 }));
+        assert_eq!(requeue(P, &keys, 1, Target::Candidate("uid-1")), Err(Unmovable::AlreadyHolder));
+        assert_eq!(requeue(P, &keys, 1, Target::Candidate("uid-7")), Err(Unmovable::NotQueued));
+        assert_eq!(requeue(P, &[], 1, Target::Next), Err(Unmovable::NoHolder));
+        etcd.put(&format!("{P}/694d"), b"", 99); // an `etcdctl lock` waiter, after uid-2
+        etcd.apply(&plan(P, &etcd.view(), &[cand(1), cand(2), cand(3)], 7));
+        let keys = etcd.view();
+        assert_eq!(requeue(P, &keys, 1, Target::Candidate("uid-3")), Err(Unmovable::ExternalAhead { key: format!("{P}/694d") }));
+        assert!(requeue(P, &keys, 1, Target::Candidate("uid-2")).is_ok());
+        let mut single = FakeEtcd::default();
+        single.apply(&plan(P, &[], &[cand(1)], 7));
+        assert_eq!(requeue(P, &single.view(), 1, Target::Next), Err(Unmovable::NobodyNext));
+        let mut outside = FakeEtcd::default();
+        outside.put(&format!("{P}/694d"), b"", 99);
+        assert_eq!(requeue(P, &outside.view(), 1, Target::Next), Err(Unmovable::ExternalHolder { key: format!("{P}/694d") }));
+    }
+
     /// A step of a random history: candidates join and leave, outsiders lock, leases change.
     #[derive(Clone, Debug)]
     enum Step {
@@ -247,6 +392,8 @@ mod tests {
         ExternalLock(u8),
         ExternalUnlock(u8),
         NewLease(i64),
+        /// A handover to the next in line (None) or to candidate `uid-<i>`.
+        Handover(Option<u8>),
     }
 
     fn step() -> impl Strategy<Value = Step> {
@@ -255,6 +402,7 @@ mod tests {
             1 => (0u8..3).prop_map(Step::ExternalLock),
             1 => (0u8..3).prop_map(Step::ExternalUnlock),
             1 => (1i64..4).prop_map(Step::NewLease),
+            2 => proptest::option::of(0u8..8).prop_map(Step::Handover),
         ]
     }
 
@@ -272,6 +420,19 @@ mod tests {
                     Step::ExternalLock(i) => etcd.put(&format!("{P}/ext{i}"), b"", 100 + i as i64),
                     Step::ExternalUnlock(i) => etcd.delete(&format!("{P}/ext{i}")),
                     Step::NewLease(l) => lease = l,
+                    Step::Handover(to) => {
+                        let before = etcd.view();
+                        let token = holder(P, &before).map_or(0, |h| h.token);
+                        let id = to.map(|i| format!("uid-{i}"));
+                        let target = id.as_deref().map_or(Target::Next, Target::Candidate);
+                        if let Ok(r) = requeue(P, &before, token, target) {
+                            etcd.apply(&r.ops);
+                            let h = holder(P, &etcd.view()).unwrap();
+                            prop_assert_eq!((&h.key, h.token), (&r.target.0, r.target.1));
+                            prop_assert!(h.token > token, "the new holder's token grows");
+                            prop_assert_eq!(etcd.view().len(), before.len(), "nobody lost their key");
+                        }
+                    }
                 }
                 let ops = plan(P, &etcd.view(), &wanted, lease);
                 etcd.apply(&ops);
@@ -283,7 +444,7 @@ mod tests {
                 let ours: Vec<&KeyState> = view.iter().filter(|k| k.candidate_name().is_some()).collect();
                 let mut ids: Vec<String> = wanted.iter().map(|c| c.id.clone()).collect();
                 ids.sort(); ids.dedup();
-                let mut key_ids: Vec<String> = ours.iter().map(|k| k.key[P.len() + 1..].to_string()).collect();
+                let mut key_ids: Vec<String> = ours.iter().map(|k| candidate_id(&k.key[P.len() + 1..]).to_string()).collect();
                 key_ids.sort();
                 prop_assert_eq!(key_ids, ids);
                 prop_assert!(ours.iter().all(|k| k.lease == lease));

@@ -117,12 +117,14 @@ fn chart_lints_without_errors() {
 }
 
 #[test]
-fn chart_crd_is_the_checked_in_crd() {
+fn chart_crds_are_the_checked_in_crds() {
     let chart_crd = std::fs::read_to_string(CHART_CRD).unwrap();
     let crd = std::fs::read_to_string(CRD).unwrap();
+    assert!(chart_crd == crd, "charts/leaderlock/crds/ drifted from crds/: run `make crd`");
+    let handovers = |dir: &str| std::fs::read_to_string(format!("{}/{dir}/leaderlock.dev_handovers.yaml", env!("CARGO_MANIFEST_DIR")));
     assert!(
-        chart_crd == crd,
-        "charts/leaderlock/crds/ drifted from crds/: cp crds/leaderlock.dev_leaderlocks.yaml charts/leaderlock/crds/"
+        handovers("crds").unwrap() == handovers("charts/leaderlock/crds").unwrap(),
+        "charts/leaderlock/crds/ drifted from crds/: run `make crd`"
     );
 }
 
@@ -133,6 +135,8 @@ fn cluster_role_grants_exactly_what_the_controller_needs() {
         r#"
 - {apiGroups: [leaderlock.dev], resources: [leaderlocks], verbs: [get, list, watch, patch, update]}
 - {apiGroups: [leaderlock.dev], resources: [leaderlocks/status], verbs: [get, patch]}
+- {apiGroups: [leaderlock.dev], resources: [handovers], verbs: [get, list, watch]}
+- {apiGroups: [leaderlock.dev], resources: [handovers/status], verbs: [get, patch]}
 - {apiGroups: [""], resources: [pods], verbs: [get, list, watch, patch]}
 - {apiGroups: [events.k8s.io], resources: [events], verbs: [create]}
 - {apiGroups: [""], resources: [namespaces], resourceNames: [kube-system], verbs: [get]}

@@ -29,6 +29,8 @@ impl Error {
     /// The condition a failed reconcile leaves on the LeaderLock, for failures users can act on.
     pub fn condition(&self) -> Option<(&'static str, String)> {
         match self {
+            // A handover raced another change of the lock: judged again, nothing to report.
+            Error::Etcd(crate::etcd::Error::Raced { .. }) => None,
             Error::Etcd(e) => Some((reasons::ETCD_UNAVAILABLE, format!("{e}; retrying with backoff"))),
             Error::Kube { what, source: kube::Error::Api(s) } if s.code == 403 => Some((
                 reasons::FORBIDDEN,

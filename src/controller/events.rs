@@ -39,37 +39,46 @@ pub async fn publish(ctx: &Context, ll: &LeaderLock, changes: &[HolderChange]) {
             namespace: ll.namespace(),
             ..Default::default()
         });
-        if let Err(e) = publish_event(ctx, ll, format!("Elect/{}", change.lock), note, related).await {
+        let about = About { regarding: ll.object_ref(&()), namespace: ll.namespace().unwrap_or_default(), name: ll.name_any() };
+        if let Err(e) = publish_event(ctx, &about, "HolderChanged", format!("Elect/{}", change.lock), note, related).await {
             tracing::warn!(error = %e, "cannot publish Event");
         }
     }
 }
 
-/// Creates one `HolderChanged` Event (events.k8s.io/v1) about `ll`. Not kube-runtime's
-/// `Recorder`: it folds equal Events into a series, so a transition repeated within minutes
-/// would show the first one's note and fencing token, and it keeps every Event it sent for six
-/// minutes (28 MB of a 155 MB heap at 10,000 LeaderLocks, measured with heaptrack).
-async fn publish_event(
+/// The object an Event is about.
+pub struct About {
+    pub regarding: ObjectReference,
+    pub namespace: String,
+    pub name: String,
+}
+
+/// Creates one Event (events.k8s.io/v1) about an object. Not kube-runtime's `Recorder`: it
+/// folds equal Events into a series, so a transition repeated within minutes would show the
+/// first one's note and fencing token, and it keeps every Event it sent for six minutes (28 MB
+/// of a 155 MB heap at 10,000 LeaderLocks, measured with heaptrack).
+pub async fn publish_event(
     ctx: &Context,
-    ll: &LeaderLock,
+    about: &About,
+    reason: &str,
     action: String,
     note: String,
     related: Option<ObjectReference>,
 ) -> Result<(), kube::Error> {
     let now = jiff::Timestamp::now();
-    let ns = ll.namespace().unwrap_or_default();
+    let ns = about.namespace.clone();
     let event = Event {
         metadata: ObjectMeta {
-            name: Some(format!("{}.{:x}", ll.name_any(), now.as_nanosecond())),
+            name: Some(format!("{}.{:x}", about.name, now.as_nanosecond())),
             namespace: Some(ns.clone()),
             ..Default::default()
         },
         type_: Some("Normal".into()),
-        reason: Some("HolderChanged".into()),
+        reason: Some(reason.into()),
         action: Some(action),
         note: Some(note),
         event_time: Some(MicroTime(now)),
-        regarding: Some(ll.object_ref(&())),
+        regarding: Some(about.regarding.clone()),
         related,
         reporting_controller: Some(REPORTING_CONTROLLER.into()),
         reporting_instance: Some(ctx.instance.clone()),

@@ -18,9 +18,11 @@ mod cleanup;
 mod error;
 mod events;
 mod fencing;
+pub mod handover;
 pub mod plan;
 mod pod_writes;
 mod reconcile;
+mod requests;
 pub mod status;
 mod wiring;
 pub mod written;
@@ -42,6 +44,7 @@ use crate::etcd::engine::Engine;
 use crate::index::Index;
 use crate::metrics::Metrics;
 use crate::pods::PodKeys;
+use crate::resource::handover::{Handover, HandoverStatus};
 use crate::resource::{LeaderLock, LeaderLockStatus};
 
 /// The one field manager for every status and pod write.
@@ -69,6 +72,11 @@ pub struct Context {
     /// Our pod key writes the watch has not delivered yet: a reconcile reading an older copy
     /// could skip the demotion of a pod it just promoted.
     pub written_pods: Arc<Written<PodKeys>>,
+    /// Every Handover request, as the watch delivered them.
+    pub requests: kube::runtime::reflector::Store<Handover>,
+    /// Our Handover status writes the watch has not delivered yet: a reconcile reading an older
+    /// copy could carry out a request twice.
+    pub written_requests: Arc<Written<HandoverStatus>>,
 }
 
 /// The controller's maps that live as long as the objects they track, so that their sizes can
@@ -79,15 +87,22 @@ pub struct Maps {
     pub written: Arc<Written<LeaderLockStatus>>,
     /// See [`Context::written_pods`].
     pub written_pods: Arc<Written<PodKeys>>,
+    /// See [`Context::written_requests`].
+    pub written_requests: Arc<Written<HandoverStatus>>,
     /// Set once the controller runs: its index holds the lock claims.
     pub index: Arc<OnceLock<Arc<Index>>>,
 }
 
 impl Maps {
     /// `(map name, entries)` of each map, cheap enough to sample at every scrape.
-    pub fn sizes(&self) -> [(&'static str, usize); 3] {
+    pub fn sizes(&self) -> [(&'static str, usize); 4] {
         let claims = self.index.get().map_or(0, |i| i.claims_len());
-        [("written_status", self.written.len()), ("written_pods", self.written_pods.len()), ("lock_claims", claims)]
+        [
+            ("written_status", self.written.len()),
+            ("written_pods", self.written_pods.len()),
+            ("written_requests", self.written_requests.len()),
+            ("lock_claims", claims),
+        ]
     }
 }
 

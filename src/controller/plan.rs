@@ -3,28 +3,37 @@
 //! writes must land. Applying a plan is [`super::reconcile`]'s business.
 //!
 //! ```text
-//!  Observed (view + pod keys + holders) ─▶ before_etcd ─▶ [Pod (demotions)…, Sync…, Release…, Claim]
-//!  Observed, holders re-read after etcd ─▶ after_etcd  ─▶ [Pod…, Status, Publish]
+//!  Observed (view + pod keys + holders ─▶ before_etcd ─▶ [Request…, Pod (demotions)…, Sync…,
+//!            + lines + Handovers)                     Requeue…, Release…, Claim]
+//!  Observed, holders re-read after etcd ─▶ after_etcd  ─▶ [Pod…, Status, Request…, Publish]
 //!                                          cleanup     ─▶ [Pod…, Release…]
 //! ```
 //!
 //! Two stages, because a promotion carries the fencing token, which only exists once etcd has
-//! created the holder's key.
+//! created the holder's key. A Handover ([`super::handover`]) is accepted (`Request`), its
+//! holder demoted (the lock's holder is taken as unknown while it moves), the lock moved
+//! (`Requeue`), the new holder promoted, and the request settled (`Request`). While the
+//! LeaderLock is paused no `Sync` or `Requeue` is planned: the keys, and so the holders, stay.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use kube::ResourceExt;
 
-use super::status;
+use super::handover::{self, Facts, Verdict};
+use super::status::{self, Queues};
 use crate::index::View;
 use crate::lock::{Candidate, Holder};
 use crate::pods::{self, PodInfo, PodKeys};
 use crate::resolve::Resolution;
+use crate::resource::handover::{Handover, HandoverStatus};
 use crate::resource::{LeaderLock, LeaderLockStatus};
 
 /// The holder of each accepted lock prefix, as etcd's mirror showed it (absent: no holder).
 pub type Holders = BTreeMap<String, Holder>;
+
+/// Everyone in line for each accepted lock prefix, holder first.
+pub type Lines = BTreeMap<String, Vec<Holder>>;
 
 /// Everything one reconcile decides from, read once.
 pub struct Observed<'a> {
@@ -34,6 +43,9 @@ pub struct Observed<'a> {
     /// Each pod of the view's keys as we know them: our own write when the view's copy is older.
     pub current: BTreeMap<String, PodKeys>,
     pub holders: Holders,
+    pub lines: Lines,
+    /// The Handovers naming this LeaderLock that are not final, as we last knew them.
+    pub requests: Vec<Arc<Handover>>,
 }
 
 impl Observed<'_> {
@@ -50,13 +62,45 @@ impl Observed<'_> {
         })
     }
 
-    /// Takes the pod writes of `steps` as landed: the next stage starts from them.
+    /// Takes the pod and request writes of `steps` as landed: the next stage starts from them.
     pub fn absorb(&mut self, steps: &[Step]) {
         for step in steps {
-            if let Step::Pod { name, to, .. } = step {
-                self.current.insert(name.clone(), to.clone());
+            match step {
+                Step::Pod { name, to, .. } => {
+                    self.current.insert(name.clone(), to.clone());
+                }
+                Step::Request { name, status } => {
+                    if let Some(r) = self.requests.iter_mut().find(|r| r.metadata.name.as_ref() == Some(name)) {
+                        Arc::make_mut(r).status = Some(status.clone());
+                    }
+                }
+                _ => {}
             }
         }
+    }
+
+    /// What judging Handovers reads, from this observation.
+    fn judge(&self, now: jiff::Timestamp) -> Vec<handover::Judged> {
+        let mine = self.mine();
+        let candidates = candidates(self);
+        let pods: Vec<Arc<PodInfo>> = self.view.pods.values().cloned().collect();
+        let line = |prefix: &str| self.lines.get(prefix).cloned().unwrap_or_default();
+        let facts = Facts { ll: self.ll, mine: &mine, candidates: &candidates, pods: &pods, line: &line, now };
+        handover::judge(&self.requests, &facts)
+    }
+
+    /// Each line named as the status names holders: a pod name (by UID, or as its key records
+    /// it for a pod that is gone), `<cluster>/<namespace>/<pod>`, or `etcd:<key>`.
+    fn queues(&self) -> Queues {
+        let name = |h: &Holder| match &h.candidate {
+            Some(id) => {
+                self.view.pods.values().find(|p| p.uid.as_deref() == Some(id.as_str())).map(|p| p.name.clone()).unwrap_or_else(|| {
+                    h.name.as_deref().and_then(|n| n.rsplit_once('/')).map_or_else(|| id.clone(), |(_, pod)| pod.to_string())
+                })
+            }
+            None => h.name.clone().unwrap_or_else(|| format!("etcd:{}", h.key)),
+        };
+        self.lines.iter().map(|(prefix, line)| (prefix.clone(), line.iter().map(name).collect())).collect()
     }
 }
 
@@ -76,6 +120,11 @@ pub enum Step {
     Status(LeaderLockStatus),
     /// Announce holder changes: one Event each, the holder-change metric, failover latency.
     Publish(Vec<HolderChange>),
+    /// Apply a Handover's status.
+    Request { name: String, status: HandoverStatus },
+    /// Hand the lock at `prefix` from the holder with token `from_token` to the candidate `to`
+    /// (None: the next in line) in one etcd transaction, for the Handover `request`.
+    Requeue { lock: String, prefix: String, from_token: i64, to: Option<String>, request: String },
 }
 
 /// A lock of the LeaderLock got a new holder (or a new fencing token).
@@ -109,13 +158,22 @@ pub fn candidates(o: &Observed) -> Vec<Arc<PodInfo>> {
 
 /// Before etcd: demote the pods that must not lead any more (before their keys go), one etcd
 /// sync per accepted lock, one release per lock no longer held, then claim the accepted locks.
-pub fn before_etcd(o: &Observed) -> Vec<Step> {
+pub fn before_etcd(o: &Observed, now: jiff::Timestamp) -> Vec<Step> {
     let mine = o.mine();
-    let mut steps = pod_writes(o, Pass::Demotions);
-    let wanted: Vec<Candidate> = candidates(o).iter().filter_map(|p| candidate_of(p)).collect();
-    for (lock, res) in &mine {
-        if let Resolution::Accepted(prefix) = res {
-            steps.push(Step::Sync { lock: lock.clone(), prefix: prefix.clone(), wanted: wanted.clone(), ttl: o.ll.spec.ttl_seconds });
+    let judged = o.judge(now);
+    let mut steps = request_writes(&judged, true);
+    steps.extend(pod_writes(o, Pass::Demotions, &moving(&judged)));
+    if !o.ll.spec.paused {
+        let wanted: Vec<Candidate> = candidates(o).iter().filter_map(|p| candidate_of(p)).collect();
+        for (lock, res) in &mine {
+            if let Resolution::Accepted(prefix) = res {
+                steps.push(Step::Sync { lock: lock.clone(), prefix: prefix.clone(), wanted: wanted.clone(), ttl: o.ll.spec.ttl_seconds });
+            }
+        }
+    }
+    for j in judged {
+        if let Verdict::Move { lock, prefix, from_token, to, .. } = j.verdict {
+            steps.push(Step::Requeue { lock, prefix, from_token, to, request: j.request.metadata.name.clone().unwrap_or_default() });
         }
     }
     steps.extend(releases(o));
@@ -129,19 +187,48 @@ pub fn before_etcd(o: &Observed) -> Vec<Step> {
 /// Only the demotions: what a lease at risk calls for (docs/contract.md §4.7), with no etcd
 /// write, which could not be made anyway.
 pub fn demotions(o: &Observed) -> Vec<Step> {
-    pod_writes(o, Pass::Demotions)
+    pod_writes(o, Pass::Demotions, &BTreeSet::new())
+}
+
+/// The Handover status writes of `judged`: the settled ones, and (`accepting`) the acceptances
+/// of the moves about to be made.
+fn request_writes(judged: &[handover::Judged], accepting: bool) -> Vec<Step> {
+    let name = |j: &handover::Judged| j.request.metadata.name.clone().unwrap_or_default();
+    judged
+        .iter()
+        .filter_map(|j| match &j.verdict {
+            Verdict::Settle(status) => Some(Step::Request { name: name(j), status: status.clone() }),
+            Verdict::Move { accept: Some(status), .. } if accepting => Some(Step::Request { name: name(j), status: status.clone() }),
+            Verdict::Move { .. } => None,
+        })
+        .collect()
+}
+
+/// The prefixes whose lock is being moved: their holder is taken as unknown, so it is demoted
+/// before the move and nobody is promoted until etcd shows the new holder.
+fn moving(judged: &[handover::Judged]) -> BTreeSet<String> {
+    judged
+        .iter()
+        .filter_map(|j| match &j.verdict {
+            Verdict::Move { prefix, .. } => Some(prefix.clone()),
+            Verdict::Settle(_) => None,
+        })
+        .collect()
 }
 
 /// After etcd: every pod write left (promotions of the holders etcd now shows last), then the
 /// status and the holder changes it reports.
 pub fn after_etcd(o: &Observed, now: jiff::Timestamp) -> Vec<Step> {
-    let mut steps = pod_writes(o, Pass::All);
-    let status = status::observed(o.ll, &o.mine(), &candidates(o), &o.holders, now);
+    let judged = o.judge(now);
+    let mut steps = pod_writes(o, Pass::All, &moving(&judged));
+    let status = status::observed(o.ll, &o.mine(), &candidates(o), &o.holders, &o.queues(), now);
     let old = o.ll.status.clone().unwrap_or_default();
     let changes = holder_changes(&old, &status, &o.mine());
     if o.ll.status.as_ref() != Some(&status) {
         steps.push(Step::Status(status));
     }
+    // After the status: a requester told "done" reads the new holder there too.
+    steps.extend(request_writes(&judged, false));
     // After the status write: a failed write is retried from the old status, which would
     // announce the same change again.
     if !changes.is_empty() {
@@ -153,7 +240,7 @@ pub fn after_etcd(o: &Observed, now: jiff::Timestamp) -> Vec<Step> {
 /// A LeaderLock being deleted (it assigns no roles any more): unlabel its pods, demotions
 /// first, then delete its candidate keys.
 pub fn cleanup(o: &Observed) -> Vec<Step> {
-    let mut steps = pod_writes(o, Pass::All);
+    let mut steps = pod_writes(o, Pass::All, &BTreeSet::new());
     for (lock, res) in o.mine() {
         if let Resolution::Accepted(prefix) = res {
             steps.push(Step::Release { lock, prefix });
@@ -174,8 +261,8 @@ fn releases(o: &Observed) -> Vec<Step> {
 /// LeaderLock of the namespace, as one field manager must — every demotion before any
 /// promotion. Nothing for pods already right, and each pod at most twice (only a pod that loses
 /// one lock and gains another needs the intermediate step).
-fn pod_writes(o: &Observed, pass: Pass) -> Vec<Step> {
-    let holder = |prefix: &str| o.holders.get(prefix).cloned();
+fn pod_writes(o: &Observed, pass: Pass, moving: &BTreeSet<String>) -> Vec<Step> {
+    let holder = |prefix: &str| if moving.contains(prefix) { None } else { o.holders.get(prefix).cloned() };
     let mut plans = Vec::new();
     for (name, pod) in &o.view.pods {
         let roles = o.view.roles_for(pod, holder);
@@ -292,7 +379,8 @@ pub(crate) mod tests {
 
     fn observed<'a>(ll: &'a LeaderLock, view: &'a View, holders: Holders) -> Observed<'a> {
         let current = view.pods.iter().map(|(n, p)| (n.clone(), p.keys())).collect();
-        Observed { ll, view, current, holders }
+        let lines = holders.iter().map(|(p, h)| (p.clone(), vec![h.clone()])).collect();
+        Observed { ll, view, current, holders, lines, requests: vec![] }
     }
 
     fn keys(pairs: &[(&str, &str)]) -> PodKeys {
@@ -319,7 +407,7 @@ pub(crate) mod tests {
         let ll = leaderlock(&["ledger"], None);
         let v = view(&ll, &[pod("b", 2, true, &[]), pod("a", 1, true, &[])]);
         let mut o = observed(&ll, &v, Holders::new());
-        let before = before_etcd(&o);
+        let before = before_etcd(&o, now());
         assert_eq!(
             before,
             [Step::Sync { lock: "ledger".into(), prefix: P.into(), wanted: vec![cand("a"), cand("b")], ttl: 15 }, Step::Claim(accepted())]
@@ -343,7 +431,7 @@ pub(crate) mod tests {
         let ll = leaderlock(&["ledger"], None);
         let v = view(&ll, &[pod("a", 1, false, &leader), pod("b", 2, true, &[STANDBY])]);
         let mut o = observed(&ll, &v, holds("a", 7));
-        let before = before_etcd(&o);
+        let before = before_etcd(&o, now());
         assert_eq!(before[0], write("a", &leader, &[]), "demoted (and unlabelled) before etcd");
         assert_eq!(before[1], Step::Sync { lock: "ledger".into(), prefix: P.into(), wanted: vec![cand("b")], ttl: 15 });
         o.absorb(&before);
@@ -366,7 +454,7 @@ pub(crate) mod tests {
         let ll = leaderlock(&["ledger"], None);
         let v = view(&ll, &[pod("a", 1, true, &[LEADER, ("leaderlock.dev/ledger.token", "7")])]);
         let o = observed(&ll, &v, holds("a", 7));
-        let status = status::observed(&ll, &o.mine(), &candidates(&o), &o.holders, now());
+        let status = status::observed(&ll, &o.mine(), &candidates(&o), &o.holders, &o.queues(), now());
         let settled = leaderlock(&["ledger"], Some(status));
         let o = observed(&settled, &v, holds("a", 7));
         assert_eq!(after_etcd(&o, now()), []);
@@ -400,7 +488,7 @@ pub(crate) mod tests {
         // failed etcd sync, it would win ties for a lock it never got.
         let ll = leaderlock(&["ledger", "report"], None);
         let v = view(&ll, &[pod("a", 1, true, &[])]);
-        let steps = before_etcd(&observed(&ll, &v, Holders::new()));
+        let steps = before_etcd(&observed(&ll, &v, Holders::new()), now());
         let claim = steps.iter().position(|s| matches!(s, Step::Claim(_))).unwrap();
         assert!(steps.iter().rposition(|s| matches!(s, Step::Sync { .. })).unwrap() < claim, "{steps:?}");
     }
@@ -411,12 +499,12 @@ pub(crate) mod tests {
             [LEADER, ("leaderlock.dev/ledger.token", "7"), ("leaderlock.dev/report", "leader"), ("leaderlock.dev/report.token", "8")];
         let held = leaderlock(&["ledger", "report"], None);
         let v = view(&held, &[pod("a", 1, true, &leader)]);
-        let reported = status::observed(&held, &v.resolved["payments"], &[pod("a", 1, true, &[])], &holds("a", 7), now());
+        let reported = status::observed(&held, &v.resolved["payments"], &[pod("a", 1, true, &[])], &holds("a", 7), &Queues::new(), now());
         let ll = leaderlock(&["ledger"], Some(reported));
         let mut v = view(&ll, &[pod("a", 1, true, &leader)]);
         v.released = vec![("report".into(), "/shared/report".into())]; // what the index found
         let mut o = observed(&ll, &v, holds("a", 7));
-        let before = before_etcd(&o);
+        let before = before_etcd(&o, now());
         assert_eq!(before[0], write("a", &leader, &leader[..2]), "the leader of the removed lock is demoted first");
         assert!(matches!(before[1], Step::Sync { .. }));
         assert_eq!(before[2..], [Step::Release { lock: "report".into(), prefix: "/shared/report".into() }, Step::Claim(accepted())]);
@@ -456,3 +544,7 @@ pub(crate) mod tests {
         );
     }
 }
+
+#[cfg(test)]
+#[path = "plan_handover_tests.rs"]
+mod handover_tests;

@@ -12,9 +12,10 @@ use serde_json::json;
 use super::error::{Error, Result, kube_err};
 use super::plan::{self, Holders, Observed, Step};
 use super::written::with_latest_status;
-use super::{Context, FIELD_MANAGER, events, pod_writes, status};
+use super::{Context, FIELD_MANAGER, events, handover, pod_writes, requests, status};
 use crate::index::View;
 use crate::lock::Op;
+use crate::resource::handover::Handover;
 use crate::resource::{LeaderLock, LeaderLockStatus};
 
 /// Makes etcd and the pods match the LeaderLock, then reports what etcd says in the status.
@@ -23,11 +24,13 @@ pub async fn apply(ll: Arc<LeaderLock>, ctx: &Context) -> Result<Action> {
     let view = ctx.index.view(&ll);
     let mut observed = observe(ctx, &ll, &view);
     let result = async {
-        let steps = plan::before_etcd(&observed);
+        let steps = plan::before_etcd(&observed, jiff::Timestamp::now());
         let wrote = execute(ctx, &ll, &steps).await?;
         observed.absorb(&steps);
+        observed.requests = requests(ctx, &ll); // with what the etcd phase settled
         if wrote {
             observed.holders = holders(ctx, &view);
+            observed.lines = lines(ctx, &view);
         }
         execute(ctx, &ll, &plan::after_etcd(&observed, jiff::Timestamp::now())).await
     }
@@ -52,7 +55,33 @@ pub fn observe<'a>(ctx: &Context, ll: &'a LeaderLock, view: &'a View) -> Observe
             (name.clone(), keys)
         })
         .collect();
-    Observed { ll, view, current, holders: holders(ctx, view) }
+    Observed { ll, view, current, holders: holders(ctx, view), lines: lines(ctx, view), requests: requests(ctx, ll) }
+}
+
+/// Everyone in line for every accepted prefix of `view`, from etcd's mirror (no I/O).
+fn lines(ctx: &Context, view: &View) -> plan::Lines {
+    Observed::prefixes(view).map(|p| (p.clone(), ctx.engine.line(p))).collect()
+}
+
+/// The open Handovers naming `ll`, each with the status we last wrote when the watch has not
+/// delivered it yet.
+fn requests(ctx: &Context, ll: &LeaderLock) -> Vec<Arc<Handover>> {
+    let (ns, name) = (ll.namespace(), ll.name_any());
+    let mut out = Vec::new();
+    for r in ctx.requests.state() {
+        if r.namespace() != ns || r.spec.leader_lock != name {
+            continue;
+        }
+        let ours = ctx.written_requests.newer_than(r.metadata.uid.as_deref(), r.metadata.resource_version.as_deref());
+        let r = match ours {
+            Some(status) => Arc::new(Handover { status: Some(status), ..(*r).clone() }),
+            None => r,
+        };
+        if !handover::is_final(&r) {
+            out.push(r);
+        }
+    }
+    out
 }
 
 /// The holder of every accepted prefix of `view`, from etcd's mirror (no I/O).
@@ -89,6 +118,10 @@ pub async fn execute(ctx: &Context, ll: &LeaderLock, steps: &[Step]) -> Result<b
             Step::Claim(resolved) => ctx.index.record_claims(ll, resolved),
             Step::Status(status) => write_status(ctx, ll, status).await?,
             Step::Publish(changes) => events::publish(ctx, ll, changes).await,
+            Step::Request { name, status } => requests::write_status(ctx, &ns, name, status).await?,
+            Step::Requeue { lock, prefix, from_token, to, request } => {
+                wrote |= requests::hand_over(ctx, &ns, request, lock, prefix, *from_token, to.as_deref()).await?;
+            }
         }
     }
     Ok(wrote)

@@ -18,14 +18,18 @@ fn holder_pod(h: &Holder, candidates: &[Arc<PodInfo>]) -> Option<String> {
     candidates.iter().find(|p| p.uid.as_deref() == Some(id)).map(|p| p.name.clone())
 }
 
+/// Each lock prefix's line, holder first, named as the status names holders.
+pub type Queues = std::collections::BTreeMap<String, Vec<String>>;
+
 /// The status `ll` should report: one entry per lock of its spec (`mine`, as resolved), given
-/// its candidates and the holder of every accepted prefix. `transitions` and `since` carry over
-/// from `ll`'s status while the holder and token are unchanged.
+/// its candidates, the holder of every accepted prefix and everyone in line. `transitions` and
+/// `since` carry over from `ll`'s status while the holder and token are unchanged.
 pub fn observed(
     ll: &LeaderLock,
     mine: &[(String, Resolution)],
     candidates: &[Arc<PodInfo>],
     holders: &Holders,
+    queues: &Queues,
     now: jiff::Timestamp,
 ) -> LeaderLockStatus {
     let old = ll.status.clone().unwrap_or_default();
@@ -43,11 +47,14 @@ pub fn observed(
                 st.candidates = 0;
             }
             Resolution::Accepted(prefix) => {
+                st.queue = queues.get(prefix).cloned().unwrap_or_default();
                 if let Some(h) = holders.get(prefix) {
                     st.holder = match holder_pod(h, candidates) {
                         Some(pod) => Some(pod),
                         // Another cluster's pod (`<cluster>/<ns>/<pod>`) or an outside holder (`etcd:<key>`).
                         None if h.candidate.is_none() => Some(h.name.clone().unwrap_or_else(|| format!("etcd:{}", h.key))),
+                        // Paused: a holder that stopped being a candidate keeps the lock.
+                        None if ll.spec.paused => st.queue.first().cloned(),
                         None => None, // a key of a pod that is leaving: not a holder to report
                     };
                     if st.holder.is_some() {
@@ -90,6 +97,9 @@ pub fn observed(
     };
     let mut conditions = old.conditions.clone();
     set_condition(&mut conditions, ready);
+    if let Some(paused) = paused_condition(ll, &conditions, now) {
+        set_condition(&mut conditions, paused);
+    }
     LeaderLockStatus { observed_generation: ll.meta().generation, lock_count: ll.spec.locks.len() as i32, locks, conditions }
 }
 
@@ -98,6 +108,24 @@ pub fn failed(ll: &LeaderLock, reason: &str, message: &str, now: jiff::Timestamp
     let mut status = ll.status.clone().unwrap_or_default();
     set_condition(&mut status.conditions, condition(ll, false, reason, message, now));
     status
+}
+
+/// `Paused=True` while `spec.paused`; `Paused=False` once resumed (absent if never paused, so
+/// LeaderLocks that never pause keep the status they always had).
+fn paused_condition(ll: &LeaderLock, conditions: &[Condition], now: jiff::Timestamp) -> Option<Condition> {
+    let was_paused = conditions.iter().any(|c| c.type_ == reasons::PAUSED);
+    let (ok, reason, message) = if ll.spec.paused {
+        (
+            true,
+            reasons::SPEC_PAUSED,
+            "holders are frozen: no failover and no handover until spec.paused is false; a holder that leaves keeps its lock meanwhile",
+        )
+    } else if was_paused {
+        (false, reasons::RESUMED, "holders change again as candidates come and go")
+    } else {
+        return None;
+    };
+    Some(Condition { type_: reasons::PAUSED.into(), ..condition(ll, ok, reason, message, now) })
 }
 
 /// The `Ready` condition, for the generation of `ll` this reconcile read.
@@ -141,7 +169,7 @@ mod tests {
     #[test]
     fn a_new_holder_is_reported_with_its_token_since_now_and_one_more_transition() {
         let ll = leaderlock(&["ledger"], None);
-        let s = observed(&ll, &accepted(), &[pod("a", 1, true, &[]), pod("b", 2, true, &[])], &holds("a", 7), now());
+        let s = observed(&ll, &accepted(), &[pod("a", 1, true, &[]), pod("b", 2, true, &[])], &holds("a", 7), &Queues::new(), now());
         let lock = LockStatus {
             name: "ledger".into(),
             holder: Some("a".into()),
@@ -159,6 +187,7 @@ mod tests {
             &accepted(),
             &[pod("a", 1, true, &[])],
             &holds("a", 7),
+            &Queues::new(),
             now() + jiff::SignedDuration::from_secs(60),
         );
         assert_eq!((again.locks[0].since.as_deref(), again.locks[0].transitions), (Some("2027-01-15T08:00:00Z"), 1));
@@ -169,10 +198,10 @@ mod tests {
     fn a_holder_outside_kubernetes_is_its_etcd_key_and_a_leaving_pods_key_is_no_holder() {
         let ll = leaderlock(&["ledger"], None);
         let external = [(P.to_string(), Holder { key: format!("{P}/694d"), token: 5, candidate: None, name: None })].into();
-        let s = observed(&ll, &accepted(), &[pod("a", 1, true, &[])], &external, now());
+        let s = observed(&ll, &accepted(), &[pod("a", 1, true, &[])], &external, &Queues::new(), now());
         assert_eq!((s.locks[0].holder.as_deref(), s.locks[0].fencing_token.as_deref()), (Some(&*format!("etcd:{P}/694d")), Some("5")));
         // b's key still holds, but b is no candidate any more: no holder until etcd moves on.
-        let s = observed(&ll, &accepted(), &[pod("a", 1, true, &[])], &holds("b", 9), now());
+        let s = observed(&ll, &accepted(), &[pod("a", 1, true, &[])], &holds("b", 9), &Queues::new(), now());
         assert_eq!((s.locks[0].holder.as_deref(), s.locks[0].fencing_token.as_deref()), (None, None));
         assert_eq!(ready(&s), ("False", "Electing", "1 lock(s) have no holder yet"));
     }
@@ -182,14 +211,14 @@ mod tests {
         let ll = leaderlock(&["ledger", "report"], None);
         let rejected = Resolution::Rejected { reason: reasons::LOCK_NAME_CONFLICT, message: "taken".into() };
         let mine = vec![accepted().remove(0), ("report".to_string(), rejected)];
-        let s = observed(&ll, &mine, &[pod("a", 1, true, &[])], &holds("a", 7), now());
+        let s = observed(&ll, &mine, &[pod("a", 1, true, &[])], &holds("a", 7), &Queues::new(), now());
         assert_eq!((s.locks[1].candidates, s.locks[1].holder.as_deref()), (0, None));
         assert_eq!(ready(&s), ("False", reasons::LOCK_NAME_CONFLICT, "lock report: taken"));
     }
 
     #[test]
     fn no_candidates_is_ready_and_says_when_locks_will_be_elected() {
-        let s = observed(&leaderlock(&["ledger"], None), &accepted(), &[], &Holders::new(), now());
+        let s = observed(&leaderlock(&["ledger"], None), &accepted(), &[], &Holders::new(), &Queues::new(), now());
         assert_eq!(ready(&s).0, "True");
         assert_eq!(ready(&s).1, reasons::NO_CANDIDATES);
         assert_eq!(s.locks[0].candidates, 0);

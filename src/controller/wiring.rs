@@ -19,6 +19,7 @@ use crate::etcd::engine::Engine;
 use crate::index::Index;
 use crate::metrics::Metrics;
 use crate::resource::LeaderLock;
+use crate::resource::handover::Handover;
 
 /// Everything the controller needs from the command line.
 pub struct Settings {
@@ -94,6 +95,8 @@ pub async fn run(client: kube::Client, engine: Arc<Engine>, settings: Settings) 
                 Err(e) => Some(Err(e)),
             })
         });
+    let (requests, requests_synced, request_triggers) =
+        watch_requests(client.clone(), settings.namespace.as_deref(), reader.clone(), lls_synced.clone(), &maps);
     let controller = Controller::for_stream(ll_events, reader.clone())
         .with_config(kube::runtime::controller::Config::default().concurrency(settings.concurrency));
     let ctx = Arc::new(Context {
@@ -104,6 +107,8 @@ pub async fn run(client: kube::Client, engine: Arc<Engine>, settings: Settings) 
         metrics: settings.metrics.clone(),
         written: maps.written.clone(),
         written_pods: maps.written_pods.clone(),
+        requests,
+        written_requests: maps.written_requests.clone(),
     });
 
     // Detached: when the election is lost this future is dropped, and the demotions must
@@ -114,14 +119,17 @@ pub async fn run(client: kube::Client, engine: Arc<Engine>, settings: Settings) 
 
     controller
         .reconcile_on(pod_triggers)
+        .reconcile_on(request_triggers)
         .reconcile_on(futures::stream::select(etcd_changes, extra))
         .shutdown_on_signal()
         .run(
             move |ll, ctx| {
-                let (mut pods_synced, mut lls_synced) = (pods_synced.clone(), lls_synced.clone());
+                let (mut pods_synced, mut lls_synced, mut requests_synced) =
+                    (pods_synced.clone(), lls_synced.clone(), requests_synced.clone());
                 async move {
                     let _ = pods_synced.wait_for(|synced| *synced).await;
                     let _ = lls_synced.wait_for(|synced| *synced).await;
+                    let _ = requests_synced.wait_for(|synced| *synced).await;
                     let start = std::time::Instant::now();
                     let result = reconcile(ll, ctx.clone()).await;
                     ctx.metrics.observe_reconcile(start.elapsed(), result.as_ref().err().map(Error::label));
@@ -137,6 +145,62 @@ pub async fn run(client: kube::Client, engine: Arc<Engine>, settings: Settings) 
             }
         })
         .await;
+}
+
+/// The Handover watch: a store of every request, and a reconcile of its LeaderLock for each
+/// open one. A request naming no LeaderLock is refused here (no reconcile would judge it).
+fn watch_requests(
+    client: kube::Client,
+    namespace: Option<&str>,
+    lls: reflector::Store<LeaderLock>,
+    lls_synced: tokio::sync::watch::Receiver<bool>,
+    maps: &Maps,
+) -> (reflector::Store<Handover>, tokio::sync::watch::Receiver<bool>, impl futures::Stream<Item = ObjectRef<LeaderLock>> + Send + 'static) {
+    let api: Api<Handover> = match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
+    let (reader, writer) = reflector::store();
+    let written = maps.written_requests.clone();
+    // Reconciles wait for the first complete list: a request half carried out before a restart
+    // must be found, or its demoted holder would be promoted back for a moment.
+    let (synced_tx, synced) = tokio::sync::watch::channel(false);
+    let triggers = watcher(api, watcher::Config::default())
+        .backoff(WatchBackoff::default())
+        .modify(|r: &mut Handover| r.managed_fields_mut().clear())
+        .reflect(writer)
+        .inspect(move |ev| match ev {
+            Ok(ev) => {
+                written.observe(ev);
+                if matches!(ev, watcher::Event::InitDone) {
+                    let _ = synced_tx.send(true);
+                }
+            }
+            Err(e) => {
+                // Without the Handover CRD or the right to read it, elections still run.
+                tracing::warn!(error = %e, "Handover watch failed (is the Handover CRD installed and readable?); retrying within 5 s");
+                let _ = synced_tx.send(true);
+            }
+        })
+        .filter_map(move |ev| {
+            let (lls, client, mut lls_synced) = (lls.clone(), client.clone(), lls_synced.clone());
+            async move {
+                let Ok(watcher::Event::Apply(r) | watcher::Event::InitApply(r)) = ev else { return None };
+                if super::handover::is_final(&r) {
+                    return None;
+                }
+                let ns = r.namespace()?;
+                let ll = ObjectRef::<LeaderLock>::new(&r.spec.leader_lock).within(&ns);
+                // Judged against the complete list of LeaderLocks, not a partial one.
+                let _ = lls_synced.wait_for(|synced| *synced).await;
+                if lls.get(&ll).is_none() {
+                    super::requests::refuse_orphan(&client, &r).await;
+                    return None;
+                }
+                Some(ll)
+            }
+        });
+    (reader, synced, triggers)
 }
 
 /// Retry delays of the watches: 200 ms doubling up to 5 s. kube's default grows to 30 s plus

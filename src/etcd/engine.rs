@@ -13,11 +13,11 @@ use etcd_client::Client;
 
 use super::lease_pool::LeasePool;
 use super::mirror::Mirror;
-use super::mutex::txn_for;
+use super::mutex::{requeue_txn, txn_for};
 use super::ownership::{self, ClusterId};
 use super::{Result, call, retry};
 use crate::keyspace::Keyspace;
-use crate::lock::{self, Candidate, Holder, KeyState, Op};
+use crate::lock::{self, Candidate, Holder, KeyState, Op, Requeue, Target, Unmovable};
 
 /// Where the engine may read and write.
 #[derive(Clone, Debug)]
@@ -120,6 +120,44 @@ impl Engine {
             holder.name = raw.and_then(|k| ownership::foreign_holder(&k, &self.cluster_id));
         }
         Some(holder)
+    }
+
+    /// Everyone in line for the lock `prefix`, holder first, named like [`Engine::holder`] (no I/O).
+    pub fn line(&self, prefix: &str) -> Vec<Holder> {
+        let raw = self.keys(prefix);
+        let mut line = lock::line(prefix, &ownership::decision_view(raw.clone(), &self.cluster_id, &self.our_leases()));
+        for h in line.iter_mut().filter(|h| h.candidate.is_none()) {
+            h.name = raw.iter().find(|k| k.key == h.key).and_then(|k| ownership::foreign_holder(k, &self.cluster_id));
+        }
+        line
+    }
+
+    /// Hands the lock `prefix` from the holder with fencing token `holder_token` to `target` in
+    /// one transaction ([`lock::requeue`]) and waits until the mirror shows it. `Ok(Err(_))`:
+    /// the keys as they are do not allow it (nothing written).
+    pub async fn requeue(&self, prefix: &str, holder_token: i64, target: Target<'_>) -> Result<Result<Requeue, Unmovable>> {
+        let mut planned = match lock::requeue(prefix, &self.decision_keys(prefix), holder_token, target) {
+            Ok(r) => r,
+            Err(why) => return Ok(Err(why)),
+        };
+        planned.ops = planned.ops.into_iter().map(|op| ownership::stamp(op, &self.cluster_id)).collect();
+        let txn = requeue_txn(&planned);
+        let t = self.call_timeout;
+        let resp = retry(5, || {
+            let mut c = self.client.clone();
+            let txn = txn.clone();
+            async move { call("hand over lock", t, c.txn(txn)).await }
+        })
+        .await?;
+        if !resp.succeeded() {
+            return Err(super::Error::Raced { op: "hand over lock" });
+        }
+        let revision = resp.header().map_or(0, |h| h.revision());
+        if !self.mirror.wait_for(&format!("{prefix}/"), revision, t).await {
+            tracing::warn!(prefix, revision, "mirror did not catch up with the handover in time");
+        }
+        self.remember_holder(prefix);
+        Ok(Ok(planned))
     }
 
     /// Whether keys on our `lease` must not make leaders: the lease went unrenewed for half its

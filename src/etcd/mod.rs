@@ -51,13 +51,15 @@ pub enum Error {
     LeaseLost { lease: i64 },
     #[error("the etcd watch ended: {0}")]
     WatchEnded(String),
+    #[error("etcd {op} found the lock's keys changed since they were read; it is retried from the new keys")]
+    Raced { op: &'static str },
 }
 
 impl Error {
     /// Whether retrying the same call may succeed (etcd unreachable, leader election, timeouts).
     pub fn is_transient(&self) -> bool {
         match self {
-            Error::Timeout { .. } | Error::Connect { .. } | Error::WatchEnded(_) => true,
+            Error::Timeout { .. } | Error::Connect { .. } | Error::WatchEnded(_) | Error::Raced { .. } => true,
             Error::Call { source, .. } => is_transient(source),
             _ => false,
         }

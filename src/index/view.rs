@@ -38,21 +38,22 @@ impl View {
 
     /// The roles every accepted lock of the namespace assigns to `pod`, given each lock
     /// prefix's holder. LeaderLocks being deleted assign nothing: their keys are to be removed.
+    /// A paused LeaderLock keeps its holder `leader` even once it stops being a candidate.
     pub fn roles_for(&self, pod: &PodInfo, holder: impl Fn(&str) -> Option<Holder>) -> Vec<LockRoles> {
-        if !pod.candidate {
-            return vec![];
-        }
         let name = pod.name.clone();
         let mut out = Vec::new();
         for ll in self.selecting.get(&name).into_iter().flatten() {
             let Some((obj, _)) = self.leaderlocks.get(ll) else { continue };
-            if obj.metadata.deletion_timestamp.is_some() {
+            if obj.metadata.deletion_timestamp.is_some() || !(pod.candidate || obj.spec.paused) {
                 continue;
             }
             for (lock, res) in self.resolved.get(ll).into_iter().flatten() {
                 let Resolution::Accepted(prefix) = res else { continue };
                 let holds = |h: &Holder| h.candidate.is_some() && h.candidate == pod.uid;
                 let leader = holder(prefix).filter(holds).map(|h| (name.clone(), h.token));
+                if !pod.candidate && leader.is_none() {
+                    continue; // paused, but only the holder is frozen in place
+                }
                 out.push(LockRoles { lock: lock.clone(), candidates: vec![name.clone()], leader, labels: obj.spec.pod_labels });
             }
         }

@@ -61,12 +61,14 @@ pub fn wait_until<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> O
 
 static CRD: Once = Once::new();
 
-/// Installs the checked-in CRD (once per test binary) and waits until it is Established.
+/// Installs the checked-in CRDs (once per test binary) and waits until they are Established.
 pub fn install_crd() {
     CRD.call_once(|| {
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/crds/leaderlock.dev_leaderlocks.yaml");
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/crds/");
         kubectl_ok(&["apply", "--server-side", "--force-conflicts", "-f", path], None);
-        kubectl_ok(&["wait", "--for=condition=Established", "--timeout=60s", "crd/leaderlocks.leaderlock.dev"], None);
+        for crd in ["crd/leaderlocks.leaderlock.dev", "crd/handovers.leaderlock.dev"] {
+            kubectl_ok(&["wait", "--for=condition=Established", "--timeout=60s", crd], None);
+        }
     });
 }
 

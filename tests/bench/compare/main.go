@@ -43,7 +43,7 @@ var (
 
 func main() {
 	flag.StringVar(&cfg.out, "out", "BENCHMARKS.md", "where to write the report")
-	flag.StringVar(&cfg.crd, "crd", "crds/leaderlock.dev_leaderlocks.yaml", "CRD manifest")
+	flag.StringVar(&cfg.crd, "crd", "crds/", "CRD manifests (a file or a directory)")
 	flag.StringVar(&cfg.controllerBin, "controller", "target/release/leaderlock", "leaderlock binary")
 	flag.StringVar(&cfg.electorBin, "elector", "", "client-go elector peer binary")
 	flag.Parse()
