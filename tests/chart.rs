@@ -359,10 +359,7 @@ fn plugin_as(ns: &str, sa: &str, args: &[&str]) -> Output {
 /// through, and without it the plugin says what to ask for (exit 4).
 #[test]
 fn the_handover_role_is_enough_for_every_plugin_command() {
-    install_crd();
-    let crd = concat!(env!("CARGO_MANIFEST_DIR"), "/crds/leaderlock.dev_handovers.yaml");
-    kubectl_ok(&["apply", "--server-side", "--force-conflicts", "-f", crd], None);
-    kubectl_ok(&["wait", "--for=condition=Established", "--timeout=60s", "crd/handovers.leaderlock.dev"], None);
+    install_crd(); // both CRDs
     let ns = namespace("chart-handover-role");
     let (_, docs) = render(&ns, HANDOVER_ROLE);
     let mut role = handover_role(&docs).unwrap().clone();

@@ -5,7 +5,6 @@
 mod common;
 
 use std::process::{Command, Output};
-use std::sync::Once;
 
 use common::checker::Checker;
 use common::k8s::*;
@@ -40,18 +39,6 @@ fn run_ok(args: &[&str]) -> String {
     stdout
 }
 
-static HANDOVER_CRD: Once = Once::new();
-
-/// Both CRDs: the LeaderLock's (shared helper) and the Handover's.
-fn install_crds() {
-    install_crd();
-    HANDOVER_CRD.call_once(|| {
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/crds/leaderlock.dev_handovers.yaml");
-        kubectl_ok(&["apply", "--server-side", "--force-conflicts", "-f", path], None);
-        kubectl_ok(&["wait", "--for=condition=Established", "--timeout=60s", "crd/handovers.leaderlock.dev"], None);
-    });
-}
-
 /// Ready pods `w-1`..`w-n` and the LeaderLock `payments` with the locks `locks`, elected.
 struct Stage {
     ns: String,
@@ -60,7 +47,7 @@ struct Stage {
 }
 
 async fn stage(test: &str, pods: &[&str], locks: &str) -> Stage {
-    install_crds();
+    install_crd();
     shared_controller();
     let ns = namespace(test);
     let checker = Checker::start(client().await, &ns, &env("LEADERLOCK_ETCD_ENDPOINTS"), ROOT, &["/legacy/"]).await;

@@ -7,7 +7,6 @@ package main
 import (
 	"context"
 	"fmt"
-	"path/filepath"
 	"time"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -29,8 +28,7 @@ type handoverResult struct {
 // handoverPhase hands the lock of one LeaderLock (3 pods) to the next pod in turn, n times.
 func handoverPhase() {
 	n := cfg.handovers
-	crd := filepath.Join(filepath.Dir(cfg.crd), "leaderlock.dev_handovers.yaml")
-	kubectl("apply", "--server-side", "--force-conflicts", "-f", crd)
+	// main applies every CRD of -crd (crds/); this phase also needs the Handover's.
 	kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd/handovers.leaderlock.dev")
 	logf("handover: %d planned handovers (Handover created → target annotated leader)", n)
 	ns, lock := "bench-handover", "ho"
