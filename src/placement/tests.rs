@@ -253,9 +253,12 @@ proptest! {
     }
 
     #[test]
-    fn a_join_moves_at_most_the_joiners_share_and_only_to_it(l in 1usize..=64, c in 1usize..=12, ext in 0usize..=3) {
+    fn a_join_moves_at_most_the_joiners_share_and_only_to_it(
+        l in 1usize..=64, c in 1usize..=12, ext in 0usize..=3, at in 0usize..=12,
+    ) {
         let (current, mut pods) = settled(l, c, ext.min(l));
-        pods.push(candidate("joiner"));
+        // Wherever it ranks (an older pod may become Ready late).
+        pods.insert(at.min(c), candidate("joiner"));
         let p = place(Policy::Spread, &current, &pods);
         let placeable = l - ext.min(l);
         prop_assert!(p.moves.len() <= placeable.div_ceil(c + 1), "{} moves for {placeable} locks on {} pods", p.moves.len(), c + 1);
