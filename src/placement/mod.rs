@@ -153,9 +153,10 @@ pub struct Placement {
 
 /// Places `current` (every lock of one LeaderLock with its holder) on `candidates`.
 ///
-/// `candidates` must come in a stable order (etcd seniority, oldest first: e.g. the create
-/// revision of each candidate's keys, or pod creation time then name as §3.2 creates them): it
-/// breaks every tie, so it must not change while the candidates do not. A duplicate id or lock
+/// `candidates` come in etcd seniority, oldest first (e.g. pod creation time then name, the
+/// order §3.2 creates keys in): it breaks ties when locks must move, so give the same order for
+/// the same candidates. A settled placement plans nothing whatever the order, so an order read
+/// from etcd revisions that a handover changed cannot make locks flap. A duplicate id or lock
 /// counts once (its first occurrence).
 pub fn place(policy: Policy, current: &[Assignment], candidates: &[Candidate]) -> Placement {
     let candidates = dedup_by(candidates, |c| &c.id);
