@@ -178,13 +178,18 @@ pub enum Unmovable {
 }
 
 /// A handover as one etcd transaction: delete the keys ahead of the target (the holder and any
-/// waiter before it), each guarded on its create revision, and recreate them at the back of the
-/// line in the same order, so the target leads at once and nobody loses their place among the
-/// others. The queue's front is never empty, so `etcdctl lock` and Go `Mutex` waiters stay right.
+/// waiter before it), each guarded on its create revision, and recreate the holder's at the back
+/// of the line, so the target leads at once. The queue's front is never empty, so `etcdctl lock`
+/// and Go `Mutex` waiters stay right. Waiters that were ahead of the target are recreated after
+/// it, in their order, one transaction each: keys created in one transaction would share a create
+/// revision, and the recipe needs every key's to be distinct (it is the fencing token, and a
+/// `Mutex` waiter waits only for keys with a lower one).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Requeue {
-    /// Guarded deletes then guarded creates ([`Op::Delete`], [`Op::Create`]).
+    /// The transaction: guarded deletes, then the guarded create of the holder's new key.
     pub ops: Vec<Op>,
+    /// Guarded creates of the other requeued keys, each in its own transaction, in order.
+    pub then: Vec<Op>,
     /// The key that leads once the transaction lands, and its create revision (the new fencing
     /// token), which the transaction also checks.
     pub target: (String, i64),
@@ -216,9 +221,10 @@ pub fn requeue(prefix: &str, keys: &[KeyState], holder_token: i64, target: Targe
     if let Some(k) = ahead.iter().find(|k| k.candidate_name().is_none()) {
         return Err(Unmovable::ExternalAhead { key: k.key.clone() });
     }
-    let deletes = ahead.iter().map(|k| Op::Delete { key: k.key.clone(), create_revision: k.create_revision });
-    let creates = ahead.iter().map(|k| Op::Create { key: requeued_key(&k.key), value: k.value.clone(), lease: k.lease });
-    Ok(Requeue { ops: deletes.chain(creates).collect(), target: (to.key.clone(), to.create_revision) })
+    let mut ops: Vec<Op> = ahead.iter().map(|k| Op::Delete { key: k.key.clone(), create_revision: k.create_revision }).collect();
+    let mut creates = ahead.iter().map(|k| Op::Create { key: requeued_key(&k.key), value: k.value.clone(), lease: k.lease });
+    ops.extend(creates.next());
+    Ok(Requeue { ops, then: creates.collect(), target: (to.key.clone(), to.create_revision) })
 }
 
 /// Puts `previous` (the last known holder) first, keeping the others' order: after a lost lease
@@ -260,6 +266,19 @@ mod tests {
             if self.keys.remove(key).is_some() {
                 self.rev += 1;
             }
+        }
+        /// One transaction: every write in it gets the same revision, as in etcd.
+        fn txn(&mut self, ops: &[Op]) {
+            let rev = self.rev + 1;
+            for op in ops {
+                self.rev = rev - 1;
+                self.apply(std::slice::from_ref(op));
+            }
+            self.rev = rev;
+        }
+        fn requeue(&mut self, r: &Requeue) {
+            self.txn(&r.ops);
+            self.apply(&r.then);
         }
         fn apply(&mut self, ops: &[Op]) {
             for op in ops {
@@ -348,18 +367,19 @@ mod tests {
         etcd.apply(&plan(P, &[], &[cand(1), cand(2), cand(3), cand(4)], 7));
         let r = requeue(P, &etcd.view(), 1, Target::Candidate("uid-3")).unwrap();
         assert_eq!(r.target, (format!("{P}/uid-3"), 3));
-        etcd.apply(&r.ops);
+        etcd.requeue(&r);
         assert_eq!(line(&etcd), ["uid-3", "uid-4", "uid-1.1", "uid-2.1"]);
         assert_eq!(holder(P, &etcd.view()).unwrap().candidate.as_deref(), Some("uid-3"));
         // The requeued keys are still their candidates' keys: nothing to create or delete.
         assert_eq!(plan(P, &etcd.view(), &[cand(1), cand(2), cand(3), cand(4)], 7), []);
         // A step-down moves only the holder; a requeued key is renamed again.
         let token = holder(P, &etcd.view()).unwrap().token;
-        etcd.apply(&requeue(P, &etcd.view(), token, Target::Next).unwrap().ops);
-        etcd.apply(&requeue(P, &etcd.view(), 4, Target::Candidate("uid-1")).unwrap().ops);
+        etcd.requeue(&requeue(P, &etcd.view(), token, Target::Next).unwrap());
+        let token = holder(P, &etcd.view()).unwrap().token;
+        etcd.requeue(&requeue(P, &etcd.view(), token, Target::Candidate("uid-1")).unwrap());
         assert_eq!(line(&etcd), ["uid-1.1", "uid-2.1", "uid-3.1", "uid-4.1"]);
         let token = holder(P, &etcd.view()).unwrap().token;
-        etcd.apply(&requeue(P, &etcd.view(), token, Target::Next).unwrap().ops);
+        etcd.requeue(&requeue(P, &etcd.view(), token, Target::Next).unwrap());
         assert_eq!(line(&etcd), ["uid-2.1", "uid-3.1", "uid-4.1", "uid-1.2"]);
     }
 
@@ -426,7 +446,7 @@ mod tests {
                         let id = to.map(|i| format!("uid-{i}"));
                         let target = id.as_deref().map_or(Target::Next, Target::Candidate);
                         if let Ok(r) = requeue(P, &before, token, target) {
-                            etcd.apply(&r.ops);
+                            etcd.requeue(&r);
                             let h = holder(P, &etcd.view()).unwrap();
                             prop_assert_eq!((&h.key, h.token), (&r.target.0, r.target.1));
                             prop_assert!(h.token > token, "the new holder's token grows");
@@ -448,6 +468,11 @@ mod tests {
                 key_ids.sort();
                 prop_assert_eq!(key_ids, ids);
                 prop_assert!(ours.iter().all(|k| k.lease == lease));
+                // Every key has its own create revision: the recipe's order and tokens need it.
+                let mut revs: Vec<i64> = view.iter().map(|k| k.create_revision).collect();
+                revs.sort();
+                revs.dedup();
+                prop_assert_eq!(revs.len(), view.len(), "two keys share a create revision");
                 // The holder has the lowest create revision of all keys.
                 let h = holder(P, &view);
                 let min = view.iter().map(|k| k.create_revision).min();

@@ -78,6 +78,25 @@ enum Command {
     /// after a forwarded signal; 128+signal when a signal arrives while CMD is not running; 2 when the
     /// role file is missing, unreadable or garbage (CMD is stopped first) or CMD cannot be started.
     Run(RunArgs),
+    /// In a pod: run CMD once and tell it which locks (shards) the pod leads, on every change.
+    ///
+    /// CMD starts at once, leading shards or not, with LEADERLOCK_SHARDS set to the locks the pod leads
+    /// (names comma-separated, sorted with a trailing number compared as a number: shard-2 before
+    /// shard-10) and LEADERLOCK_SHARDS_FILE to --shards-file. The file holds one `<lock> <token>` line per
+    /// lock led, in the same order. Whenever the set or a fencing token changes, the file is replaced
+    /// atomically and then CMD (its process, not its group) gets --signal; re-read the file then, and
+    /// treat a new token for a shard you serve as a fresh acquisition. Install the signal handler first
+    /// thing: SIGHUP's default action ends a program.
+    ///
+    /// Needs the projection of metadata.annotations (every lock's role and token).
+    ///
+    /// SIGTERM and SIGINT sent to `shards` are forwarded to CMD's process group (SIGKILL after
+    /// --grace-period).
+    ///
+    /// Exit status: CMD's own (128+signal if a signal killed it) when CMD ends; 128+signal when a
+    /// signal arrives and CMD is gone; 2 when the role file or the shards file fails (CMD is stopped
+    /// first), when CMD cannot be started, or on a usage error.
+    Shards(ShardsArgs),
 }
 
 #[derive(Args)]
@@ -167,6 +186,29 @@ struct RunArgs {
     #[arg(long, env = "LEADERLOCK_GRACE_PERIOD", default_value = "10s", value_name = "DURATION", value_parser = contract::parse_duration)]
     grace_period: Duration,
     /// The command to run while leader, and its arguments, after `--`.
+    #[arg(last = true, required = true, value_name = "CMD")]
+    command: Vec<OsString>,
+}
+
+#[derive(Args)]
+struct ShardsArgs {
+    /// Only locks whose name starts with this, e.g. `shard-` (default: every lock in the file).
+    #[arg(long, env = "LEADERLOCK_LOCK_PREFIX", default_value = "", value_parser = leaderlock::podside::shards::parse_lock_prefix)]
+    lock_prefix: String,
+    /// The downward-API projection of `metadata.annotations`: every lock's role and fencing token.
+    #[arg(long, env = "LEADERLOCK_ROLE_FILE", default_value = leaderlock::podside::DEFAULT_ROLE_FILE)]
+    file: PathBuf,
+    /// Where to write the set for CMD (one `<lock> <token>` line per lock led), replaced atomically
+    /// on every change: a path in a writable directory such as an emptyDir.
+    #[arg(long, env = "LEADERLOCK_SHARDS_FILE")]
+    shards_file: PathBuf,
+    /// Sent to CMD after every change of the shards file: a name such as SIGHUP, HUP or SIGUSR1.
+    #[arg(long, env = "LEADERLOCK_SHARDS_SIGNAL", default_value = "SIGHUP", value_parser = leaderlock::podside::shards::parse_signal)]
+    signal: nix::sys::signal::Signal,
+    /// How long CMD has between SIGTERM and SIGKILL when it is stopped. Duration syntax: 500ms, 10s, 1.5m or 2h (units ms, s, m, h; a bare number is seconds).
+    #[arg(long, env = "LEADERLOCK_GRACE_PERIOD", default_value = "10s", value_name = "DURATION", value_parser = contract::parse_duration)]
+    grace_period: Duration,
+    /// The command to run, and its arguments, after `--`.
     #[arg(last = true, required = true, value_name = "CMD")]
     command: Vec<OsString>,
 }
@@ -367,6 +409,14 @@ fn main() -> ExitCode {
         Command::Run(args) => {
             ExitCode::from(leaderlock::podside::run_main(&args.role_file.file, &args.role_file.lock, args.grace_period, args.command))
         }
+        Command::Shards(args) => ExitCode::from(leaderlock::podside::shards_main(leaderlock::podside::ShardsOptions {
+            file: args.file,
+            lock_prefix: args.lock_prefix,
+            shards_file: args.shards_file,
+            signal: args.signal,
+            grace: args.grace_period,
+            command: args.command,
+        })),
     }
 }
 
@@ -410,7 +460,10 @@ mod tests {
                 durations.push(format!("{} --{flag}", sub.get_name()));
             }
         }
-        assert_eq!(durations, ["controller --etcd-timeout", "controller --election-ttl", "wait --timeout", "run --grace-period"]);
+        assert_eq!(
+            durations,
+            ["controller --etcd-timeout", "controller --election-ttl", "wait --timeout", "run --grace-period", "shards --grace-period"]
+        );
     }
 
     #[test]

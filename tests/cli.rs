@@ -31,7 +31,7 @@ fn controller_help_lists_every_flag_with_its_env_var() {
         assert!(help.contains(flag) && help.contains(env), "{flag} / {env} missing from --help:\n{help}");
     }
     let top = String::from_utf8(leaderlock(&["--help"]).stdout).unwrap();
-    for sub in ["controller", "crd", "role", "wait", "run", "copy-self"] {
+    for sub in ["controller", "crd", "role", "wait", "run", "shards", "copy-self"] {
         assert!(top.contains(sub), "subcommand {sub} missing from --help");
     }
 }
@@ -41,7 +41,7 @@ fn controller_help_lists_every_flag_with_its_env_var() {
 #[test]
 fn every_flag_and_env_var_in_help_is_in_the_contract() {
     let contract = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/contract.md")).unwrap();
-    for sub in ["controller", "role", "wait", "run", "copy-self", "crd"] {
+    for sub in ["controller", "role", "wait", "run", "shards", "copy-self", "crd"] {
         let help = String::from_utf8(leaderlock(&[sub, "--help"]).stdout).unwrap();
         let words = help.split(|c: char| !(c.is_ascii_alphanumeric() || c == '-' || c == '_'));
         for name in words.filter(|w| (w.starts_with("--") && w.len() > 2) || w.starts_with("LEADERLOCK_")) {
@@ -93,6 +93,7 @@ fn every_duration_flag_says_the_syntax_in_help_and_refuses_a_bad_value_with_it()
         ("controller", "--election-ttl", &[][..]),
         ("wait", "--timeout", role_file),
         ("run", "--grace-period", &["--lock", "l", "--", "true"][..]),
+        ("shards", "--grace-period", &["--shards-file", "/tmp/s", "--", "true"][..]),
     ] {
         let help = String::from_utf8(leaderlock(&[sub, "--help"]).stdout).unwrap();
         let line = help.lines().find(|l| l.trim_start().starts_with(flag)).unwrap_or_else(|| panic!("{flag} not in {sub} --help"));

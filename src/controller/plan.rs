@@ -32,6 +32,10 @@ use crate::resource::{LeaderLock, LeaderLockStatus};
 /// The holder of each accepted lock prefix, as etcd's mirror showed it (absent: no holder).
 pub type Holders = BTreeMap<String, Holder>;
 
+/// How many of a lock's line the status shows: enough to see who is next, small enough that 256
+/// locks with many candidates keep the status far below the apiserver's object size limit.
+const QUEUE_SHOWN: usize = 16;
+
 /// Everyone in line for each accepted lock prefix, holder first.
 pub type Lines = BTreeMap<String, Vec<Holder>>;
 
@@ -100,7 +104,7 @@ impl Observed<'_> {
             }
             None => h.name.clone().unwrap_or_else(|| format!("etcd:{}", h.key)),
         };
-        self.lines.iter().map(|(prefix, line)| (prefix.clone(), line.iter().map(name).collect())).collect()
+        self.lines.iter().map(|(prefix, line)| (prefix.clone(), line.iter().take(QUEUE_SHOWN).map(name).collect())).collect()
     }
 }
 

@@ -141,6 +141,7 @@ impl Engine {
             Err(why) => return Ok(Err(why)),
         };
         planned.ops = planned.ops.into_iter().map(|op| ownership::stamp(op, &self.cluster_id)).collect();
+        planned.then = planned.then.into_iter().map(|op| ownership::stamp(op, &self.cluster_id)).collect();
         let txn = requeue_txn(&planned);
         let t = self.call_timeout;
         let resp = retry(5, || {
@@ -156,6 +157,9 @@ impl Engine {
         if !self.mirror.wait_for(&format!("{prefix}/"), revision, t).await {
             tracing::warn!(prefix, revision, "mirror did not catch up with the handover in time");
         }
+        // Waiters that were ahead of the target, back in line in their order. A failure here
+        // leaves them without a key until the next sync recreates it: the lock has moved.
+        self.apply_all(prefix, &planned.then, |_| {}).await?;
         self.remember_holder(prefix);
         Ok(Ok(planned))
     }

@@ -12,8 +12,9 @@
 //!
 //! One module per concern, each depending only on [`crate::contract`]: `rolefile` parses the two
 //! forms kubelet projects (pure, with `gounquote` for Go's `%q`), `read` reads the file once,
-//! `watch` wakes on kubelet's updates, `supervisor` runs CMD for `run`. `role` and `wait` are
-//! small enough to live here.
+//! `watch` wakes on kubelet's updates, `supervisor` runs CMD for `run`; `shardset` (pure) and
+//! `shards` serve the set of locks a pod leads to one program (`leaderlock shards`). `role` and
+//! `wait` are small enough to live here.
 
 use std::ffi::OsString;
 use std::io;
@@ -23,13 +24,16 @@ use std::time::Duration;
 pub mod gounquote;
 pub mod read;
 pub mod rolefile;
+pub mod shards;
+pub mod shardset;
 pub mod supervisor;
 pub mod watch;
 
 pub use read::read_role;
 pub use rolefile::{ParseError, Role};
+pub use shards::{SHARDS_ENV, SHARDS_FILE_ENV, ShardsOptions, shards_main};
 pub use supervisor::{TOKEN_ENV, run_main};
-pub use watch::RoleWatch;
+pub use watch::{FileWatch, RoleWatch};
 
 /// Where the examples mount the all-annotations projection.
 pub const DEFAULT_ROLE_FILE: &str = "/etc/leaderlock/annotations";
@@ -73,6 +77,18 @@ pub enum PodsideError {
     CopySelf { dest: PathBuf, source: io::Error },
     #[error("no command given: put it after `--`, e.g. `leaderlock run --lock L -- my-server --flag`")]
     NoCommand,
+    #[error("{path} is not a downward-API projection of metadata.annotations: {source}")]
+    NotAnnotations { path: PathBuf, source: ParseError },
+    #[error(
+        "cannot write the shards file {path}: {source}; point --shards-file (LEADERLOCK_SHARDS_FILE) into a writable directory, e.g. an emptyDir"
+    )]
+    ShardsFile { path: PathBuf, source: io::Error },
+    #[error(
+        "{0:?} is not a signal the command can act on and keep running: name one like SIGHUP, HUP or SIGUSR1 (not KILL, STOP, TERM or INT)"
+    )]
+    BadSignal(String),
+    #[error("{0:?} is not the start of a lock name: use a-z, 0-9 and '-' (not first), at most 50 characters, e.g. shard-")]
+    BadPrefix(String),
 }
 
 fn describe(role: Option<&Role>) -> String {

@@ -15,13 +15,17 @@ const READ_ATTEMPTS: usize = 3;
 
 /// Reads and parses the role file once; `None` when the annotation is absent.
 pub fn read_role(path: &Path, lock: &str) -> Result<Option<Role>, PodsideError> {
+    let content = read_content(path)?;
+    role_in(&content, lock).map_err(|source| PodsideError::Garbage { path: path.to_path_buf(), source })
+}
+
+/// Reads the file once, as text: a regular file (or a symlink to one) holding UTF-8.
+pub fn read_content(path: &Path) -> Result<String, PodsideError> {
     let content = read_retrying(path).map_err(|failure| match failure {
         Unreadable::Io(source) => PodsideError::Read { path: path.to_path_buf(), source },
         Unreadable::NotRegular(kind) => PodsideError::NotRegular { path: path.to_path_buf(), kind },
     })?;
-    let content =
-        String::from_utf8(content).map_err(|_| PodsideError::Garbage { path: path.to_path_buf(), source: ParseError::NotUtf8 })?;
-    role_in(&content, lock).map_err(|source| PodsideError::Garbage { path: path.to_path_buf(), source })
+    String::from_utf8(content).map_err(|_| PodsideError::Garbage { path: path.to_path_buf(), source: ParseError::NotUtf8 })
 }
 
 /// Why the file's bytes could not be had.

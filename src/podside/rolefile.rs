@@ -61,6 +61,10 @@ pub enum ParseError {
     BadToken { value: String },
     #[error("the content is not UTF-8")]
     NotUtf8,
+    #[error(
+        "it holds a single value, not key=\"value\" lines: project every annotation (fieldRef: metadata.annotations) to list the locks"
+    )]
+    SingleValueForm,
 }
 
 /// A line with `="` means the all-annotations form: no role value contains that sequence.

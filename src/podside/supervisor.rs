@@ -30,8 +30,8 @@ pub fn run_main(path: &Path, lock: &str, grace: Duration, command: Vec<OsString>
     }
 }
 
-/// Why `run` is winding down: once CMD is gone it exits.
-enum Shutdown {
+/// Why `run` (or `shards`) is winding down: once CMD is gone it exits.
+pub(super) enum Shutdown {
     /// SIGTERM or SIGINT received and forwarded.
     Signal(Signal),
     /// The role file turned unreadable: CMD cannot be known to be leader any more.
@@ -39,8 +39,8 @@ enum Shutdown {
 }
 
 /// The running CMD.
-struct Child {
-    process: tokio::process::Child,
+pub(super) struct Child {
+    pub(super) process: tokio::process::Child,
     token: Option<i64>,
     /// When SIGKILL is due, once a stop has begun.
     kill_at: Option<Instant>,
@@ -48,9 +48,13 @@ struct Child {
 }
 
 impl Child {
+    pub(super) fn new(process: tokio::process::Child) -> Self {
+        Self { process, token: None, kill_at: None, killed: false }
+    }
+
     /// Signals CMD's whole process group (CMD runs in its own), so `sh -c` pipelines stop too.
     /// The pid is only used while CMD is not reaped, so it cannot have been reused.
-    fn signal(&self, sig: Signal) {
+    pub(super) fn signal(&self, sig: Signal) {
         let Some(pid) = self.process.id().and_then(|pid| i32::try_from(pid).ok()).map(Pid::from_raw) else {
             return;
         };
@@ -60,16 +64,29 @@ impl Child {
     }
 
     /// SIGTERM (or a forwarded signal) now, SIGKILL after the grace period unless already due.
-    fn stop(&mut self, sig: Signal, grace: Duration) {
+    pub(super) fn stop(&mut self, sig: Signal, grace: Duration) {
         self.signal(sig);
         self.kill_at.get_or_insert_with(|| Instant::now() + grace);
     }
 
-    fn stopping(&self) -> bool {
+    /// Signals CMD alone (not its group): a notice for CMD to act on, not a stop.
+    pub(super) fn notify(&self, sig: Signal) {
+        if let Some(pid) = self.process.id().and_then(|pid| i32::try_from(pid).ok()).map(Pid::from_raw) {
+            let _ = kill(pid, sig);
+        }
+    }
+
+    /// SIGKILL to the group, once the grace period is over.
+    pub(super) fn force_kill(&mut self) {
+        self.signal(Signal::SIGKILL);
+        self.killed = true;
+    }
+
+    pub(super) fn stopping(&self) -> bool {
         self.kill_at.is_some()
     }
 
-    fn kill_due(&self) -> Option<Instant> {
+    pub(super) fn kill_due(&self) -> Option<Instant> {
         self.kill_at.filter(|_| !self.killed)
     }
 }
@@ -172,7 +189,7 @@ impl Supervisor {
         };
         let process = command.spawn().map_err(|source| PodsideError::Spawn { program: program.clone(), source })?;
         tracing::info!("lock {}: leader, started the command (pid {})", self.lock, process.id().unwrap_or(0));
-        self.child = Some(Child { process, token, kill_at: None, killed: false });
+        self.child = Some(Child { token, ..Child::new(process) });
         Ok(())
     }
 
@@ -196,8 +213,7 @@ impl Supervisor {
     fn kill(&mut self) {
         if let Some(child) = self.child.as_mut() {
             tracing::warn!("lock {}: the command did not exit within {:?} of SIGTERM, sending SIGKILL", self.lock, self.grace);
-            child.signal(Signal::SIGKILL);
-            child.killed = true;
+            child.force_kill();
         }
     }
 
@@ -220,14 +236,14 @@ impl Supervisor {
     }
 }
 
-async fn wait_child(child: &mut Option<Child>) -> io::Result<ExitStatus> {
+pub(super) async fn wait_child(child: &mut Option<Child>) -> io::Result<ExitStatus> {
     match child {
         Some(child) => child.process.wait().await,
         None => std::future::pending().await,
     }
 }
 
-async fn sleep_until(deadline: Option<Instant>) {
+pub(super) async fn sleep_until(deadline: Option<Instant>) {
     match deadline {
         Some(deadline) => tokio::time::sleep_until(deadline).await,
         None => std::future::pending().await,

@@ -9,25 +9,24 @@ use notify::{EventKind, RecommendedWatcher, RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 
 use super::PodsideError;
-use super::read::read_role;
+use super::read::{read_content, read_role};
 use super::rolefile::Role;
 
 /// Re-read even without a notification, in case one was lost; tests never depend on it.
 const SAFETY_REREAD: Duration = Duration::from_secs(60);
 
-/// Watches the role file's directory: kubelet replaces the `..data` symlink there, so the
-/// file (itself a symlink into a replaced dir) would never report a change of its own.
-pub struct RoleWatch {
+/// Watches the downward-API file's directory: kubelet replaces the `..data` symlink there, so
+/// the file (itself a symlink into a replaced dir) would never report a change of its own.
+pub struct FileWatch {
     path: PathBuf,
-    lock: String,
     _watcher: RecommendedWatcher,
     events: mpsc::UnboundedReceiver<()>,
     closed: bool,
 }
 
-impl RoleWatch {
+impl FileWatch {
     /// Starts watching before the first read, so no update can slip in between.
-    pub fn start(path: &Path, lock: &str) -> Result<Self, PodsideError> {
+    pub fn start(path: &Path) -> Result<Self, PodsideError> {
         let dir = match path.parent() {
             Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
             _ => PathBuf::from("."),
@@ -40,11 +39,16 @@ impl RoleWatch {
         })
         .map_err(|source| PodsideError::Watch { dir: dir.clone(), source })?;
         watcher.watch(&dir, RecursiveMode::NonRecursive).map_err(|source| PodsideError::Watch { dir, source })?;
-        Ok(Self { path: path.to_path_buf(), lock: lock.to_string(), _watcher: watcher, events, closed: false })
+        Ok(Self { path: path.to_path_buf(), _watcher: watcher, events, closed: false })
     }
 
-    pub fn read(&self) -> Result<Option<Role>, PodsideError> {
-        read_role(&self.path, &self.lock)
+    /// The file's content as text, read as kubelet leaves it (see [`read_content`]).
+    pub fn read(&self) -> Result<String, PodsideError> {
+        read_content(&self.path)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
     }
 
     /// Resolves once the directory changed (or the safety interval passed); a burst of events,
@@ -61,6 +65,28 @@ impl RoleWatch {
                 self.closed = true;
             }
         }
+    }
+}
+
+/// A [`FileWatch`] that reads one lock's role.
+pub struct RoleWatch {
+    file: FileWatch,
+    lock: String,
+}
+
+impl RoleWatch {
+    /// Starts watching before the first read, so no update can slip in between.
+    pub fn start(path: &Path, lock: &str) -> Result<Self, PodsideError> {
+        Ok(Self { file: FileWatch::start(path)?, lock: lock.to_string() })
+    }
+
+    pub fn read(&self) -> Result<Option<Role>, PodsideError> {
+        read_role(self.file.path(), &self.lock)
+    }
+
+    /// See [`FileWatch::changed`].
+    pub async fn changed(&mut self) {
+        self.file.changed().await;
     }
 }
 

@@ -122,8 +122,8 @@ pub struct LockStatus {
     /// Holder changes observed since the LeaderLock was created.
     #[serde(default)]
     pub transitions: i64,
-    /// Everyone in line, in etcd's order, holder first (same naming as `holder`): who takes over
-    /// next. `kubectl leaderlock status -o wide` shows it.
+    /// The first 16 in line, in etcd's order, holder first (same naming as `holder`): who takes
+    /// over next. `kubectl leaderlock status -o wide` shows it.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub queue: Vec<String>,
 }

@@ -331,7 +331,7 @@ impl State {
             Some((pod, token)) => {
                 let uid = self.pods.get(pod).map(|p| p.uid.clone()).unwrap_or_default();
                 self.holder(lock).is_some_and(|(key, kv)| {
-                    Some(kv.create_rev) == *token && pod_of(&kv.value, &self.ns) == Some(pod.as_str()) && key.ends_with(&format!("/{uid}"))
+                    Some(kv.create_rev) == *token && pod_of(&kv.value, &self.ns) == Some(pod.as_str()) && key_candidate(&key) == uid
                 })
             }
         };
@@ -409,6 +409,13 @@ fn pod_view(p: &Pod) -> PodView {
         }
     }
     PodView { uid: p.uid().unwrap_or_default(), candidate: is_candidate(p), roles, tokens }
+}
+
+/// The candidate (pod UID) a key of ours belongs to: `<prefix>/<uid>`, or `<prefix>/<uid>.<n>`
+/// once a handover sent it to the back of the line.
+pub fn key_candidate(key: &str) -> &str {
+    let id = key.rsplit_once('/').map_or(key, |(_, id)| id);
+    id.split_once('.').map_or(id, |(uid, _)| uid)
 }
 
 pub fn is_candidate(p: &Pod) -> bool {
@@ -564,7 +571,7 @@ pub async fn converged(client: &kube::Client, ns: &str, endpoint: &str, root: &s
             let mine: Vec<&(String, i64, String)> =
                 keys.iter().filter(|(k, _, _)| k.rsplit_once('/').is_some_and(|(p, _)| p == prefix)).collect();
             let mut want: Vec<String> = cands.iter().map(|p| format!("{prefix}/{}", p.uid().unwrap_or_default())).collect();
-            let mut have: Vec<String> = mine.iter().map(|(k, _, _)| k.clone()).collect();
+            let mut have: Vec<String> = mine.iter().map(|(k, _, _)| format!("{prefix}/{}", key_candidate(k))).collect();
             want.sort();
             have.sort();
             if want != have {
