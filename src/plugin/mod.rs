@@ -18,6 +18,13 @@ pub mod status;
 
 pub use error::PluginError;
 
+/// Writes a result line at once (flushed): `--wait` prints the request's name before waiting.
+fn print(out: &mut dyn std::io::Write, text: &str) -> Result<(), PluginError> {
+    out.write_all(text.as_bytes())
+        .and_then(|()| out.flush())
+        .map_err(|e| PluginError::Output { what: "the result".into(), detail: e.to_string() })
+}
+
 /// Exit statuses a script can rely on (docs/contract.md §5.8).
 pub mod exit {
     /// Success; for `--wait`, the request is `Done`.

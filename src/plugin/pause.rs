@@ -8,9 +8,9 @@ use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::wait::await_condition;
 use serde_json::json;
 
-use super::PluginError;
 use super::connect::Connection;
 use super::request::watch_error;
+use super::{PluginError, print};
 use crate::resource::{LeaderLock, reasons};
 
 /// `paused: true` for `pause`, `false` for `resume`; `wait` is `--wait` with its `--timeout`.
@@ -49,12 +49,6 @@ pub async fn run(conn: &Connection, req: &Pause, out: &mut dyn Write) -> Result<
         Ok(Ok(Some(ll))) => ll,
     };
     print(out, &format!("{}\n", describe(&ll)))
-}
-
-fn print(out: &mut dyn Write, text: &str) -> Result<(), PluginError> {
-    out.write_all(text.as_bytes())
-        .and_then(|()| out.flush())
-        .map_err(|e| PluginError::Output { what: "the result".into(), detail: e.to_string() })
 }
 
 /// Whether the controller has acted on `spec.paused == paused` as of `generation`: `Paused=True`

@@ -12,8 +12,8 @@ use kube::api::{Api, ObjectMeta, PostParams};
 use kube::runtime::wait::await_condition;
 use kube::{Resource, ResourceExt};
 
-use super::PluginError;
 use super::connect::Connection;
+use super::{PluginError, print};
 use crate::resource::LeaderLock;
 use crate::resource::handover::{Handover, HandoverSpec, HandoverStatus, Phase, reasons};
 
@@ -40,12 +40,6 @@ pub async fn run(conn: &Connection, req: &Request, out: &mut dyn Write) -> Resul
     let Some(timeout) = req.wait else { return Ok(()) };
     let done = wait_for_verdict(api, &name, &conn.namespace, timeout).await?;
     print(out, &format!("{}\n", verdict(&lock, done.status.unwrap_or_default())?))
-}
-
-fn print(out: &mut dyn Write, text: &str) -> Result<(), PluginError> {
-    out.write_all(text.as_bytes())
-        .and_then(|()| out.flush())
-        .map_err(|e| PluginError::Output { what: "the result".into(), detail: e.to_string() })
 }
 
 /// The LeaderLock, or exit 2 when it does not exist.
