@@ -350,7 +350,10 @@ impl State {
     fn saw_key(&mut self, key: String, kv: Option<KeyView>) {
         self.etcd_events += 1;
         let allowed = std::iter::once(&self.root).chain(&self.allowed).chain(&self.test_prefixes).any(|p| key.starts_with(p.as_str()));
-        if !allowed && !self.outside_keys.contains(&key) {
+        // Only writes seen while watching count: keys listed at the start were there before
+        // (another test's under another root), and deletions are not the controller's writes
+        // (another test's lease expiring removes its keys).
+        if !allowed && kv.is_some() && self.etcd_synced && !self.outside_keys.contains(&key) {
             self.outside_keys.push(key.clone());
         }
         let lock = self.lock_of_key(&key);
