@@ -97,10 +97,23 @@ async fn requests_that_cannot_be_carried_out_as_asked_are_refused_with_a_reason_
     assert_eq!(s.reason.as_deref(), Some("NotCandidate"), "{s:?}");
     let s = hand_over(&c, &ns, "nobody", "payments", Some("w-9"), None).await;
     assert_eq!(s.reason.as_deref(), Some("NotCandidate"), "{s:?}");
+    // A terminating pod (held by a finalizer, as a pod with a long grace period would be).
+    let third = ["w-1", "w-2", "w-3"].into_iter().find(|p| *p != before.0 && *p != other).unwrap();
+    kubectl_ok(
+        &["patch", "-n", &ns, "pod", third, "--type=merge", "-p", r#"{"metadata":{"finalizers":["test.leaderlock.dev/hold"]}}"#],
+        None,
+    );
+    kubectl_ok(&["delete", "-n", &ns, "pod", third, "--wait=false"], None);
+    elected(&c, &ns, "payments", "ledger", 1).await;
+    let s = hand_over(&c, &ns, "terminating", "payments", Some(third), None).await;
+    assert_eq!(s.reason.as_deref(), Some("NotCandidate"), "{s:?}");
+    let s = hand_over(&c, &ns, "step-down-alone", "payments", None, None).await;
+    assert_eq!(s.reason.as_deref(), Some("NoOtherCandidate"), "{s:?}");
+    kubectl_ok(&["patch", "-n", &ns, "pod", third, "--type=merge", "-p", r#"{"metadata":{"finalizers":null}}"#], None);
     // A LeaderLock that does not exist.
     let s = hand_over(&c, &ns, "no-ll", "nothing-here", Some(other), None).await;
     assert_eq!((s.phase, s.reason.as_deref()), (Some(Phase::Refused), Some("LeaderLockNotFound")), "{s:?}");
-    assert_eq!(elected(&c, &ns, "payments", "ledger", 2).await, before, "no refusal moved the lock");
+    assert_eq!(elected(&c, &ns, "payments", "ledger", 1).await, before, "no refusal moved the lock");
     checker.assert_clean();
 }
 
