@@ -109,7 +109,10 @@ async fn two_clusters_sharing_locks_under_churn_and_controller_kills_keep_one_le
         convergence_bound: bound,
         fault_holder_changes_target: Some(0),
         notes: vec![format!(
-            "The checker watches both clusters' pods and keys every lock by its etcd prefix: \"one leader\" and \"tokens grow\" are judged across the clusters, in the order of the pods' resourceVersions (both apiservers store into one etcd, so its revisions order their writes), not as the two watches happened to deliver them. Controller restarts: a {} / b {}. Leaderless gaps: max {:?}, median {:?} over {} gaps.{}",
+            "The checker watches both clusters' pods and keys every lock by its etcd prefix: \"one leader\" and \"tokens grow\" are judged across the clusters, in the order of the pods' resourceVersions (both apiservers store into one etcd, so its revisions order their writes), not as the two watches happened to deliver them. {} of the {} leader transitions moved a lock to the other cluster; {} times the watches showed a lock led in both clusters at once: judged by resourceVersions, each demotion had been committed before the promotion, except for the violations counted above. Controller restarts: a {} / b {}. Leaderless gaps: max {:?}, median {:?} over {} gaps (the longest when a holder left while its cluster's controller was down: its key goes when that controller is back).{}",
+            s.cross_transitions,
+            s.transitions,
+            s.seen_overlaps,
             ctls[0].restarts(),
             ctls[1].restarts(),
             s.max_gap,

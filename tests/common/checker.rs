@@ -140,6 +140,12 @@ struct State {
     last_leader: HashMap<String, (usize, String, i64)>,
     max_token: HashMap<String, i64>,
     transitions: u64,
+    /// Transitions whose new leader is in another cluster than the one before.
+    cross_transitions: u64,
+    /// Moments the watches showed leaders of one lock in two clusters, judged in commit order.
+    seen_overlaps: u64,
+    /// Lock prefixes the watches show led in two clusters right now.
+    overlapping: std::collections::HashSet<String>,
     /// Changes of a `leaderlock.dev/<lock>` role or token annotation after the first lists.
     role_changes: u64,
     intervals: order::Intervals,
@@ -165,6 +171,11 @@ pub struct Summary {
     pub violations: Vec<String>,
     pub outside_keys: Vec<String>,
     pub transitions: u64,
+    /// Transitions whose new leader is in another cluster than the one before.
+    pub cross_transitions: u64,
+    /// Moments the watches showed leaders of one lock in two clusters at once; each was judged
+    /// in commit order (a violation only if their resourceVersion intervals overlap).
+    pub seen_overlaps: u64,
     /// Changes of a pod's role or token annotation after the checker's first lists.
     pub role_changes: u64,
     pub holder_changes: usize,
@@ -329,6 +340,8 @@ impl Checker {
             violations,
             outside_keys: s.outside_keys.clone(),
             transitions: s.transitions,
+            cross_transitions: s.cross_transitions,
+            seen_overlaps: s.seen_overlaps,
             role_changes: s.role_changes,
             holder_changes: s.holder_changes.len(),
             causeless,
@@ -444,6 +457,12 @@ impl State {
             };
             self.violations.push(format!("{} pods lead {name} at once: {shown}", leaders.len()));
         }
+        let clusters = leaders.iter().map(|l| l.0).collect::<std::collections::BTreeSet<_>>().len();
+        if clusters < 2 {
+            self.overlapping.remove(prefix);
+        } else if self.overlapping.insert(prefix.to_string()) {
+            self.seen_overlaps += 1;
+        }
         // Fencing tokens: every new (pod, token) pair carries a token larger than any before.
         if let [(src, pod, Some(token))] = leaders.as_slice() {
             let pair = (*src, pod.clone(), *token);
@@ -454,6 +473,7 @@ impl State {
                     self.violations.push(format!("lock {name}: {pod} leads with token {token}, not above the largest seen {max}"));
                 }
                 self.transitions += 1;
+                self.cross_transitions += u64::from(self.last_leader.get(prefix).is_some_and(|(was, _, _)| was != src));
                 self.last_leader.insert(prefix.to_string(), pair);
                 self.max_token.insert(prefix.to_string(), max.max(*token));
             }
