@@ -262,7 +262,9 @@ async fn a_cluster_cut_off_from_etcd_longer_than_the_ttl_hands_the_shared_lock_t
     assert_eq!(elected(&c, &west_ns, "jobs", "job", 2).await, (west_leader, west_token), "west kept the lock");
     checker.settle().await;
     let s = checker.summary();
-    assert_eq!(s.causeless.len(), 1, "only east's expired key goes without a pod cause: {:?}", s.causeless);
+    // East's expired key is the fault's own holder change (the checker may also take east's pod
+    // creation, just before its key, for the cause).
+    assert!(s.causeless.len() <= 1, "holder changes without a cause besides east's expired key: {:?}", s.causeless);
     checker.assert_clean();
 }
 
