@@ -170,7 +170,7 @@ start_containerd() {
 
 start_kubelet() {
   start kubelet "$NODE_BIN_DIR/kubelet" --config "$NODE/kubelet.yaml" --kubeconfig "$DIR/kubeconfig" \
-    --root-dir "$NODE/kubelet" --cert-dir "$NODE/kubelet-pki" --hostname-override 127.0.0.1 --v 1
+    --root-dir "$NODE/kubelet" --cert-dir "$NODE/kubelet-pki" --hostname-override 127.0.0.1 --v "${LEADERLOCK_KUBELET_V:-1}"
   wait_for kubelet 120 "$K8S_BIN_DIR/kubectl" --kubeconfig "$DIR/kubeconfig" wait --for=condition=Ready --timeout=1s node/127.0.0.1
 }
 
