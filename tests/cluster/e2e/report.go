@@ -163,7 +163,7 @@ func (r *results) markdown(plotFile string) string {
 		}
 	}
 	if n, of, longest := r.lateFiles(); of > 0 {
-		fmt.Fprintf(&b, "\nThe new holder's file lagged its annotation by more than %s in %d of %d LeaderLock handovers (longest %s): the kubelet lost the remount and the file waited for the pod's next periodic sync, at most 1.5 × `syncFrequency` (README, \"On a real node\").\n", lateFileLimit, n, of, longest.Round(10*time.Millisecond))
+		fmt.Fprintf(&b, "\nThe new holder's file lagged its annotation by more than %s in %d of %d LeaderLock handovers (longest %s). A lag that long is the kubelet losing the change: the file then waits for the pod's next periodic sync, at most 1.5 × `syncFrequency` (README, \"When the kubelet loses a role change\").\n", lateFileLimit, n, of, longest.Round(10*time.Millisecond))
 	}
 	if n := len(r.samples["crash"]); n > 0 {
 		fmt.Fprintf(&b, "\nAfter %d of %d container kills the kubelet restarted the container before the controller's demotion reached its file, so the old holder's job started again with its old fencing token until the demotion arrived (counted in the overlap column, not as a violation: the pod still held the lock).\n", r.restarts, n)
