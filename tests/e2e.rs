@@ -15,9 +15,11 @@ const CHART_NS: &str = "leaderlock-system";
 const NS: &str = "e2e";
 const LOCK: &str = "ledger-writer";
 /// How long a condition that depends on a downward-API file may take. The kubelet usually
-/// projects an annotation change within 0.3 s, but `make e2e` saw it wait for the kubelet's
-/// periodic pod resync (`syncFrequency`, 1 min plus jitter) in about 1 of 20 handovers: the
-/// test asserts what happens, not how fast (the benchmark reports that).
+/// projects an annotation change within 1.2 s, but a race in its volume manager sometimes loses
+/// the change until the pod's next periodic sync, up to 1.5 × `syncFrequency` later (README,
+/// "When the kubelet loses a role change"). The node runs with 5 s; the bound allows the
+/// kubelet's default of 1 min too: the test asserts what happens, not how fast (the benchmark
+/// reports that).
 const FILE_SECS: u64 = 150;
 const JOB_LINE: &str = "writing the ledger with fencing token ";
 
