@@ -566,11 +566,20 @@ pub async fn converged(client: &kube::Client, ns: &str, endpoint: &str, root: &s
         if st.observed_generation != ll.metadata.generation {
             return Err(format!("{}: status not observed yet", ll.name_any()));
         }
-        for lock in &ll.spec.locks {
+        // Candidates marked never to lead own no etcd key (docs/contract.md §8).
+        let never = match ll.spec.placement.as_ref().and_then(|p| p.never_lead.clone()) {
+            Some(s) => Some(Selector::try_from(s).map_err(|e| e.to_string())?),
+            None => None,
+        };
+        let queued: Vec<&&Pod> = cands
+            .iter()
+            .filter(|p| !never.as_ref().is_some_and(|s| s.matches(p.metadata.labels.as_ref().unwrap_or(&BTreeMap::new()))))
+            .collect();
+        for lock in ll.spec.lock_specs().iter() {
             let prefix = lock.etcd_key.clone().unwrap_or_else(|| format!("{root}locks/{ns}/{}", lock.name));
             let mine: Vec<&(String, i64, String)> =
                 keys.iter().filter(|(k, _, _)| k.rsplit_once('/').is_some_and(|(p, _)| p == prefix)).collect();
-            let mut want: Vec<String> = cands.iter().map(|p| format!("{prefix}/{}", p.uid().unwrap_or_default())).collect();
+            let mut want: Vec<String> = queued.iter().map(|p| format!("{prefix}/{}", p.uid().unwrap_or_default())).collect();
             let mut have: Vec<String> = mine.iter().map(|(k, _, _)| format!("{prefix}/{}", key_candidate(k))).collect();
             want.sort();
             have.sort();
