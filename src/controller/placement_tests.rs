@@ -137,6 +137,20 @@ fn never_lead_candidates_get_no_key_under_either_policy() {
 }
 
 #[test]
+fn a_holder_marked_never_to_lead_under_queue_is_demoted_before_its_key_goes() {
+    let ll = spread(&["s0"], |p| {
+        p.policy = PlacementPolicy::Queue;
+        p.never_lead = Some(selector("role", "reader"));
+    });
+    let leader = [("leaderlock.dev/s0", "leader"), ("leaderlock.dev/s0.token", "7")];
+    let v = view(&ll, &[with_label(pod("a", 1, true, &leader), "role", "reader"), pod("b", 2, true, &[("leaderlock.dev/s0", "standby")])]);
+    let steps = before_etcd(&observed(&ll, &v, &[held("s0", "a", 7)]), now());
+    let Step::Pod { name, to, .. } = &steps[0] else { panic!("a demotion first: {steps:?}") };
+    assert_eq!((name.as_str(), to.annotations.get("leaderlock.dev/s0").map(String::as_str)), ("a", Some("standby")));
+    assert_eq!(syncs(&steps), [("s0".to_string(), vec!["uid-b".to_string()])]);
+}
+
+#[test]
 fn vacant_locks_are_spread_by_creating_each_targets_key_first_with_no_move() {
     let ll = spread(&["s0", "s1", "s2"], |_| {});
     let v = view(&ll, &[pod("a", 1, true, &[]), pod("b", 2, true, &[]), pod("c", 3, true, &[])]);
@@ -179,4 +193,41 @@ fn a_paused_leaderlock_moves_nothing_and_a_queue_one_never_moves() {
     let o = observed(&queue, &v, &[held("s0", "a", 7), held("s1", "a", 8)]);
     assert_eq!(requeues(&before_etcd(&o, now())), []);
     assert_eq!(decide(&o, now()).status.distribution[0], PodLocks { pod: "a".into(), locks: 2 });
+}
+
+/// The limit of 256 locks (docs/contract.md §8): at 16 candidates, with the queue shown capped
+/// at 16 and the longest pod names Kubernetes allows, the status stays under the 1.5 MiB an
+/// etcd request (hence an object) may hold; with Deployment-style names it is under an eighth.
+#[test]
+fn the_status_of_256_shards_over_16_pods_fits_an_object() {
+    use crate::resource::{LeaderLockStatus, LockStatus};
+    let size = |name_len: usize| {
+        let pods: Vec<String> = (0..16).map(|i| format!("{i:0>2}{}", "p".repeat(name_len - 2))).collect();
+        let locks = crate::placement::shard_names(256)
+            .unwrap()
+            .into_iter()
+            .enumerate()
+            .map(|(i, name)| LockStatus {
+                name,
+                holder: Some(pods[i % 16].clone()),
+                fencing_token: Some(i64::MAX.to_string()),
+                since: Some("2026-12-01T17:00:00Z".into()),
+                candidates: 16,
+                transitions: i64::from(i32::MAX),
+                queue: pods.clone(),
+            })
+            .collect();
+        let placement = PlacementStatus {
+            policy: "Spread".into(),
+            distribution: pods.iter().map(|p| PodLocks { pod: p.clone(), locks: 16 }).collect(),
+            settled: true,
+            ..Default::default()
+        };
+        let status = LeaderLockStatus { lock_count: 256, locks, placement: Some(placement), ..Default::default() };
+        serde_json::to_vec(&status).unwrap().len()
+    };
+    let (longest, typical) = (size(253), size(28));
+    assert!(longest < 1_572_864, "256 x 16 with 253-character names: {longest} bytes");
+    assert!(typical < 1_572_864 / 8, "256 x 16 with 28-character names: {typical} bytes");
+    println!("status at 256 shards x 16 pods: {longest} bytes (253-character names), {typical} bytes (28-character names)");
 }

@@ -179,6 +179,14 @@ pub fn before_etcd(o: &Observed, now: jiff::Timestamp) -> Vec<Step> {
     let mut steps = request_writes(&judged, true);
     let mut masked = moving(&judged);
     masked.extend(placed.moves.iter().map(|m| m.prefix.clone()));
+    // A never-lead holder's key is about to go (under Queue it simply leaves the line): demoted
+    // first, like any holder that leaves.
+    masked.extend(mine.iter().filter_map(|(_, r)| match r {
+        Resolution::Accepted(p) if o.holders.get(p).and_then(|h| h.candidate.as_ref()).is_some_and(|id| placed.never_lead.contains(id)) => {
+            Some(p.clone())
+        }
+        _ => None,
+    }));
     steps.extend(pod_writes(o, Pass::Demotions, &masked));
     if !o.ll.spec.paused {
         let wanted: Vec<Candidate> =
