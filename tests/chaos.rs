@@ -8,6 +8,8 @@
 mod common;
 #[path = "chaos/soak.rs"]
 mod soak;
+#[path = "chaos/spread.rs"]
+mod spread;
 #[path = "chaos/world.rs"]
 mod world;
 
