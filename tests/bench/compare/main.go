@@ -65,7 +65,7 @@ func main() {
 	cfg.kubeconfig = mustEnv("KUBECONFIG")
 	cfg.apiserverEtcd = mustEnv("APISERVER_ETCD_ENDPOINTS")
 	cfg.clusterDir = mustEnv("LEADERLOCK_CLUSTER_DIR")
-	phases := envStr("BENCH_PHASES", "idle,failover,scale,restart")
+	phases := envStr("BENCH_PHASES", "idle,failover,scale,spread,restart")
 
 	var err error
 	logDir, err = os.MkdirTemp("", "leaderlock-bench-")
@@ -107,6 +107,10 @@ func main() {
 			report(false)
 		}
 	}
+	if strings.Contains(phases, "spread") {
+		spread(etcds)
+		report(false)
+	}
 	if strings.Contains(phases, "restart") {
 		restart(etcds, ctl)
 	}
@@ -130,7 +134,8 @@ type results struct {
 	failover *failoverResult
 	scales   map[int]*scaleResult // by number of LeaderLocks
 	restart  *restartResult
-	totalS   string // seconds of measurement
+	spread   []*spreadResult // spread.go, one per size
+	totalS   string          // seconds of measurement
 }
 
 func kubectl(args ...string) string {

@@ -250,6 +250,7 @@ func report(final bool) {
 	w("| replica-election key writes (allowed) | %s |", na(rst.electionWrites))
 	w("| new controller peak RSS after reconciling everything | %s MB |", na(rst.rssMB))
 	w("")
+	writeSpread(w)
 	if len(notes) > 0 {
 		w("## Notes")
 		w("")
