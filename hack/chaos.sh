@@ -60,7 +60,10 @@ failures="$(grep -A1 -E "^thread '.*' \([0-9]+\) panicked at" "$testlog" | grep 
   echo "Ready); every written key is under the root or an allowed prefix. Convergence: every LeaderLock"
   echo "with candidates has a holder, status matches etcd, pod keys match status and candidates."
   echo "Scenario 8 (the soak) also samples the controller's RSS and every \`leaderlock_map_entries\` gauge"
-  echo "and asserts they stay flat (tests/chaos/soak.rs)."
+  echo "and asserts they stay flat (tests/chaos/soak.rs). Scenario 9 runs two clusters (a second"
+  echo "kube-apiserver) sharing locks through etcdKeys: its checker watches both clusters' pods, keys every"
+  echo "lock by its etcd prefix and judges \"one leader\" and token order across them in commit order"
+  echo "(tests/common/checker/order.rs)."
   echo
   echo "Leader transitions observed by the checker across all scenarios: **$transitions** (at least"
   echo "$min_transitions wanted with the full 1800 s soak)."

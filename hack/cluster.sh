@@ -204,6 +204,12 @@ start_apiserver() {
 second_apiserver() {
   DIR="${LEADERLOCK_CLUSTER_DIR:?source the env of hack/cluster.sh up first}"
   K8S_BIN_DIR="${LEADERLOCK_K8S_BIN_DIR:?source the env of hack/cluster.sh up first}"
+  # Several test binaries of one run each ask for it: a running one is reused, not orphaned.
+  if running "$(cat "$DIR/kube-apiserver-second.pid" 2>/dev/null)" &&
+    "$K8S_BIN_DIR/kubectl" --kubeconfig "$DIR/kubeconfig-second" get --raw /readyz >/dev/null 2>&1; then
+    log "second kube-apiserver already running: KUBECONFIG=$DIR/kubeconfig-second"
+    return 0
+  fi
   local port; port=$(free_port)
   start_apiserver kube-apiserver-second "$port" "${APISERVER_ETCD_ENDPOINTS:?}" --etcd-prefix /registry-second
   write_kubeconfig "$DIR/kubeconfig-second" "$port"

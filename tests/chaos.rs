@@ -1,11 +1,14 @@
 //! Chaos scenarios under the independent checker (tests/common/checker.rs): pod churn, kill -9 of
 //! the active controller, lock-etcd member loss and outages, an apiserver partition, compaction
-//! during an etcd partition, hostile LeaderLocks, and isolation of the etcd keyspace.
+//! during an etcd partition, hostile LeaderLocks, isolation of the etcd keyspace, and two
+//! clusters sharing locks (tests/chaos/multicluster.rs).
 //!
 //! `make test` runs the fast subset; `LEADERLOCK_CHAOS=full` (hack/chaos.sh, `make chaos`) runs
 //! the full sizes and durations and writes CHAOS.md. Every scenario owns its namespace, its lock
 //! etcd and its controllers (`--namespace`), and they run one at a time.
 mod common;
+#[path = "chaos/multicluster.rs"]
+mod multicluster;
 #[path = "chaos/soak.rs"]
 mod soak;
 #[path = "chaos/spread.rs"]

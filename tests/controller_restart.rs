@@ -129,3 +129,72 @@ async fn deleting_a_leaderlock_while_etcd_is_down_reports_it_and_completes_when_
     let keys = etcd.keys_under(&format!("{ROOT}locks/{ns}/"));
     assert!(keys.is_empty(), "candidate keys left in etcd: {keys:?}");
 }
+
+/// Creates a step-down Handover of lock `ledger` and sets its status as a controller that
+/// accepted it (holder `from` with `token`) and then died would have left it.
+fn accepted_step_down(ns: &str, name: &str, from: &str, token: i64) {
+    let yaml = format!(
+        "apiVersion: leaderlock.dev/v1alpha1\nkind: Handover\nmetadata: {{name: {name}}}\nspec: {{leaderLock: payments, lock: ledger}}\n"
+    );
+    kubectl_ok(&["create", "-n", ns, "-f", "-"], Some(&yaml));
+    let status = format!(r#"{{"status":{{"phase":"Pending","from":"{from}","fromToken":"{token}"}}}}"#);
+    kubectl_ok(&["patch", "-n", ns, "handover", name, "--subresource=status", "--type=merge", "-p", &status], None);
+}
+
+/// The final status of Handover `name`.
+async fn handover_done(c: &kube::Client, ns: &str, name: &str) -> leaderlock::resource::handover::HandoverStatus {
+    let api: Api<leaderlock::resource::handover::Handover> = Api::namespaced(c.clone(), ns);
+    eventually(&format!("Handover {name} to be final"), Duration::from_secs(30), || async {
+        let s = api.get(name).await.ok()?.status?;
+        s.phase.is_some_and(|p| p.is_final()).then_some(s)
+    })
+    .await
+}
+
+/// Issue 15: a request the controller accepted and then died on is finished by the next
+/// controller exactly once — moved if the move was not made, marked done (nothing moved again)
+/// if it was.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_handover_half_carried_out_before_a_restart_is_finished_once_never_repeated() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    install_crd();
+    let etcd = EtcdServer::start();
+    let endpoint = etcd.endpoint();
+    let ns = namespace("handover-restart");
+    let c = client().await;
+    let checker = Checker::start(c.clone(), &ns, &endpoint, ROOT, &[]).await;
+    ready_pods(&c, &ns, &["w-1", "w-2", "w-3"], &[("app", "worker")]).await;
+    let args = ["--etcd-endpoints", endpoint.as_str(), "--namespace", ns.as_str()];
+    let first = ControllerProcess::start(&args);
+    kubectl_ok(
+        &["apply", "-n", &ns, "-f", "-"],
+        Some(
+            "apiVersion: leaderlock.dev/v1alpha1\nkind: LeaderLock\nmetadata: {name: payments}\nspec:\n  selector: {matchLabels: {app: worker}}\n  locks: [{name: ledger}]\n",
+        ),
+    );
+    let (holder, token) = elected(&c, &ns, "payments", "ledger", 3).await;
+    let next = leaderlock(&c, &ns, "payments").await.status.unwrap().locks[0].queue[1].clone();
+
+    // Accepted, then the controller died before the move: the next one makes it, once.
+    first.kill();
+    accepted_step_down(&ns, "accepted", &holder, token);
+    let second = ControllerProcess::start(&args);
+    let s = handover_done(&c, &ns, "accepted").await;
+    assert_eq!((s.reason.as_deref(), s.holder.as_deref()), (Some("HandedOver"), Some(next.as_str())), "{s:?}");
+    let (moved, moved_token) = elected(&c, &ns, "payments", "ledger", 3).await;
+    assert!(moved == next && moved_token > token);
+    let transitions = leaderlock(&c, &ns, "payments").await.status.unwrap().locks[0].transitions;
+
+    // Moved, then the controller died before marking it done: the next one only marks it.
+    second.kill();
+    accepted_step_down(&ns, "moved", &holder, token);
+    let before = revision(&endpoint).await;
+    let _third = ControllerProcess::start(&args);
+    let s = handover_done(&c, &ns, "moved").await;
+    assert_eq!((s.reason.as_deref(), s.holder.as_deref()), (Some("HandedOver"), Some(moved.as_str())), "{s:?}");
+    assert_eq!(elected(&c, &ns, "payments", "ledger", 3).await, (moved, moved_token), "stepped down twice");
+    let written = keys_written_since(&endpoint, before).await;
+    assert!(written.iter().all(|k| k.starts_with("/leaderlock.dev/controller/")), "the lock was moved again: {written:?}");
+    assert_eq!(leaderlock(&c, &ns, "payments").await.status.unwrap().locks[0].transitions, transitions);
+    checker.assert_clean();
+}

@@ -193,5 +193,7 @@ fn crd_is_established_with_short_name_and_status_subresource() {
     let established = crd["status"]["conditions"].as_array().unwrap().iter().any(|c| c["type"] == "Established" && c["status"] == "True");
     assert!(established);
     let resources = kubectl_ok(&["api-resources", "--api-group=leaderlock.dev", "-o", "name"], None);
-    assert_eq!(resources.trim(), "leaderlocks.leaderlock.dev");
+    let mut resources: Vec<&str> = resources.lines().collect();
+    resources.sort();
+    assert_eq!(resources, ["handovers.leaderlock.dev", "leaderlocks.leaderlock.dev"]);
 }

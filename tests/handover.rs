@@ -97,10 +97,23 @@ async fn requests_that_cannot_be_carried_out_as_asked_are_refused_with_a_reason_
     assert_eq!(s.reason.as_deref(), Some("NotCandidate"), "{s:?}");
     let s = hand_over(&c, &ns, "nobody", "payments", Some("w-9"), None).await;
     assert_eq!(s.reason.as_deref(), Some("NotCandidate"), "{s:?}");
+    // A terminating pod (held by a finalizer, as a pod with a long grace period would be).
+    let third = ["w-1", "w-2", "w-3"].into_iter().find(|p| *p != before.0 && *p != other).unwrap();
+    kubectl_ok(
+        &["patch", "-n", &ns, "pod", third, "--type=merge", "-p", r#"{"metadata":{"finalizers":["test.leaderlock.dev/hold"]}}"#],
+        None,
+    );
+    kubectl_ok(&["delete", "-n", &ns, "pod", third, "--wait=false"], None);
+    elected(&c, &ns, "payments", "ledger", 1).await;
+    let s = hand_over(&c, &ns, "terminating", "payments", Some(third), None).await;
+    assert_eq!(s.reason.as_deref(), Some("NotCandidate"), "{s:?}");
+    let s = hand_over(&c, &ns, "step-down-alone", "payments", None, None).await;
+    assert_eq!(s.reason.as_deref(), Some("NoOtherCandidate"), "{s:?}");
+    kubectl_ok(&["patch", "-n", &ns, "pod", third, "--type=merge", "-p", r#"{"metadata":{"finalizers":null}}"#], None);
     // A LeaderLock that does not exist.
     let s = hand_over(&c, &ns, "no-ll", "nothing-here", Some(other), None).await;
     assert_eq!((s.phase, s.reason.as_deref()), (Some(Phase::Refused), Some("LeaderLockNotFound")), "{s:?}");
-    assert_eq!(elected(&c, &ns, "payments", "ledger", 2).await, before, "no refusal moved the lock");
+    assert_eq!(elected(&c, &ns, "payments", "ledger", 1).await, before, "no refusal moved the lock");
     checker.assert_clean();
 }
 
@@ -141,12 +154,28 @@ async fn a_handover_never_moves_the_lock_away_from_an_etcdctl_lock_holder() {
 async fn a_paused_leaderlock_keeps_its_holder_even_when_the_holder_pod_is_deleted_until_resumed() {
     let (ns, checker, c) = setup("handover-paused", &["w-1", "w-2"]).await;
     let (holder, token) = elected(&c, &ns, "payments", "ledger", 2).await;
+    let paused = |want: &'static str| {
+        let (c, ns) = (c.clone(), ns.clone());
+        async move {
+            eventually(&format!("Paused={want}"), T, || async {
+                let st = leaderlock(&c, &ns, "payments").await.status?;
+                st.conditions.iter().any(|c| c.type_ == "Paused" && c.status == want).then_some(st)
+            })
+            .await
+        }
+    };
+    // Pausing and resuming with nothing else happening changes nothing.
+    let keys_before = common::etcd::keys_under(&env("LEADERLOCK_ETCD_ENDPOINTS"), &format!("/leaderlock.dev/locks/{ns}/ledger/"));
     apply_ll(&ns, true);
-    eventually("the Paused condition", T, || async {
-        let st = leaderlock(&c, &ns, "payments").await.status?;
-        st.conditions.iter().any(|c| c.type_ == "Paused" && c.status == "True").then_some(())
-    })
-    .await;
+    paused("True").await;
+    apply_ll(&ns, false);
+    let st = paused("False").await;
+    assert_eq!((st.locks[0].holder.as_deref(), st.locks[0].transitions), (Some(holder.as_str()), 1), "resuming moved the lock");
+    assert_eq!(elected(&c, &ns, "payments", "ledger", 2).await, (holder.clone(), token));
+    let keys_after = common::etcd::keys_under(&env("LEADERLOCK_ETCD_ENDPOINTS"), &format!("/leaderlock.dev/locks/{ns}/ledger/"));
+    assert_eq!(keys_before, keys_after);
+    apply_ll(&ns, true);
+    paused("True").await;
     let s = hand_over(&c, &ns, "while-paused", "payments", None, None).await;
     assert_eq!(s.reason.as_deref(), Some("Paused"), "{s:?}");
     // The holder leaves: nobody else leads, its key stays, the status keeps naming it.

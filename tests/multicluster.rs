@@ -10,6 +10,8 @@ mod common;
 
 use std::time::Duration;
 
+use common::checker::{Checker, Cluster};
+use common::clusters::{client_of, second_cluster};
 use common::etcd::{EtcdServer, TcpProxy};
 use common::k8s::*;
 use common::*;
@@ -41,102 +43,11 @@ async fn writes_within(endpoint: &str, from: i64, window: Duration) -> Vec<(Stri
     writes
 }
 
-/// (namespace, pod, role annotation).
-type RoleChange = (String, String, Option<String>);
-
-/// Every change of a pod's `leaderlock.dev/job` annotation in some namespaces, in the order the
-/// apiserver committed them (one watch over all namespaces: one storage, one order).
-struct RoleLog {
-    entries: std::sync::Arc<std::sync::Mutex<Vec<RoleChange>>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl RoleLog {
-    fn start(c: &kube::Client, namespaces: &[&str]) -> RoleLog {
-        use futures::StreamExt;
-        use kube::ResourceExt;
-        let entries = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let (sink, namespaces) = (entries.clone(), namespaces.iter().map(|n| n.to_string()).collect::<Vec<_>>());
-        let api = kube::Api::<k8s_openapi::api::core::v1::Pod>::all(c.clone());
-        let task = tokio::spawn(async move {
-            let mut last: std::collections::HashMap<(String, String), Option<String>> = Default::default();
-            let mut events = std::pin::pin!(kube::runtime::watcher(api, Default::default()));
-            while let Some(Ok(event)) = events.next().await {
-                let (kube::runtime::watcher::Event::Apply(p) | kube::runtime::watcher::Event::InitApply(p)) = event else { continue };
-                let (ns, name) = (p.namespace().unwrap_or_default(), p.name_any());
-                if !namespaces.contains(&ns) {
-                    continue;
-                }
-                let role = p.annotations().get("leaderlock.dev/job").cloned();
-                if last.insert((ns.clone(), name.clone()), role.clone()) != Some(role.clone()) {
-                    sink.lock().unwrap().push((ns, name, role));
-                }
-            }
-        });
-        RoleLog { entries, task }
-    }
-
-    fn entries(&self) -> Vec<RoleChange> {
-        self.entries.lock().unwrap().clone()
-    }
-
-    /// The first moment, replaying the log, at which two pods were annotated `leader` at once.
-    fn two_leaders(&self) -> Option<Vec<RoleChange>> {
-        let entries = self.entries();
-        let mut leaders = std::collections::BTreeSet::new();
-        for (i, (ns, pod, role)) in entries.iter().enumerate() {
-            if role.as_deref() == Some("leader") {
-                leaders.insert((ns.clone(), pod.clone()));
-            } else {
-                leaders.remove(&(ns.clone(), pod.clone()));
-            }
-            if leaders.len() > 1 {
-                return Some(entries[..=i].to_vec());
-            }
-        }
-        None
-    }
-}
-
-impl Drop for RoleLog {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
 fn leaderlock_yaml(etcd_key: Option<&str>) -> String {
     let key = etcd_key.map(|k| format!(", etcdKey: {k}")).unwrap_or_default();
     format!(
         "apiVersion: leaderlock.dev/v1alpha1\nkind: LeaderLock\nmetadata: {{name: jobs}}\nspec:\n  selector: {{matchLabels: {{app: worker}}}}\n  ttlSeconds: 5\n  locks: [{{name: job{key}}}]\n"
     )
-}
-
-/// The second cluster: another kube-apiserver (`hack/cluster.sh second-apiserver`) on the same
-/// storage etcd under another prefix, so with its own `kube-system` UID. Started once per binary,
-/// stopped with the control plane. Returns its kubeconfig.
-fn second_cluster() -> String {
-    static SECOND: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    SECOND
-        .get_or_init(|| {
-            let script = concat!(env!("CARGO_MANIFEST_DIR"), "/hack/cluster.sh");
-            let out = std::process::Command::new(script).arg("second-apiserver").output().unwrap();
-            assert!(out.status.success(), "second apiserver: {}", String::from_utf8_lossy(&out.stderr));
-            let kubeconfig = format!("{}/kubeconfig-second", env("LEADERLOCK_CLUSTER_DIR"));
-            let crd = concat!(env!("CARGO_MANIFEST_DIR"), "/crds/leaderlock.dev_leaderlocks.yaml");
-            kubectl_ok(&["--kubeconfig", &kubeconfig, "apply", "--server-side", "-f", crd], None);
-            kubectl_ok(
-                &["--kubeconfig", &kubeconfig, "wait", "--for=condition=Established", "--timeout=60s", "crd/leaderlocks.leaderlock.dev"],
-                None,
-            );
-            kubeconfig
-        })
-        .clone()
-}
-
-async fn client_of(kubeconfig: &str) -> kube::Client {
-    let config = kube::config::Kubeconfig::read_from(kubeconfig).unwrap();
-    let config = kube::Config::from_custom_kubeconfig(config, &Default::default()).await.unwrap();
-    kube::Client::try_from(config).unwrap()
 }
 
 fn kube_system_uid(kubeconfig: &str) -> String {
@@ -205,6 +116,7 @@ async fn clusters_sharing_a_lock_never_delete_each_others_keys_and_elect_one_lea
     let (east_ns, west_ns) = (namespace("multi-shared-east"), namespace("multi-shared-west"));
     let shared = format!("/shared-{}/job", std::process::id());
     let allowed = format!("/shared-{}/", std::process::id());
+    let checker = shared_lock_checker(&c, &c, [&east_ns, &west_ns], &endpoint, &allowed).await;
     ready_pods(&c, &east_ns, &["w-1", "w-2"], &[("app", "worker")]).await;
     kubectl_ok(&["apply", "-n", &east_ns, "-f", "-"], Some(&leaderlock_yaml(Some(&shared))));
     let start = |ns: &str, id: &str, root: &str| {
@@ -244,22 +156,16 @@ async fn clusters_sharing_a_lock_never_delete_each_others_keys_and_elect_one_lea
 
     // Failover across clusters: east's pods stop being Ready; east demotes its holder before its
     // keys go, a west pod takes over with a larger token, and the only keys deleted are east's.
-    let roles_seen = RoleLog::start(&c, &[&east_ns, &west_ns]);
-    let leading = (east_ns.clone(), east_leader.clone(), Some("leader".to_string()));
-    wait_until("the role log to see east's holder", Duration::from_secs(10), || roles_seen.entries().contains(&leading).then_some(()));
+    // The checker judges "one leader in both clusters" and the token in commit order.
     let from = revision(&endpoint).await;
     for pod in ["w-1", "w-2"] {
         set_ready(&c, &east_ns, pod, false).await;
     }
     let (west_leader, west_token) = elected(&c, &west_ns, "jobs", "job", 2).await;
     assert!(west_token > east_token, "the fencing token went from {east_token} to {west_token}");
-    let order = roles_seen.entries();
-    let demoted = order.iter().position(|(ns, pod, role)| *ns == east_ns && *pod == east_leader && role.as_deref() != Some("leader"));
-    let promoted = order.iter().position(|(ns, pod, role)| *ns == west_ns && *pod == west_leader && role.as_deref() == Some("leader"));
-    assert!(
-        matches!((demoted, promoted), (Some(d), Some(p)) if d < p),
-        "east's holder must be demoted before west's is promoted: {order:?}"
-    );
+    checker.settle().await;
+    assert_eq!(checker.leader_in("job"), Some((1, west_leader.clone())), "the checker did not see west's holder lead");
+    checker.assert_clean();
     let writes = writes_within(&endpoint, from, Duration::from_secs(1)).await;
     let deleted: Vec<&(String, bool, String)> = writes.iter().filter(|(k, del, _)| *del && k.starts_with(&allowed)).collect();
     assert_eq!(deleted.len(), 2, "east's two keys go: {writes:?}");
@@ -273,6 +179,26 @@ async fn clusters_sharing_a_lock_never_delete_each_others_keys_and_elect_one_lea
         (holder == foreign && roles(&c, &east_ns, "job").await.get("w-3").is_some_and(|r| r == "standby")).then_some(())
     })
     .await;
+    checker.settle().await;
+    let s = checker.summary();
+    assert!(s.causeless.is_empty(), "holder changes without a cause: {:?}", s.causeless);
+    assert!(s.transitions >= 2, "the checker saw no handover from east to west: {s:?}");
+    checker.assert_clean();
+}
+
+/// The checker of two clusters sharing the lock `job` under `allowed` (`/east/` and `/west/`
+/// roots, ids `east` and `west`), watching `namespaces` through `east` and `west`.
+async fn shared_lock_checker(east: &kube::Client, west: &kube::Client, namespaces: [&str; 2], endpoint: &str, allowed: &str) -> Checker {
+    let cluster = |client: &kube::Client, ns: &str, id: &str| Cluster {
+        client: client.clone(),
+        ns: ns.to_string(),
+        root: format!("/{id}/"),
+        id: Some(id.to_string()),
+    };
+    let clusters = vec![cluster(east, namespaces[0], "east"), cluster(west, namespaces[1], "west")];
+    let checker = Checker::across(clusters, endpoint, &[allowed]).await;
+    checker.map_lock("job", &format!("{allowed}job"));
+    checker
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -286,6 +212,7 @@ async fn a_cluster_cut_off_from_etcd_longer_than_the_ttl_hands_the_shared_lock_t
     let (east_ns, west_ns) = (namespace("multi-cut-east"), namespace("multi-cut-west"));
     let allowed = format!("/shared-cut-{}/", std::process::id());
     let shared = format!("{allowed}job");
+    let checker = shared_lock_checker(&c, &c, [&east_ns, &west_ns], &endpoint, &allowed).await;
     let args = |ns: &str, id: &str, root: &str, etcd: &str| {
         let args = ["--etcd-endpoints", etcd, "--etcd-timeout", "1s", "--namespace", ns, "--cluster-id", id];
         let mut args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
@@ -310,13 +237,14 @@ async fn a_cluster_cut_off_from_etcd_longer_than_the_ttl_hands_the_shared_lock_t
     // East's controller loses etcd: it demotes its pod before its lock lease can expire; then
     // etcd deletes east's key and a west pod holds with a larger token. Across both clusters,
     // never two pods annotated leader at once.
-    let roles_seen = RoleLog::start(&c, &[&east_ns, &west_ns]);
-    let leading = (east_ns.clone(), "w-1".to_string(), Some("leader".to_string()));
-    wait_until("the role log to see east's holder", Duration::from_secs(10), || roles_seen.entries().contains(&leading).then_some(()));
+    wait_until("the checker to see east's holder", Duration::from_secs(10), || {
+        (checker.leader_in("job")? == (0, "w-1".into())).then_some(())
+    });
     proxy.cut();
     let (west_leader, west_token) = elected(&c, &west_ns, "jobs", "job", 2).await;
     assert!(west_token > east_token, "the fencing token went from {east_token} to {west_token}");
-    assert_eq!(roles_seen.two_leaders(), None, "two pods across the clusters were annotated leader at once");
+    checker.settle().await;
+    checker.assert_clean();
     assert_eq!(roles(&c, &east_ns, "job").await.get("w-1").map(String::as_str), Some("standby"), "east's pod still leads");
 
     // When east reaches etcd again (its controller exited on losing its election lease; a new
@@ -332,6 +260,12 @@ async fn a_cluster_cut_off_from_etcd_longer_than_the_ttl_hands_the_shared_lock_t
     })
     .await;
     assert_eq!(elected(&c, &west_ns, "jobs", "job", 2).await, (west_leader, west_token), "west kept the lock");
+    checker.settle().await;
+    let s = checker.summary();
+    // East's expired key is the fault's own holder change (the checker may also take east's pod
+    // creation, just before its key, for the cause).
+    assert!(s.causeless.len() <= 1, "holder changes without a cause besides east's expired key: {:?}", s.causeless);
+    checker.assert_clean();
 }
 
 /// Every key under `prefix` in the lock etcd with its create revision, read directly (not
@@ -376,6 +310,7 @@ async fn a_controller_cut_off_from_etcd_demotes_its_holder_before_the_lock_lease
     let args = ["--etcd-endpoints", &proxied, "--etcd-timeout", "1s", "--namespace", &ns, "--etcd-prefix", &root, "--cluster-id", "alone"];
     let ctl = ControllerProcess::start(&args);
     let (leader, _) = elected(&c, &ns, "jobs", "job", 1).await;
+    let checker = Checker::start(c.clone(), &ns, &endpoint, &root, &[]).await;
     let lock_keys = format!("{root}locks/{ns}/job/");
     assert_eq!(keys_with_prefix(&endpoint, &lock_keys).await.len(), 1, "the holder's key");
 
@@ -394,6 +329,8 @@ async fn a_controller_cut_off_from_etcd_demotes_its_holder_before_the_lock_lease
     })
     .await;
     assert_eq!(roles(&c, &ns, "job").await.get(&leader).map(String::as_str), Some("standby"), "promoted again while cut off");
+    checker.settle().await;
+    checker.assert_clean();
     drop(ctl);
 }
 
@@ -423,6 +360,7 @@ async fn a_standby_replica_that_reaches_etcd_takes_over_the_cut_off_one_with_no_
         (standby.http_get("/readyz").as_deref() == Some("ok: standby\n")).then_some(())
     })
     .await;
+    let checker = Checker::start(c.clone(), &ns, &endpoint, &root, &[]).await;
     let lock_keys = format!("{root}locks/{ns}/job/");
     let keys = keys_with_prefix(&endpoint, &lock_keys).await;
 
@@ -441,18 +379,19 @@ async fn a_standby_replica_that_reaches_etcd_takes_over_the_cut_off_one_with_no_
     assert_eq!(keys_with_prefix(&endpoint, &lock_keys).await, keys, "the holder's key was recreated");
     let log = std::fs::read_to_string(&cut_off.log).unwrap();
     assert!(log.contains("election lost: demoted this cluster's holders before exiting"), "no demotion before the exit:\n{log}");
+    checker.settle().await;
+    checker.assert_clean();
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_cut_shorter_than_half_the_ttl_changes_no_pod_even_when_the_replica_exits() {
     // ttlSeconds 20: the lease is at risk only after 10 s without a renewal.
-    let CutStage { _serial, etcd: _etcd, mut proxy, c, ns, root } = cut_stage("brief", 20).await;
+    let CutStage { _serial, etcd, mut proxy, c, ns, root } = cut_stage("brief", 20).await;
     let proxied = proxy.endpoint();
     let ctl = ControllerProcess::start(&["--etcd-endpoints", &proxied, "--etcd-timeout", "1s", "--namespace", &ns, "--etcd-prefix", &root]);
     let (leader, _) = elected(&c, &ns, "jobs", "job", 1).await;
-    let roles_seen = RoleLog::start(&c, &[&ns]);
-    let leading = (ns.clone(), leader.clone(), Some("leader".to_string()));
-    wait_until("the role log to see the holder", Duration::from_secs(10), || roles_seen.entries().contains(&leading).then_some(()));
+    let checker = Checker::start(c.clone(), &ns, &etcd.endpoint(), &root, &[]).await;
+    wait_until("the checker to see the holder", Duration::from_secs(10), || (checker.leader_of("job")? == leader).then_some(()));
 
     // Longer than --election-ttl (2 s): the replica loses its election and exits; but its lock
     // lease is renewed again long before it is at risk, so it exits without demoting anyone.
@@ -462,5 +401,57 @@ async fn a_cut_shorter_than_half_the_ttl_changes_no_pod_even_when_the_replica_ex
     wait_until("the replica to exit", Duration::from_secs(30), || (!ctl.exits().is_empty()).then_some(()));
     let log = std::fs::read_to_string(&ctl.log).unwrap();
     assert!(log.contains("exiting without demotions"), "the replica did not see its lease renewed:\n{log}");
-    assert_eq!(roles_seen.entries(), [leading], "a pod changed role on a cut shorter than half the TTL");
+    checker.settle().await;
+    let s = checker.summary();
+    assert_eq!(s.role_changes, 0, "a pod changed role on a cut shorter than half the TTL: {s:?}");
+    checker.assert_clean();
+}
+
+/// The checker spans clusters: a pod of the second apiserver annotated `leader` of the shared
+/// lock while the first one's holder leads is one lock led twice, with a token that did not grow.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_checker_reports_a_second_leader_of_a_shared_lock_in_another_cluster() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    install_crd();
+    let second = second_cluster();
+    let etcd = EtcdServer::start();
+    let endpoint = etcd.endpoint();
+    let (east, west) = (client().await, client_of(&second).await);
+    let ns = namespace("multi-checker");
+    kubectl_ok(&["--kubeconfig", &second, "create", "namespace", &ns], None);
+    let allowed = format!("/shared-checker-{}/", std::process::id());
+    let checker = shared_lock_checker(&east, &west, [&ns, &ns], &endpoint, &allowed).await;
+    let args = |id: &str| {
+        let root = format!("/{id}/");
+        ["--etcd-endpoints", &endpoint, "--namespace", &ns, "--cluster-id", id, "--etcd-prefix", &root, "--allowed-key-prefix", &allowed]
+            .map(String::from)
+    };
+    let (east_args, west_args) = (args("east"), args("west"));
+    let _east_ctl = ControllerProcess::start(&east_args.each_ref().map(String::as_str));
+    let _west_ctl = ControllerProcess::start_with_env(&west_args.each_ref().map(String::as_str), &[("KUBECONFIG", &second)]);
+    let yaml = leaderlock_yaml(Some(&format!("{allowed}job")));
+    ready_pods(&east, &ns, &["w-1"], &[("app", "worker")]).await;
+    kubectl_ok(&["apply", "-n", &ns, "-f", "-"], Some(&yaml));
+    let (holder, _) = elected(&east, &ns, "jobs", "job", 1).await;
+    ready_pods(&west, &ns, &["w-1"], &[("app", "worker")]).await;
+    kubectl_ok(&["--kubeconfig", &second, "apply", "-n", &ns, "-f", "-"], Some(&yaml));
+    eventually("west's pod to queue behind east's", Duration::from_secs(30), || async {
+        (roles(&west, &ns, "job").await.get("w-1")? == "standby").then_some(())
+    })
+    .await;
+    checker.settle().await;
+    assert_eq!(checker.leader_in("job"), Some((0, holder)), "the checker did not see east's holder");
+    checker.assert_clean();
+
+    // Someone else annotates west's standby leader with a small token (its controller reverts it).
+    let patch = serde_json::json!({"metadata": {"annotations": {"leaderlock.dev/job": "leader", "leaderlock.dev/job.token": "1"}}});
+    kube::Api::<k8s_openapi::api::core::v1::Pod>::namespaced(west.clone(), &ns)
+        .patch("w-1", &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&patch))
+        .await
+        .unwrap();
+    let caught = |s: &common::checker::Summary, what: &str| s.violations.iter().any(|v| v.contains(what));
+    wait_until("the checker to report both violations", Duration::from_secs(10), || {
+        let s = checker.summary();
+        (caught(&s, "west/") && caught(&s, "led at once") && caught(&s, "not above")).then_some(())
+    });
 }

@@ -115,7 +115,7 @@ async fn churn_under_spread_keeps_one_leader_per_lock_and_settles_balanced() {
     checker.settle().await;
     let s = checker.summary();
     Report {
-        name: "9. Churn under placement Spread".into(),
+        name: "10. Churn under placement Spread".into(),
         setup: format!(
             "1 LeaderLock with {shards} shards, policy Spread, 3 to {max_pods} pods, {secs} s of churn ({steps} steps: {}), seed {}.",
             pods.actions.iter().map(|(k, v)| format!("{v} {k}")).collect::<Vec<_>>().join(", "),

@@ -57,6 +57,8 @@ pub struct Fleet {
     pub pods: BTreeMap<String, Vec<(String, bool)>>,
     /// group → its current (LeaderLock, lock) names; absent while still `(ll-<i>, lk-<i>)`.
     renamed: BTreeMap<String, (String, String)>,
+    /// Prepended to pod names: pods of fleets in different clusters never share a name.
+    pod_prefix: String,
     ttl: u32,
     generation: u64,
     pub actions: BTreeMap<&'static str, u64>,
@@ -64,20 +66,40 @@ pub struct Fleet {
 
 impl Fleet {
     pub async fn create(c: &kube::Client, ns: &str, n: usize, pods_each: usize, ttl: u32) -> Fleet {
+        Fleet::create_in(c, ns, n, pods_each, ttl, None, "").await
+    }
+
+    /// A fleet whose lock `lk-<i>` is the etcdKey `<shared>lk-<i>` (`shared` ends with '/'):
+    /// fleets of several clusters with the same `shared` share their locks. Pods are named
+    /// `<pod_prefix>ll-<i>-<gen>`.
+    pub async fn create_shared(c: &kube::Client, ns: &str, n: usize, pods_each: usize, ttl: u32, shared: &str, pod_prefix: &str) -> Fleet {
+        Fleet::create_in(c, ns, n, pods_each, ttl, Some(shared), pod_prefix).await
+    }
+
+    async fn create_in(c: &kube::Client, ns: &str, n: usize, pods_each: usize, ttl: u32, shared: Option<&str>, pod_prefix: &str) -> Fleet {
         let mut f = Fleet {
             ns: ns.to_string(),
             lls: Vec::new(),
             pods: BTreeMap::new(),
             renamed: BTreeMap::new(),
+            pod_prefix: pod_prefix.to_string(),
             ttl,
             generation: 0,
             actions: BTreeMap::new(),
         };
-        let mut yaml = String::new();
+        let mut lls = Vec::new();
         for i in 0..n {
             let ll = format!("ll-{i}");
-            yaml.push_str("---\n");
-            yaml.push_str(&leaderlock_yaml(&ll, &[&format!("lk-{i}")], ttl));
+            let mut lock = serde_json::json!({"name": format!("lk-{i}")});
+            if let Some(shared) = shared {
+                lock["etcdKey"] = format!("{shared}lk-{i}").into();
+            }
+            let obj: leaderlock::resource::LeaderLock = serde_json::from_value(serde_json::json!({
+                "apiVersion": "leaderlock.dev/v1alpha1", "kind": "LeaderLock", "metadata": {"name": ll},
+                "spec": {"selector": {"matchLabels": {"app": ll}}, "locks": [lock], "ttlSeconds": ttl},
+            }))
+            .expect("a valid LeaderLock");
+            lls.push(obj);
             f.lls.push(ll.clone());
             f.pods.insert(ll.clone(), Vec::new());
             for _ in 0..pods_each {
@@ -88,23 +110,26 @@ impl Fleet {
         // this TTL. Concurrent first reconciles race to grant it (two leases granted and
         // recorded at once), which precedes the reconcile stall reported in CHAOS.md; the
         // scenarios study other faults, so they avoid that race.
-        let (first, rest) = yaml[4..].split_once("---\n").map_or((&yaml[4..], ""), |(a, b)| (a, b));
-        crate::common::kubectl_ok(&["apply", "-n", ns, "-f", "-"], Some(first));
         let api = Api::<leaderlock::resource::LeaderLock>::namespaced(c.clone(), ns);
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while api.get("ll-0").await.ok().and_then(|l| l.status).is_none() {
-            assert!(Instant::now() < deadline, "ll-0 got no status");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        if !rest.is_empty() {
-            crate::common::kubectl_ok(&["apply", "-n", ns, "-f", "-"], Some(rest));
+        for (i, obj) in lls.iter().enumerate() {
+            api.create(&Default::default(), obj).await.expect("the fleet's LeaderLock is created");
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while i == 0 && api.get("ll-0").await.ok().and_then(|l| l.status).is_none() {
+                assert!(Instant::now() < deadline, "ll-0 got no status");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
         }
         f
     }
 
+    /// Whether `pod` is one of this fleet's.
+    pub fn has_pod(&self, pod: &str) -> bool {
+        self.pods.values().flatten().any(|(p, _)| p == pod)
+    }
+
     async fn add_pod(&mut self, c: &kube::Client, ll: &str) {
         self.generation += 1;
-        let name = format!("{ll}-{}", self.generation);
+        let name = format!("{}{ll}-{}", self.pod_prefix, self.generation);
         create_pod(c, &self.ns, &name, &[("app", ll)]).await;
         let _ = try_set_ready(c, &self.ns, &name, true).await;
         self.pods.get_mut(ll).unwrap().push((name, true));
@@ -176,9 +201,19 @@ impl Fleet {
     pub async fn knock_out_holder(&mut self, c: &kube::Client, rng: &mut Rng, checker: &Checker) {
         let group = self.lls[rng.below(self.lls.len())].clone();
         let (_, lock) = self.names(&group);
-        let Some(i) = checker.leader_of(&lock).and_then(|p| self.pods[&group].iter().position(|(n, ready)| *n == p && *ready)) else {
-            return self.step(c, rng).await;
+        let Some(pod) = checker.leader_of(&lock) else { return self.step(c, rng).await };
+        if !self.knock_out(c, rng, &group, &pod).await {
+            self.step(c, rng).await;
+        }
+    }
+
+    /// Makes `pod` of `group` leave: deleted and replaced, or not Ready. False (and nothing
+    /// done) when it is not one of the group's Ready pods.
+    pub async fn knock_out(&mut self, c: &kube::Client, rng: &mut Rng, group: &str, pod: &str) -> bool {
+        let Some(i) = self.pods.get(group).and_then(|pods| pods.iter().position(|(n, ready)| n == pod && *ready)) else {
+            return false;
         };
+        let group = group.to_string();
         if rng.chance(60) {
             let (name, _) = self.pods.get_mut(&group).unwrap().remove(i);
             let _ = try_delete_pod(c, &self.ns, &name).await;
@@ -190,6 +225,7 @@ impl Fleet {
             self.pods.get_mut(&group).unwrap()[i].1 = false;
             *self.actions.entry("holder made not Ready").or_default() += 1;
         }
+        true
     }
 
     /// Churns for `duration`, one step every `every`; `during(elapsed)` runs between steps

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod checker;
+pub mod clusters;
 pub mod controller;
 pub mod etcd;
 pub mod k8s;

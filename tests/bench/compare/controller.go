@@ -26,13 +26,22 @@ type controller struct {
 }
 
 func startController(bin, endpoint string, gen int) *controller {
+	return launchController(bin, fmt.Sprintf("controller-%d", gen), endpoint, cfg.kubeconfig, "--instance", fmt.Sprintf("bench-%d", gen))
+}
+
+// startControllerAs runs cfg.controllerBin as name against the cluster of kubeconfig, with extra flags.
+func startControllerAs(name, endpoint, kubeconfig string, extra ...string) *controller {
+	return launchController(cfg.controllerBin, name, endpoint, kubeconfig, append([]string{"--instance", name}, extra...)...)
+}
+
+func launchController(bin, name, endpoint, kubeconfig string, extra ...string) *controller {
 	ch := make(chan line, 1024)
 	c := &controller{started: time.Now(), reconciled: map[string]time.Time{}}
 	// exec keeps the pid the controller's; 2>&1 gives us its tracing output line by line.
-	c.p = start(fmt.Sprintf("controller-%d", gen), ch, "/bin/sh", "-c", `LEADERLOCK_LOG_LEVEL=info,leaderlock=debug exec "$0" "$@" 2>&1`, bin,
-		"controller", "--etcd-endpoints", endpoint, "--http-addr", "127.0.0.1:0", "--election-ttl", electionTTL,
-		"--instance", fmt.Sprintf("bench-%d", gen))
-	f, err := os.Create(filepath.Join(logDir, fmt.Sprintf("controller-%d.out", gen)))
+	args := append([]string{"-c", `k="$1"; shift; LEADERLOCK_LOG_LEVEL=info,leaderlock=debug KUBECONFIG="$k" exec "$0" "$@" 2>&1`, bin, kubeconfig,
+		"controller", "--etcd-endpoints", endpoint, "--http-addr", "127.0.0.1:0", "--election-ttl", electionTTL}, extra...)
+	c.p = start(name, ch, "/bin/sh", args...)
+	f, err := os.Create(filepath.Join(logDir, name+".out"))
 	must(err)
 	go func() {
 		defer f.Close()

@@ -91,6 +91,23 @@ func (k *kube) leaderLock(ns, name string) error {
 	return err
 }
 
+// sharedLeaderLock creates a LeaderLock named name over pods ll=<name> whose one lock, also
+// named name, is the etcd prefix etcdKey: LeaderLocks of other clusters naming it share the lock.
+func (k *kube) sharedLeaderLock(ns, name, etcdKey string, ttl int) error {
+	obj := &unstructured.Unstructured{Object: map[string]any{
+		"apiVersion": "leaderlock.dev/v1alpha1",
+		"kind":       "LeaderLock",
+		"metadata":   map[string]any{"name": name},
+		"spec": map[string]any{
+			"selector":   map[string]any{"matchLabels": map[string]any{"ll": name}},
+			"locks":      []any{map[string]any{"name": name, "etcdKey": etcdKey}},
+			"ttlSeconds": int64(ttl),
+		},
+	}}
+	_, err := k.dyn.Resource(llGVR).Namespace(ns).Create(context.Background(), obj, metav1.CreateOptions{})
+	return err
+}
+
 // rawMetrics is apiserver_request_total summed by verb/resource/subresource.
 type rawMetrics map[string]float64
 

@@ -6,7 +6,8 @@
 // (APISERVER_ETCD_ENDPOINTS).
 //
 // Phases, in priority order, one file each: idle write amplification (idle.go), failover
-// latency (failover.go), scale, 1k and 10k (scale.go), controller restart (restart.go); each
+// latency (failover.go), scale, 1k and 10k (scale.go), controller restart (restart.go), one lock
+// shared by two clusters (multicluster.go, run first: see there); each
 // records its figures in its own result type, report.go turns them into the report. It prints a table, writes BENCHMARKS.md (-out) and ends stdout with one
 // machine-readable "BENCH ..." line. Run it through hack/bench.sh.
 package main
@@ -65,7 +66,7 @@ func main() {
 	cfg.kubeconfig = mustEnv("KUBECONFIG")
 	cfg.apiserverEtcd = mustEnv("APISERVER_ETCD_ENDPOINTS")
 	cfg.clusterDir = mustEnv("LEADERLOCK_CLUSTER_DIR")
-	phases := envStr("BENCH_PHASES", "idle,failover,scale,spread,restart")
+	phases := envStr("BENCH_PHASES", "idle,failover,scale,spread,restart,multicluster")
 
 	var err error
 	logDir, err = os.MkdirTemp("", "leaderlock-bench-")
@@ -87,6 +88,11 @@ func main() {
 	etcds := map[string]*etcd{}
 	for _, s := range []string{"leaderlock", "trylock", "mutex"} {
 		etcds[s] = startEtcd(cfg.etcdBinDir, "etcd-"+s)
+	}
+	if strings.Contains(phases, "multicluster") {
+		// First: the shared controller below would serve this phase's LeaderLock too.
+		multicluster()
+		report(false)
 	}
 	ctl := startController(cfg.controllerBin, etcds["leaderlock"].endpoint, 1)
 	must(ctl.waitFor("active", 60*time.Second, func(c *controller) bool { return !c.activeAt.IsZero() }))
@@ -134,6 +140,7 @@ type results struct {
 	failover *failoverResult
 	scales   map[int]*scaleResult // by number of LeaderLocks
 	restart  *restartResult
+	multi    *multiResult
 	spread   []*spreadResult // spread.go, one per size
 	totalS   string          // seconds of measurement
 }

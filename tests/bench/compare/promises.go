@@ -19,6 +19,12 @@ var promised = []struct {
 		return restartFig(r, func(x *restartResult) string { return x.holderChanges })
 	}},
 	{"pod role changes across a controller restart", func(r *results) string { return restartFig(r, func(x *restartResult) string { return x.roleChanges }) }},
+	{"etcd writes while idle with two clusters sharing a lock", func(r *results) string {
+		if r.multi == nil {
+			return ""
+		}
+		return r.multi.idleWrites
+	}},
 	{"lock-key writes across a controller restart", func(r *results) string { return restartFig(r, func(x *restartResult) string { return x.lockWrites }) }},
 }
 

@@ -16,9 +16,9 @@ func TestBrokenPromisesNamesEveryNonZeroFigureAndSkipsUnmeasuredOnes(t *testing.
 	if b := brokenPromises(&results{}); len(b) != 0 {
 		t.Fatalf("skipped phases measure nothing, got %q", b)
 	}
-	bad := &results{idle: &idleResult{leaderlock: "2"}, restart: &restartResult{holderChanges: "0", lockWrites: "3"}}
+	bad := &results{idle: &idleResult{leaderlock: "2"}, restart: &restartResult{holderChanges: "0", lockWrites: "3"}, multi: &multiResult{idleWrites: "1"}}
 	b := brokenPromises(bad)
-	if len(b) != 2 || !strings.Contains(b[0], "idle = 2") || !strings.Contains(b[1], "restart = 3") {
-		t.Fatalf("want the idle revisions and the restart lock writes, got %q", b)
+	if len(b) != 3 || !strings.Contains(b[0], "idle = 2") || !strings.Contains(b[1], "two clusters sharing a lock = 1") || !strings.Contains(b[2], "restart = 3") {
+		t.Fatalf("want the idle revisions, the two clusters' idle writes and the restart lock writes, got %q", b)
 	}
 }

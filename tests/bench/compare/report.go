@@ -37,6 +37,24 @@ func foRow(label string, row func(f *failoverResult) *stats, cause string) strin
 	return fmt.Sprintf("| %s | %s | %d | %.1f | %.1f | %.1f | %.1f |", label, cause, s.N, s.P50, s.P95, s.P99, s.Max)
 }
 
+// multiRow is a failover-table row of the multi-cluster phase.
+func multiRow(cause string, row func(m *multiResult) *stats) string {
+	label := "LeaderLock, 2 clusters"
+	if res.multi == nil || row(res.multi) == nil {
+		return fmt.Sprintf("| %s | %s | n/a | n/a | n/a | n/a | n/a |", label, cause)
+	}
+	s := row(res.multi)
+	return fmt.Sprintf("| %s | %s | %d | %.1f | %.1f | %.1f | %.1f |", label, cause, s.N, s.P50, s.P95, s.P99, s.Max)
+}
+
+// multiFig is a figure of the multi-cluster phase, "" when it did not run.
+func multiFig(f func(m *multiResult) string) string {
+	if res.multi == nil {
+		return ""
+	}
+	return f(res.multi)
+}
+
 func foStats(row func(f *failoverResult) *stats) *stats {
 	if res.failover == nil {
 		return nil
@@ -151,6 +169,8 @@ func report(final bool) {
 	w("| system | cause | n | p50 | p95 | p99 | max |")
 	w("|---|---|---:|---:|---:|---:|---:|")
 	w("%s", foRow("LeaderLock", foLeaderlockGraceful, "graceful: delete the holder pod"))
+	w("%s", multiRow("graceful: delete the holder pod in one cluster → the other cluster's pod leads", func(m *multiResult) *stats { return m.graceful }))
+	w("%s", multiRow(fmt.Sprintf("cut off: `kill -9` the holder cluster's controller (its lock lease, ttlSeconds %s, expires) → the other cluster's pod leads", na(multiFig(func(m *multiResult) string { return strconv.Itoa(m.ttl) }))), func(m *multiResult) *stats { return m.cutoff }))
 	w("%s", foRow("etcd Mutex", foMutexGraceful, "graceful: SIGTERM → `Unlock`"))
 	w("%s", foRow("client-go", foClientgoRelease, "graceful: cancel with ReleaseOnCancel"))
 	w("%s", foRow("client-go", foClientgoNorelease, "graceful: cancel without ReleaseOnCancel"))
@@ -161,6 +181,14 @@ func report(final bool) {
 	w("* Visible means: LeaderLock — a pods watch shows `leaderlock.dev/fo: leader` on another pod (the controller")
 	w("  demotes first, then promotes); client-go — a Leases watch shows another `holderIdentity`; Mutex — the next")
 	w("  peer prints `acquired`. The clock starts just before the API call / signal that causes the handover.")
+	w("* Across clusters (phase `multicluster`): a second kube-apiserver on this control plane is a second cluster;")
+	w("  each runs its own controller (`--cluster-id a|b`, roots `/a/` and `/b/`) and a LeaderLock whose lock is the")
+	w("  same `etcdKey`, with one candidate pod each, on their own etcd. Graceful handovers alternate direction, each")
+	w("  to be compared with the same-cluster graceful row above: the extra hop is the other controller's watch of the")
+	w("  lock etcd. The cut-off row is bounded by the lock lease's TTL: after the kill nobody renews it, etcd deletes")
+	w("  the holder's key when it expires and the other cluster promotes at once; the killed cluster's pod keeps its")
+	w("  stale `leader` annotation until its controller is back (docs/contract.md §4.7: fencing tokens guard that).")
+	w("  Idle with both clusters running: **%s** etcd writes in %s s (promised: 0).", na(multiFig(func(m *multiResult) string { return m.idleWrites })), na(multiFig(func(m *multiResult) string { return strconv.Itoa(m.idleSecs) })))
 	w("* LeaderLock's crash case marks the holder pod NotReady through `pods/status` (what the kubelet reports when")
 	w("  the container dies); deleting the etcd key directly would skip the apiserver round trip.")
 	w("* Target: graceful p99 under 50 ms on loopback — LeaderLock p99 = %s ms. client-go graceful p99 / LeaderLock p99 = %s.",
@@ -267,7 +295,8 @@ func report(final bool) {
 	w("```")
 	w("")
 	w("The run fails (exit 1, after writing this file, logs kept) when a figure LeaderLock promises is not 0: idle etcd")
-	w("revisions or apiserver writes, holder or pod role changes or lock-key writes across the restart. The timing and")
+	w("revisions or apiserver writes, etcd writes while two clusters idle, holder or pod role changes or lock-key writes")
+	w("across the restart. The timing and")
 	w("memory targets are reported, not enforced: these shared cores are too noisy for a gate.")
 	w("")
 	w("Knobs (env): `BENCH_IDLE_LOCKS` (100), `BENCH_IDLE_SECONDS` (60), `BENCH_HANDOVERS` (50),")
@@ -275,7 +304,8 @@ func report(final bool) {
 	w("timer-bound rows),")
 	w("`BENCH_SCALE` (1000,10000: comma-separated sizes; the restart phase uses the last), `BENCH_RESTART_SIGNAL` (TERM; KILL), `BENCH_RESTART_WAIT_SECONDS` (300),")
 	w("`BENCH_TRYLOCK_INTERVAL` (1s), `BENCH_APISERVER_PROFILE_SECONDS` (30: kube-apiserver CPU profile in the largest")
-	w("scale phase), `BENCH_PHASES` (idle,failover,scale,restart), `BENCH_KEEP_LOGS` (unset: the temp dir printed at")
+	w("scale phase), `BENCH_PHASES` (idle,failover,scale,restart,multicluster), `BENCH_MULTI_HANDOVERS` (40),")
+	w("`BENCH_MULTI_CUTOFFS` (6), `BENCH_MULTI_TTL` (5), `BENCH_MULTI_IDLE_SECONDS` (30), `BENCH_KEEP_LOGS` (unset: the temp dir printed at")
 	w("the start, with every process's log and etcd data, is removed after a successful run; a failed run keeps it).")
 
 	if !final {
@@ -291,11 +321,11 @@ func report(final bool) {
 	for _, n := range cfg.scales {
 		scaled += fmt.Sprintf(" converge_%s_s=%s rss_%s_mb=%s", label(n), scaleFig(n, func(s *scaleResult) string { return s.convergeS }), label(n), scaleFig(n, func(s *scaleResult) string { return s.rssMB }))
 	}
-	fmt.Printf("BENCH idle_writes_per_min leaderlock=%s trylock=%s mutex=%s clientgo=%s failover_p99_ms leaderlock=%s clientgo=%s mutex=%s crash_p99_ms leaderlock=%s clientgo=%s mutex=%s%s restart_holder_changes=%s restart_lock_writes=%s\n",
+	fmt.Printf("BENCH idle_writes_per_min leaderlock=%s trylock=%s mutex=%s clientgo=%s failover_p99_ms leaderlock=%s clientgo=%s mutex=%s crash_p99_ms leaderlock=%s clientgo=%s mutex=%s%s restart_holder_changes=%s restart_lock_writes=%s multi_idle_writes=%s\n",
 		na(id.leaderlock), na(id.trylock), na(id.mutex), na(id.clientgo),
 		p99(foLeaderlockGraceful), p99(foClientgoRelease), p99(foMutexGraceful),
 		p99(foLeaderlockCrash), p99(foClientgoCrash), p99(foMutexCrash),
-		scaled, na(rst.holderChanges), na(rst.lockWrites))
+		scaled, na(rst.holderChanges), na(rst.lockWrites), na(multiFig(func(m *multiResult) string { return m.idleWrites })))
 }
 
 // label names a scale: 1000 → "1k", 300 → "300".
