@@ -46,6 +46,11 @@ func spread(etcds map[string]*etcd) {
 		r := spreadOne(etcds["leaderlock"].endpoint, size[0], size[1], rounds)
 		res.spread = append(res.spread, r)
 		report(false)
+		// What placement promises (docs/contract.md §8): fail after writing the figures.
+		if r.idleRevs != "0" || r.idlePodRevs != "0" || len(r.notes) > 0 {
+			fatalf("spread %d×%d broke a promise: idle etcd revisions %s, idle status writes %s, %s",
+				r.shards, r.pods, r.idleRevs, r.idlePodRevs, strings.Join(r.notes, "; "))
+		}
 	}
 }
 
