@@ -77,7 +77,7 @@ pub fn decide(o: &Observed, now: jiff::Timestamp) -> Decision {
 
 /// How long until the next stabilisation deadline, if any: the one timer placement allows.
 pub fn recheck_after(d: &Decision, now: jiff::Timestamp) -> Option<Duration> {
-    // A second of slack past the deadline: the decision compares whole-second transition times.
+    // A second of slack, so the reconcile lands past the deadline rather than on its edge.
     d.recheck_at.map(|at| at.duration_since(to_system(now)).unwrap_or_default() + Duration::from_secs(1))
 }
 
