@@ -8,7 +8,8 @@
 #   hack/image.sh leaderlock OUTDIR   leaderlock.dev/leaderlock:<chart appVersion> — the controller image
 #   hack/image.sh elector OUTDIR      leaderlock.dev/elector:local — client-go's election, for comparison
 #
-# The leaderlock image is what a user pushes: only the release binary, linked statically
+# The leaderlock image is what a user pushes: only the release binaries (and the kubectl plugin
+# /kubectl-leaderlock), linked statically
 # (crt-static on the gnu target) so that `leaderlock copy-self` hands a binary that runs in any
 # workload image. It runs as 65532:65532 with entrypoint /leaderlock and command `controller`: the
 # Dockerfile's final stage describes the same content (the e2e test checks it).
@@ -30,10 +31,13 @@ static_leaderlock() {
   local v
   for v in $(compgen -e | grep -E '^(CARGO_(PKG|MANIFEST|CRATE|BIN|PRIMARY|TARGET_TMPDIR)|OUT_DIR$)'); do unset "$v"; done
   (cd "$ROOT" && CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUSTFLAGS="-C target-feature=+crt-static" \
-    nice cargo build --release --locked --target "$TARGET" --bin leaderlock >&2) \
-    || die "cargo build of the static leaderlock binary failed (see above)"
-  local bin="$ROOT/target/$TARGET/release/leaderlock"
-  file "$bin" | grep -Eq 'statically linked|static-pie linked' || die "$bin is not statically linked: $(file -b "$bin")"
+    nice cargo build --release --locked --target "$TARGET" --bin leaderlock --bin kubectl-leaderlock >&2) \
+    || die "cargo build of the static leaderlock binaries failed (see above)"
+  local bin="$ROOT/target/$TARGET/release/leaderlock" b
+  # The kubectl plugin (docs/contract.md §5.8) ships next to it, built the same way.
+  for b in "$bin" "$(dirname "$bin")/kubectl-leaderlock"; do
+    file "$b" | grep -Eq 'statically linked|static-pie linked' || die "$b is not statically linked: $(file -b "$b")"
+  done
   echo "$bin"
 }
 
@@ -86,6 +90,7 @@ case "$kind" in
   leaderlock)
     bin="$(static_leaderlock)"
     pack "$outdir/leaderlock.tar" "leaderlock.dev/leaderlock:$APP_VERSION" -add="$bin=/leaderlock" \
+      -add="$(dirname "$bin")/kubectl-leaderlock=/kubectl-leaderlock" \
       -user=65532:65532 -entrypoint=/leaderlock -cmd=controller ;;
   elector)
     mapfile -t args < <(busybox_args)

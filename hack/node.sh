@@ -14,6 +14,10 @@
 # their parents by design) are killed through the cgroups they sit in, mounts under DIR are
 # unmounted, cgroups removed, the bridge deleted.
 #
+# Knobs: LEADERLOCK_KUBELET_SYNC_FREQUENCY (the kubelet's syncFrequency, default 5s; 1m is the
+# kubelet's own default), LEADERLOCK_KUBELET_V (its log verbosity, default 1; 4 shows each pod
+# update, sync, remount and atomic-writer decision).
+#
 # Network: pods get an address on the bridge and no default route; ip_forward is not touched and
 # there is no NAT: a pod reaches the host's bridge address (where the harness binds the apiserver
 # and the lock etcd) and other pods, nothing else.
@@ -156,6 +160,10 @@ evictionHard: {memory.available: "1Mi", nodefs.available: "0%", imagefs.availabl
 imageGCHighThresholdPercent: 100
 imageGCLowThresholdPercent: 99
 serializeImagePulls: false
+# The kubelet sometimes loses an annotation change on its way into a downward-API file (a race in
+# its volume manager, README "When the kubelet loses a role change"); the file then waits for the
+# pod's next periodic sync, 1 to 1.5 times this. The kubelet's default is 1m.
+syncFrequency: ${LEADERLOCK_KUBELET_SYNC_FREQUENCY:-5s}
 YAML
 }
 
@@ -170,7 +178,7 @@ start_containerd() {
 
 start_kubelet() {
   start kubelet "$NODE_BIN_DIR/kubelet" --config "$NODE/kubelet.yaml" --kubeconfig "$DIR/kubeconfig" \
-    --root-dir "$NODE/kubelet" --cert-dir "$NODE/kubelet-pki" --hostname-override 127.0.0.1 --v 1
+    --root-dir "$NODE/kubelet" --cert-dir "$NODE/kubelet-pki" --hostname-override 127.0.0.1 --v "${LEADERLOCK_KUBELET_V:-1}"
   wait_for kubelet 120 "$K8S_BIN_DIR/kubectl" --kubeconfig "$DIR/kubeconfig" wait --for=condition=Ready --timeout=1s node/127.0.0.1
 }
 

@@ -28,6 +28,8 @@ pub mod metrics;
 /// Placement (pure): which candidate should hold each lock (Queue or Spread, preference,
 /// never-lead, stabilisation) and the planned handovers that get there; the `shards` shorthand.
 pub mod placement;
+/// The kubectl plugin `kubectl leaderlock`: status, handover, step-down, pause, resume [§5.8].
+pub mod plugin;
 /// The pod contract (pure): candidacy, role and token keys, demote-before-promote [§3].
 pub mod pods;
 /// The pod-side helper: role, wait, run [§3].

@@ -309,3 +309,99 @@ fn rendered_manifests_pass_server_side_dry_run() {
     }
     kubectl_ok(&["delete", "namespace", &ns, "--wait=false"], None);
 }
+
+const HANDOVER_ROLE: &[&str] = &["rbac.handoverRole.enabled=true"];
+
+/// The chart's optional ClusterRole for people who move leadership, by name.
+fn handover_role(docs: &[Value]) -> Option<&Value> {
+    docs.iter().find(|d| d["kind"] == "ClusterRole" && d["metadata"]["name"] == "ll-leaderlock-handover")
+}
+
+#[test]
+fn the_handover_role_grants_what_the_plugin_needs_and_aggregates_to_edit() {
+    let (_, docs) = render("leaderlock-system", &[]);
+    assert!(handover_role(&docs).is_none(), "off by default");
+
+    let (_, docs) = render("leaderlock-system", HANDOVER_ROLE);
+    let role = handover_role(&docs).expect("rbac.handoverRole.enabled renders the role");
+    assert_eq!(
+        role["rules"],
+        yaml(
+            r#"
+- {apiGroups: [leaderlock.dev], resources: [handovers], verbs: [create, get, list, watch]}
+- {apiGroups: [leaderlock.dev], resources: [leaderlocks], verbs: [get, list, watch, patch]}
+"#
+        )
+    );
+    assert_eq!(role["metadata"]["labels"]["rbac.authorization.k8s.io/aggregate-to-edit"], "true");
+    let bindings = docs.iter().filter(|d| d["kind"] == "ClusterRoleBinding" || d["kind"] == "RoleBinding");
+    assert!(bindings.into_iter().all(|b| b["roleRef"]["name"] != "ll-leaderlock-handover"), "the chart binds it to nobody");
+
+    let (_, docs) = render("leaderlock-system", &["rbac.handoverRole.enabled=true", "rbac.handoverRole.aggregateToEdit=false"]);
+    assert!(handover_role(&docs).unwrap()["metadata"]["labels"]["rbac.authorization.k8s.io/aggregate-to-edit"].is_null());
+}
+
+/// Runs the plugin as the ServiceAccount `sa` of `ns` (a TokenRequest token), against the test
+/// apiserver.
+fn plugin_as(ns: &str, sa: &str, args: &[&str]) -> Output {
+    let token = kubectl_ok(&["create", "token", sa, "-n", ns, "--duration=10m"], None);
+    let mut kc: Value = serde_json::from_str(&kubectl_ok(&["config", "view", "--raw", "--flatten", "-o", "json"], None)).unwrap();
+    kc["users"] = serde_json::json!([{"name": "sa", "user": {"token": token.trim()}}]);
+    kc["contexts"][0]["context"]["user"] = "sa".into();
+    kc["contexts"][0]["context"]["namespace"] = ns.into();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("kubeconfig");
+    std::fs::write(&path, serde_json::to_string(&kc).unwrap()).unwrap();
+    Command::new(env!("CARGO_BIN_EXE_kubectl-leaderlock")).args(args).env("KUBECONFIG", &path).output().unwrap()
+}
+
+/// The role is not only well-formed: bound to a ServiceAccount it lets every plugin command
+/// through, and without it the plugin says what to ask for (exit 4).
+#[test]
+fn the_handover_role_is_enough_for_every_plugin_command() {
+    install_crd(); // both CRDs
+    let ns = namespace("chart-handover-role");
+    let (_, docs) = render(&ns, HANDOVER_ROLE);
+    let mut role = handover_role(&docs).unwrap().clone();
+    role["metadata"]["name"] = format!("{ns}-handover").into(); // cluster-scoped: one per test run
+    kubectl_ok(&["apply", "-f", "-"], Some(&to_stream([&role])));
+    kubectl_ok(&["create", "serviceaccount", "operator", "-n", &ns], None);
+    let ll = "apiVersion: leaderlock.dev/v1alpha1\nkind: LeaderLock\nmetadata: {name: payments}\nspec:\n  selector: {matchLabels: {app: worker}}\n  locks: [{name: ledger}]\n";
+    kubectl_ok(&["apply", "-n", &ns, "-f", "-"], Some(ll));
+
+    let refused = plugin_as(&ns, "operator", &["status"]);
+    assert_eq!(refused.status.code(), Some(4), "{}", String::from_utf8_lossy(&refused.stderr));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("rbac.handoverRole"), "{}", String::from_utf8_lossy(&refused.stderr));
+
+    kubectl_ok(
+        &[
+            "create",
+            "rolebinding",
+            "operator",
+            "-n",
+            &ns,
+            &format!("--clusterrole={ns}-handover"),
+            &format!("--serviceaccount={ns}:operator"),
+        ],
+        None,
+    );
+    for args in [
+        &["status", "payments"][..],
+        &["handover", "payments", "--to", "w-1"],
+        &["step-down", "payments"],
+        &["pause", "payments"],
+        &["resume", "payments"],
+    ] {
+        // RBAC bindings take effect at once in the apiserver's authorizer cache, but not
+        // necessarily before this first call returns: retry until a deadline.
+        wait_until(
+            &format!("kubectl leaderlock {} as the bound ServiceAccount", args.join(" ")),
+            std::time::Duration::from_secs(30),
+            || plugin_as(&ns, "operator", args).status.success().then_some(()),
+        );
+    }
+    let handovers = kubectl_ok(&["get", "handovers.leaderlock.dev", "-n", &ns, "-o", "name"], None);
+    assert_eq!(handovers.lines().count(), 2, "{handovers}");
+    kubectl_ok(&["delete", "clusterrole", &format!("{ns}-handover")], None);
+    kubectl_ok(&["delete", "namespace", &ns, "--wait=false"], None);
+}

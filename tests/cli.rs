@@ -106,3 +106,58 @@ fn every_duration_flag_says_the_syntax_in_help_and_refuses_a_bad_value_with_it()
         assert!(stderr.contains("\"soon\" is not a duration") && stderr.contains("500ms, 10s, 1.5m or 2h"), "{sub} {flag}: {stderr}");
     }
 }
+
+fn kubectl_leaderlock(args: &[&str], envs: &[(&str, &str)]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_kubectl-leaderlock")).args(args).envs(envs.iter().copied()).output().unwrap()
+}
+
+const PLUGIN_COMMANDS: [&str; 5] = ["status", "handover", "step-down", "pause", "resume"];
+
+/// The plugin's `--help`s name nothing the contract (§5.8) does not, and each states the exit
+/// statuses and gives an example.
+#[test]
+fn every_flag_in_the_plugins_help_is_in_the_contract() {
+    let contract = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/contract.md")).unwrap();
+    let top = String::from_utf8(kubectl_leaderlock(&["--help"], &[]).stdout).unwrap();
+    for sub in PLUGIN_COMMANDS {
+        assert!(top.contains(sub), "command {sub} missing from `kubectl leaderlock --help`:\n{top}");
+    }
+    assert!(top.contains("Exit status:") && top.contains("KUBECONFIG"), "{top}");
+    for sub in [None].into_iter().chain(PLUGIN_COMMANDS.map(Some)) {
+        let args: Vec<&str> = sub.into_iter().chain(["--help"]).collect();
+        let help = String::from_utf8(kubectl_leaderlock(&args, &[]).stdout).unwrap();
+        let words = help.split(|c: char| !(c.is_ascii_alphanumeric() || c == '-' || c == '_'));
+        for name in words.filter(|w| (w.starts_with("--") && w.len() > 2) || w.starts_with("LEADERLOCK_") || *w == "KUBECONFIG") {
+            if name == "--help" {
+                continue;
+            }
+            assert!(contract.contains(name), "`kubectl leaderlock {} --help` names {name}, docs/contract.md does not", sub.unwrap_or(""));
+        }
+        if let Some(sub) = sub {
+            assert!(help.contains("Exit status") && help.contains(&format!("kubectl leaderlock {sub} ")), "{sub} --help:\n{help}");
+        }
+    }
+}
+
+#[test]
+fn the_plugin_refuses_bad_flags_with_2_and_an_unreadable_kubeconfig_with_4() {
+    let out = kubectl_leaderlock(&["handover", "payments", "--wait", "--timeout", "soon"], &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("\"soon\" is not a duration") && stderr.contains("500ms, 10s, 1.5m or 2h"), "{stderr}");
+    let out = kubectl_leaderlock(&["status", "-A", "payments"], &[]);
+    assert_eq!(out.status.code(), Some(2), "-A and NAME: {}", String::from_utf8_lossy(&out.stderr));
+
+    for (args, envs) in [
+        (&["status", "--kubeconfig", "/nonexistent/kubeconfig"][..], &[][..]),
+        (&["status", "--context", "somewhere"][..], &[("KUBECONFIG", "/nonexistent/kubeconfig")][..]),
+    ] {
+        let out = kubectl_leaderlock(args, envs);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(4), "{args:?}: {stderr}");
+        assert!(
+            stderr.starts_with("error: cannot load the kubeconfig") && stderr.contains("check --kubeconfig, KUBECONFIG and --context"),
+            "{stderr}"
+        );
+    }
+}

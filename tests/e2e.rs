@@ -15,9 +15,11 @@ const CHART_NS: &str = "leaderlock-system";
 const NS: &str = "e2e";
 const LOCK: &str = "ledger-writer";
 /// How long a condition that depends on a downward-API file may take. The kubelet usually
-/// projects an annotation change within 0.3 s, but `make e2e` saw it wait for the kubelet's
-/// periodic pod resync (`syncFrequency`, 1 min plus jitter) in about 1 of 20 handovers: the
-/// test asserts what happens, not how fast (the benchmark reports that).
+/// projects an annotation change within 1.2 s, but a race in its volume manager sometimes loses
+/// the change until the pod's next periodic sync, up to 1.5 × `syncFrequency` later (README,
+/// "When the kubelet loses a role change"). The node runs with 5 s; the bound allows the
+/// kubelet's default of 1 min too: the test asserts what happens, not how fast (the benchmark
+/// reports that).
 const FILE_SECS: u64 = 150;
 const JOB_LINE: &str = "writing the ledger with fencing token ";
 
@@ -69,7 +71,7 @@ impl Node {
 }
 
 /// The Dockerfile's final stage and the image built here (hack/image.sh) hold the same content:
-/// one static /leaderlock, the same user, entrypoint and command.
+/// the static /leaderlock and /kubectl-leaderlock, the same user, entrypoint and command.
 fn dockerfile_describes_the_image(node: &Node) {
     let dockerfile = std::fs::read_to_string(repo().join("Dockerfile")).unwrap();
     let stage = &dockerfile[dockerfile.rfind("\nFROM ").expect("a FROM line")..];
@@ -79,7 +81,7 @@ fn dockerfile_describes_the_image(node: &Node) {
     };
     assert_eq!(directive("FROM"), "scratch", "the final stage adds nothing but the binary");
     let copies: Vec<_> = stage.lines().filter(|l| l.starts_with("COPY ")).collect();
-    assert_eq!(copies, ["COPY --from=build /leaderlock /leaderlock"]);
+    assert_eq!(copies, ["COPY --from=build /leaderlock /leaderlock", "COPY --from=build /kubectl-leaderlock /kubectl-leaderlock"]);
     let inspect = run(Command::new("ocipack").arg("-inspect").arg(node.dir.join("images/leaderlock.tar")));
     let config: Value = serde_json::from_str(inspect.lines().next().unwrap().strip_prefix("config ").unwrap()).unwrap();
     let words = |s: &str| serde_json::from_str::<Value>(s).unwrap();
@@ -87,7 +89,7 @@ fn dockerfile_describes_the_image(node: &Node) {
     assert_eq!(config["cmd"], words(directive("CMD")));
     assert_eq!(config["user"], directive("USER"));
     let files: Vec<_> = inspect.lines().skip(1).collect();
-    assert_eq!(files, ["0 0755 /leaderlock"], "the image holds one file");
+    assert_eq!(files, ["0 0755 /kubectl-leaderlock", "0 0755 /leaderlock"], "the image holds the two binaries");
 }
 
 fn repo() -> &'static Path {

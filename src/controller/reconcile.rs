@@ -26,7 +26,7 @@ pub async fn apply(ll: Arc<LeaderLock>, ctx: &Context) -> Result<Action> {
     let mut observed = observe(ctx, &ll, &view);
     let result = async {
         let steps = plan::before_etcd(&observed, jiff::Timestamp::now());
-        let wrote = execute(ctx, &ll, &steps).await?;
+        let wrote = execute_before_etcd(ctx, &ll, &steps).await?;
         observed.absorb(&steps);
         observed.requests = requests(ctx, &ll); // with what the etcd phase settled
         if wrote {
@@ -105,6 +105,19 @@ fn holders(ctx: &Context, view: &View) -> Holders {
         }
     }
     out
+}
+
+/// Applies the steps before etcd: the Handover status writes run alongside the pod demotions
+/// (they are independent, and both must land before a lock moves: one round trip saved on
+/// every handover), then the rest in order.
+async fn execute_before_etcd(ctx: &Context, ll: &LeaderLock, steps: &[Step]) -> Result<bool> {
+    let requests = steps.iter().take_while(|s| matches!(s, Step::Request { .. })).count();
+    let pods = steps[requests..].iter().take_while(|s| matches!(s, Step::Pod { .. })).count();
+    let (first, rest) = steps.split_at(requests + pods);
+    let (settled, demoted) = futures::join!(execute(ctx, ll, &first[..requests]), execute(ctx, ll, &first[requests..]));
+    settled?;
+    demoted?;
+    execute(ctx, ll, rest).await
 }
 
 /// Applies `steps` in order, stopping at the first failure. Returns whether etcd was written.

@@ -6,8 +6,9 @@
 // (APISERVER_ETCD_ENDPOINTS).
 //
 // Phases, in priority order, one file each: idle write amplification (idle.go), failover
-// latency (failover.go), scale, 1k and 10k (scale.go), controller restart (restart.go), one lock
-// shared by two clusters (multicluster.go, run first: see there); each
+// latency (failover.go), planned handover latency (handover.go), scale, 1k and 10k (scale.go),
+// controller restart (restart.go), one lock shared by two clusters (multicluster.go, run first:
+// see there); each
 // records its figures in its own result type, report.go turns them into the report. It prints a table, writes BENCHMARKS.md (-out) and ends stdout with one
 // machine-readable "BENCH ..." line. Run it through hack/bench.sh.
 package main
@@ -66,7 +67,7 @@ func main() {
 	cfg.kubeconfig = mustEnv("KUBECONFIG")
 	cfg.apiserverEtcd = mustEnv("APISERVER_ETCD_ENDPOINTS")
 	cfg.clusterDir = mustEnv("LEADERLOCK_CLUSTER_DIR")
-	phases := envStr("BENCH_PHASES", "idle,failover,scale,spread,restart,multicluster")
+	phases := envStr("BENCH_PHASES", "idle,failover,handover,scale,spread,restart,multicluster")
 
 	var err error
 	logDir, err = os.MkdirTemp("", "leaderlock-bench-")
@@ -107,6 +108,10 @@ func main() {
 		failover(etcds)
 		report(false)
 	}
+	if strings.Contains(phases, "handover") {
+		handoverPhase()
+		report(false)
+	}
 	if strings.Contains(phases, "scale") {
 		for _, n := range cfg.scales {
 			scale(etcds, ctl, apiPid, n)
@@ -138,6 +143,7 @@ func main() {
 type results struct {
 	idle     *idleResult
 	failover *failoverResult
+	handover *handoverResult
 	scales   map[int]*scaleResult // by number of LeaderLocks
 	restart  *restartResult
 	multi    *multiResult

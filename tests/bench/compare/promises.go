@@ -19,6 +19,7 @@ var promised = []struct {
 		return restartFig(r, func(x *restartResult) string { return x.holderChanges })
 	}},
 	{"pod role changes across a controller restart", func(r *results) string { return restartFig(r, func(x *restartResult) string { return x.roleChanges }) }},
+	{"planned handovers with two pods annotated leader at once", handoverTwoLeaders},
 	{"etcd writes while idle with two clusters sharing a lock", func(r *results) string {
 		if r.multi == nil {
 			return ""

@@ -34,7 +34,7 @@ func (h *leaderLockRun) faults() []faultResult {
 		name string
 		do   func()
 	}{
-		{"kubelet restart", func() { h.restart("kubelet", "") }},
+		{"kubelet restart", func() { h.waitPastRestartGrace(); h.restart("kubelet", "") }},
 		{"containerd restart", func() { h.restart("containerd", h.runtimeCgroup()) }},
 		{"active controller pod deleted", h.deleteActiveController},
 	} {
@@ -57,6 +57,25 @@ func (h *leaderLockRun) faults() []faultResult {
 		logf("%s: holder %s -> %s", f.name, holder.Name, after.Name)
 	}
 	return out
+}
+
+// kubeletRestartGrace: a restarted kubelet keeps the readiness of a container that started at
+// least this long before it; a younger container is NotReady until its first probe, which
+// rightly demotes a holder (the kubelet's prober, feature ChangeContainerStatusOnKubeletRestart
+// off by default since 1.35). The fault is about the kubelet going away, not about that.
+const kubeletRestartGrace = 10 * time.Second
+
+// waitPastRestartGrace waits until every worker container is older than kubeletRestartGrace
+// (the rounds before the faults replace pods).
+func (h *leaderLockRun) waitPastRestartGrace() {
+	waitFor("every container older than the kubelet's restart grace", 60*time.Second, func() bool {
+		for _, p := range listPods(h.ns, h.app) {
+			if p.StartedAt.IsZero() || time.Since(p.StartedAt) < kubeletRestartGrace+time.Second {
+				return false
+			}
+		}
+		return true
+	})
 }
 
 // runtimeCgroup is where hack/node.sh starts containerd, so its shims stay findable.

@@ -237,7 +237,18 @@ func (h *leaderLockRun) handover(kind string) sample {
 	if o := h.settle(old.Name, oldToken, newStart, t, now()); o > s.Overlap {
 		s.Overlap = o
 	}
+	h.reportSlow(kind, old.Name, newStart.Pod, t, s)
 	return s
+}
+
+// reportSlow names, with the wall-clock time of the fault, a handover whose file lagged its
+// annotation or whose jobs overlapped by over 2 s, so the kubelet's log can be read around it.
+func (h *leaderLockRun) reportSlow(kind, old, new string, fault time.Duration, s sample) {
+	lag := s.File - s.Annotation
+	if (s.HasFile && s.HasAnnotation && lag > 2*time.Second) || s.Overlap > 2*time.Second {
+		at := time.Now().Add(-(now() - fault)).UTC().Format("15:04:05.000")
+		logf("slow %s handover (fault at %s): %s -> %s, file %v after annotation, overlap %v", kind, at, old, new, lag, s.Overlap)
+	}
 }
 
 func (h *leaderLockRun) violations() int {

@@ -3,6 +3,7 @@ package main
 import (
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 )
@@ -62,5 +63,27 @@ func TestPercentileIsNearestRank(t *testing.T) {
 	}
 	if got := pct(v, 99); got != 100 {
 		t.Fatalf("p99 %v, want 100", got)
+	}
+}
+
+// A file that lagged its annotation by more than 2 s is a lost remount: the report counts those
+// across the LeaderLock kinds and names the longest, and says what bounds it.
+func TestLateFilesAreCountedAndReported(t *testing.T) {
+	r := &results{kubelet: "v1.36.3", syncFreq: "5s"}
+	ms := func(n int) time.Duration { return time.Duration(n) * time.Millisecond }
+	r.add("graceful", sample{Annotation: ms(100), File: ms(300), HasAnnotation: true, HasFile: true})
+	r.add("crash", sample{Annotation: ms(600), File: ms(3600), HasAnnotation: true, HasFile: true})
+	r.add("notready", sample{Annotation: ms(0), File: ms(80000), HasAnnotation: true, HasFile: true})
+	r.add("notready", sample{Annotation: ms(0), HasAnnotation: true}) // file never seen turning: not counted
+	r.add("clientgo", sample{})
+	n, of, longest := r.lateFiles()
+	if n != 2 || of != 3 || longest != ms(80000) {
+		t.Fatalf("late files %d of %d, longest %v; want 2 of 3, 80s", n, of, longest)
+	}
+	md := r.markdown("")
+	for _, want := range []string{"(`syncFrequency` 5s)", "more than 2s in 2 of 3 LeaderLock handovers (longest 1m20s)"} {
+		if !strings.Contains(md, want) {
+			t.Errorf("report lacks %q:\n%s", want, md)
+		}
 	}
 }

@@ -70,7 +70,7 @@ func main() {
 		fail("-node-dir, -containerd, -image and -api-host are required (run through hack/e2e.sh)")
 	}
 	start := time.Now()
-	r := &results{kubelet: kubeletVersion()}
+	r := &results{kubelet: kubeletVersion(), syncFreq: kubeletSyncFrequency(c.nodeDir)}
 
 	if strings.Contains(c.phases, "leaderlock") {
 		h := newLeaderLockRun(c)
@@ -120,4 +120,19 @@ func main() {
 func kubeletVersion() string {
 	out := mustKubectl("get", "node", "-o", "jsonpath={.items[0].status.nodeInfo.kubeletVersion}")
 	return strings.TrimSpace(out)
+}
+
+// kubeletSyncFrequency is the node's `syncFrequency`, read from the kubelet's config file
+// (hack/node.sh writes it; the apiserver does not proxy to a node on loopback).
+func kubeletSyncFrequency(nodeDir string) string {
+	data, err := os.ReadFile(filepath.Join(nodeDir, "kubelet.yaml"))
+	if err != nil {
+		fail("reading the kubelet's config: %v", err)
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		if v, ok := strings.CutPrefix(line, "syncFrequency:"); ok {
+			return strings.TrimSpace(v)
+		}
+	}
+	return "1m (the default)"
 }

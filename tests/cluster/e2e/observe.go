@@ -102,6 +102,7 @@ type pod struct {
 	Deleting      bool
 	Role          string // the lock annotation: leader, standby or ""
 	ContainerID   string
+	StartedAt     time.Time // when the worker container last started (zero: not running)
 }
 
 func listPods(ns, app string) []pod {
@@ -118,6 +119,11 @@ func listPods(ns, app string) []pod {
 				Containers []struct {
 					Name        string `json:"name"`
 					ContainerID string `json:"containerID"`
+					State       struct {
+						Running *struct {
+							StartedAt time.Time `json:"startedAt"`
+						} `json:"running"`
+					} `json:"state"`
 				} `json:"containerStatuses"`
 			} `json:"status"`
 		} `json:"items"`
@@ -138,6 +144,9 @@ func listPods(ns, app string) []pod {
 		for _, c := range it.Status.Containers {
 			if c.Name == "worker" {
 				p.ContainerID = strings.TrimPrefix(c.ContainerID, "containerd://")
+				if c.State.Running != nil {
+					p.StartedAt = c.State.Running.StartedAt
+				}
 			}
 		}
 		pods = append(pods, p)

@@ -17,6 +17,7 @@ import (
 // results gathers every sample by kind: graceful, crash, notready (LeaderLock) and clientgo.
 type results struct {
 	kubelet    string
+	syncFreq   string // the kubelet's syncFrequency: what bounds a lost downward-API update
 	samples    map[string][]sample
 	faults     []faultResult
 	violations int
@@ -65,6 +66,33 @@ func slice(s sample) (time.Duration, bool)      { return s.Slice, s.HasSlice }
 func fromFault(s sample) (time.Duration, bool)  { return s.FromFault, true }
 func annotation(s sample) (time.Duration, bool) { return s.Annotation, s.HasAnnotation }
 
+// lateFile is how long the new holder's file lagged its annotation.
+func lateFile(s sample) (time.Duration, bool) {
+	return s.File - s.Annotation, s.HasFile && s.HasAnnotation
+}
+
+// lateFileLimit separates the kubelet's normal projection (its sync waits for the next 1 s
+// runtime relist, then two 100 ms volume-manager loops) from a lost remount, which waits for
+// the pod's next periodic sync.
+const lateFileLimit = 2 * time.Second
+
+// lateFiles counts the LeaderLock handovers whose new holder's file lagged its annotation by
+// more than lateFileLimit, and the longest lag.
+func (r *results) lateFiles() (n, of int, longest time.Duration) {
+	for _, k := range []string{"graceful", "crash", "notready"} {
+		for _, s := range r.samples[k] {
+			if d, ok := lateFile(s); ok {
+				of++
+				if d > lateFileLimit {
+					n++
+				}
+				longest = max(longest, d)
+			}
+		}
+	}
+	return n, of, longest
+}
+
 // pct is the nearest-rank percentile of sorted values (NaN when empty).
 func pct(v []float64, p float64) float64 {
 	if len(v) == 0 {
@@ -108,7 +136,7 @@ const (
 func (r *results) markdown(plotFile string) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "%s\n## On a real node: failover as the workload sees it (`make e2e`)\n\n", sectionBegin)
-	fmt.Fprintf(&b, "kubelet %s and containerd on this machine, three pods per workload, the chart's two controller replicas; %d handovers in %s. ", r.kubelet, r.handovers(), r.duration.Round(time.Second))
+	fmt.Fprintf(&b, "kubelet %s (`syncFrequency` %s) and containerd on this machine, three pods per workload, the chart's two controller replicas; %d handovers in %s. ", r.kubelet, r.syncFreq, r.handovers(), r.duration.Round(time.Second))
 	b.WriteString("Times in ms, from the jobs' own timestamps (the kernel's boot-time clock, 10 ms resolution), each relative to the old job's stop — for a killed container, the kill. ")
 	b.WriteString("*Job gap*: old job stopped → new job started (0 when they overlapped); *overlap*: both jobs ran; *annotation*: the harness's pod watch sees the new holder annotated `leader`; *file*: the new holder's downward-API file shows `leader` (polled on the node every 5 ms); *Service*: the leader-only Service's EndpointSlice holds only the new holder (file and Service are negative when they came before the old job stopped); *fault → new job*: from the delete, the kill or the probe made to fail.\n\n")
 	b.WriteString("| handover | n | job gap p50 | p90 | p99 | max | overlap max | annotation p50 | file p50 | file p99 | Service p50 | Service p99 | fault → new job p50 | p99 |\n")
@@ -133,6 +161,9 @@ func (r *results) markdown(plotFile string) string {
 		for _, f := range r.faults {
 			fmt.Fprintf(&b, "| %s | %v | %s |\n", f.Name, f.HolderChanged, f.Took.Round(100*time.Millisecond))
 		}
+	}
+	if n, of, longest := r.lateFiles(); of > 0 {
+		fmt.Fprintf(&b, "\nThe new holder's file lagged its annotation by more than %s in %d of %d LeaderLock handovers (longest %s). A lag that long is the kubelet losing the change: the file then waits for the pod's next periodic sync, at most 1.5 × `syncFrequency` (README, \"When the kubelet loses a role change\").\n", lateFileLimit, n, of, longest.Round(10*time.Millisecond))
 	}
 	if n := len(r.samples["crash"]); n > 0 {
 		fmt.Fprintf(&b, "\nAfter %d of %d container kills the kubelet restarted the container before the controller's demotion reached its file, so the old holder's job started again with its old fencing token until the demotion arrived (counted in the overlap column, not as a violation: the pod still held the lock).\n", r.restarts, n)
