@@ -198,3 +198,24 @@ async fn sixty_four_shards_spread_over_five_pods_and_stay_idle() {
     assert_idle(&c, &ns, Duration::from_secs(5)).await;
     checker.assert_clean();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn fewer_shards_release_the_removed_ones_and_spread_the_rest() {
+    let (ns, checker, c) = setup("place-shrink").await;
+    ready_pods(&c, &ns, &["w-1", "w-2"], WORKER).await;
+    apply_shards(&ns, 6, SPREAD);
+    settled(&c, &ns, &[3, 3]).await;
+    apply_shards(&ns, 4, SPREAD);
+    settled(&c, &ns, &[2, 2]).await;
+    let keys = lock_keys(&ns).await;
+    assert!(keys.iter().all(|(k, _, _)| !k.contains("/shard-4/") && !k.contains("/shard-5/")), "removed shards keep keys: {keys:?}");
+    assert_eq!(keys.len(), 8, "4 shards x 2 pods");
+    assert!(
+        annotations(&c, &ns, "w-1")
+            .await
+            .keys()
+            .all(|k| !k.starts_with("leaderlock.dev/shard-4") && !k.starts_with("leaderlock.dev/shard-5"))
+    );
+    assert_eq!(leaderlock(&c, &ns, "shop").await.status.unwrap().lock_count, 4);
+    checker.assert_clean();
+}
