@@ -35,8 +35,8 @@ lint: ## cargo fmt --check and clippy with warnings as errors (CI runs it before
 	cargo clippy --locked --all-targets -- -D warnings
 
 crd: ## Regenerate crds/ from the Rust types
-	cargo run --quiet -- crd leaderlocks > crds/leaderlock.dev_leaderlocks.yaml
-	cargo run --quiet -- crd handovers > crds/leaderlock.dev_handovers.yaml
+	cargo run --quiet --bin leaderlock -- crd leaderlocks > crds/leaderlock.dev_leaderlocks.yaml
+	cargo run --quiet --bin leaderlock -- crd handovers > crds/leaderlock.dev_handovers.yaml
 	cp crds/*.yaml charts/leaderlock/crds/
 
 up: deps ## Start a control plane in .cache/cluster and leave it running (source .cache/cluster/env)

@@ -63,7 +63,8 @@ failures="$(grep -A1 -E "^thread '.*' \([0-9]+\) panicked at" "$testlog" | grep 
   echo "and asserts they stay flat (tests/chaos/soak.rs). Scenario 9 runs two clusters (a second"
   echo "kube-apiserver) sharing locks through etcdKeys: its checker watches both clusters' pods, keys every"
   echo "lock by its etcd prefix and judges \"one leader\" and token order across them in commit order"
-  echo "(tests/common/checker/order.rs)."
+  echo "(tests/common/checker/order.rs). Scenario 10 churns pods under placement Spread"
+  echo "(tests/chaos/spread.rs): once settled, no pod leads more than ⌈L/C⌉ locks."
   echo
   echo "Leader transitions observed by the checker across all scenarios: **$transitions** (at least"
   echo "$min_transitions wanted with the full 1800 s soak)."

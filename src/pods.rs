@@ -34,6 +34,13 @@ pub fn is_candidate(pod: &Pod) -> bool {
     status.phase.as_deref() == Some("Running") && status.conditions.iter().flatten().any(|c| c.type_ == "Ready" && c.status == "True")
 }
 
+/// When the pod's `Ready` condition last turned `True`, if it is `True`.
+fn ready_since(pod: &Pod) -> Option<jiff::Timestamp> {
+    let conditions = pod.status.as_ref()?.conditions.as_ref()?;
+    let ready = conditions.iter().find(|c| c.type_ == "Ready" && c.status == "True")?;
+    ready.last_transition_time.as_ref().map(|t| t.0)
+}
+
 /// The `leaderlock.dev/*` annotations and labels of one pod.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PodKeys {
@@ -124,6 +131,9 @@ pub struct PodInfo {
     pub labels: Pairs,
     /// Running, Ready and not terminating.
     pub candidate: bool,
+    /// When it last became Ready (the condition's `lastTransitionTime`): placement's
+    /// stabilisation delay counts from it, the same for every replica and across restarts.
+    pub ready_since: Option<jiff::Timestamp>,
     /// The `leaderlock.dev/*` annotations it carries.
     pub our_annotations: Pairs,
     /// The `leaderlock.dev/*` labels it carries.
@@ -140,6 +150,7 @@ impl PodInfo {
             created: pod.metadata.creation_timestamp.as_ref().map(|t| t.0),
             labels: pod.metadata.labels.iter().flatten().collect(),
             candidate: is_candidate(pod),
+            ready_since: ready_since(pod),
             our_annotations: ours(&pod.metadata.annotations).collect(),
             our_labels: ours(&pod.metadata.labels).collect(),
         }

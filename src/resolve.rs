@@ -4,6 +4,7 @@
 //! allowed at all is [`crate::keyspace`]'s judgement, passed in as `prefix_of`.
 //! Rejections become `Ready=False` conditions with a reason users can match on.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
@@ -47,19 +48,23 @@ pub fn resolve_namespace(
     claimed: impl Fn(&LeaderLock, &str) -> bool,
 ) -> BTreeMap<String, Vec<(String, Resolution)>> {
     // One claim per (LeaderLock, lock), in seniority order; ties within a LeaderLock keep spec order.
-    let mut claims: Vec<(&Arc<LeaderLock>, bool, usize, &LockSpec)> = Vec::new();
+    let mut claims: Vec<(&Arc<LeaderLock>, bool, usize, Cow<LockSpec>)> = Vec::new();
     for (ll, local) in lls.iter().map(|l| (l, true)).chain(foreign.iter().map(|l| (l, false))) {
-        let locks = ll.spec.locks.iter().enumerate().filter(|(_, l)| local || l.etcd_key.is_some());
+        let specs: Vec<Cow<LockSpec>> = match ll.spec.lock_specs() {
+            Cow::Borrowed(specs) => specs.iter().map(Cow::Borrowed).collect(),
+            Cow::Owned(specs) => specs.into_iter().map(Cow::Owned).collect(),
+        };
+        let locks = specs.into_iter().enumerate().filter(|(_, l)| local || l.etcd_key.is_some());
         claims.extend(locks.map(|(i, lock)| (ll, local, i, lock)));
     }
     claims.sort_by_cached_key(|(ll, _, i, lock)| (seniority(ll, &lock.name, &claimed), *i));
-    let mut names: HashMap<&str, String> = HashMap::new();
+    let mut names: HashMap<String, String> = HashMap::new();
     let mut taken: Vec<(String, String)> = Vec::new(); // (prefix, owner)
     let mut out: BTreeMap<String, Vec<(usize, String, Resolution)>> = BTreeMap::new();
     for (ll, local, i, lock) in claims {
         let ns = ll.namespace().unwrap_or_default();
         let me = if local { ll.name_any() } else { format!("{ns}/{}", ll.name_any()) };
-        let resolution = match prefix_of(&ns, lock) {
+        let resolution = match prefix_of(&ns, &lock) {
             Err(message) => Resolution::Rejected { reason: reasons::ETCD_KEY_NOT_ALLOWED, message },
             Ok(prefix) => {
                 if let Some(owner) = names.get(lock.name.as_str()).filter(|_| local) {
@@ -85,7 +90,7 @@ pub fn resolve_namespace(
         };
         if let Resolution::Accepted(p) = &resolution {
             if local {
-                names.insert(&lock.name, me.clone());
+                names.insert(lock.name.clone(), me.clone());
             }
             taken.push((p.clone(), me.clone()));
         }
@@ -134,7 +139,9 @@ mod tests {
             name,
             LeaderLockSpec {
                 selector: LabelSelector::default(),
-                locks: locks.iter().map(|(n, k)| LockSpec { name: n.to_string(), etcd_key: k.map(str::to_string) }).collect(),
+                locks: Some(locks.iter().map(|(n, k)| LockSpec { name: n.to_string(), etcd_key: k.map(str::to_string) }).collect()),
+                shards: None,
+                placement: None,
                 ttl_seconds: 15,
                 pod_labels: false,
                 paused: false,

@@ -11,6 +11,8 @@ mod common;
 mod multicluster;
 #[path = "chaos/soak.rs"]
 mod soak;
+#[path = "chaos/spread.rs"]
+mod spread;
 #[path = "chaos/world.rs"]
 mod world;
 

@@ -72,8 +72,26 @@ const INVALID: &[(&str, &str, &str)] = &[
     ("missing selector", "locks: [{name: a}]", "spec.selector: Required value"),
     ("empty selector", "selector: {}\n  locks: [{name: a}]", "spec.selector: Invalid value"),
     ("no locks", "selector: {matchLabels: {app: x}}\n  locks: []", "spec.locks: Invalid value"),
-    ("missing locks", "selector: {matchLabels: {app: x}}", "spec.locks: Required value"),
-    ("33 locks", "", "spec.locks: Too many: 33"),
+    ("missing locks", "selector: {matchLabels: {app: x}}", "give exactly one of spec.locks"),
+    ("257 locks", "", "spec.locks: Too many: 257"),
+    ("both locks and shards", "selector: {matchLabels: {app: x}}\n  locks: [{name: a}]\n  shards: 4", "give exactly one of spec.locks"),
+    ("0 shards", "selector: {matchLabels: {app: x}}\n  shards: 0", "spec.shards: Invalid value: 0"),
+    ("257 shards", "selector: {matchLabels: {app: x}}\n  shards: 257", "spec.shards: Invalid value: 257"),
+    (
+        "unknown placement policy",
+        "selector: {matchLabels: {app: x}}\n  shards: 4\n  placement: {policy: Random}",
+        "spec.placement.policy: Unsupported value",
+    ),
+    (
+        "preferred under Queue",
+        "selector: {matchLabels: {app: x}}\n  shards: 4\n  placement: {preferred: {matchLabels: {zone: a}}}",
+        "placement.preferred needs policy Spread",
+    ),
+    (
+        "stabilizationSeconds above 3600",
+        "selector: {matchLabels: {app: x}}\n  shards: 4\n  placement: {policy: Spread, stabilizationSeconds: 3601}",
+        "spec.placement.stabilizationSeconds: Invalid value",
+    ),
     ("lock name not DNS-1123", "selector: {matchLabels: {app: x}}\n  locks: [{name: Ledger_Writer}]", "spec.locks[0].name"),
     ("lock name of 51 characters", "", "spec.locks[0].name: Too long"),
     ("duplicate lock names", "selector: {matchLabels: {app: x}}\n  locks: [{name: a}, {name: a}]", "spec.locks[1]: Duplicate value"),
@@ -99,8 +117,8 @@ const INVALID: &[(&str, &str, &str)] = &[
 
 fn invalid_spec(case: &str, spec: &str) -> String {
     let spec = match case {
-        "33 locks" => {
-            let locks: Vec<String> = (0..33).map(|i| format!("{{name: l{i}}}")).collect();
+        "257 locks" => {
+            let locks: Vec<String> = (0..257).map(|i| format!("{{name: l{i}}}")).collect();
             format!("selector: {{matchLabels: {{app: x}}}}\n  locks: [{}]", locks.join(", "))
         }
         "lock name of 51 characters" => format!("selector: {{matchLabels: {{app: x}}}}\n  locks: [{{name: {}}}]", "a".repeat(51)),

@@ -25,13 +25,21 @@ pub async fn publish(ctx: &Context, ll: &LeaderLock, changes: &[HolderChange]) {
         if let Some(deleted) = deleted.filter(|_| change.from.is_some()) {
             ctx.metrics.failover_latency.observe(deleted.elapsed().as_secs_f64());
         }
-        let note = format!(
+        let mut note = format!(
             "lock {}: {} -> {} (fencing token {})",
             change.lock,
             change.from.as_deref().unwrap_or("<none>"),
             change.to,
             change.token.as_deref().unwrap_or("-")
         );
+        // A move placement made says why (docs/contract.md §8): Spread, Preference, NeverLead, HolderLeft.
+        let action = match change.why {
+            Some(why) => {
+                note.push_str(&format!("; placement: {why:?}"));
+                format!("Place/{}", change.lock)
+            }
+            None => format!("Elect/{}", change.lock),
+        };
         let related = Some(&change.to).filter(|h| !h.starts_with("etcd:")).map(|pod| ObjectReference {
             api_version: Some("v1".into()),
             kind: Some("Pod".into()),
@@ -40,7 +48,7 @@ pub async fn publish(ctx: &Context, ll: &LeaderLock, changes: &[HolderChange]) {
             ..Default::default()
         });
         let about = About { regarding: ll.object_ref(&()), namespace: ll.namespace().unwrap_or_default(), name: ll.name_any() };
-        if let Err(e) = publish_event(ctx, &about, "HolderChanged", format!("Elect/{}", change.lock), note, related).await {
+        if let Err(e) = publish_event(ctx, &about, "HolderChanged", action, note, related).await {
             tracing::warn!(error = %e, "cannot publish Event");
         }
     }

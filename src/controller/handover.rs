@@ -72,6 +72,12 @@ fn judge_one(r: &Handover, f: &Facts) -> Verdict {
     if f.ll.spec.paused {
         return refuse(reasons::PAUSED, "the LeaderLock is paused (spec.paused): resume it, then ask again".into());
     }
+    if super::placement::spreads(f.ll) {
+        return refuse(
+            reasons::PLACED_BY_SPREAD,
+            "the LeaderLock places its locks with policy Spread, which would move the lock back; steer it with placement.preferred or placement.neverLead instead".into(),
+        );
+    }
     let prefix = match f.mine.iter().find(|(name, _)| name == lock) {
         None => return refuse(reasons::LOCK_NOT_FOUND, format!("the LeaderLock has no lock {lock:?} in spec.locks")),
         Some((_, Resolution::Rejected { message, .. })) => {

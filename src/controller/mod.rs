@@ -19,6 +19,7 @@ mod error;
 mod events;
 mod fencing;
 pub mod handover;
+pub mod placement;
 pub mod plan;
 mod pod_writes;
 mod reconcile;

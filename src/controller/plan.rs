@@ -21,9 +21,11 @@ use std::sync::Arc;
 use kube::ResourceExt;
 
 use super::handover::{self, Facts, Verdict};
+use super::placement;
 use super::status::{self, Queues};
 use crate::index::View;
 use crate::lock::{Candidate, Holder};
+use crate::placement::Why;
 use crate::pods::{self, PodInfo, PodKeys};
 use crate::resolve::Resolution;
 use crate::resource::handover::{Handover, HandoverStatus};
@@ -50,6 +52,8 @@ pub struct Observed<'a> {
     pub lines: Lines,
     /// The Handovers naming this LeaderLock that are not final, as we last knew them.
     pub requests: Vec<Arc<Handover>>,
+    /// The locks placement moved in this reconcile, and why: their Events say it.
+    pub moved: BTreeMap<String, Why>,
 }
 
 impl Observed<'_> {
@@ -77,6 +81,9 @@ impl Observed<'_> {
                     if let Some(r) = self.requests.iter_mut().find(|r| r.metadata.name.as_ref() == Some(name)) {
                         Arc::make_mut(r).status = Some(status.clone());
                     }
+                }
+                Step::Requeue { lock, why: Some(why), .. } => {
+                    self.moved.insert(lock.clone(), *why);
                 }
                 _ => {}
             }
@@ -127,8 +134,9 @@ pub enum Step {
     /// Apply a Handover's status.
     Request { name: String, status: HandoverStatus },
     /// Hand the lock at `prefix` from the holder with token `from_token` to the candidate `to`
-    /// (None: the next in line) in one etcd transaction, for the Handover `request`.
-    Requeue { lock: String, prefix: String, from_token: i64, to: Option<String>, request: String },
+    /// (None: the next in line) in one etcd transaction: for the Handover `request`, or (None)
+    /// a move placement planned, for the reason `why`.
+    Requeue { lock: String, prefix: String, from_token: i64, to: Option<String>, request: Option<String>, why: Option<Why> },
 }
 
 /// A lock of the LeaderLock got a new holder (or a new fencing token).
@@ -140,6 +148,8 @@ pub struct HolderChange {
     pub from: Option<String>,
     pub to: String,
     pub token: Option<String>,
+    /// Why placement moved the lock, when it did (docs/contract.md §8).
+    pub why: Option<Why>,
 }
 
 /// Which pod writes a plan makes.
@@ -165,19 +175,32 @@ pub fn candidates(o: &Observed) -> Vec<Arc<PodInfo>> {
 pub fn before_etcd(o: &Observed, now: jiff::Timestamp) -> Vec<Step> {
     let mine = o.mine();
     let judged = o.judge(now);
+    let placed = placement::decide(o, now);
     let mut steps = request_writes(&judged, true);
-    steps.extend(pod_writes(o, Pass::Demotions, &moving(&judged)));
+    let mut masked = moving(&judged);
+    masked.extend(placed.moves.iter().map(|m| m.prefix.clone()));
+    // A never-lead holder's key is about to go (under Queue it simply leaves the line): demoted
+    // first, like any holder that leaves.
+    masked.extend(mine.iter().filter_map(|(_, r)| match r {
+        Resolution::Accepted(p) if o.holders.get(p).and_then(|h| h.candidate.as_ref()).is_some_and(|id| placed.never_lead.contains(id)) => {
+            Some(p.clone())
+        }
+        _ => None,
+    }));
+    steps.extend(pod_writes(o, Pass::Demotions, &masked));
     if !o.ll.spec.paused {
-        let wanted: Vec<Candidate> = candidates(o).iter().filter_map(|p| candidate_of(p)).collect();
+        let wanted: Vec<Candidate> =
+            candidates(o).iter().filter_map(|p| candidate_of(p)).filter(|c| !placed.never_lead.contains(&c.id)).collect();
         for (lock, res) in &mine {
             if let Resolution::Accepted(prefix) = res {
-                steps.push(Step::Sync { lock: lock.clone(), prefix: prefix.clone(), wanted: wanted.clone(), ttl: o.ll.spec.ttl_seconds });
+                steps.extend(sync_and_move(o, &placed, lock, prefix, &wanted));
             }
         }
     }
     for j in judged {
         if let Verdict::Move { lock, prefix, from_token, to, .. } = j.verdict {
-            steps.push(Step::Requeue { lock, prefix, from_token, to, request: j.request.metadata.name.clone().unwrap_or_default() });
+            let request = Some(j.request.metadata.name.clone().unwrap_or_default());
+            steps.push(Step::Requeue { lock, prefix, from_token, to, request, why: None });
         }
     }
     steps.extend(releases(o));
@@ -185,6 +208,36 @@ pub fn before_etcd(o: &Observed, now: jiff::Timestamp) -> Vec<Step> {
     // keys were never written; and the claims are what remembers a removed lock's prefix until
     // its keys are gone.
     steps.push(Step::Claim(mine));
+    steps
+}
+
+/// One lock's etcd steps: its keys synced with the candidates (never-lead ones excluded, a vacant
+/// lock's placement target first), then placement's move, if any. A holder that must go (it left,
+/// or must never lead) keeps its key until the move's transaction hands the lock straight to the
+/// target, and loses it in a second sync: a plain delete would give the lock to whoever is next
+/// in line, and placement would have to move it again.
+fn sync_and_move(o: &Observed, placed: &placement::Decision, lock: &str, prefix: &str, wanted: &[Candidate]) -> Vec<Step> {
+    let ttl = o.ll.spec.ttl_seconds;
+    let sync = |wanted: Vec<Candidate>| Step::Sync { lock: lock.to_string(), prefix: prefix.to_string(), wanted, ttl };
+    let wanted = placement::wanted_order(placed, prefix, wanted.to_vec());
+    let Some(m) = placed.moves.iter().find(|m| m.prefix == prefix) else { return vec![sync(wanted)] };
+    let mut keeping = wanted.clone();
+    let kept = !keeping.iter().any(|c| c.id == m.from);
+    if kept {
+        keeping.insert(0, Candidate { id: m.from.clone(), name: m.from_name.clone() });
+    }
+    let mut steps = vec![sync(keeping)];
+    steps.push(Step::Requeue {
+        lock: lock.to_string(),
+        prefix: prefix.to_string(),
+        from_token: m.from_token,
+        to: Some(m.to.clone()),
+        request: None,
+        why: Some(m.why),
+    });
+    if kept {
+        steps.push(sync(wanted));
+    }
     steps
 }
 
@@ -225,9 +278,13 @@ fn moving(judged: &[handover::Judged]) -> BTreeSet<String> {
 pub fn after_etcd(o: &Observed, now: jiff::Timestamp) -> Vec<Step> {
     let judged = o.judge(now);
     let mut steps = pod_writes(o, Pass::All, &moving(&judged));
-    let status = status::observed(o.ll, &o.mine(), &candidates(o), &o.holders, &o.queues(), now);
+    let mut status = status::observed(o.ll, &o.mine(), &candidates(o), &o.holders, &o.queues(), now);
+    status.placement = Some(placement::decide(o, now).status);
     let old = o.ll.status.clone().unwrap_or_default();
-    let changes = holder_changes(&old, &status, &o.mine());
+    let mut changes = holder_changes(&old, &status, &o.mine());
+    for change in &mut changes {
+        change.why = o.moved.get(&change.lock).copied();
+    }
     if o.ll.status.as_ref() != Some(&status) {
         steps.push(Step::Status(status));
     }
@@ -318,7 +375,7 @@ pub fn holder_changes(old: &LeaderLockStatus, new: &LeaderLockStatus, mine: &[(S
             Resolution::Accepted(p) if *n == st.name => Some(p.clone()),
             _ => None,
         });
-        out.push(HolderChange { lock: st.name.clone(), prefix, from, to, token: st.fencing_token.clone() });
+        out.push(HolderChange { lock: st.name.clone(), prefix, from, to, token: st.fencing_token.clone(), why: None });
     }
     out
 }
@@ -339,8 +396,11 @@ pub(crate) mod tests {
     /// LeaderLock `payments` in `ns` selecting `app=worker`, with `locks`.
     pub fn leaderlock(locks: &[&str], status: Option<LeaderLockStatus>) -> LeaderLock {
         let selector = LabelSelector { match_labels: Some([("app".to_string(), "worker".to_string())].into()), ..Default::default() };
-        let locks = locks.iter().map(|l| LockSpec { name: l.to_string(), etcd_key: None }).collect();
-        let mut ll = LeaderLock::new("payments", LeaderLockSpec { selector, locks, ttl_seconds: 15, pod_labels: false, paused: false });
+        let locks = Some(locks.iter().map(|l| LockSpec { name: l.to_string(), etcd_key: None }).collect());
+        let mut ll = LeaderLock::new(
+            "payments",
+            LeaderLockSpec { selector, locks, shards: None, placement: None, ttl_seconds: 15, pod_labels: false, paused: false },
+        );
         ll.metadata.namespace = Some("ns".into());
         ll.metadata.generation = Some(3);
         ll.status = status;
@@ -358,6 +418,7 @@ pub(crate) mod tests {
             created: Some(jiff::Timestamp::from_second(1_700_000_000 + age).unwrap()),
             labels: [("app".to_string(), "worker".to_string())].iter().map(|(k, v)| (k, v)).collect::<Pairs>(),
             candidate,
+            ready_since: Some(jiff::Timestamp::from_second(1_700_000_000 + age).unwrap()),
             our_annotations: keys.iter().collect(),
             our_labels: Pairs::default(),
         })
@@ -366,7 +427,8 @@ pub(crate) mod tests {
     /// The view the index gives of `ll` when it alone selects `pods` and all its locks resolve
     /// to `/ll/locks/ns/<lock>`.
     pub fn view(ll: &LeaderLock, pods: &[Arc<PodInfo>]) -> View {
-        let resolved = ll.spec.locks.iter().map(|l| (l.name.clone(), Resolution::Accepted(format!("/ll/locks/ns/{}", l.name)))).collect();
+        let resolved =
+            ll.spec.lock_specs().iter().map(|l| (l.name.clone(), Resolution::Accepted(format!("/ll/locks/ns/{}", l.name)))).collect();
         View {
             leaderlocks: [("payments".to_string(), (Arc::new(ll.clone()), Matcher::new(&ll.spec.selector)))].into(),
             pods: pods.iter().map(|p| (p.name.clone(), p.clone())).collect(),
@@ -384,7 +446,7 @@ pub(crate) mod tests {
     fn observed<'a>(ll: &'a LeaderLock, view: &'a View, holders: Holders) -> Observed<'a> {
         let current = view.pods.iter().map(|(n, p)| (n.clone(), p.keys())).collect();
         let lines = holders.iter().map(|(p, h)| (p.clone(), vec![h.clone()])).collect();
-        Observed { ll, view, current, holders, lines, requests: vec![] }
+        Observed { ll, view, current, holders, lines, requests: vec![], moved: BTreeMap::new() }
     }
 
     fn keys(pairs: &[(&str, &str)]) -> PodKeys {
@@ -424,7 +486,14 @@ pub(crate) mod tests {
         let Step::Publish(changes) = &after[3] else { panic!("a holder change to publish: {after:?}") };
         assert_eq!(
             changes,
-            &[HolderChange { lock: "ledger".into(), prefix: Some(P.into()), from: None, to: "a".into(), token: Some("7".into()) }]
+            &[HolderChange {
+                lock: "ledger".into(),
+                prefix: Some(P.into()),
+                from: None,
+                to: "a".into(),
+                token: Some("7".into()),
+                why: None
+            }]
         );
         assert_eq!(after.len(), 4);
     }
@@ -458,7 +527,8 @@ pub(crate) mod tests {
         let ll = leaderlock(&["ledger"], None);
         let v = view(&ll, &[pod("a", 1, true, &[LEADER, ("leaderlock.dev/ledger.token", "7")])]);
         let o = observed(&ll, &v, holds("a", 7));
-        let status = status::observed(&ll, &o.mine(), &candidates(&o), &o.holders, &o.queues(), now());
+        let mut status = status::observed(&ll, &o.mine(), &candidates(&o), &o.holders, &o.queues(), now());
+        status.placement = Some(placement::decide(&o, now()).status);
         let settled = leaderlock(&["ledger"], Some(status));
         let o = observed(&settled, &v, holds("a", 7));
         assert_eq!(after_etcd(&o, now()), []);
@@ -536,6 +606,7 @@ pub(crate) mod tests {
             from: from.map(Into::into),
             to: to.into(),
             token: Some(token.into()),
+            why: None,
         };
         let mine = accepted();
         assert_eq!(holder_changes(&status(Some("a"), Some("7")), &status(Some("a"), Some("7")), &mine), []);

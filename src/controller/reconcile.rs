@@ -12,9 +12,10 @@ use serde_json::json;
 use super::error::{Error, Result, kube_err};
 use super::plan::{self, Holders, Observed, Step};
 use super::written::with_latest_status;
-use super::{Context, FIELD_MANAGER, events, handover, pod_writes, requests, status};
+use super::{Context, FIELD_MANAGER, events, handover, placement, pod_writes, requests, status};
 use crate::index::View;
-use crate::lock::Op;
+use crate::lock::{Op, Target};
+use crate::placement::Why;
 use crate::resource::handover::Handover;
 use crate::resource::{LeaderLock, LeaderLockStatus};
 
@@ -32,7 +33,9 @@ pub async fn apply(ll: Arc<LeaderLock>, ctx: &Context) -> Result<Action> {
             observed.holders = holders(ctx, &view);
             observed.lines = lines(ctx, &view);
         }
-        execute(ctx, &ll, &plan::after_etcd(&observed, jiff::Timestamp::now())).await
+        let now = jiff::Timestamp::now();
+        execute(ctx, &ll, &plan::after_etcd(&observed, now)).await?;
+        Ok::<_, Error>(placement::recheck_after(&placement::decide(&observed, now), now))
     }
     .await;
     if let Err(e) = &result
@@ -40,9 +43,10 @@ pub async fn apply(ll: Arc<LeaderLock>, ctx: &Context) -> Result<Action> {
     {
         report_failure(ctx, &ll, reason, &message).await;
     }
-    result?;
+    let recheck = result?;
     tracing::debug!(leaderlock = %ll.name_any(), namespace = ll.namespace().unwrap_or_default(), "reconciled");
-    Ok(Action::await_change())
+    // The one timer placement allows: a candidate's stabilisation delay ending.
+    Ok(recheck.map_or_else(Action::await_change, Action::requeue))
 }
 
 /// What a plan decides from: the view, each pod's keys as we last knew them, the holders.
@@ -55,7 +59,15 @@ pub fn observe<'a>(ctx: &Context, ll: &'a LeaderLock, view: &'a View) -> Observe
             (name.clone(), keys)
         })
         .collect();
-    Observed { ll, view, current, holders: holders(ctx, view), lines: lines(ctx, view), requests: requests(ctx, ll) }
+    Observed {
+        ll,
+        view,
+        current,
+        holders: holders(ctx, view),
+        lines: lines(ctx, view),
+        requests: requests(ctx, ll),
+        moved: BTreeMap::new(),
+    }
 }
 
 /// Everyone in line for every accepted prefix of `view`, from etcd's mirror (no I/O).
@@ -132,12 +144,33 @@ pub async fn execute(ctx: &Context, ll: &LeaderLock, steps: &[Step]) -> Result<b
             Step::Status(status) => write_status(ctx, ll, status).await?,
             Step::Publish(changes) => events::publish(ctx, ll, changes).await,
             Step::Request { name, status } => requests::write_status(ctx, &ns, name, status).await?,
-            Step::Requeue { lock, prefix, from_token, to, request } => {
+            Step::Requeue { lock, prefix, from_token, to, request: Some(request), .. } => {
                 wrote |= requests::hand_over(ctx, &ns, request, lock, prefix, *from_token, to.as_deref()).await?;
+            }
+            Step::Requeue { lock, prefix, from_token, to, request: None, why } => {
+                wrote |= place(ctx, &name, lock, prefix, *from_token, to.as_deref(), *why).await?;
             }
         }
     }
     Ok(wrote)
+}
+
+/// Carries out a move placement planned (docs/contract.md §8): one handover transaction.
+/// Returns whether etcd was written. Keys that changed since the plan was made (etcd moved on
+/// by itself) write nothing: that change triggers the next reconcile, which plans again.
+async fn place(ctx: &Context, ll: &str, lock: &str, prefix: &str, from_token: i64, to: Option<&str>, why: Option<Why>) -> Result<bool> {
+    let target = to.map_or(Target::Next, Target::Candidate);
+    let why = why.map(|w| w.to_string()).unwrap_or_default();
+    match ctx.engine.requeue(prefix, from_token, target).await? {
+        Ok(moved) => {
+            tracing::info!(leaderlock = ll, lock, prefix, to = %moved.target.0, token = moved.target.1, why, "lock placed");
+            Ok(true)
+        }
+        Err(unmovable) => {
+            tracing::debug!(leaderlock = ll, lock, prefix, why, reason = %unmovable, "placement move not made: the keys changed");
+            Ok(false)
+        }
+    }
 }
 
 /// Puts a failure users can act on into the `Ready` condition; best effort (the API may be

@@ -100,7 +100,13 @@ pub fn observed(
     if let Some(paused) = paused_condition(ll, &conditions, now) {
         set_condition(&mut conditions, paused);
     }
-    LeaderLockStatus { observed_generation: ll.meta().generation, lock_count: ll.spec.locks.len() as i32, locks, conditions }
+    LeaderLockStatus {
+        observed_generation: ll.meta().generation,
+        lock_count: ll.spec.lock_specs().len() as i32,
+        locks,
+        conditions,
+        placement: None,
+    }
 }
 
 /// `ll`'s status with its `Ready` condition replaced by a failure users can act on.

@@ -139,7 +139,15 @@ mod tests {
     use kube::ResourceExt;
 
     fn ll(rv: &str, holder: Option<&str>) -> Arc<LeaderLock> {
-        let spec = LeaderLockSpec { selector: Default::default(), locks: vec![], ttl_seconds: 15, pod_labels: false, paused: false };
+        let spec = LeaderLockSpec {
+            selector: Default::default(),
+            locks: None,
+            shards: None,
+            placement: None,
+            ttl_seconds: 15,
+            pod_labels: false,
+            paused: false,
+        };
         let mut l = LeaderLock::new("payments", spec);
         l.metadata.uid = Some("u1".into());
         l.metadata.resource_version = Some(rv.into());

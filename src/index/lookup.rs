@@ -45,7 +45,7 @@ impl<'a> Lookup<'a> {
             let local = key.0 == *ns;
             let mut next: HashSet<Key> = HashSet::new();
             if local {
-                for l in &e.ll.spec.locks {
+                for l in e.ll.spec.lock_specs().iter() {
                     next.extend(self.table.by_lock.get(&(ns.clone(), l.name.clone())).map(|n| (ns.clone(), n.clone())));
                 }
             }

@@ -85,7 +85,7 @@ impl Entry {
     fn new(ll: Arc<LeaderLock>, prefix_of: &PrefixOf) -> Entry {
         let selector = selector_problem(&ll.spec.selector).is_none().then(|| Matcher::new(&ll.spec.selector)).flatten();
         let ns = ll.namespace().unwrap_or_default();
-        let prefixes = ll.spec.locks.iter().filter_map(|l| prefix_of(&ns, l).ok().map(|p| (p, l.etcd_key.is_some()))).collect();
+        let prefixes = ll.spec.lock_specs().iter().filter_map(|l| prefix_of(&ns, l).ok().map(|p| (p, l.etcd_key.is_some()))).collect();
         Entry { ll, selector, prefixes }
     }
 
@@ -121,7 +121,7 @@ impl LeaderLocks {
             None if e.selector.is_some() => self.unanchored.remove(ns, name),
             None => {}
         }
-        for l in &e.ll.spec.locks {
+        for l in e.ll.spec.lock_specs().iter() {
             self.by_lock.remove(&(ns.clone(), l.name.clone()), name);
         }
         for (p, _) in &e.prefixes {
@@ -161,7 +161,7 @@ impl LeaderLocks {
             None if e.selector.is_some() => self.unanchored.add(ns.clone(), name.clone()),
             None => {}
         }
-        for l in &e.ll.spec.locks {
+        for l in e.ll.spec.lock_specs().iter() {
             self.by_lock.add((ns.clone(), l.name.clone()), name.clone());
         }
         for (p, _) in &e.prefixes {
@@ -454,7 +454,8 @@ impl Index {
             (Some(_), Some(anchor)) => pods.by_label.get(&anchor).collect(),
             (Some(_), None) => pods.by_namespace.get(&ns).collect(),
         };
-        let carrying = ll.spec.locks.iter().flat_map(|l| pods.by_lock.get(&(ns.clone(), l.name.clone())));
+        let carrying = ll.spec.lock_specs().iter().map(|l| l.name.clone()).collect::<Vec<_>>();
+        let carrying = carrying.into_iter().flat_map(|l| pods.by_lock.get(&(ns.clone(), l)).collect::<Vec<_>>());
         for name in carrying
             .chain(selectable.into_iter().filter(|n| pods.by_key.get(&(ns.clone(), (*n).clone())).is_some_and(|p| lls.origin.selects(p))))
         {

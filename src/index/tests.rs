@@ -18,7 +18,9 @@ fn ll(ns: &str, name: &str, age: i64, app: &str, locks: &[(&str, Option<&str>)])
         name,
         LeaderLockSpec {
             selector: LabelSelector { match_labels: Some([("app".to_string(), app.to_string())].into()), ..Default::default() },
-            locks: locks.iter().map(|(n, k)| LockSpec { name: n.to_string(), etcd_key: k.map(str::to_string) }).collect(),
+            locks: Some(locks.iter().map(|(n, k)| LockSpec { name: n.to_string(), etcd_key: k.map(str::to_string) }).collect()),
+            shards: None,
+            placement: None,
             ttl_seconds: 15,
             pod_labels: false,
             paused: false,
@@ -290,7 +292,7 @@ mod properties {
             for l in &lls {
                 let ns = l.namespace().unwrap();
                 let (local, foreign): (Vec<_>, Vec<_>) = lls.iter().cloned().partition(|o| o.namespace().unwrap() == ns);
-                let foreign: Vec<_> = foreign.into_iter().filter(|o| o.spec.locks.iter().any(|k| k.etcd_key.is_some())).collect();
+                let foreign: Vec<_> = foreign.into_iter().filter(|o| o.spec.lock_specs().iter().any(|k| k.etcd_key.is_some())).collect();
                 let whole = resolve_namespace(&local, &foreign, prefix_of, |_, _| false);
                 let view = idx.view(l);
                 prop_assert_eq!(&view.resolved[&l.name_any()], &whole[&l.name_any()], "LeaderLock {}/{}", ns, l.name_any());

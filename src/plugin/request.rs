@@ -53,7 +53,8 @@ pub(crate) async fn get_leaderlock(conn: &Connection, name: &str) -> Result<Lead
 
 /// `--lock`, checked against the spec; without it, the LeaderLock's only lock.
 pub fn choose_lock(ll: &LeaderLock, lock: Option<&str>) -> Result<String, PluginError> {
-    let names: Vec<&str> = ll.spec.locks.iter().map(|l| l.name.as_str()).collect();
+    let specs = ll.spec.lock_specs();
+    let names: Vec<&str> = specs.iter().map(|l| l.name.as_str()).collect();
     let namespace = ll.namespace().unwrap_or_default();
     match (lock, names.as_slice()) {
         (Some(want), _) if names.contains(&want) => Ok(want.to_string()),

@@ -101,7 +101,7 @@ pub fn rows(lls: &[LeaderLock]) -> Vec<Row> {
     let mut rows = Vec::new();
     for ll in lls {
         let reported = ll.status.as_ref().map(|s| s.locks.as_slice()).unwrap_or_default();
-        for lock in &ll.spec.locks {
+        for lock in ll.spec.lock_specs().iter() {
             let status = reported.iter().find(|s| s.name == lock.name).cloned().unwrap_or_default();
             rows.push(Row {
                 namespace: ll.namespace().unwrap_or_default(),

@@ -112,6 +112,8 @@ pub mod reasons {
     pub const LOCK_NOT_FOUND: &str = "LockNotFound";
     pub const LOCK_NOT_SERVED: &str = "LockNotServed";
     pub const PAUSED: &str = "Paused";
+    /// The LeaderLock places its locks with policy Spread, which would undo the move.
+    pub const PLACED_BY_SPREAD: &str = "PlacedBySpread";
     pub const NO_HOLDER: &str = "NoHolder";
     pub const NOT_HOLDER: &str = "NotHolder";
     pub const EXTERNAL_HOLDER: &str = "ExternalHolder";

@@ -34,6 +34,9 @@ pub use crate::contract::GROUP;
     printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
+#[x_kube(validation = Rule::new("has(self.locks) != has(self.shards)").message(
+    "give exactly one of spec.locks (named locks) and spec.shards (locks shard-0 … shard-N-1)"
+))]
 #[serde(rename_all = "camelCase")]
 pub struct LeaderLockSpec {
     /// Pods in this namespace that are candidates for every lock. Must not be empty: an empty
@@ -43,10 +46,22 @@ pub struct LeaderLockSpec {
     ).message("selector must have matchLabels or matchExpressions; an empty selector would select every pod in the namespace"))]
     pub selector: LabelSelector,
 
-    /// The locks to elect a holder for, each independently (1 to 32, unique names).
-    #[schemars(length(min = 1, max = 32))]
+    /// The locks to elect a holder for, each independently (1 to 256, unique names). Exactly
+    /// one of `locks` and `shards`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 256))]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
-    pub locks: Vec<LockSpec>,
+    pub locks: Option<Vec<LockSpec>>,
+
+    /// N identical locks named `shard-0` … `shard-{N-1}` (1 to 256), instead of listing them in
+    /// `locks`: the shorthand for a program split into shards.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 256))]
+    pub shards: Option<u32>,
+
+    /// How the locks are placed on the candidates. Absent: etcd's order (policy `Queue`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub placement: Option<PlacementSpec>,
 
     /// How long candidate keys survive in etcd when every controller replica is gone.
     #[serde(default = "default_ttl_seconds")]
@@ -84,6 +99,80 @@ fn default_ttl_seconds() -> i64 {
     15
 }
 
+impl LeaderLockSpec {
+    /// The locks to serve, in order: `locks` as given, or the `shards` names (no etcd key, so
+    /// always the default prefix). A `shards` value the schema would refuse gives none.
+    pub fn lock_specs(&self) -> std::borrow::Cow<'_, [LockSpec]> {
+        match (&self.locks, self.shards) {
+            (Some(locks), _) => std::borrow::Cow::Borrowed(locks),
+            (None, Some(n)) => crate::placement::shard_names(n)
+                .unwrap_or_default()
+                .into_iter()
+                .map(|name| LockSpec { name, etcd_key: None })
+                .collect::<Vec<_>>()
+                .into(),
+            (None, None) => std::borrow::Cow::Borrowed(&[]),
+        }
+    }
+
+    /// The placement in force: `spec.placement`, or the defaults (Queue).
+    pub fn placement(&self) -> PlacementSpec {
+        self.placement.clone().unwrap_or_default()
+    }
+}
+
+/// Where the locks go (docs/contract.md §8). The defaults keep etcd's order, so LeaderLocks
+/// written before placement existed, and `etcdctl lock` peers, see no change.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[x_kube(validation = Rule::new("!has(self.preferred) || self.policy == 'Spread'").message(
+    "placement.preferred needs policy Spread: under Queue etcd's order decides who leads"
+))]
+#[serde(rename_all = "camelCase")]
+pub struct PlacementSpec {
+    /// `Queue` (default): the oldest key in etcd holds, as with `etcdctl lock`. `Spread`:
+    /// balance the locks over the candidates, each leading ⌊L/C⌋ or ⌈L/C⌉, moving the fewest.
+    #[serde(default)]
+    pub policy: PlacementPolicy,
+
+    /// Under Spread, candidates matching this selector lead every lock while any of them may
+    /// (e.g. a zone label); the others lead only when none of them can.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preferred: Option<LabelSelector>,
+
+    /// Candidates matching this selector never lead (no etcd key): they stay `standby`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub never_lead: Option<LabelSelector>,
+
+    /// Under Spread, how long a candidate must have been Ready before it takes locks from
+    /// others (and counts as preferred), so a flapping pod does not bounce leadership.
+    #[serde(default = "default_stabilization_seconds")]
+    #[schemars(range(min = 0, max = 3600))]
+    pub stabilization_seconds: i64,
+}
+
+impl Default for PlacementSpec {
+    fn default() -> Self {
+        PlacementSpec {
+            policy: PlacementPolicy::Queue,
+            preferred: None,
+            never_lead: None,
+            stabilization_seconds: default_stabilization_seconds(),
+        }
+    }
+}
+
+fn default_stabilization_seconds() -> i64 {
+    10
+}
+
+/// The placement policies (see [`crate::placement::Policy`]).
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum PlacementPolicy {
+    #[default]
+    Queue,
+    Spread,
+}
+
 /// What the controller observed: one entry per lock plus conditions.
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -100,6 +189,42 @@ pub struct LeaderLockStatus {
     #[serde(default)]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
+    /// Where the locks are: the policy and how many locks each candidate leads.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub placement: Option<PlacementStatus>,
+}
+
+/// The placement as observed: locks per candidate, and whether it is where the policy wants it.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PlacementStatus {
+    /// `Queue` or `Spread`.
+    pub policy: String,
+    /// Every candidate (oldest first, zero included), then pods still holding a lock after they
+    /// stopped being candidates.
+    #[serde(default)]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["pod"]))]
+    pub distribution: Vec<PodLocks>,
+    /// Locks held outside this LeaderLock (`etcd:<key>`, another cluster's pod).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub external: i32,
+    /// Locks with no holder.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub vacant: i32,
+    /// True when placement plans no move and no candidate waits out its stabilisation delay.
+    pub settled: bool,
+}
+
+fn is_zero(n: &i32) -> bool {
+    *n == 0
+}
+
+/// How many locks one pod leads.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PodLocks {
+    pub pod: String,
+    pub locks: i32,
 }
 
 /// The observed state of one lock.

@@ -67,7 +67,7 @@ func main() {
 	cfg.kubeconfig = mustEnv("KUBECONFIG")
 	cfg.apiserverEtcd = mustEnv("APISERVER_ETCD_ENDPOINTS")
 	cfg.clusterDir = mustEnv("LEADERLOCK_CLUSTER_DIR")
-	phases := envStr("BENCH_PHASES", "idle,failover,handover,scale,restart,multicluster")
+	phases := envStr("BENCH_PHASES", "idle,failover,handover,scale,spread,restart,multicluster")
 
 	var err error
 	logDir, err = os.MkdirTemp("", "leaderlock-bench-")
@@ -118,6 +118,10 @@ func main() {
 			report(false)
 		}
 	}
+	if strings.Contains(phases, "spread") {
+		spread(etcds)
+		report(false)
+	}
 	if strings.Contains(phases, "restart") {
 		restart(etcds, ctl)
 	}
@@ -143,7 +147,8 @@ type results struct {
 	scales   map[int]*scaleResult // by number of LeaderLocks
 	restart  *restartResult
 	multi    *multiResult
-	totalS   string // seconds of measurement
+	spread   []*spreadResult // spread.go, one per size
+	totalS   string          // seconds of measurement
 }
 
 func kubectl(args ...string) string {

@@ -282,6 +282,7 @@ func report(final bool) {
 	w("| replica-election key writes (allowed) | %s |", na(rst.electionWrites))
 	w("| new controller peak RSS after reconciling everything | %s MB |", na(rst.rssMB))
 	w("")
+	writeSpread(w)
 	if len(notes) > 0 {
 		w("## Notes")
 		w("")
@@ -307,7 +308,7 @@ func report(final bool) {
 	w("timer-bound rows),")
 	w("`BENCH_SCALE` (1000,10000: comma-separated sizes; the restart phase uses the last), `BENCH_RESTART_SIGNAL` (TERM; KILL), `BENCH_RESTART_WAIT_SECONDS` (300),")
 	w("`BENCH_TRYLOCK_INTERVAL` (1s), `BENCH_APISERVER_PROFILE_SECONDS` (30: kube-apiserver CPU profile in the largest")
-	w("scale phase), `BENCH_PHASES` (idle,failover,handover,scale,restart,multicluster), `BENCH_MULTI_HANDOVERS` (40),")
+	w("scale phase), `BENCH_PHASES` (idle,failover,handover,scale,spread,restart,multicluster), `BENCH_SPREAD_ROUNDS` (3), `BENCH_MULTI_HANDOVERS` (40),")
 	w("`BENCH_MULTI_CUTOFFS` (6), `BENCH_MULTI_TTL` (5), `BENCH_MULTI_IDLE_SECONDS` (30), `BENCH_KEEP_LOGS` (unset: the temp dir printed at")
 	w("the start, with every process's log and etcd data, is removed after a successful run; a failed run keeps it).")
 

@@ -40,11 +40,12 @@ pub async fn converged(client: &kube::Client, ns: &str, endpoint: &str, root: &s
         if st.observed_generation != ll.metadata.generation {
             return Err(format!("{}: status not observed yet", ll.name_any()));
         }
-        for lock in &ll.spec.locks {
+        let queued = queued(ll, &cands)?;
+        for lock in ll.spec.lock_specs().iter() {
             let prefix = lock.etcd_key.clone().unwrap_or_else(|| format!("{root}locks/{ns}/{}", lock.name));
             let mine: Vec<&(String, i64, String)> =
                 keys.iter().filter(|(k, _, _)| k.rsplit_once('/').is_some_and(|(p, _)| p == prefix)).collect();
-            let mut want: Vec<String> = cands.iter().map(|p| format!("{prefix}/{}", p.uid().unwrap_or_default())).collect();
+            let mut want: Vec<String> = queued.iter().map(|p| format!("{prefix}/{}", p.uid().unwrap_or_default())).collect();
             let mut have: Vec<String> = mine.iter().map(|(k, _, _)| format!("{prefix}/{}", super::key_candidate(k))).collect();
             want.sort();
             have.sort();
@@ -97,12 +98,25 @@ pub async fn wait_converged(
     }
 }
 
-/// One lock of one served LeaderLock, with the pods that are its candidates.
+/// The candidates that own an etcd key: all but those placement marks never to lead
+/// (docs/contract.md §8).
+fn queued<'a>(ll: &LeaderLock, cands: &[&'a Pod]) -> Result<Vec<&'a Pod>, String> {
+    let never = match ll.spec.placement.as_ref().and_then(|p| p.never_lead.clone()) {
+        Some(s) => Some(Selector::try_from(s).map_err(|e| e.to_string())?),
+        None => None,
+    };
+    let labels = |p: &Pod| p.metadata.labels.clone().unwrap_or_default();
+    Ok(cands.iter().copied().filter(|p| !never.as_ref().is_some_and(|s| s.matches(&labels(p)))).collect())
+}
+
+/// One lock of one served LeaderLock, with the pods that are its candidates and those of them
+/// in line (owning a key).
 struct UsedLock<'a> {
     ll: String,
     lock: String,
     prefix: String,
     cands: Vec<&'a Pod>,
+    queued: Vec<&'a Pod>,
 }
 
 /// What one cluster shows: its pods and LeaderLocks, listed once.
@@ -127,10 +141,11 @@ impl Listed<'_> {
                 .iter()
                 .filter(|p| is_candidate(p) && sel.matches(p.metadata.labels.as_ref().unwrap_or(&BTreeMap::new())))
                 .collect();
-            for lock in &ll.spec.locks {
+            let queued = queued(ll, &cands)?;
+            for lock in ll.spec.lock_specs().iter() {
                 let prefix =
                     lock.etcd_key.clone().unwrap_or_else(|| format!("{}locks/{}/{}", self.cluster.root, self.cluster.ns, lock.name));
-                out.push(UsedLock { ll: ll.name_any(), lock: lock.name.clone(), prefix, cands: cands.clone() });
+                out.push(UsedLock { ll: ll.name_any(), lock: lock.name.clone(), prefix, cands: cands.clone(), queued: queued.clone() });
             }
         }
         Ok(out)
@@ -171,7 +186,7 @@ pub async fn converged_across(clusters: &[Cluster], endpoint: &str) -> Result<()
         let mine: Vec<&(String, i64, String)> =
             keys.iter().filter(|(k, _, _)| k.rsplit_once('/').is_some_and(|(p, _)| p == prefix)).collect();
         let want: BTreeSet<String> =
-            users.iter().flat_map(|(_, u)| u.cands.iter().map(|p| format!("{prefix}/{}", p.uid().unwrap_or_default()))).collect();
+            users.iter().flat_map(|(_, u)| u.queued.iter().map(|p| format!("{prefix}/{}", p.uid().unwrap_or_default()))).collect();
         let have: BTreeSet<String> = mine.iter().map(|(k, _, _)| format!("{prefix}/{}", super::key_candidate(k))).collect();
         if want != have {
             return Err(format!("lock {prefix}: etcd keys {have:?}, candidates' keys {want:?}"));
