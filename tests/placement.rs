@@ -92,6 +92,13 @@ async fn spread_puts_8_shards_on_3_pods_3_3_2_then_writes_nothing_and_refuses_ha
     assert_eq!(p.policy, "Spread");
     assert_eq!(leaderlock(&c, &ns, "shop").await.status.unwrap().lock_count, 8);
     assert_idle(&c, &ns, Duration::from_secs(5)).await;
+    // `kubectl leaderlock status` shows the distribution after the lock table.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_kubectl-leaderlock")).args(["status", "-n", &ns]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let row = text.lines().find(|l| l.starts_with("shop ") && l.contains("Spread")).unwrap_or_else(|| panic!("{text}"));
+    let mut counts: Vec<&str> = row.split_whitespace().last().unwrap().split(',').map(|c| c.split_once('=').unwrap().1).collect();
+    counts.sort();
+    assert_eq!(counts, ["2", "3", "3"], "{text}");
 
     // Placement decides every holder: a Handover would fight it, so it is refused.
     let yaml = "apiVersion: leaderlock.dev/v1alpha1\nkind: Handover\nmetadata: {name: move}\nspec:\n  leaderLock: shop\n  lock: shard-0\n";

@@ -44,7 +44,7 @@ pub async fn run(conn: &Connection, query: &Query, out: &mut dyn Write) -> Resul
     let text = match query.format {
         Format::Table | Format::Wide => {
             let columns = Columns { namespace: query.all_namespaces, queue: query.format == Format::Wide };
-            render_table(&rows(&lls), columns, jiff::Timestamp::now())
+            render_table(&rows(&lls), columns, jiff::Timestamp::now()) + &render_placement(&lls, query.all_namespaces)
         }
         Format::Json => serde_json::to_string_pretty(&document(&lls)).map(|s| s + "\n").map_err(output_error)?,
         Format::Yaml => serde_saphyr::to_string(&document(&lls)).map_err(output_error)?,
@@ -156,6 +156,34 @@ pub fn render_table(rows: &[Row], columns: Columns, now: jiff::Timestamp) -> Str
     align(&lines)
 }
 
+/// For LeaderLocks placed by Spread, a second table after a blank line: policy, whether
+/// placement has settled, and how many locks each pod leads (`external=N` and `vacant=N` when
+/// there are any). Empty when no LeaderLock uses Spread, so the lock table stays the whole output.
+pub fn render_placement(lls: &[LeaderLock], namespace: bool) -> String {
+    let mut lines: Vec<Vec<String>> = Vec::new();
+    for ll in lls {
+        let Some(p) = ll.status.as_ref().and_then(|s| s.placement.as_ref()).filter(|p| p.policy == "Spread") else { continue };
+        let mut counts: Vec<String> = p.distribution.iter().map(|d| format!("{}={}", d.pod, d.locks)).collect();
+        counts.extend((p.external > 0).then(|| format!("external={}", p.external)));
+        counts.extend((p.vacant > 0).then(|| format!("vacant={}", p.vacant)));
+        let mut cells =
+            vec![ll.name_any(), p.policy.clone(), p.settled.to_string(), if counts.is_empty() { NONE.into() } else { counts.join(",") }];
+        if namespace {
+            cells.insert(0, ll.namespace().unwrap_or_default());
+        }
+        lines.push(cells);
+    }
+    if lines.is_empty() {
+        return String::new();
+    }
+    let mut header = vec!["LEADERLOCK", "POLICY", "SETTLED", "LOCKS PER POD"];
+    if namespace {
+        header.insert(0, "NAMESPACE");
+    }
+    lines.insert(0, header.into_iter().map(String::from).collect());
+    format!("\n{}", align(&lines))
+}
+
 fn align(lines: &[Vec<String>]) -> String {
     let columns = lines.first().map_or(0, Vec::len);
     let widths: Vec<usize> =
@@ -234,6 +262,29 @@ mod tests {
         let lines: Vec<&str> = text.lines().collect();
         assert!(lines[0].starts_with("NAMESPACE   LEADERLOCK") && lines[0].ends_with("PAUSED   QUEUE"), "{text}");
         assert!(lines[1].starts_with("shop        payments") && lines[1].ends_with("false    w-2,etcd:/legacy/x/1,w-1"), "{text}");
+    }
+
+    #[test]
+    fn spread_leaderlocks_get_a_placement_table_with_locks_per_pod_and_queue_ones_none() {
+        use crate::resource::{LeaderLockStatus, PlacementStatus, PodLocks};
+        let ll = |name: &str, policy: &str| {
+            let spec = serde_json::json!({"selector": {"matchLabels": {"app": "w"}}, "shards": 8});
+            let mut ll = LeaderLock::new(name, serde_json::from_value(spec).unwrap());
+            ll.metadata.namespace = Some("shop".into());
+            let distribution = [("w-1", 3), ("w-2", 3), ("w-3", 2)].map(|(pod, locks)| PodLocks { pod: pod.into(), locks }).to_vec();
+            let placement = PlacementStatus { policy: policy.into(), distribution, external: 0, vacant: 1, settled: true };
+            ll.status = Some(LeaderLockStatus { placement: Some(placement), ..Default::default() });
+            ll
+        };
+        assert_eq!(render_placement(&[ll("queued", "Queue")], false), "");
+        let text = render_placement(&[ll("queued", "Queue"), ll("shards", "Spread")], true);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines[0], "", "a blank line after the lock table");
+        assert_eq!(
+            lines[1].split_whitespace().collect::<Vec<_>>(),
+            ["NAMESPACE", "LEADERLOCK", "POLICY", "SETTLED", "LOCKS", "PER", "POD"]
+        );
+        assert_eq!(lines[2].split_whitespace().collect::<Vec<_>>(), ["shop", "shards", "Spread", "true", "w-1=3,w-2=3,w-3=2,vacant=1"]);
     }
 
     #[test]
