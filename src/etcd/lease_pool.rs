@@ -156,8 +156,31 @@ impl LeasePool {
             async move { call("lease time-to-live", t, c.lease_time_to_live(id, None)).await }
         })
         .await?;
+        if alive.ttl() <= 0 {
+            return Ok(None);
+        }
         // etcd answers whole seconds left, rounded down, as of some moment after we asked.
-        Ok((alive.ttl() > 0).then(|| (id, asked + Duration::from_secs(alive.ttl() as u64))))
+        let mut expires = asked + Duration::from_secs(alive.ttl() as u64);
+        // Adopting renews the lease once (a keep-alive changes no revision): a lease left
+        // unrenewed for half its TTL while controllers changed hands would otherwise count as at
+        // risk at once, and its holders would be demoted and promoted again. If the renewal
+        // fails, the keeper retries it and the expiry read above stands.
+        let sent = Instant::now();
+        if self.renew_once(id).await {
+            expires = expires.max(sent + Duration::from_secs(ttl.max(0) as u64));
+        }
+        Ok(Some((id, expires)))
+    }
+
+    /// One keep-alive of `id`; whether etcd confirmed it.
+    async fn renew_once(&self, id: i64) -> bool {
+        let (mut c, t) = (self.client.clone(), self.timeout);
+        let renewed = async {
+            let (mut keeper, mut stream) = call("lease keep-alive", t, c.lease_keep_alive(id)).await?;
+            call("lease keep-alive", t, keeper.keep_alive()).await?;
+            call("lease keep-alive", t, stream.message()).await
+        };
+        matches!(renewed.await, Ok(Some(r)) if r.ttl() > 0)
     }
 
     async fn grant_and_record(&self, ttl: i64, renewal: Renewal) -> Result<Session> {
