@@ -240,16 +240,7 @@ async fn an_external_etcdctl_lock_holder_keeps_every_pod_standby_until_it_releas
     let c = client().await;
     let endpoint = env("LEADERLOCK_ETCD_ENDPOINTS");
     let prefix = format!("/leaderlock.dev/locks/{ns}/ledger");
-    let mut etcdctl = common::etcd::ChildGuard(
-        std::process::Command::new("etcdctl")
-            .args(["--endpoints", &endpoint, "lock", &prefix])
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .unwrap(),
-    );
-    let mut line = String::new();
-    std::io::BufRead::read_line(&mut std::io::BufReader::new(etcdctl.0.stdout.take().unwrap()), &mut line).unwrap();
-    let external = line.trim().to_string();
+    let (mut etcdctl, external) = common::etcd::etcdctl_lock(&endpoint, &prefix);
     assert!(external.starts_with(&prefix), "etcdctl printed {external:?}");
 
     ready_pods(&c, &ns, &["w-1", "w-2"], WORKER).await;

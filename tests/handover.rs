@@ -126,15 +126,7 @@ async fn a_handover_never_moves_the_lock_away_from_an_etcdctl_lock_holder() {
     let checker = Checker::start(c.clone(), &ns, &env("LEADERLOCK_ETCD_ENDPOINTS"), ROOT, &["/legacy/"]).await;
     let endpoint = env("LEADERLOCK_ETCD_ENDPOINTS");
     let prefix = format!("/leaderlock.dev/locks/{ns}/ledger");
-    let mut etcdctl = common::etcd::ChildGuard(
-        std::process::Command::new("etcdctl")
-            .args(["--endpoints", &endpoint, "lock", &prefix])
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .unwrap(),
-    );
-    let mut line = String::new();
-    std::io::BufRead::read_line(&mut std::io::BufReader::new(etcdctl.0.stdout.take().unwrap()), &mut line).unwrap();
+    let (etcdctl, _) = common::etcd::etcdctl_lock(&endpoint, &prefix);
     ready_pods(&c, &ns, &["w-1", "w-2"], WORKER).await;
     apply_ll(&ns, false);
     eventually("the status to name the outside holder", T, || async {
@@ -206,13 +198,7 @@ async fn an_etcdctl_lock_waiter_in_the_queue_keeps_its_place_and_is_never_jumped
     let (holder, _) = elected(&c, &ns, "payments", "ledger", 2).await;
     let endpoint = env("LEADERLOCK_ETCD_ENDPOINTS");
     let prefix = format!("/leaderlock.dev/locks/{ns}/ledger");
-    let _etcdctl = common::etcd::ChildGuard(
-        std::process::Command::new("etcdctl")
-            .args(["--endpoints", &endpoint, "lock", &prefix])
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let _etcdctl = common::etcd::etcdctl_lock_waiter(&endpoint, &prefix);
     let queue = |min: usize| {
         let c = c.clone();
         let ns = ns.clone();

@@ -30,6 +30,32 @@ fn key_lines(out: &std::process::Output) -> Vec<String> {
     String::from_utf8_lossy(&out.stdout).lines().filter(|l| !l.is_empty()).map(str::to_string).collect()
 }
 
+/// `etcdctl lock PREFIX` against `endpoint`, once it holds the lock: the process (which releases
+/// the lock when dropped) and the key it printed.
+pub fn etcdctl_lock(endpoint: &str, prefix: &str) -> (ChildGuard, String) {
+    let mut child = ChildGuard(
+        std::process::Command::new("etcdctl")
+            .args(["--endpoints", endpoint, "lock", prefix])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(child.0.stdout.take().unwrap()), &mut line).unwrap();
+    (child, line.trim().to_string())
+}
+
+/// `etcdctl lock PREFIX` against `endpoint` without waiting: it queues behind the holder.
+pub fn etcdctl_lock_waiter(endpoint: &str, prefix: &str) -> ChildGuard {
+    ChildGuard(
+        std::process::Command::new("etcdctl")
+            .args(["--endpoints", endpoint, "lock", prefix])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    )
+}
+
 /// A child process killed (and reaped) on drop.
 pub struct ChildGuard(pub Child);
 
