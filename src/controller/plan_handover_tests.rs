@@ -26,6 +26,19 @@ fn line(pods: &[(&str, i64)]) -> Lines {
     [(P.to_string(), pods.iter().map(h).collect())].into()
 }
 
+/// What a plan observes: `v`'s pods with the keys they carry, `holder` holding the lock, `line`
+/// in etcd's order, and the open `requests`.
+fn observed<'a>(
+    ll: &'a LeaderLock,
+    v: &'a View,
+    holder: (&str, i64),
+    in_line: &[(&str, i64)],
+    requests: Vec<Arc<Handover>>,
+) -> Observed<'a> {
+    let current = v.pods.iter().map(|(n, p)| (n.clone(), p.keys())).collect();
+    Observed { ll, view: v, current, holders: holds(holder.0, holder.1), lines: line(in_line), requests, moved: Default::default() }
+}
+
 fn status_of<'a>(steps: &'a [Step], name: &str) -> Option<&'a HandoverStatus> {
     steps.iter().find_map(|s| match s {
         Step::Request { name: n, status } if n == name => Some(status),
@@ -40,16 +53,7 @@ fn a_handover_is_accepted_then_the_holder_demoted_then_the_lock_moved_then_the_t
     let ll = leaderlock(&["ledger"], None);
     let pods = [pod("a", 1, true, &LEADER_A), pod("b", 2, true, &[("leaderlock.dev/ledger", "standby")])];
     let v = view(&ll, &pods);
-    let current = v.pods.iter().map(|(n, p)| (n.clone(), p.keys())).collect();
-    let mut o = Observed {
-        ll: &ll,
-        view: &v,
-        current,
-        holders: holds("a", 7),
-        lines: line(&[("a", 7), ("b", 8)]),
-        requests: vec![request("r1", Some("b"), Some("a"))],
-        moved: Default::default(),
-    };
+    let mut o = observed(&ll, &v, ("a", 7), &[("a", 7), ("b", 8)], vec![request("r1", Some("b"), Some("a"))]);
     let before = before_etcd(&o, now());
     let accepted = status_of(&before, "r1").expect("accepted first");
     assert_eq!((accepted.phase, accepted.from.as_deref(), accepted.from_token.as_deref()), (Some(Phase::Pending), Some("a"), Some("7")));
@@ -72,16 +76,7 @@ fn a_step_down_carried_out_before_a_restart_is_not_carried_out_again() {
     let mut r = (*request("r1", None, None)).clone();
     r.status =
         Some(HandoverStatus { phase: Some(Phase::Pending), from: Some("a".into()), from_token: Some("7".into()), ..Default::default() });
-    let current = v.pods.iter().map(|(n, p)| (n.clone(), p.keys())).collect();
-    let o = Observed {
-        ll: &ll,
-        view: &v,
-        current,
-        holders: holds("b", 9),
-        lines: line(&[("b", 9), ("a", 10)]),
-        requests: vec![Arc::new(r)],
-        moved: Default::default(),
-    };
+    let o = observed(&ll, &v, ("b", 9), &[("b", 9), ("a", 10)], vec![Arc::new(r)]);
     let before = before_etcd(&o, now());
     assert!(!before.iter().any(|s| matches!(s, Step::Requeue { .. })), "{before:?}");
     assert_eq!(status_of(&before, "r1").and_then(|s| s.phase), Some(Phase::Done));
@@ -92,16 +87,7 @@ fn requests_that_cannot_be_made_as_asked_are_refused_and_move_nothing() {
     let ll = leaderlock(&["ledger"], None);
     let v = view(&ll, &[pod("a", 1, true, &LEADER_A), pod("b", 2, true, &[]), pod("c", 3, false, &[])]);
     let refusal = |r: Arc<Handover>, ll: &LeaderLock| {
-        let current = v.pods.iter().map(|(n, p)| (n.clone(), p.keys())).collect();
-        let o = Observed {
-            ll,
-            view: &v,
-            current,
-            holders: holds("a", 7),
-            lines: line(&[("a", 7), ("b", 8)]),
-            requests: vec![r],
-            moved: Default::default(),
-        };
+        let o = observed(ll, &v, ("a", 7), &[("a", 7), ("b", 8)], vec![r]);
         let steps = before_etcd(&o, now());
         assert!(!steps.iter().any(|s| matches!(s, Step::Requeue { .. })), "{steps:?}");
         let s = status_of(&steps, "r").cloned().unwrap();
@@ -130,16 +116,7 @@ fn of_two_open_requests_for_a_lock_the_newer_is_judged_and_the_older_superseded(
     let mut newer = (*request("r2", None, None)).clone();
     newer.metadata.creation_timestamp =
         Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(now() + jiff::SignedDuration::from_secs(1)));
-    let current = v.pods.iter().map(|(n, p)| (n.clone(), p.keys())).collect();
-    let o = Observed {
-        ll: &ll,
-        view: &v,
-        current,
-        holders: holds("a", 7),
-        lines: line(&[("a", 7), ("b", 8)]),
-        requests: vec![Arc::new(older), Arc::new(newer)],
-        moved: Default::default(),
-    };
+    let o = observed(&ll, &v, ("a", 7), &[("a", 7), ("b", 8)], vec![Arc::new(older), Arc::new(newer)]);
     let steps = before_etcd(&o, now());
     assert_eq!(status_of(&steps, "r1").and_then(|s| s.phase), Some(Phase::Superseded));
     assert!(steps.iter().any(|s| matches!(s, Step::Requeue { request, to: None, .. } if request.as_deref() == Some("r2"))));
@@ -150,16 +127,7 @@ fn a_paused_leaderlock_plans_no_etcd_change_and_keeps_a_holder_that_is_no_longer
     let mut ll = leaderlock(&["ledger"], None);
     ll.spec.paused = true;
     let v = view(&ll, &[pod("a", 1, false, &LEADER_A), pod("b", 2, true, &[("leaderlock.dev/ledger", "standby")])]);
-    let current = v.pods.iter().map(|(n, p)| (n.clone(), p.keys())).collect();
-    let o = Observed {
-        ll: &ll,
-        view: &v,
-        current,
-        holders: holds("a", 7),
-        lines: line(&[("a", 7), ("b", 8)]),
-        requests: vec![],
-        moved: Default::default(),
-    };
+    let o = observed(&ll, &v, ("a", 7), &[("a", 7), ("b", 8)], vec![]);
     let before = before_etcd(&o, now());
     assert!(before.iter().all(|s| matches!(s, Step::Claim(_))), "no pod write, no sync: {before:?}");
     let after = after_etcd(&o, now());
