@@ -75,37 +75,30 @@ func (k *kube) deletePod(ns, name string) error {
 	return k.cs.CoreV1().Pods(ns).Delete(context.Background(), name, metav1.DeleteOptions{GracePeriodSeconds: &zero})
 }
 
-// leaderLock creates a LeaderLock named name with one lock of the same name over pods ll=<name>.
-func (k *kube) leaderLock(ns, name string) error {
+// createLeaderLock creates LeaderLock name over pods ll=<name> with the given spec fields
+// besides the selector.
+func (k *kube) createLeaderLock(ns, name string, spec map[string]any) error {
+	spec["selector"] = map[string]any{"matchLabels": map[string]any{"ll": name}}
 	obj := &unstructured.Unstructured{Object: map[string]any{
 		"apiVersion": "leaderlock.dev/v1alpha1",
 		"kind":       "LeaderLock",
 		"metadata":   map[string]any{"name": name},
-		"spec": map[string]any{
-			"selector":   map[string]any{"matchLabels": map[string]any{"ll": name}},
-			"locks":      []any{map[string]any{"name": name}},
-			"ttlSeconds": int64(15),
-		},
+		"spec":       spec,
 	}}
 	_, err := k.dyn.Resource(llGVR).Namespace(ns).Create(context.Background(), obj, metav1.CreateOptions{})
 	return err
 }
 
+// leaderLock creates a LeaderLock named name with one lock of the same name over pods ll=<name>.
+func (k *kube) leaderLock(ns, name string) error {
+	return k.createLeaderLock(ns, name, map[string]any{"locks": []any{map[string]any{"name": name}}, "ttlSeconds": int64(15)})
+}
+
 // sharedLeaderLock creates a LeaderLock named name over pods ll=<name> whose one lock, also
 // named name, is the etcd prefix etcdKey: LeaderLocks of other clusters naming it share the lock.
 func (k *kube) sharedLeaderLock(ns, name, etcdKey string, ttl int) error {
-	obj := &unstructured.Unstructured{Object: map[string]any{
-		"apiVersion": "leaderlock.dev/v1alpha1",
-		"kind":       "LeaderLock",
-		"metadata":   map[string]any{"name": name},
-		"spec": map[string]any{
-			"selector":   map[string]any{"matchLabels": map[string]any{"ll": name}},
-			"locks":      []any{map[string]any{"name": name, "etcdKey": etcdKey}},
-			"ttlSeconds": int64(ttl),
-		},
-	}}
-	_, err := k.dyn.Resource(llGVR).Namespace(ns).Create(context.Background(), obj, metav1.CreateOptions{})
-	return err
+	lock := map[string]any{"name": name, "etcdKey": etcdKey}
+	return k.createLeaderLock(ns, name, map[string]any{"locks": []any{lock}, "ttlSeconds": int64(ttl)})
 }
 
 // rawMetrics is apiserver_request_total summed by verb/resource/subresource.

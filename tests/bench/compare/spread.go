@@ -245,18 +245,8 @@ func fmtCounts(counts map[string]int64) string {
 // spreadLeaderLock creates LeaderLock name with `shards` shards placed by Spread, no
 // stabilisation delay, over pods ll=<name>.
 func spreadLeaderLock(ns, name string, shards int) error {
-	obj := &unstructured.Unstructured{Object: map[string]any{
-		"apiVersion": "leaderlock.dev/v1alpha1",
-		"kind":       "LeaderLock",
-		"metadata":   map[string]any{"name": name},
-		"spec": map[string]any{
-			"selector":  map[string]any{"matchLabels": map[string]any{"ll": name}},
-			"shards":    int64(shards),
-			"placement": map[string]any{"policy": "Spread", "stabilizationSeconds": int64(0)},
-		},
-	}}
-	_, err := k.dyn.Resource(llGVR).Namespace(ns).Create(context.Background(), obj, metav1.CreateOptions{})
-	return err
+	placement := map[string]any{"policy": "Spread", "stabilizationSeconds": int64(0)}
+	return k.createLeaderLock(ns, name, map[string]any{"shards": int64(shards), "placement": placement})
 }
 
 // llVersion is the LeaderLock's resourceVersion: unchanged means nothing wrote it.
