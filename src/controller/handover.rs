@@ -158,13 +158,23 @@ fn pod_of(h: &Holder, pods: &[Arc<PodInfo>]) -> Option<String> {
     by_uid.or_else(|| h.name.as_deref().and_then(|n| n.rsplit_once('/')).map(|(_, pod)| pod.to_string()))
 }
 
+/// `r`'s status (keeping what it recorded, e.g. `from`) in a final `phase`.
 fn settled(r: &Handover, phase: Phase, reason: &str, message: &str, now: jiff::Timestamp) -> HandoverStatus {
-    let mut s = r.status.clone().unwrap_or_default();
+    final_status(r.status.clone().unwrap_or_default(), phase, reason, message, now)
+}
+
+fn final_status(mut s: HandoverStatus, phase: Phase, reason: &str, message: &str, now: jiff::Timestamp) -> HandoverStatus {
     s.phase = Some(phase);
     s.reason = Some(reason.into());
     s.message = Some(message.into());
     s.completion_time = Some(rfc3339(now));
     s
+}
+
+/// A refusal decided outside judging (when the keys no longer allow the move, or no LeaderLock
+/// exists), in the same form as the judged ones.
+pub fn refused(reason: &str, message: &str, now: jiff::Timestamp) -> HandoverStatus {
+    final_status(HandoverStatus::default(), Phase::Refused, reason, message, now)
 }
 
 fn done(r: &Handover, reason: &str, holder: &Holder, pod: Option<String>, now: jiff::Timestamp) -> Verdict {

@@ -14,9 +14,7 @@ use crate::resource::handover::{Handover, HandoverStatus, Phase, reasons};
 /// Applies `status` to the Handover `name` and remembers it until the watch shows it; announces
 /// a final phase with one Event (best effort: the status already says it).
 pub async fn write_status(ctx: &Context, ns: &str, name: &str, status: &HandoverStatus) -> Result<()> {
-    let api: Api<Handover> = Api::namespaced(ctx.client.clone(), ns);
-    let patch = json!({"apiVersion": "leaderlock.dev/v1alpha1", "kind": "Handover", "status": status});
-    let updated = match api.patch_status(name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch)).await {
+    let updated = match apply_status(&ctx.client, ns, name, status).await {
         Ok(updated) => updated,
         // Deleted meanwhile: nobody is left to read the outcome.
         Err(kube::Error::Api(e)) if e.code == 404 => return Ok(()),
@@ -28,6 +26,13 @@ pub async fn write_status(ctx: &Context, ns: &str, name: &str, status: &Handover
         announce(ctx, &updated, status).await;
     }
     Ok(())
+}
+
+/// Server-side applies `status` to the Handover `name`, as the controller's one field manager.
+async fn apply_status(client: &kube::Client, ns: &str, name: &str, status: &HandoverStatus) -> Result<Handover, kube::Error> {
+    let api: Api<Handover> = Api::namespaced(client.clone(), ns);
+    let patch = json!({"apiVersion": "leaderlock.dev/v1alpha1", "kind": "Handover", "status": status});
+    api.patch_status(name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch)).await
 }
 
 async fn announce(ctx: &Context, r: &Handover, status: &HandoverStatus) {
@@ -67,13 +72,7 @@ pub async fn hand_over(
                 Unmovable::NobodyNext => reasons::NO_OTHER_CANDIDATE,
                 Unmovable::NotQueued | Unmovable::AlreadyHolder | Unmovable::HolderChanged { .. } => reasons::NOT_CANDIDATE,
             };
-            let status = HandoverStatus {
-                phase: Some(Phase::Refused),
-                reason: Some(reason.into()),
-                message: Some(format!("lock {lock:?}: {why}")),
-                completion_time: Some(jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string()),
-                ..Default::default()
-            };
+            let status = super::handover::refused(reason, &format!("lock {lock:?}: {why}"), jiff::Timestamp::now());
             write_status(ctx, ns, request, &status).await?;
             Ok(false)
         }
@@ -84,16 +83,9 @@ pub async fn hand_over(
 /// logged, and the next event of the request tries again.
 pub async fn refuse_orphan(client: &kube::Client, r: &Handover) {
     let (Some(ns), name) = (r.namespace(), r.name_any()) else { return };
-    let status = HandoverStatus {
-        phase: Some(Phase::Refused),
-        reason: Some(reasons::LEADER_LOCK_NOT_FOUND.into()),
-        message: Some(format!("there is no LeaderLock {:?} in namespace {ns}", r.spec.leader_lock)),
-        completion_time: Some(jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string()),
-        ..Default::default()
-    };
-    let api: Api<Handover> = Api::namespaced(client.clone(), &ns);
-    let patch = json!({"apiVersion": "leaderlock.dev/v1alpha1", "kind": "Handover", "status": status});
-    if let Err(e) = api.patch_status(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch)).await {
+    let message = format!("there is no LeaderLock {:?} in namespace {ns}", r.spec.leader_lock);
+    let status = super::handover::refused(reasons::LEADER_LOCK_NOT_FOUND, &message, jiff::Timestamp::now());
+    if let Err(e) = apply_status(client, &ns, &name, &status).await {
         tracing::warn!(handover = name, namespace = ns, error = %e, "cannot refuse a Handover naming no LeaderLock");
     }
 }
