@@ -31,6 +31,7 @@ chaos: deps ## All fault scenarios with the independent checker; writes CHAOS.md
 	hack/chaos.sh
 
 lint: ## cargo fmt --check and clippy with warnings as errors (CI runs it before make test)
+	@hack/ensure-deps.sh
 	cargo fmt --check
 	cargo clippy --locked --all-targets -- -D warnings
 
