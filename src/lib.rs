@@ -15,6 +15,9 @@ pub mod contract;
 pub mod controller;
 /// etcd access: connection, leases, the one-watch mirror, the lock engine [§4].
 pub mod etcd;
+/// Test fixtures shared by every module's unit tests.
+#[cfg(test)]
+pub(crate) mod fixtures;
 /// `/metrics`, `/healthz`, `/readyz` [§5].
 pub mod http;
 /// In-memory indexes over LeaderLocks and pods: what one reconcile or one pod event concerns.

@@ -44,14 +44,15 @@ pub struct Candidate {
     pub name: String,
 }
 
-/// Who holds a lock.
+/// One key in a lock's line; the first one holds the lock.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Holder {
+pub struct LockKey {
     pub key: String,
-    /// The holder key's create revision: strictly increasing from holder to holder.
+    /// The key's create revision: the fencing token while it holds, strictly increasing from
+    /// holder to holder.
     pub token: i64,
-    /// `Some(candidate id)` for our keys, `None` for a holder outside LeaderLock.
-    pub candidate: Option<String>,
+    /// `Some(candidate id)` for our keys, `None` for a key outside LeaderLock.
+    pub owner: Option<String>,
     /// The name recorded in the value, for our keys.
     pub name: Option<String>,
 }
@@ -73,15 +74,15 @@ pub fn candidate_key(prefix: &str, id: &str) -> String {
     format!("{prefix}/{id}")
 }
 
-/// The candidate a key suffix belongs to: `<id>`, or `<id>.<n>` once [`requeue`] sent the key to
-/// the back of the line (a transaction cannot delete and create the same key, so a requeued key
+/// The candidate a key suffix belongs to: `<id>`, or `<id>.<n>` once [`plan_move`] sent the key to
+/// the back of the line (a transaction cannot delete and create the same key, so a moved key
 /// gets the next name). Pod UIDs have no dot.
 pub fn candidate_id(suffix: &str) -> &str {
     suffix.split_once('.').map_or(suffix, |(id, _)| id)
 }
 
-/// The name a requeued key is created under: `<id>.1`, then `<id>.2`, ...
-fn requeued_key(key: &str) -> String {
+/// The name a moved key is created under: `<id>.1`, then `<id>.2`, ...
+fn moved_key(key: &str) -> String {
     let (dir, suffix) = key.rsplit_once('/').unwrap_or(("", key));
     let next = match suffix.split_once('.') {
         Some((id, n)) => format!("{id}.{}", n.parse::<u64>().map_or(1, |n| n + 1)),
@@ -104,20 +105,20 @@ fn keys_of<'a>(prefix: &str, keys: &'a [KeyState]) -> Vec<&'a KeyState> {
 }
 
 /// The holder of the lock `prefix`: the key with the lowest create revision, ours or not.
-pub fn holder(prefix: &str, keys: &[KeyState]) -> Option<Holder> {
-    keys_of(prefix, keys).first().map(|k| as_holder(prefix, k))
+pub fn holder(prefix: &str, keys: &[KeyState]) -> Option<LockKey> {
+    keys_of(prefix, keys).first().map(|k| as_lock_key(prefix, k))
 }
 
-/// Everyone in line for the lock `prefix`, holder first: each key as a [`Holder`] (its create
+/// Everyone in line for the lock `prefix`, holder first: each key as a [`LockKey`] (its create
 /// revision is the token it would hold with).
-pub fn line(prefix: &str, keys: &[KeyState]) -> Vec<Holder> {
-    keys_of(prefix, keys).iter().map(|k| as_holder(prefix, k)).collect()
+pub fn line(prefix: &str, keys: &[KeyState]) -> Vec<LockKey> {
+    keys_of(prefix, keys).iter().map(|k| as_lock_key(prefix, k)).collect()
 }
 
-fn as_holder(prefix: &str, k: &KeyState) -> Holder {
+fn as_lock_key(prefix: &str, k: &KeyState) -> LockKey {
     let name = k.candidate_name().map(str::to_string);
     let id = candidate_id(&k.key[prefix.len() + 1..]).to_string();
-    Holder { key: k.key.clone(), token: k.create_revision, candidate: name.as_ref().map(|_| id), name }
+    LockKey { key: k.key.clone(), token: k.create_revision, owner: name.as_ref().map(|_| id), name }
 }
 
 /// The operations that make the keys under `prefix` match `wanted`: a key for each wanted
@@ -185,10 +186,10 @@ pub enum Unmovable {
 /// revision, and the recipe needs every key's to be distinct (it is the fencing token, and a
 /// `Mutex` waiter waits only for keys with a lower one).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Requeue {
+pub struct Move {
     /// The transaction: guarded deletes, then the guarded create of the holder's new key.
     pub ops: Vec<Op>,
-    /// Guarded creates of the other requeued keys, each in its own transaction, in order.
+    /// Guarded creates of the other moved keys, each in its own transaction, in order.
     pub then: Vec<Op>,
     /// The key that leads once the transaction lands, and its create revision (the new fencing
     /// token), which the transaction also checks.
@@ -197,7 +198,7 @@ pub struct Requeue {
 
 /// Plans the handover of the lock `prefix`, whose holder must still have the fencing token
 /// `holder_token`, to `target`.
-pub fn requeue(prefix: &str, keys: &[KeyState], holder_token: i64, target: Target) -> Result<Requeue, Unmovable> {
+pub fn plan_move(prefix: &str, keys: &[KeyState], holder_token: i64, target: Target) -> Result<Move, Unmovable> {
     let dir = format!("{prefix}/");
     let line = keys_of(prefix, keys);
     let front = line.first().ok_or(Unmovable::NoHolder)?;
@@ -222,9 +223,9 @@ pub fn requeue(prefix: &str, keys: &[KeyState], holder_token: i64, target: Targe
         return Err(Unmovable::ExternalAhead { key: k.key.clone() });
     }
     let mut ops: Vec<Op> = ahead.iter().map(|k| Op::Delete { key: k.key.clone(), create_revision: k.create_revision }).collect();
-    let mut creates = ahead.iter().map(|k| Op::Create { key: requeued_key(&k.key), value: k.value.clone(), lease: k.lease });
+    let mut creates = ahead.iter().map(|k| Op::Create { key: moved_key(&k.key), value: k.value.clone(), lease: k.lease });
     ops.extend(creates.next());
-    Ok(Requeue { ops, then: creates.collect(), target: (to.key.clone(), to.create_revision) })
+    Ok(Move { ops, then: creates.collect(), target: (to.key.clone(), to.create_revision) })
 }
 
 /// Puts `previous` (the last known holder) first, keeping the others' order: after a lost lease
@@ -276,7 +277,7 @@ mod tests {
             }
             self.rev = rev;
         }
-        fn requeue(&mut self, r: &Requeue) {
+        fn apply_move(&mut self, r: &Move) {
             self.txn(&r.ops);
             self.apply(&r.then);
         }
@@ -312,7 +313,7 @@ mod tests {
         let mut etcd = FakeEtcd::default();
         etcd.apply(&plan(P, &[], &[cand(2), cand(1)], 7));
         let h = holder(P, &etcd.view()).unwrap();
-        assert_eq!(h.candidate.as_deref(), Some("uid-2"));
+        assert_eq!(h.owner.as_deref(), Some("uid-2"));
         assert_eq!(h.name.as_deref(), Some("ns/pod-2"));
         assert_eq!(h.token, 1);
     }
@@ -325,7 +326,7 @@ mod tests {
         assert_eq!(ops.len(), 1, "only our candidate's key is created: {ops:?}");
         etcd.apply(&ops);
         let h = holder(P, &etcd.view()).unwrap();
-        assert_eq!((h.key.as_str(), h.candidate), (&*format!("{P}/694d9a1b2c3d"), None));
+        assert_eq!((h.key.as_str(), h.owner), (&*format!("{P}/694d9a1b2c3d"), None));
         assert!(plan(P, &etcd.view(), &[], 7).iter().all(|op| matches!(op, Op::Delete { key, .. } if key.ends_with("uid-1"))));
     }
 
@@ -365,21 +366,21 @@ mod tests {
     fn a_handover_sends_the_keys_ahead_of_the_target_to_the_back_in_their_order() {
         let mut etcd = FakeEtcd::default();
         etcd.apply(&plan(P, &[], &[cand(1), cand(2), cand(3), cand(4)], 7));
-        let r = requeue(P, &etcd.view(), 1, Target::Candidate("uid-3")).unwrap();
+        let r = plan_move(P, &etcd.view(), 1, Target::Candidate("uid-3")).unwrap();
         assert_eq!(r.target, (format!("{P}/uid-3"), 3));
-        etcd.requeue(&r);
+        etcd.apply_move(&r);
         assert_eq!(line(&etcd), ["uid-3", "uid-4", "uid-1.1", "uid-2.1"]);
-        assert_eq!(holder(P, &etcd.view()).unwrap().candidate.as_deref(), Some("uid-3"));
-        // The requeued keys are still their candidates' keys: nothing to create or delete.
+        assert_eq!(holder(P, &etcd.view()).unwrap().owner.as_deref(), Some("uid-3"));
+        // The moved keys are still their candidates' keys: nothing to create or delete.
         assert_eq!(plan(P, &etcd.view(), &[cand(1), cand(2), cand(3), cand(4)], 7), []);
-        // A step-down moves only the holder; a requeued key is renamed again.
+        // A step-down moves only the holder; a moved key is renamed again.
         let token = holder(P, &etcd.view()).unwrap().token;
-        etcd.requeue(&requeue(P, &etcd.view(), token, Target::Next).unwrap());
+        etcd.apply_move(&plan_move(P, &etcd.view(), token, Target::Next).unwrap());
         let token = holder(P, &etcd.view()).unwrap().token;
-        etcd.requeue(&requeue(P, &etcd.view(), token, Target::Candidate("uid-1")).unwrap());
+        etcd.apply_move(&plan_move(P, &etcd.view(), token, Target::Candidate("uid-1")).unwrap());
         assert_eq!(line(&etcd), ["uid-1.1", "uid-2.1", "uid-3.1", "uid-4.1"]);
         let token = holder(P, &etcd.view()).unwrap().token;
-        etcd.requeue(&requeue(P, &etcd.view(), token, Target::Next).unwrap());
+        etcd.apply_move(&plan_move(P, &etcd.view(), token, Target::Next).unwrap());
         assert_eq!(line(&etcd), ["uid-2.1", "uid-3.1", "uid-4.1", "uid-1.2"]);
     }
 
@@ -388,21 +389,21 @@ mod tests {
         let mut etcd = FakeEtcd::default();
         etcd.apply(&plan(P, &[], &[cand(1), cand(2)], 7));
         let keys = etcd.view();
-        assert_eq!(requeue(P, &keys, 9, Target::Next), Err(Unmovable::HolderChanged { expected: 9, now: 1 }));
-        assert_eq!(requeue(P, &keys, 1, Target::Candidate("uid-1")), Err(Unmovable::AlreadyHolder));
-        assert_eq!(requeue(P, &keys, 1, Target::Candidate("uid-7")), Err(Unmovable::NotQueued));
-        assert_eq!(requeue(P, &[], 1, Target::Next), Err(Unmovable::NoHolder));
+        assert_eq!(plan_move(P, &keys, 9, Target::Next), Err(Unmovable::HolderChanged { expected: 9, now: 1 }));
+        assert_eq!(plan_move(P, &keys, 1, Target::Candidate("uid-1")), Err(Unmovable::AlreadyHolder));
+        assert_eq!(plan_move(P, &keys, 1, Target::Candidate("uid-7")), Err(Unmovable::NotQueued));
+        assert_eq!(plan_move(P, &[], 1, Target::Next), Err(Unmovable::NoHolder));
         etcd.put(&format!("{P}/694d"), b"", 99); // an `etcdctl lock` waiter, after uid-2
         etcd.apply(&plan(P, &etcd.view(), &[cand(1), cand(2), cand(3)], 7));
         let keys = etcd.view();
-        assert_eq!(requeue(P, &keys, 1, Target::Candidate("uid-3")), Err(Unmovable::ExternalAhead { key: format!("{P}/694d") }));
-        assert!(requeue(P, &keys, 1, Target::Candidate("uid-2")).is_ok());
+        assert_eq!(plan_move(P, &keys, 1, Target::Candidate("uid-3")), Err(Unmovable::ExternalAhead { key: format!("{P}/694d") }));
+        assert!(plan_move(P, &keys, 1, Target::Candidate("uid-2")).is_ok());
         let mut single = FakeEtcd::default();
         single.apply(&plan(P, &[], &[cand(1)], 7));
-        assert_eq!(requeue(P, &single.view(), 1, Target::Next), Err(Unmovable::NobodyNext));
+        assert_eq!(plan_move(P, &single.view(), 1, Target::Next), Err(Unmovable::NobodyNext));
         let mut outside = FakeEtcd::default();
         outside.put(&format!("{P}/694d"), b"", 99);
-        assert_eq!(requeue(P, &outside.view(), 1, Target::Next), Err(Unmovable::ExternalHolder { key: format!("{P}/694d") }));
+        assert_eq!(plan_move(P, &outside.view(), 1, Target::Next), Err(Unmovable::ExternalHolder { key: format!("{P}/694d") }));
     }
 
     /// A step of a random history: candidates join and leave, outsiders lock, leases change.
@@ -445,8 +446,8 @@ mod tests {
                         let token = holder(P, &before).map_or(0, |h| h.token);
                         let id = to.map(|i| format!("uid-{i}"));
                         let target = id.as_deref().map_or(Target::Next, Target::Candidate);
-                        if let Ok(r) = requeue(P, &before, token, target) {
-                            etcd.requeue(&r);
+                        if let Ok(r) = plan_move(P, &before, token, target) {
+                            etcd.apply_move(&r);
                             let h = holder(P, &etcd.view()).unwrap();
                             prop_assert_eq!((&h.key, h.token), (&r.target.0, r.target.1));
                             prop_assert!(h.token > token, "the new holder's token grows");

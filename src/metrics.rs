@@ -243,18 +243,18 @@ mod tests {
         let m = Metrics::default();
         let written = Arc::new(Mutex::new(vec![1, 2, 3]));
         let source = written.clone();
-        m.sample_map("written_pods", Box::new(move || lock(&source).len()));
+        m.sample_map("expected_pods", Box::new(move || lock(&source).len()));
         m.sample_map("last_holder", Box::new(|| 0));
         let text = m.render();
         assert!(text.contains("# TYPE leaderlock_map_entries gauge\n"), "{text}");
         assert!(text.contains("leaderlock_map_entries{map=\"last_holder\"} 0\n"), "{text}");
-        assert!(text.contains("leaderlock_map_entries{map=\"written_pods\"} 3\n"), "{text}");
+        assert!(text.contains("leaderlock_map_entries{map=\"expected_pods\"} 3\n"), "{text}");
         lock(&written).clear();
-        assert!(m.render().contains("leaderlock_map_entries{map=\"written_pods\"} 0\n"));
+        assert!(m.render().contains("leaderlock_map_entries{map=\"expected_pods\"} 0\n"));
         // A second sampler under the same name replaces the first rather than adding a series.
-        m.sample_map("written_pods", Box::new(|| 7));
+        m.sample_map("expected_pods", Box::new(|| 7));
         let text = m.render();
-        assert_eq!(text.matches("map=\"written_pods\"").count(), 1, "{text}");
-        assert!(text.contains("leaderlock_map_entries{map=\"written_pods\"} 7\n"), "{text}");
+        assert_eq!(text.matches("map=\"expected_pods\"").count(), 1, "{text}");
+        assert!(text.contains("leaderlock_map_entries{map=\"expected_pods\"} 7\n"), "{text}");
     }
 }

@@ -131,24 +131,11 @@ pub fn selector_problem(sel: &k8s_openapi::apimachinery::pkg::apis::meta::v1::La
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::resource::LeaderLockSpec;
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelectorRequirement, Time};
+    use crate::fixtures::{self, SpecBuilder};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelectorRequirement};
 
     fn ll(name: &str, age_secs: i64, locks: &[(&str, Option<&str>)]) -> Arc<LeaderLock> {
-        let mut l = LeaderLock::new(
-            name,
-            LeaderLockSpec {
-                selector: LabelSelector::default(),
-                locks: Some(locks.iter().map(|(n, k)| LockSpec { name: n.to_string(), etcd_key: k.map(str::to_string) }).collect()),
-                shards: None,
-                placement: None,
-                ttl_seconds: 15,
-                pod_labels: false,
-                paused: false,
-            },
-        );
-        l.metadata.creation_timestamp = Some(Time(jiff::Timestamp::from_second(1_700_000_000 + age_secs).unwrap()));
-        Arc::new(l)
+        Arc::new(fixtures::named(name, age_secs, fixtures::spec().locks(locks)))
     }
 
     fn prefix_of(_ns: &str, lock: &LockSpec) -> Result<String, String> {

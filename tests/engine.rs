@@ -136,7 +136,7 @@ async fn deleting_the_holder_key_hands_the_lock_to_the_next_candidate_within_100
     let prefix = engine.lock_prefix("shop", "ledger", None).unwrap();
     engine.sync(&prefix, &cands(3), 15).await.unwrap();
     let first = engine.holder(&prefix).unwrap();
-    assert_eq!(first.candidate.as_deref(), Some("uid-0"));
+    assert_eq!(first.owner.as_deref(), Some("uid-0"));
 
     let mut rx = engine.mirror().subscribe();
     let mut other = etcd_client::Client::connect([endpoint.as_str()], None).await.unwrap();
@@ -151,7 +151,7 @@ async fn deleting_the_holder_key_hands_the_lock_to_the_next_candidate_within_100
     };
     let took = start.elapsed();
     assert!(engine.mirror().last_delete(&prefix).is_some(), "the deletion is timed for the failover latency");
-    assert_eq!(next.candidate.as_deref(), Some("uid-1"), "next in create-revision order");
+    assert_eq!(next.owner.as_deref(), Some("uid-1"), "next in create-revision order");
     assert!(next.token > first.token, "fencing token must grow");
     assert!(took < Duration::from_millis(100), "hand-over took {took:?}");
 }
@@ -166,13 +166,12 @@ async fn etcdctl_lock_holder_is_external_and_its_release_hands_the_lock_to_our_f
 
     engine.sync(&prefix, &cands(2), 15).await.unwrap();
     let h = engine.holder(&prefix).unwrap();
-    assert_eq!((h.key.as_str(), h.candidate.as_deref()), (external_key.as_str(), None), "holder must be etcdctl's key");
+    assert_eq!((h.key.as_str(), h.owner.as_deref()), (external_key.as_str(), None), "holder must be etcdctl's key");
 
     etcdctl.terminate();
     let h =
-        until_mirror(&engine, "our candidate to hold", Duration::from_secs(10), |e| e.holder(&prefix).filter(|h| h.candidate.is_some()))
-            .await;
-    assert_eq!(h.candidate.as_deref(), Some("uid-0"));
+        until_mirror(&engine, "our candidate to hold", Duration::from_secs(10), |e| e.holder(&prefix).filter(|h| h.owner.is_some())).await;
+    assert_eq!(h.owner.as_deref(), Some("uid-0"));
     assert_eq!(engine.sync(&prefix, &cands(2), 15).await.unwrap(), vec![], "the external key was never ours to touch");
 }
 
@@ -189,7 +188,7 @@ async fn etcdctl_lock_and_go_mutex_wait_while_we_hold_and_acquire_in_order_when_
     mutex.wait_line("waiting", Duration::from_secs(10));
     until_mirror(&engine, "the Go mutex's key", Duration::from_secs(10), |e| (e.keys(&prefix).len() == 3).then_some(())).await;
     // Both peers have their keys and watch ours: they must not have acquired.
-    assert_eq!(engine.holder(&prefix).unwrap().candidate.as_deref(), Some("uid-0"));
+    assert_eq!(engine.holder(&prefix).unwrap().owner.as_deref(), Some("uid-0"));
     assert!(!etcdctl.has_printed(&prefix), "etcdctl acquired while our candidate held the lock");
     assert!(!mutex.has_printed("acquired"), "Go Mutex acquired while our candidate held the lock");
 
@@ -269,10 +268,10 @@ async fn keys_from_before_cluster_identities_are_adopted_without_a_write_and_oth
     };
     let engine = Engine::start(client, cfg).await.unwrap();
     assert_eq!(engine.sync(&own, &cands(2), 15).await.unwrap(), vec![], "adopting old keys writes nothing");
-    assert_eq!(engine.holder(&own).and_then(|h| h.candidate).as_deref(), Some("uid-0"), "the holder stays");
+    assert_eq!(engine.holder(&own).and_then(|h| h.owner).as_deref(), Some("uid-0"), "the holder stays");
     assert_eq!(engine.sync(&shared, &cands(1), 15).await.unwrap(), vec![]);
     let holder = engine.holder(&shared).unwrap();
-    assert_eq!((holder.key.as_str(), holder.candidate), ("/legacy/locks/job/uid-x", None), "not ours: a foreign holder");
+    assert_eq!((holder.key.as_str(), holder.owner), ("/legacy/locks/job/uid-x", None), "not ours: a foreign holder");
     assert_eq!(revision(&etcd.endpoint()).await, before, "the upgrade wrote to etcd");
 
     // Leaving the shared lock deletes our old key, never theirs.
@@ -289,7 +288,7 @@ async fn after_a_lost_lease_keys_are_recreated_with_the_previous_holder_first() 
     let order = vec![cand(2), cand(0), cand(1)];
     engine.sync(&prefix, &order, 15).await.unwrap();
     let before = engine.holder(&prefix).unwrap();
-    assert_eq!(before.candidate.as_deref(), Some("uid-2"));
+    assert_eq!(before.owner.as_deref(), Some("uid-2"));
 
     // The lease expires behind our back (an outage longer than the TTL).
     let session = engine.leases().session(15).unwrap();
@@ -302,7 +301,7 @@ async fn after_a_lost_lease_keys_are_recreated_with_the_previous_holder_first() 
 
     engine.sync(&prefix, &cands(3), 15).await.unwrap(); // plain order: uid-0 first
     let after = engine.holder(&prefix).unwrap();
-    assert_eq!(after.candidate.as_deref(), Some("uid-2"), "the previous holder must keep the lock");
+    assert_eq!(after.owner.as_deref(), Some("uid-2"), "the previous holder must keep the lock");
     assert!(after.token > before.token);
     assert_ne!(engine.leases().live_id(15), Some(lease), "a new lease replaces the lost one");
 }
@@ -342,7 +341,7 @@ async fn tls_with_client_certificates_and_password_auth() {
     .unwrap();
     let prefix = engine.lock_prefix("shop", "ledger", None).unwrap();
     engine.sync(&prefix, &cands(2), 15).await.unwrap();
-    assert_eq!(engine.holder(&prefix).unwrap().candidate.as_deref(), Some("uid-0"));
+    assert_eq!(engine.holder(&prefix).unwrap().owner.as_deref(), Some("uid-0"));
 
     cfg.password = Some("wrong".into());
     let err = connect(&cfg).await.err().expect("a wrong password must be refused");
@@ -367,7 +366,7 @@ async fn the_mirror_resumes_after_an_etcd_restart() {
         e.holder(&prefix).filter(|h| h.key != first.key)
     })
     .await;
-    assert_eq!(h.candidate.as_deref(), Some("uid-1"));
+    assert_eq!(h.owner.as_deref(), Some("uid-1"));
     assert!(engine.mirror().restarts() >= 1);
     // The engine writes again once etcd is back: the deleted candidate rejoins.
     assert_eq!(engine.sync(&prefix, &cands(2), 30).await.unwrap().len(), 1);
@@ -392,7 +391,7 @@ async fn a_partitioned_mirror_relists_when_its_revision_was_compacted() {
 
     let h =
         until_mirror(&engine, "the relisted mirror", Duration::from_secs(20), |e| e.holder(&prefix).filter(|h| h.key != first.key)).await;
-    assert_eq!(h.candidate.as_deref(), Some("uid-1"));
+    assert_eq!(h.owner.as_deref(), Some("uid-1"));
 }
 
 #[test]

@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use crate::lock::Holder;
+use crate::lock::LockKey;
 use crate::pods::PodInfo;
 use crate::resolve::Resolution;
 use crate::resource::LeaderLock;
@@ -38,7 +38,7 @@ pub struct Facts<'a> {
     /// Every pod of the view (to name a holder that is no longer a candidate).
     pub pods: &'a [Arc<PodInfo>],
     /// Each lock prefix's line, holder first.
-    pub line: &'a dyn Fn(&str) -> Vec<Holder>,
+    pub line: &'a dyn Fn(&str) -> Vec<LockKey>,
     pub now: jiff::Timestamp,
 }
 
@@ -106,14 +106,14 @@ fn judge_one(r: &Handover, f: &Facts) -> Verdict {
             return refuse(reasons::NOT_HOLDER, format!("the holder of lock {lock:?} changed before the handover was made"));
         }
     }
-    if holder.candidate.is_none() {
+    if holder.owner.is_none() {
         let name = holder.name.clone().unwrap_or_else(|| format!("etcd:{}", holder.key));
         return refuse(
             reasons::EXTERNAL_HOLDER,
             format!("lock {lock:?} is held by {name}, outside this cluster's LeaderLock; only its owner can release it"),
         );
     }
-    let holder_name = holder_pod.clone().unwrap_or_else(|| holder.candidate.clone().unwrap_or_default());
+    let holder_name = holder_pod.clone().unwrap_or_else(|| holder.owner.clone().unwrap_or_default());
     if let Some(want) = &r.spec.if_holder
         && want != &holder_name
     {
@@ -132,8 +132,8 @@ fn judge_one(r: &Handover, f: &Facts) -> Verdict {
         None => None,
     };
     if let Some(id) = &to
-        && let Some(target_at) = line.iter().position(|h| h.candidate.as_ref() == Some(id))
-        && let Some(outside) = line[..target_at].iter().find(|h| h.candidate.is_none())
+        && let Some(target_at) = line.iter().position(|h| h.owner.as_ref() == Some(id))
+        && let Some(outside) = line[..target_at].iter().find(|h| h.owner.is_none())
     {
         let name = outside.name.clone().unwrap_or_else(|| format!("etcd:{}", outside.key));
         return refuse(
@@ -152,8 +152,8 @@ fn judge_one(r: &Handover, f: &Facts) -> Verdict {
 
 /// The pod (by name) whose key `h` is: a candidate's, or, for a pod no longer candidate, the name
 /// its key records.
-fn pod_of(h: &Holder, pods: &[Arc<PodInfo>]) -> Option<String> {
-    let id = h.candidate.as_deref()?;
+fn pod_of(h: &LockKey, pods: &[Arc<PodInfo>]) -> Option<String> {
+    let id = h.owner.as_deref()?;
     let by_uid = pods.iter().find(|p| p.uid.as_deref() == Some(id)).map(|p| p.name.clone());
     by_uid.or_else(|| h.name.as_deref().and_then(|n| n.rsplit_once('/')).map(|(_, pod)| pod.to_string()))
 }
@@ -177,8 +177,8 @@ pub fn refused(reason: &str, message: &str, now: jiff::Timestamp) -> HandoverSta
     final_status(HandoverStatus::default(), Phase::Refused, reason, message, now)
 }
 
-fn done(r: &Handover, reason: &str, holder: &Holder, pod: Option<String>, now: jiff::Timestamp) -> Verdict {
-    let holder_name = pod.unwrap_or_else(|| holder.candidate.clone().unwrap_or_default());
+fn done(r: &Handover, reason: &str, holder: &LockKey, pod: Option<String>, now: jiff::Timestamp) -> Verdict {
+    let holder_name = pod.unwrap_or_else(|| holder.owner.clone().unwrap_or_default());
     let message = format!("{holder_name} holds lock {:?} with fencing token {}", r.spec.lock, holder.token);
     let mut s = settled(r, Phase::Done, reason, &message, now);
     s.holder = Some(holder_name);

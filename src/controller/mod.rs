@@ -11,22 +11,23 @@
 //!
 //! Nothing here polls: every reconcile is triggered by a LeaderLock, a pod or an etcd change.
 //! One concern per module: [`plan`] decides (pure), [`reconcile`] applies, [`status`] builds the
-//! status (pure), [`written`] remembers our writes, [`wiring`] feeds the streams, [`fencing`]
+//! status (pure), [`expectations`] remembers our writes until the watch shows them, [`wiring`] feeds the streams, [`lease_risk`]
 //! demotes the holders of a lease at risk.
 
 mod cleanup;
 mod error;
 mod events;
-mod fencing;
+pub mod expectations;
 pub mod handover;
+mod lease_risk;
 pub mod placement;
 pub mod plan;
 mod pod_writes;
 mod reconcile;
 mod requests;
+pub mod snapshot;
 pub mod status;
 mod wiring;
-pub mod written;
 
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -37,9 +38,9 @@ use kube::runtime::controller::Action;
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 
 pub use error::{Error, Result};
-pub use fencing::demote_before_exit;
+pub use expectations::Expectations;
+pub use lease_risk::demote_before_exit;
 pub use wiring::{Settings, run};
-pub use written::Written;
 
 use crate::etcd::engine::Engine;
 use crate::index::Index;
@@ -69,27 +70,27 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     /// Our status writes the watch has not delivered yet: a reconcile reading an older copy
     /// would announce a holder change twice.
-    pub written: Arc<Written<LeaderLockStatus>>,
+    pub expected_status: Arc<Expectations<LeaderLockStatus>>,
     /// Our pod key writes the watch has not delivered yet: a reconcile reading an older copy
     /// could skip the demotion of a pod it just promoted.
-    pub written_pods: Arc<Written<PodKeys>>,
+    pub expected_pods: Arc<Expectations<PodKeys>>,
     /// Every Handover request, as the watch delivered them.
     pub requests: kube::runtime::reflector::Store<Handover>,
     /// Our Handover status writes the watch has not delivered yet: a reconcile reading an older
     /// copy could carry out a request twice.
-    pub written_requests: Arc<Written<HandoverStatus>>,
+    pub expected_requests: Arc<Expectations<HandoverStatus>>,
 }
 
 /// The controller's maps that live as long as the objects they track, so that their sizes can
 /// be exported (`leaderlock_map_entries{map=...}`) and watched under churn.
 #[derive(Clone, Default)]
 pub struct Maps {
-    /// See [`Context::written`].
-    pub written: Arc<Written<LeaderLockStatus>>,
-    /// See [`Context::written_pods`].
-    pub written_pods: Arc<Written<PodKeys>>,
-    /// See [`Context::written_requests`].
-    pub written_requests: Arc<Written<HandoverStatus>>,
+    /// See [`Context::expected_status`].
+    pub expected_status: Arc<Expectations<LeaderLockStatus>>,
+    /// See [`Context::expected_pods`].
+    pub expected_pods: Arc<Expectations<PodKeys>>,
+    /// See [`Context::expected_requests`].
+    pub expected_requests: Arc<Expectations<HandoverStatus>>,
     /// Set once the controller runs: its index holds the lock claims.
     pub index: Arc<OnceLock<Arc<Index>>>,
 }
@@ -99,9 +100,9 @@ impl Maps {
     pub fn sizes(&self) -> [(&'static str, usize); 4] {
         let claims = self.index.get().map_or(0, |i| i.claims_len());
         [
-            ("written_status", self.written.len()),
-            ("written_pods", self.written_pods.len()),
-            ("written_requests", self.written_requests.len()),
+            ("expected_status", self.expected_status.len()),
+            ("expected_pods", self.expected_pods.len()),
+            ("expected_requests", self.expected_requests.len()),
             ("lock_claims", claims),
         ]
     }

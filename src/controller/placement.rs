@@ -9,16 +9,16 @@
 //! ```
 //!
 //! A move is a handover with no request object: [`super::plan`] demotes the holder, runs one
-//! etcd transaction (`Step::Requeue`), then promotes the target. A lock with no key at all is
+//! etcd transaction (`Step::Move`), then promotes the target. A lock with no key at all is
 //! not moved: its target's key is simply created first, so etcd gives it the lock.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use super::plan::Observed;
-use crate::lock::Holder;
-use crate::placement::{self, Assignment, Candidate, Observed as Seen, Policy, Why};
+use super::snapshot::Snapshot;
+use crate::lock::LockKey;
+use crate::placement::{self, Assignment, Candidate, CandidateState, Policy, Why};
 use crate::pods::{Matcher, PodInfo};
 use crate::resolve::Resolution;
 use crate::resource::{LeaderLock, PlacementPolicy, PlacementStatus, PodLocks};
@@ -54,15 +54,14 @@ pub struct Decision {
 }
 
 /// Decides placement for the reconciled LeaderLock.
-pub fn decide(o: &Observed, now: jiff::Timestamp) -> Decision {
+pub fn decide(o: &Snapshot, pods: &[Arc<PodInfo>], now: jiff::Timestamp) -> Decision {
     let spec = o.ll.spec.placement();
     let policy = match spec.policy {
         PlacementPolicy::Queue => Policy::Queue,
         PlacementPolicy::Spread => Policy::Spread,
     };
-    let pods = super::plan::candidates(o);
     let delay = Duration::from_secs(u64::try_from(spec.stabilization_seconds).unwrap_or(0));
-    let seen = observe(&pods, spec.preferred.as_ref().and_then(Matcher::new), spec.never_lead.as_ref().and_then(Matcher::new));
+    let seen = states(pods, spec.preferred.as_ref().and_then(Matcher::new), spec.never_lead.as_ref().and_then(Matcher::new));
     let stable = placement::stabilise(&seen, delay, to_system(now));
     let never_lead = stable.candidates.iter().filter(|c| c.never_lead).map(|c| c.id.clone()).collect();
     let locks = accepted(o);
@@ -71,7 +70,7 @@ pub fn decide(o: &Observed, now: jiff::Timestamp) -> Decision {
     let (moves, first) = if o.ll.spec.paused { (Vec::new(), BTreeMap::new()) } else { carry_out(o, &locks, &placed.moves) };
     let recheck_at = if policy == Policy::Spread && !o.ll.spec.paused { stable.recheck_at } else { None };
     let settled = placed.moves.is_empty() && recheck_at.is_none();
-    let status = status(o, &pods, &current, &stable.candidates, spec.policy, settled);
+    let status = status(o, pods, &current, &stable.candidates, spec.policy, settled);
     Decision { never_lead, moves, first, recheck_at, status }
 }
 
@@ -87,11 +86,11 @@ fn to_system(t: jiff::Timestamp) -> SystemTime {
 
 /// Candidates as placement sees them, in the order given (oldest first). A pod with no
 /// recorded Ready transition time has been Ready for as long as anyone can tell.
-fn observe(pods: &[Arc<PodInfo>], preferred: Option<Matcher>, never: Option<Matcher>) -> Vec<Seen> {
+fn states(pods: &[Arc<PodInfo>], preferred: Option<Matcher>, never: Option<Matcher>) -> Vec<CandidateState> {
     pods.iter()
         .filter_map(|p| {
             let ready_since = p.ready_since.map_or(SystemTime::UNIX_EPOCH, to_system);
-            Some(Seen {
+            Some(CandidateState {
                 id: p.uid.clone()?,
                 ready_since,
                 // Labels carry no timestamp: the preference counts once the pod has been Ready
@@ -104,7 +103,7 @@ fn observe(pods: &[Arc<PodInfo>], preferred: Option<Matcher>, never: Option<Matc
 }
 
 /// The accepted locks, (name, prefix), in spec order.
-fn accepted(o: &Observed) -> Vec<(String, String)> {
+fn accepted(o: &Snapshot) -> Vec<(String, String)> {
     o.mine()
         .into_iter()
         .filter_map(|(lock, r)| match r {
@@ -114,25 +113,25 @@ fn accepted(o: &Observed) -> Vec<(String, String)> {
         .collect()
 }
 
-fn assignment(lock: &str, holder: Option<&Holder>) -> Assignment {
+fn assignment(lock: &str, holder: Option<&LockKey>) -> Assignment {
     let holder = match holder {
-        None => placement::Holder::None,
-        Some(h) => match &h.candidate {
-            Some(id) => placement::Holder::Candidate(id.clone()),
-            None => placement::Holder::External,
+        None => placement::Occupant::None,
+        Some(h) => match &h.owner {
+            Some(id) => placement::Occupant::Candidate(id.clone()),
+            None => placement::Occupant::External,
         },
     };
     Assignment { lock: lock.to_string(), holder }
 }
 
 /// The moves placement asked for, as handovers of held locks and first keys of vacant ones.
-fn carry_out(o: &Observed, locks: &[(String, String)], moves: &[placement::Move]) -> (Vec<PlannedMove>, BTreeMap<String, String>) {
+fn carry_out(o: &Snapshot, locks: &[(String, String)], moves: &[placement::Move]) -> (Vec<PlannedMove>, BTreeMap<String, String>) {
     let mut planned = Vec::new();
     let mut first = BTreeMap::new();
     for m in moves {
         let Some((_, prefix)) = locks.iter().find(|(lock, _)| *lock == m.lock) else { continue };
         match (&m.from, o.holders.get(prefix)) {
-            (Some(from), Some(h)) if h.candidate.as_ref() == Some(from) => planned.push(PlannedMove {
+            (Some(from), Some(h)) if h.owner.as_ref() == Some(from) => planned.push(PlannedMove {
                 lock: m.lock.clone(),
                 prefix: prefix.clone(),
                 from_token: h.token,
@@ -142,7 +141,7 @@ fn carry_out(o: &Observed, locks: &[(String, String)], moves: &[placement::Move]
                 why: m.why,
             }),
             // Nobody holds it and nobody is in line: the target's key goes first.
-            (None, None) if o.lines.get(prefix).is_none_or(Vec::is_empty) => {
+            (None, None) if o.queues.get(prefix).is_none_or(Vec::is_empty) => {
                 first.insert(prefix.clone(), m.to.clone());
             }
             // A holder whose lease is at risk, or keys without a holder: wait for etcd.
@@ -154,7 +153,7 @@ fn carry_out(o: &Observed, locks: &[(String, String)], moves: &[placement::Move]
 
 /// The status: locks per candidate (by pod name), then per holder that is no longer one.
 fn status(
-    o: &Observed,
+    o: &Snapshot,
     pods: &[Arc<PodInfo>],
     current: &[Assignment],
     candidates: &[Candidate],
@@ -164,7 +163,7 @@ fn status(
     let d = placement::distribution(current, candidates);
     let name_of = |id: &str| {
         pods.iter().chain(o.view.pods.values()).find(|p| p.uid.as_deref() == Some(id)).map(|p| p.name.clone()).unwrap_or_else(|| {
-            let recorded = o.holders.values().find(|h| h.candidate.as_deref() == Some(id)).and_then(|h| h.name.clone());
+            let recorded = o.holders.values().find(|h| h.owner.as_deref() == Some(id)).and_then(|h| h.name.clone());
             recorded.as_deref().and_then(|n| n.rsplit_once('/')).map_or_else(|| id.to_string(), |(_, pod)| pod.to_string())
         })
     };

@@ -4,9 +4,10 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use super::*;
-use crate::controller::plan::tests::{leaderlock, now, pod, view};
-use crate::controller::plan::{Step, after_etcd, before_etcd};
-use crate::lock::{Candidate as Key, Holder};
+use crate::controller::plan::{self, Step};
+use crate::controller::snapshot::Snapshot;
+use crate::fixtures::{self, leaderlock, now, pod, view};
+use crate::lock::{Candidate as Key, LockKey};
 use crate::pods::PodInfo;
 use crate::resource::PlacementSpec;
 
@@ -22,21 +23,24 @@ fn prefix(lock: &str) -> String {
     format!("/ll/locks/ns/{lock}")
 }
 
-fn held(lock: &str, pod: &str, token: i64) -> (String, Holder) {
-    let h = Holder {
-        key: format!("{}/uid-{pod}", prefix(lock)),
-        token,
-        candidate: Some(format!("uid-{pod}")),
-        name: Some(format!("ns/{pod}")),
-    };
-    (prefix(lock), h)
+fn held(lock: &str, pod: &str, token: i64) -> (String, LockKey) {
+    (prefix(lock), fixtures::key(&prefix(lock), pod, token))
 }
 
-fn observed<'a>(ll: &'a LeaderLock, v: &'a crate::index::View, holders: &[(String, Holder)]) -> Observed<'a> {
-    let holders: BTreeMap<String, Holder> = holders.iter().cloned().collect();
-    let lines = holders.iter().map(|(p, h)| (p.clone(), vec![h.clone()])).collect();
-    let current = v.pods.iter().map(|(n, p)| (n.clone(), p.keys())).collect();
-    Observed { ll, view: v, current, holders, lines, requests: vec![], moved: BTreeMap::new() }
+fn observed<'a>(ll: &'a LeaderLock, v: &'a crate::index::View, holders: &[(String, LockKey)]) -> Snapshot<'a> {
+    fixtures::snapshot(ll, v, holders.iter().cloned().collect())
+}
+
+fn before_etcd(o: &Snapshot, now: jiff::Timestamp) -> Vec<Step> {
+    plan::before_etcd(o, &plan::decide(o, now))
+}
+
+fn after_etcd(o: &Snapshot, now: jiff::Timestamp) -> Vec<Step> {
+    plan::after_etcd(o, &plan::decide(o, now), &BTreeMap::new(), now)
+}
+
+fn decide(o: &Snapshot, now: jiff::Timestamp) -> Decision {
+    plan::decide(o, now).placed
 }
 
 fn key(pod: &str) -> Key {
@@ -53,11 +57,11 @@ fn syncs(steps: &[Step]) -> Vec<(String, Vec<String>)> {
         .collect()
 }
 
-fn requeues(steps: &[Step]) -> Vec<(String, Option<String>, Option<Why>)> {
+fn moves(steps: &[Step]) -> Vec<(String, Option<String>, Option<Why>)> {
     steps
         .iter()
         .filter_map(|s| match s {
-            Step::Requeue { lock, to, why, request: None, .. } => Some((lock.clone(), to.clone(), *why)),
+            Step::Move { lock, to, why, request: None, .. } => Some((lock.clone(), to.clone(), *why)),
             _ => None,
         })
         .collect()
@@ -91,10 +95,10 @@ fn an_overloaded_holder_is_demoted_then_one_transaction_moves_the_lock_to_the_id
     let steps = before_etcd(&o, now());
     let Step::Pod { name, to, .. } = &steps[0] else { panic!("the holder is demoted first: {steps:?}") };
     assert_eq!((name.as_str(), to.annotations.get("leaderlock.dev/s1").map(String::as_str)), ("a", Some("standby")));
-    assert_eq!(requeues(&steps), [("s1".to_string(), Some("uid-b".to_string()), Some(Why::Spread))]);
+    assert_eq!(moves(&steps), [("s1".to_string(), Some("uid-b".to_string()), Some(Why::Spread))]);
     let sync_s1 = steps.iter().position(|s| matches!(s, Step::Sync { lock, .. } if lock == "s1")).unwrap();
-    let requeue = steps.iter().position(|s| matches!(s, Step::Requeue { .. })).unwrap();
-    assert!(sync_s1 < requeue, "the target's key exists before the move: {steps:?}");
+    let moved = steps.iter().position(|s| matches!(s, Step::Move { .. })).unwrap();
+    assert!(sync_s1 < moved, "the target's key exists before the move: {steps:?}");
 }
 
 #[test]
@@ -102,7 +106,7 @@ fn a_settled_spread_plans_no_etcd_write_and_reports_a_settled_distribution() {
     let ll = spread(&["s0", "s1", "s2"], |_| {});
     let v = view(&ll, &[pod("a", 1, true, &[]), pod("b", 2, true, &[])]);
     let o = observed(&ll, &v, &[held("s0", "a", 7), held("s1", "b", 8), held("s2", "a", 9)]);
-    assert_eq!(requeues(&before_etcd(&o, now())), []);
+    assert_eq!(moves(&before_etcd(&o, now())), []);
     let d = decide(&o, now());
     assert!(d.status.settled);
     assert_eq!(d.status.distribution, [PodLocks { pod: "a".into(), locks: 2 }, PodLocks { pod: "b".into(), locks: 1 }]);
@@ -118,7 +122,7 @@ fn a_holder_that_left_keeps_its_key_until_the_move_hands_its_lock_straight_to_th
     let v = view(&ll, &[pod("gone", 0, false, &[]), pod("a", 1, true, &[]), pod("b", 2, true, &[])]);
     let o = observed(&ll, &v, &[held("s0", "a", 7), held("s1", "gone", 8)]);
     let steps = before_etcd(&o, now());
-    assert_eq!(requeues(&steps), [("s1".to_string(), Some("uid-b".to_string()), Some(Why::HolderLeft))]);
+    assert_eq!(moves(&steps), [("s1".to_string(), Some("uid-b".to_string()), Some(Why::HolderLeft))]);
     let s1: Vec<_> = syncs(&steps).into_iter().filter(|(l, _)| l == "s1").map(|(_, w)| w).collect();
     assert_eq!(s1, [vec!["uid-gone", "uid-a", "uid-b"], vec!["uid-a", "uid-b"]], "kept for the move, deleted after it");
 }
@@ -155,7 +159,7 @@ fn vacant_locks_are_spread_by_creating_each_targets_key_first_with_no_move() {
     let ll = spread(&["s0", "s1", "s2"], |_| {});
     let v = view(&ll, &[pod("a", 1, true, &[]), pod("b", 2, true, &[]), pod("c", 3, true, &[])]);
     let steps = before_etcd(&observed(&ll, &v, &[]), now());
-    assert_eq!(requeues(&steps), []);
+    assert_eq!(moves(&steps), []);
     let firsts: Vec<String> = syncs(&steps).into_iter().map(|(_, w)| w[0].clone()).collect();
     assert_eq!(firsts, ["uid-a", "uid-b", "uid-c"]);
     let wanted: Vec<Key> = ["a", "b", "c"].iter().map(|p| key(p)).collect();
@@ -187,11 +191,11 @@ fn a_paused_leaderlock_moves_nothing_and_a_queue_one_never_moves() {
     ll.spec.paused = true;
     let v = view(&ll, &[pod("a", 1, true, &[]), pod("b", 2, true, &[])]);
     let o = observed(&ll, &v, &[held("s0", "a", 7), held("s1", "a", 8)]);
-    assert_eq!(requeues(&before_etcd(&o, now())), []);
+    assert_eq!(moves(&before_etcd(&o, now())), []);
     let queue = leaderlock(&["s0", "s1"], None);
     let v = view(&queue, &[pod("a", 1, true, &[]), pod("b", 2, true, &[])]);
     let o = observed(&queue, &v, &[held("s0", "a", 7), held("s1", "a", 8)]);
-    assert_eq!(requeues(&before_etcd(&o, now())), []);
+    assert_eq!(moves(&before_etcd(&o, now())), []);
     assert_eq!(decide(&o, now()).status.distribution[0], PodLocks { pod: "a".into(), locks: 2 });
 }
 

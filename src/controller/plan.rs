@@ -1,118 +1,57 @@
-//! The decision of one reconcile, pure: from what it observed (the index's view, the pods' keys
-//! as we last knew them, each lock's holder), every write to make, as data, in the order the
-//! writes must land. Applying a plan is [`super::reconcile`]'s business.
+//! The decision of one reconcile stage, pure: from one [`Snapshot`] and what is derived from it
+//! once ([`Decided`]: the Handover verdicts and placement's decision), every write to make, as
+//! data, in the order the writes must land. Applying a plan is [`super::reconcile`]'s business.
 //!
 //! ```text
-//!  Observed (view + pod keys + holders ─▶ before_etcd ─▶ [Request…, Pod (demotions)…, Sync…,
-//!            + lines + Handovers)                     Requeue…, Release…, Claim]
-//!  Observed, holders re-read after etcd ─▶ after_etcd  ─▶ [Pod…, Status, Request…, Publish]
+//!  Snapshot ─▶ decide ─▶ Decided ─▶ before_etcd ─▶ [Request…, Pod (demotions)…, Sync…, Move…, Release…]
+//!  fresh Snapshot (after etcd) ─▶ decide ─▶ after_etcd ─▶ [Pod…, Status, Request…, Publish]
 //!                                          cleanup     ─▶ [Pod…, Release…]
 //! ```
 //!
 //! Two stages, because a promotion carries the fencing token, which only exists once etcd has
 //! created the holder's key. A Handover ([`super::handover`]) is accepted (`Request`), its
 //! holder demoted (the lock's holder is taken as unknown while it moves), the lock moved
-//! (`Requeue`), the new holder promoted, and the request settled (`Request`). While the
-//! LeaderLock is paused no `Sync` or `Requeue` is planned: the keys, and so the holders, stay.
+//! (`Move`), the new holder promoted, and the request settled (`Request`). While the
+//! LeaderLock is paused no `Sync` or `Move` is planned: the keys, and so the holders, stay.
+//! Recording which locks were accepted (the index's claims) is not a write: the reconcile does
+//! it after the etcd stage succeeded.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
-
-use kube::ResourceExt;
 
 use super::handover::{self, Facts, Verdict};
 use super::placement;
-use super::status::{self, Queues};
-use crate::index::View;
-use crate::lock::{Candidate, Holder};
+use super::snapshot::Snapshot;
+use super::status;
+use crate::lock::Candidate;
 use crate::placement::Why;
 use crate::pods::{self, PodInfo, PodKeys};
 use crate::resolve::Resolution;
-use crate::resource::handover::{Handover, HandoverStatus};
-use crate::resource::{LeaderLock, LeaderLockStatus};
+use crate::resource::LeaderLockStatus;
+use crate::resource::handover::HandoverStatus;
 
-/// The holder of each accepted lock prefix, as etcd's mirror showed it (absent: no holder).
-pub type Holders = BTreeMap<String, Holder>;
-
-/// How many of a lock's line the status shows: enough to see who is next, small enough that 256
-/// locks with many candidates keep the status far below the apiserver's object size limit.
-const QUEUE_SHOWN: usize = 16;
-
-/// Everyone in line for each accepted lock prefix, holder first.
-pub type Lines = BTreeMap<String, Vec<Holder>>;
-
-/// Everything one reconcile decides from, read once.
-pub struct Observed<'a> {
-    /// The reconciled LeaderLock, with the status we last wrote.
-    pub ll: &'a LeaderLock,
-    pub view: &'a View,
-    /// Each pod of the view's keys as we know them: our own write when the view's copy is older.
-    pub current: BTreeMap<String, PodKeys>,
-    pub holders: Holders,
-    pub lines: Lines,
-    /// The Handovers naming this LeaderLock that are not final, as we last knew them.
-    pub requests: Vec<Arc<Handover>>,
-    /// The locks placement moved in this reconcile, and why: their Events say it.
-    pub moved: BTreeMap<String, Why>,
+/// What one snapshot implies, derived once: each decision below reads it instead of judging or
+/// placing again.
+pub struct Decided {
+    /// How the LeaderLock's locks resolve, in spec order.
+    pub mine: Vec<(String, Resolution)>,
+    /// Its candidate pods, oldest first.
+    pub candidates: Vec<std::sync::Arc<PodInfo>>,
+    /// Each open Handover and what becomes of it.
+    pub judged: Vec<handover::Judged>,
+    /// Placement's decision: never-lead candidates, moves, the status block, the next deadline.
+    pub placed: placement::Decision,
 }
 
-impl Observed<'_> {
-    /// How the reconciled LeaderLock's locks resolve, in spec order.
-    pub fn mine(&self) -> Vec<(String, Resolution)> {
-        self.view.resolved.get(&self.ll.name_any()).cloned().unwrap_or_default()
-    }
-
-    /// Every accepted lock prefix of the view: the holders a plan needs.
-    pub fn prefixes(view: &View) -> impl Iterator<Item = &String> {
-        view.resolved.values().flatten().filter_map(|(_, r)| match r {
-            Resolution::Accepted(p) => Some(p),
-            Resolution::Rejected { .. } => None,
-        })
-    }
-
-    /// Takes the pod and request writes of `steps` as landed: the next stage starts from them.
-    pub fn absorb(&mut self, steps: &[Step]) {
-        for step in steps {
-            match step {
-                Step::Pod { name, to, .. } => {
-                    self.current.insert(name.clone(), to.clone());
-                }
-                Step::Request { name, status } => {
-                    if let Some(r) = self.requests.iter_mut().find(|r| r.metadata.name.as_ref() == Some(name)) {
-                        Arc::make_mut(r).status = Some(status.clone());
-                    }
-                }
-                Step::Requeue { lock, why: Some(why), .. } => {
-                    self.moved.insert(lock.clone(), *why);
-                }
-                _ => {}
-            }
-        }
-    }
-
-    /// What judging Handovers reads, from this observation.
-    fn judge(&self, now: jiff::Timestamp) -> Vec<handover::Judged> {
-        let mine = self.mine();
-        let candidates = candidates(self);
-        let pods: Vec<Arc<PodInfo>> = self.view.pods.values().cloned().collect();
-        let line = |prefix: &str| self.lines.get(prefix).cloned().unwrap_or_default();
-        let facts = Facts { ll: self.ll, mine: &mine, candidates: &candidates, pods: &pods, line: &line, now };
-        handover::judge(&self.requests, &facts)
-    }
-
-    /// Each line named as the status names holders: a pod name (by UID, or as its key records
-    /// it for a pod that is gone), `<cluster>/<namespace>/<pod>`, or `etcd:<key>`.
-    fn queues(&self) -> Queues {
-        let name = |h: &Holder| match &h.candidate {
-            Some(id) => {
-                self.view.pods.values().find(|p| p.uid.as_deref() == Some(id.as_str())).map(|p| p.name.clone()).unwrap_or_else(|| {
-                    h.name.as_deref().and_then(|n| n.rsplit_once('/')).map_or_else(|| id.clone(), |(_, pod)| pod.to_string())
-                })
-            }
-            None => h.name.clone().unwrap_or_else(|| format!("etcd:{}", h.key)),
-        };
-        self.lines.iter().map(|(prefix, line)| (prefix.clone(), line.iter().take(QUEUE_SHOWN).map(name).collect())).collect()
-    }
+/// Judges the Handovers and places the locks of `s`, once.
+pub fn decide(s: &Snapshot, now: jiff::Timestamp) -> Decided {
+    let mine = s.mine();
+    let candidates = s.candidates();
+    let pods: Vec<_> = s.view.pods.values().cloned().collect();
+    let queue = |prefix: &str| s.queues.get(prefix).cloned().unwrap_or_default();
+    let facts = Facts { ll: s.ll, mine: &mine, candidates: &candidates, pods: &pods, line: &queue, now };
+    let judged = handover::judge(&s.requests, &facts);
+    let placed = placement::decide(s, &candidates, now);
+    Decided { mine, candidates, judged, placed }
 }
 
 /// One write, in the order it must land.
@@ -124,9 +63,6 @@ pub enum Step {
     Sync { lock: String, prefix: String, wanted: Vec<Candidate>, ttl: i64 },
     /// Delete every key of ours under `prefix`; foreign keys stay.
     Release { lock: String, prefix: String },
-    /// Remember which locks the LeaderLock was accepted for (settles same-second seniority ties
-    /// before the status shows them).
-    Claim(Vec<(String, Resolution)>),
     /// Apply the LeaderLock's status.
     Status(LeaderLockStatus),
     /// Announce holder changes: one Event each, the holder-change metric, failover latency.
@@ -136,7 +72,7 @@ pub enum Step {
     /// Hand the lock at `prefix` from the holder with token `from_token` to the candidate `to`
     /// (None: the next in line) in one etcd transaction: for the Handover `request`, or (None)
     /// a move placement planned, for the reason `why`.
-    Requeue { lock: String, prefix: String, from_token: i64, to: Option<String>, request: Option<String>, why: Option<Why> },
+    Move { lock: String, prefix: String, from_token: i64, to: Option<String>, request: Option<String>, why: Option<Why> },
 }
 
 /// A lock of the LeaderLock got a new holder (or a new fencing token).
@@ -165,50 +101,57 @@ fn candidate_of(pod: &PodInfo) -> Option<Candidate> {
     Some(Candidate { id: pod.uid.clone()?, name: format!("{}/{}", pod.namespace, pod.name) })
 }
 
-/// The candidate pods of the reconciled LeaderLock, oldest first.
-pub fn candidates(o: &Observed) -> Vec<Arc<PodInfo>> {
-    o.view.candidates(&o.ll.name_any())
-}
-
 /// Before etcd: demote the pods that must not lead any more (before their keys go), one etcd
-/// sync per accepted lock, one release per lock no longer held, then claim the accepted locks.
-pub fn before_etcd(o: &Observed, now: jiff::Timestamp) -> Vec<Step> {
-    let mine = o.mine();
-    let judged = o.judge(now);
-    let placed = placement::decide(o, now);
-    let mut steps = request_writes(&judged, true);
-    let mut masked = moving(&judged);
+/// sync per accepted lock, the moves, one release per lock no longer held.
+pub fn before_etcd(s: &Snapshot, d: &Decided) -> Vec<Step> {
+    let placed = &d.placed;
+    let mut steps = request_writes(&d.judged, true);
+    let mut masked = moving(&d.judged);
     masked.extend(placed.moves.iter().map(|m| m.prefix.clone()));
     // A never-lead holder's key is about to go (under Queue it simply leaves the line): demoted
     // first, like any holder that leaves.
-    masked.extend(mine.iter().filter_map(|(_, r)| match r {
-        Resolution::Accepted(p) if o.holders.get(p).and_then(|h| h.candidate.as_ref()).is_some_and(|id| placed.never_lead.contains(id)) => {
+    masked.extend(d.mine.iter().filter_map(|(_, r)| match r {
+        Resolution::Accepted(p) if s.holders.get(p).and_then(|h| h.owner.as_ref()).is_some_and(|id| placed.never_lead.contains(id)) => {
             Some(p.clone())
         }
         _ => None,
     }));
-    steps.extend(pod_writes(o, Pass::Demotions, &masked));
-    if !o.ll.spec.paused {
+    steps.extend(pod_writes(s, Pass::Demotions, &masked));
+    if !s.ll.spec.paused {
         let wanted: Vec<Candidate> =
-            candidates(o).iter().filter_map(|p| candidate_of(p)).filter(|c| !placed.never_lead.contains(&c.id)).collect();
-        for (lock, res) in &mine {
+            d.candidates.iter().filter_map(|p| candidate_of(p)).filter(|c| !placed.never_lead.contains(&c.id)).collect();
+        for (lock, res) in &d.mine {
             if let Resolution::Accepted(prefix) = res {
-                steps.extend(sync_and_move(o, &placed, lock, prefix, &wanted));
+                steps.extend(sync_and_move(s, placed, lock, prefix, &wanted));
             }
         }
     }
-    for j in judged {
-        if let Verdict::Move { lock, prefix, from_token, to, .. } = j.verdict {
+    for j in &d.judged {
+        if let Verdict::Move { lock, prefix, from_token, to, .. } = &j.verdict {
             let request = Some(j.request.metadata.name.clone().unwrap_or_default());
-            steps.push(Step::Requeue { lock, prefix, from_token, to, request, why: None });
+            steps.push(Step::Move {
+                lock: lock.clone(),
+                prefix: prefix.clone(),
+                from_token: *from_token,
+                to: to.clone(),
+                request,
+                why: None,
+            });
         }
     }
-    steps.extend(releases(o));
-    // Last: a claim recorded before a failed sync would win seniority ties for a lock whose
-    // keys were never written; and the claims are what remembers a removed lock's prefix until
-    // its keys are gone.
-    steps.push(Step::Claim(mine));
+    steps.extend(releases(s));
     steps
+}
+
+/// The locks placement moved in `steps`, and why: the Events of the holder changes say it.
+pub fn placement_moves(steps: &[Step]) -> BTreeMap<String, Why> {
+    steps
+        .iter()
+        .filter_map(|step| match step {
+            Step::Move { lock, why: Some(why), .. } => Some((lock.clone(), *why)),
+            _ => None,
+        })
+        .collect()
 }
 
 /// One lock's etcd steps: its keys synced with the candidates (never-lead ones excluded, a vacant
@@ -216,8 +159,8 @@ pub fn before_etcd(o: &Observed, now: jiff::Timestamp) -> Vec<Step> {
 /// or must never lead) keeps its key until the move's transaction hands the lock straight to the
 /// target, and loses it in a second sync: a plain delete would give the lock to whoever is next
 /// in line, and placement would have to move it again.
-fn sync_and_move(o: &Observed, placed: &placement::Decision, lock: &str, prefix: &str, wanted: &[Candidate]) -> Vec<Step> {
-    let ttl = o.ll.spec.ttl_seconds;
+fn sync_and_move(s: &Snapshot, placed: &placement::Decision, lock: &str, prefix: &str, wanted: &[Candidate]) -> Vec<Step> {
+    let ttl = s.ll.spec.ttl_seconds;
     let sync = |wanted: Vec<Candidate>| Step::Sync { lock: lock.to_string(), prefix: prefix.to_string(), wanted, ttl };
     let wanted = placement::wanted_order(placed, prefix, wanted.to_vec());
     let Some(m) = placed.moves.iter().find(|m| m.prefix == prefix) else { return vec![sync(wanted)] };
@@ -227,7 +170,7 @@ fn sync_and_move(o: &Observed, placed: &placement::Decision, lock: &str, prefix:
         keeping.insert(0, Candidate { id: m.from.clone(), name: m.from_name.clone() });
     }
     let mut steps = vec![sync(keeping)];
-    steps.push(Step::Requeue {
+    steps.push(Step::Move {
         lock: lock.to_string(),
         prefix: prefix.to_string(),
         from_token: m.from_token,
@@ -243,7 +186,7 @@ fn sync_and_move(o: &Observed, placed: &placement::Decision, lock: &str, prefix:
 
 /// Only the demotions: what a lease at risk calls for (docs/contract.md §4.7), with no etcd
 /// write, which could not be made anyway.
-pub fn demotions(o: &Observed) -> Vec<Step> {
+pub fn demotions(o: &Snapshot) -> Vec<Step> {
     pod_writes(o, Pass::Demotions, &BTreeSet::new())
 }
 
@@ -274,22 +217,21 @@ fn moving(judged: &[handover::Judged]) -> BTreeSet<String> {
 }
 
 /// After etcd: every pod write left (promotions of the holders etcd now shows last), then the
-/// status and the holder changes it reports.
-pub fn after_etcd(o: &Observed, now: jiff::Timestamp) -> Vec<Step> {
-    let judged = o.judge(now);
-    let mut steps = pod_writes(o, Pass::All, &moving(&judged));
-    let mut status = status::observed(o.ll, &o.mine(), &candidates(o), &o.holders, &o.queues(), now);
-    status.placement = Some(placement::decide(o, now).status);
-    let old = o.ll.status.clone().unwrap_or_default();
-    let mut changes = holder_changes(&old, &status, &o.mine());
+/// status and the holder changes it reports (`moved`: the locks placement moved before etcd).
+pub fn after_etcd(s: &Snapshot, d: &Decided, moved: &BTreeMap<String, Why>, now: jiff::Timestamp) -> Vec<Step> {
+    let mut steps = pod_writes(s, Pass::All, &moving(&d.judged));
+    let mut status = status::build(s.ll, &d.mine, &d.candidates, &s.holders, &s.queue_names(), now);
+    status.placement = Some(d.placed.status.clone());
+    let old = s.ll.status.clone().unwrap_or_default();
+    let mut changes = holder_changes(&old, &status, &d.mine);
     for change in &mut changes {
-        change.why = o.moved.get(&change.lock).copied();
+        change.why = moved.get(&change.lock).copied();
     }
-    if o.ll.status.as_ref() != Some(&status) {
+    if s.ll.status.as_ref() != Some(&status) {
         steps.push(Step::Status(status));
     }
     // After the status: a requester told "done" reads the new holder there too.
-    steps.extend(request_writes(&judged, false));
+    steps.extend(request_writes(&d.judged, false));
     // After the status write: a failed write is retried from the old status, which would
     // announce the same change again.
     if !changes.is_empty() {
@@ -300,7 +242,7 @@ pub fn after_etcd(o: &Observed, now: jiff::Timestamp) -> Vec<Step> {
 
 /// A LeaderLock being deleted (it assigns no roles any more): unlabel its pods, demotions
 /// first, then delete its candidate keys.
-pub fn cleanup(o: &Observed) -> Vec<Step> {
+pub fn cleanup(o: &Snapshot) -> Vec<Step> {
     let mut steps = pod_writes(o, Pass::All, &BTreeSet::new());
     for (lock, res) in o.mine() {
         if let Resolution::Accepted(prefix) = res {
@@ -314,7 +256,7 @@ pub fn cleanup(o: &Observed) -> Vec<Step> {
 /// One release per lock the LeaderLock held and no longer has (removed from `spec.locks`, or
 /// moved to another prefix): nobody else deletes those keys, and the controller's lease would
 /// keep them alive for ever, blocking every other client of that prefix.
-fn releases(o: &Observed) -> Vec<Step> {
+fn releases(o: &Snapshot) -> Vec<Step> {
     o.view.released.iter().map(|(lock, prefix)| Step::Release { lock: lock.clone(), prefix: prefix.clone() }).collect()
 }
 
@@ -322,7 +264,7 @@ fn releases(o: &Observed) -> Vec<Step> {
 /// LeaderLock of the namespace, as one field manager must — every demotion before any
 /// promotion. Nothing for pods already right, and each pod at most twice (only a pod that loses
 /// one lock and gains another needs the intermediate step).
-fn pod_writes(o: &Observed, pass: Pass, moving: &BTreeSet<String>) -> Vec<Step> {
+fn pod_writes(o: &Snapshot, pass: Pass, moving: &BTreeSet<String>) -> Vec<Step> {
     let holder = |prefix: &str| if moving.contains(prefix) { None } else { o.holders.get(prefix).cloned() };
     let mut plans = Vec::new();
     for (name, pod) in &o.view.pods {

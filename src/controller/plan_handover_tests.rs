@@ -1,7 +1,14 @@
 //! Unit tests of the Handover and pause steps of a plan.
 
-use super::tests::{P, holds, leaderlock, now, pod, view};
+use std::sync::Arc;
+
+use super::tests::{after, before};
 use super::*;
+use crate::controller::snapshot::{Queues, Snapshot};
+use crate::fixtures::{self, P, holds, leaderlock, now, pod, view};
+use crate::index::View;
+use crate::resource::LeaderLock;
+use crate::resource::handover::Handover;
 use crate::resource::handover::{HandoverSpec, Phase};
 
 fn request(name: &str, to: Option<&str>, if_holder: Option<&str>) -> Arc<Handover> {
@@ -16,27 +23,20 @@ fn request(name: &str, to: Option<&str>, if_holder: Option<&str>) -> Arc<Handove
     Arc::new(r)
 }
 
-fn line(pods: &[(&str, i64)]) -> Lines {
-    let h = |(p, t): &(&str, i64)| Holder {
-        key: format!("{P}/uid-{p}"),
-        token: *t,
-        candidate: Some(format!("uid-{p}")),
-        name: Some(format!("ns/{p}")),
-    };
-    [(P.to_string(), pods.iter().map(h).collect())].into()
+fn queue(pods: &[(&str, i64)]) -> Queues {
+    [(P.to_string(), pods.iter().map(|(p, t)| fixtures::key(P, p, *t)).collect())].into()
 }
 
-/// What a plan observes: `v`'s pods with the keys they carry, `holder` holding the lock, `line`
-/// in etcd's order, and the open `requests`.
+/// What a plan decides from: `v`'s pods with the keys they carry, `holder` holding the lock,
+/// `in_line` in etcd's order, and the open `requests`.
 fn observed<'a>(
     ll: &'a LeaderLock,
     v: &'a View,
     holder: (&str, i64),
     in_line: &[(&str, i64)],
     requests: Vec<Arc<Handover>>,
-) -> Observed<'a> {
-    let current = v.pods.iter().map(|(n, p)| (n.clone(), p.keys())).collect();
-    Observed { ll, view: v, current, holders: holds(holder.0, holder.1), lines: line(in_line), requests, moved: Default::default() }
+) -> Snapshot<'a> {
+    Snapshot { queues: queue(in_line), requests, ..fixtures::snapshot(ll, v, holds(holder.0, holder.1)) }
 }
 
 fn status_of<'a>(steps: &'a [Step], name: &str) -> Option<&'a HandoverStatus> {
@@ -53,17 +53,15 @@ fn a_handover_is_accepted_then_the_holder_demoted_then_the_lock_moved_then_the_t
     let ll = leaderlock(&["ledger"], None);
     let pods = [pod("a", 1, true, &LEADER_A), pod("b", 2, true, &[("leaderlock.dev/ledger", "standby")])];
     let v = view(&ll, &pods);
-    let mut o = observed(&ll, &v, ("a", 7), &[("a", 7), ("b", 8)], vec![request("r1", Some("b"), Some("a"))]);
-    let before = before_etcd(&o, now());
+    let o = observed(&ll, &v, ("a", 7), &[("a", 7), ("b", 8)], vec![request("r1", Some("b"), Some("a"))]);
+    let before = before(&o);
     let accepted = status_of(&before, "r1").expect("accepted first");
     assert_eq!((accepted.phase, accepted.from.as_deref(), accepted.from_token.as_deref()), (Some(Phase::Pending), Some("a"), Some("7")));
     let demote = before.iter().position(|s| matches!(s, Step::Pod { name, to, .. } if name == "a" && to.annotations.get("leaderlock.dev/ledger").map(String::as_str) == Some("standby")));
-    let requeue = before.iter().position(|s| matches!(s, Step::Requeue { to: Some(id), from_token: 7, .. } if id == "uid-b"));
-    assert!(demote.is_some() && requeue.is_some() && demote < requeue, "demote before the move: {before:?}");
-    o.absorb(&before);
-    o.holders = holds("b", 9);
-    o.lines = line(&[("b", 9), ("a", 10)]);
-    let after = after_etcd(&o, now());
+    let moved = before.iter().position(|s| matches!(s, Step::Move { to: Some(id), from_token: 7, .. } if id == "uid-b"));
+    assert!(demote.is_some() && moved.is_some() && demote < moved, "demote before the move: {before:?}");
+    let moved = Snapshot { queues: queue(&[("b", 9), ("a", 10)]), ..fixtures::after(&o, &before, holds("b", 9)) };
+    let after = after(&moved);
     assert!(after.iter().any(|s| matches!(s, Step::Pod { name, to, .. } if name == "b" && to.annotations.get("leaderlock.dev/ledger").map(String::as_str) == Some("leader"))));
     let done = status_of(&after, "r1").expect("done after the move");
     assert_eq!((done.phase, done.holder.as_deref(), done.fencing_token.as_deref()), (Some(Phase::Done), Some("b"), Some("9")));
@@ -77,8 +75,8 @@ fn a_step_down_carried_out_before_a_restart_is_not_carried_out_again() {
     r.status =
         Some(HandoverStatus { phase: Some(Phase::Pending), from: Some("a".into()), from_token: Some("7".into()), ..Default::default() });
     let o = observed(&ll, &v, ("b", 9), &[("b", 9), ("a", 10)], vec![Arc::new(r)]);
-    let before = before_etcd(&o, now());
-    assert!(!before.iter().any(|s| matches!(s, Step::Requeue { .. })), "{before:?}");
+    let before = before(&o);
+    assert!(!before.iter().any(|s| matches!(s, Step::Move { .. })), "{before:?}");
     assert_eq!(status_of(&before, "r1").and_then(|s| s.phase), Some(Phase::Done));
 }
 
@@ -88,8 +86,8 @@ fn requests_that_cannot_be_made_as_asked_are_refused_and_move_nothing() {
     let v = view(&ll, &[pod("a", 1, true, &LEADER_A), pod("b", 2, true, &[]), pod("c", 3, false, &[])]);
     let refusal = |r: Arc<Handover>, ll: &LeaderLock| {
         let o = observed(ll, &v, ("a", 7), &[("a", 7), ("b", 8)], vec![r]);
-        let steps = before_etcd(&o, now());
-        assert!(!steps.iter().any(|s| matches!(s, Step::Requeue { .. })), "{steps:?}");
+        let steps = before(&o);
+        assert!(!steps.iter().any(|s| matches!(s, Step::Move { .. })), "{steps:?}");
         let s = status_of(&steps, "r").cloned().unwrap();
         (s.phase, s.reason)
     };
@@ -117,9 +115,9 @@ fn of_two_open_requests_for_a_lock_the_newer_is_judged_and_the_older_superseded(
     newer.metadata.creation_timestamp =
         Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(now() + jiff::SignedDuration::from_secs(1)));
     let o = observed(&ll, &v, ("a", 7), &[("a", 7), ("b", 8)], vec![Arc::new(older), Arc::new(newer)]);
-    let steps = before_etcd(&o, now());
+    let steps = before(&o);
     assert_eq!(status_of(&steps, "r1").and_then(|s| s.phase), Some(Phase::Superseded));
-    assert!(steps.iter().any(|s| matches!(s, Step::Requeue { request, to: None, .. } if request.as_deref() == Some("r2"))));
+    assert!(steps.iter().any(|s| matches!(s, Step::Move { request, to: None, .. } if request.as_deref() == Some("r2"))));
 }
 
 #[test]
@@ -128,9 +126,9 @@ fn a_paused_leaderlock_plans_no_etcd_change_and_keeps_a_holder_that_is_no_longer
     ll.spec.paused = true;
     let v = view(&ll, &[pod("a", 1, false, &LEADER_A), pod("b", 2, true, &[("leaderlock.dev/ledger", "standby")])]);
     let o = observed(&ll, &v, ("a", 7), &[("a", 7), ("b", 8)], vec![]);
-    let before = before_etcd(&o, now());
-    assert!(before.iter().all(|s| matches!(s, Step::Claim(_))), "no pod write, no sync: {before:?}");
-    let after = after_etcd(&o, now());
+    let before = before(&o);
+    assert_eq!(before, [], "no pod write, no sync");
+    let after = after(&o);
     let Some(Step::Status(s)) = after.iter().find(|s| matches!(s, Step::Status(_))) else { panic!("{after:?}") };
     assert_eq!(s.locks[0].holder.as_deref(), Some("a"));
     assert!(s.conditions.iter().any(|c| c.type_ == "Paused" && c.status == "True"));

@@ -1,70 +1,22 @@
-//! Unit tests of a plan's steps, and the fixtures other controller tests share.
+//! Unit tests of a plan's steps.
+
+use std::sync::Arc;
 
 use super::*;
-use crate::pods::{Matcher, Pairs};
-use crate::resource::{LeaderLockSpec, LockSpec, LockStatus};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use crate::controller::snapshot::{Holders, QueueNames, Snapshot};
+use crate::fixtures::{self, P, holds, leaderlock, now, pod, snapshot as observed, view};
+use crate::lock::Candidate;
+use crate::pods::Matcher;
+use crate::resource::LockStatus;
 
-pub const P: &str = "/ll/locks/ns/ledger";
-
-pub fn now() -> jiff::Timestamp {
-    jiff::Timestamp::from_second(1_800_000_000).unwrap()
+/// The steps before etcd, decided once from `o`, as a reconcile does.
+pub(super) fn before(o: &Snapshot) -> Vec<Step> {
+    before_etcd(o, &decide(o, now()))
 }
 
-/// LeaderLock `payments` in `ns` selecting `app=worker`, with `locks`.
-pub fn leaderlock(locks: &[&str], status: Option<LeaderLockStatus>) -> LeaderLock {
-    let selector = LabelSelector { match_labels: Some([("app".to_string(), "worker".to_string())].into()), ..Default::default() };
-    let locks = Some(locks.iter().map(|l| LockSpec { name: l.to_string(), etcd_key: None }).collect());
-    let mut ll = LeaderLock::new(
-        "payments",
-        LeaderLockSpec { selector, locks, shards: None, placement: None, ttl_seconds: 15, pod_labels: false, paused: false },
-    );
-    ll.metadata.namespace = Some("ns".into());
-    ll.metadata.generation = Some(3);
-    ll.status = status;
-    ll
-}
-
-/// A Ready pod `name` (UID `uid-<name>`) selected by `payments`, created `age` seconds in.
-pub fn pod(name: &str, age: i64, candidate: bool, keys: &[(&str, &str)]) -> Arc<PodInfo> {
-    let keys: BTreeMap<String, String> = keys.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-    Arc::new(PodInfo {
-        namespace: "ns".into(),
-        name: name.into(),
-        uid: Some(format!("uid-{name}")),
-        resource_version: Some("1".into()),
-        created: Some(jiff::Timestamp::from_second(1_700_000_000 + age).unwrap()),
-        labels: [("app".to_string(), "worker".to_string())].iter().map(|(k, v)| (k, v)).collect::<Pairs>(),
-        candidate,
-        ready_since: Some(jiff::Timestamp::from_second(1_700_000_000 + age).unwrap()),
-        our_annotations: keys.iter().collect(),
-        our_labels: Pairs::default(),
-    })
-}
-
-/// The view the index gives of `ll` when it alone selects `pods` and all its locks resolve
-/// to `/ll/locks/ns/<lock>`.
-pub fn view(ll: &LeaderLock, pods: &[Arc<PodInfo>]) -> View {
-    let resolved =
-        ll.spec.lock_specs().iter().map(|l| (l.name.clone(), Resolution::Accepted(format!("/ll/locks/ns/{}", l.name)))).collect();
-    View {
-        leaderlocks: [("payments".to_string(), (Arc::new(ll.clone()), Matcher::new(&ll.spec.selector)))].into(),
-        pods: pods.iter().map(|p| (p.name.clone(), p.clone())).collect(),
-        selecting: pods.iter().map(|p| (p.name.clone(), vec!["payments".to_string()])).collect(),
-        resolved: [("payments".to_string(), resolved)].into(),
-        released: vec![],
-    }
-}
-
-pub fn holds(pod: &str, token: i64) -> Holders {
-    let h = Holder { key: format!("{P}/uid-{pod}"), token, candidate: Some(format!("uid-{pod}")), name: Some(format!("ns/{pod}")) };
-    [(P.to_string(), h)].into()
-}
-
-fn observed<'a>(ll: &'a LeaderLock, view: &'a View, holders: Holders) -> Observed<'a> {
-    let current = view.pods.iter().map(|(n, p)| (n.clone(), p.keys())).collect();
-    let lines = holders.iter().map(|(p, h)| (p.clone(), vec![h.clone()])).collect();
-    Observed { ll, view, current, holders, lines, requests: vec![], moved: BTreeMap::new() }
+/// The steps after etcd, decided from the fresh snapshot `o` (no placement move before it).
+pub(super) fn after(o: &Snapshot) -> Vec<Step> {
+    after_etcd(o, &decide(o, now()), &BTreeMap::new(), now())
 }
 
 fn keys(pairs: &[(&str, &str)]) -> PodKeys {
@@ -90,15 +42,10 @@ fn accepted() -> Vec<(String, Resolution)> {
 fn a_first_election_syncs_etcd_oldest_pod_first_then_settles_standbys_before_promoting() {
     let ll = leaderlock(&["ledger"], None);
     let v = view(&ll, &[pod("b", 2, true, &[]), pod("a", 1, true, &[])]);
-    let mut o = observed(&ll, &v, Holders::new());
-    let before = before_etcd(&o, now());
-    assert_eq!(
-        before,
-        [Step::Sync { lock: "ledger".into(), prefix: P.into(), wanted: vec![cand("a"), cand("b")], ttl: 15 }, Step::Claim(accepted())]
-    );
-    o.absorb(&before);
-    o.holders = holds("a", 7);
-    let after = after_etcd(&o, now());
+    let o = observed(&ll, &v, Holders::new());
+    let before = before(&o);
+    assert_eq!(before, [Step::Sync { lock: "ledger".into(), prefix: P.into(), wanted: vec![cand("a"), cand("b")], ttl: 15 }]);
+    let after = after(&fixtures::after(&o, &before, holds("a", 7)));
     assert_eq!(after[..2], [write("b", &[], &[STANDBY]), write("a", &[], &[LEADER, ("leaderlock.dev/ledger.token", "7")])]);
     assert!(matches!(&after[2], Step::Status(s) if s.locks[0].holder.as_deref() == Some("a")));
     let Step::Publish(changes) = &after[3] else { panic!("a holder change to publish: {after:?}") };
@@ -114,13 +61,14 @@ fn a_leader_that_stops_being_ready_is_demoted_before_its_key_goes_and_promotion_
     let leader = [LEADER, ("leaderlock.dev/ledger.token", "7")];
     let ll = leaderlock(&["ledger"], None);
     let v = view(&ll, &[pod("a", 1, false, &leader), pod("b", 2, true, &[STANDBY])]);
-    let mut o = observed(&ll, &v, holds("a", 7));
-    let before = before_etcd(&o, now());
+    let o = observed(&ll, &v, holds("a", 7));
+    let before = before(&o);
     assert_eq!(before[0], write("a", &leader, &[]), "demoted (and unlabelled) before etcd");
     assert_eq!(before[1], Step::Sync { lock: "ledger".into(), prefix: P.into(), wanted: vec![cand("b")], ttl: 15 });
-    o.absorb(&before);
-    o.holders = holds("b", 9);
-    assert_eq!(after_etcd(&o, now())[0], write("b", &[STANDBY], &[LEADER, ("leaderlock.dev/ledger.token", "9")]));
+    assert_eq!(
+        after(&fixtures::after(&o, &before, holds("b", 9)))[0],
+        write("b", &[STANDBY], &[LEADER, ("leaderlock.dev/ledger.token", "9")])
+    );
 }
 
 #[test]
@@ -138,11 +86,12 @@ fn nothing_to_write_when_pods_and_status_already_say_what_etcd_says() {
     let ll = leaderlock(&["ledger"], None);
     let v = view(&ll, &[pod("a", 1, true, &[LEADER, ("leaderlock.dev/ledger.token", "7")])]);
     let o = observed(&ll, &v, holds("a", 7));
-    let mut status = status::observed(&ll, &o.mine(), &candidates(&o), &o.holders, &o.queues(), now());
-    status.placement = Some(placement::decide(&o, now()).status);
+    let d = decide(&o, now());
+    let mut status = status::build(&ll, &d.mine, &d.candidates, &o.holders, &o.queue_names(), now());
+    status.placement = Some(d.placed.status);
     let settled = leaderlock(&["ledger"], Some(status));
     let o = observed(&settled, &v, holds("a", 7));
-    assert_eq!(after_etcd(&o, now()), []);
+    assert_eq!(after(&o), []);
 }
 
 #[test]
@@ -162,20 +111,9 @@ fn holder_changes_are_published_only_once_the_status_reporting_them_is_written()
     // announce the same change again had it been published first.
     let ll = leaderlock(&["ledger"], None);
     let v = view(&ll, &[pod("a", 1, true, &[LEADER, ("leaderlock.dev/ledger.token", "7")])]);
-    let steps = after_etcd(&observed(&ll, &v, holds("a", 7)), now());
+    let steps = after(&observed(&ll, &v, holds("a", 7)));
     let at = |f: fn(&Step) -> bool| steps.iter().position(f).unwrap();
     assert!(at(|s| matches!(s, Step::Status(_))) < at(|s| matches!(s, Step::Publish(_))), "{steps:?}");
-}
-
-#[test]
-fn locks_are_claimed_only_once_their_etcd_keys_are_written() {
-    // A claim makes this LeaderLock senior on a contested lock name: recorded before a
-    // failed etcd sync, it would win ties for a lock it never got.
-    let ll = leaderlock(&["ledger", "report"], None);
-    let v = view(&ll, &[pod("a", 1, true, &[])]);
-    let steps = before_etcd(&observed(&ll, &v, Holders::new()), now());
-    let claim = steps.iter().position(|s| matches!(s, Step::Claim(_))).unwrap();
-    assert!(steps.iter().rposition(|s| matches!(s, Step::Sync { .. })).unwrap() < claim, "{steps:?}");
 }
 
 #[test]
@@ -183,17 +121,16 @@ fn a_lock_removed_from_the_spec_is_released_after_the_syncs_and_leaves_the_statu
     let leader = [LEADER, ("leaderlock.dev/ledger.token", "7"), ("leaderlock.dev/report", "leader"), ("leaderlock.dev/report.token", "8")];
     let held = leaderlock(&["ledger", "report"], None);
     let v = view(&held, &[pod("a", 1, true, &leader)]);
-    let reported = status::observed(&held, &v.resolved["payments"], &[pod("a", 1, true, &[])], &holds("a", 7), &Queues::new(), now());
+    let reported = status::build(&held, &v.resolved["payments"], &[pod("a", 1, true, &[])], &holds("a", 7), &QueueNames::new(), now());
     let ll = leaderlock(&["ledger"], Some(reported));
     let mut v = view(&ll, &[pod("a", 1, true, &leader)]);
     v.released = vec![("report".into(), "/shared/report".into())]; // what the index found
-    let mut o = observed(&ll, &v, holds("a", 7));
-    let before = before_etcd(&o, now());
+    let o = observed(&ll, &v, holds("a", 7));
+    let before = before(&o);
     assert_eq!(before[0], write("a", &leader, &leader[..2]), "the leader of the removed lock is demoted first");
     assert!(matches!(before[1], Step::Sync { .. }));
-    assert_eq!(before[2..], [Step::Release { lock: "report".into(), prefix: "/shared/report".into() }, Step::Claim(accepted())]);
-    o.absorb(&before);
-    let after = after_etcd(&o, now());
+    assert_eq!(before[2..], [Step::Release { lock: "report".into(), prefix: "/shared/report".into() }]);
+    let after = after(&fixtures::after(&o, &before, holds("a", 7)));
     let Some(Step::Status(s)) = after.first() else { panic!("a status without the removed lock: {after:?}") };
     assert_eq!(s.locks.iter().map(|l| l.name.as_str()).collect::<Vec<_>>(), ["ledger"]);
 }

@@ -35,7 +35,7 @@ pub async fn write_pod_keys(ctx: &Context, ns: &str, name: &str, uid: Option<&st
     });
     match api.patch(name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&apply)).await {
         Ok(pod) => {
-            ctx.written_pods.record(pod.metadata.uid.as_deref(), pod.metadata.resource_version.as_deref(), PodKeys::current(&pod));
+            ctx.expected_pods.record(pod.metadata.uid.as_deref(), pod.metadata.resource_version.as_deref(), PodKeys::current(&pod));
             Ok(())
         }
         Err(e) if pod_replaced_or_gone(&e) => Ok(()), // its own watch event reconciles again

@@ -10,8 +10,9 @@ use kube::runtime::controller::Action;
 use serde_json::json;
 
 use super::error::{Error, Result, kube_err};
-use super::plan::{self, Holders, Observed, Step};
-use super::written::with_latest_status;
+use super::expectations::with_latest_status;
+use super::plan::{self, Step};
+use super::snapshot::{Holders, Queues, Snapshot};
 use super::{Context, FIELD_MANAGER, events, handover, placement, pod_writes, requests, status};
 use crate::index::View;
 use crate::lock::{Op, Target};
@@ -21,21 +22,24 @@ use crate::resource::{LeaderLock, LeaderLockStatus};
 
 /// Makes etcd and the pods match the LeaderLock, then reports what etcd says in the status.
 pub async fn apply(ll: Arc<LeaderLock>, ctx: &Context) -> Result<Action> {
-    let ll = with_latest_status(&ctx.written, ll);
+    let ll = with_latest_status(&ctx.expected_status, ll);
     let view = ctx.index.view(&ll);
-    let mut observed = observe(ctx, &ll, &view);
     let result = async {
-        let steps = plan::before_etcd(&observed, jiff::Timestamp::now());
-        let wrote = execute_before_etcd(ctx, &ll, &steps).await?;
-        observed.absorb(&steps);
-        observed.requests = requests(ctx, &ll); // with what the etcd phase settled
-        if wrote {
-            observed.holders = holders(ctx, &view);
-            observed.lines = lines(ctx, &view);
-        }
+        let before = snapshot(ctx, &ll, &view);
+        let decided = plan::decide(&before, jiff::Timestamp::now());
+        let steps = plan::before_etcd(&before, &decided);
+        execute_before_etcd(ctx, &ll, &steps).await?;
+        // Only once the etcd stage succeeded: a claim recorded before a failed sync would win
+        // seniority ties for a lock whose keys were never written; and the claims are what
+        // remembers a removed lock's prefix until its keys are gone.
+        ctx.index.record_claims(&ll, &decided.mine);
+        // A fresh snapshot: the holders etcd shows now, and our own writes through the
+        // expectations.
         let now = jiff::Timestamp::now();
-        execute(ctx, &ll, &plan::after_etcd(&observed, now)).await?;
-        Ok::<_, Error>(placement::recheck_after(&placement::decide(&observed, now), now))
+        let after = snapshot(ctx, &ll, &view);
+        let decided = plan::decide(&after, now);
+        execute(ctx, &ll, &plan::after_etcd(&after, &decided, &plan::placement_moves(&steps), now)).await?;
+        Ok::<_, Error>(placement::recheck_after(&decided.placed, now))
     }
     .await;
     if let Err(e) = &result
@@ -50,29 +54,21 @@ pub async fn apply(ll: Arc<LeaderLock>, ctx: &Context) -> Result<Action> {
 }
 
 /// What a plan decides from: the view, each pod's keys as we last knew them, the holders.
-pub fn observe<'a>(ctx: &Context, ll: &'a LeaderLock, view: &'a View) -> Observed<'a> {
+pub fn snapshot<'a>(ctx: &Context, ll: &'a LeaderLock, view: &'a View) -> Snapshot<'a> {
     let current = view
         .pods
         .iter()
         .map(|(name, pod)| {
-            let keys = ctx.written_pods.newer_than(pod.uid.as_deref(), pod.resource_version.as_deref()).unwrap_or_else(|| pod.keys());
+            let keys = ctx.expected_pods.newer_than(pod.uid.as_deref(), pod.resource_version.as_deref()).unwrap_or_else(|| pod.keys());
             (name.clone(), keys)
         })
         .collect();
-    Observed {
-        ll,
-        view,
-        current,
-        holders: holders(ctx, view),
-        lines: lines(ctx, view),
-        requests: requests(ctx, ll),
-        moved: BTreeMap::new(),
-    }
+    Snapshot { ll, view, current, holders: holders(ctx, view), queues: queues(ctx, view), requests: requests(ctx, ll) }
 }
 
-/// Everyone in line for every accepted prefix of `view`, from etcd's mirror (no I/O).
-fn lines(ctx: &Context, view: &View) -> plan::Lines {
-    Observed::prefixes(view).map(|p| (p.clone(), ctx.engine.line(p))).collect()
+/// Every key in line for every accepted prefix of `view`, from etcd's mirror (no I/O).
+fn queues(ctx: &Context, view: &View) -> Queues {
+    Snapshot::prefixes(view).map(|p| (p.clone(), ctx.engine.line(p))).collect()
 }
 
 /// The open Handovers naming `ll`, each with the status we last wrote when the watch has not
@@ -84,7 +80,7 @@ fn requests(ctx: &Context, ll: &LeaderLock) -> Vec<Arc<Handover>> {
         if r.namespace() != ns || r.spec.leader_lock != name {
             continue;
         }
-        let ours = ctx.written_requests.newer_than(r.metadata.uid.as_deref(), r.metadata.resource_version.as_deref());
+        let ours = ctx.expected_requests.newer_than(r.metadata.uid.as_deref(), r.metadata.resource_version.as_deref());
         let r = match ours {
             Some(status) => Arc::new(Handover { status: Some(status), ..(*r).clone() }),
             None => r,
@@ -99,7 +95,7 @@ fn requests(ctx: &Context, ll: &LeaderLock) -> Vec<Arc<Handover>> {
 /// The holder of every accepted prefix of `view`, from etcd's mirror (no I/O).
 fn holders(ctx: &Context, view: &View) -> Holders {
     let mut out = BTreeMap::new();
-    for prefix in Observed::prefixes(view) {
+    for prefix in Snapshot::prefixes(view) {
         if let Some(h) = ctx.engine.holder(prefix) {
             out.insert(prefix.clone(), h);
         }
@@ -110,7 +106,7 @@ fn holders(ctx: &Context, view: &View) -> Holders {
 /// Applies the steps before etcd: the Handover status writes run alongside the pod demotions
 /// (they are independent, and both must land before a lock moves: one round trip saved on
 /// every handover), then the rest in order.
-async fn execute_before_etcd(ctx: &Context, ll: &LeaderLock, steps: &[Step]) -> Result<bool> {
+async fn execute_before_etcd(ctx: &Context, ll: &LeaderLock, steps: &[Step]) -> Result<()> {
     let requests = steps.iter().take_while(|s| matches!(s, Step::Request { .. })).count();
     let pods = steps[requests..].iter().take_while(|s| matches!(s, Step::Pod { .. })).count();
     let (first, rest) = steps.split_at(requests + pods);
@@ -120,17 +116,15 @@ async fn execute_before_etcd(ctx: &Context, ll: &LeaderLock, steps: &[Step]) -> 
     execute(ctx, ll, rest).await
 }
 
-/// Applies `steps` in order, stopping at the first failure. Returns whether etcd was written.
-pub async fn execute(ctx: &Context, ll: &LeaderLock, steps: &[Step]) -> Result<bool> {
+/// Applies `steps` in order, stopping at the first failure.
+pub async fn execute(ctx: &Context, ll: &LeaderLock, steps: &[Step]) -> Result<()> {
     let ns = ll.namespace().ok_or(Error::NoNamespace)?;
     let name = ll.name_any();
-    let mut wrote = false;
     for step in steps {
         match step {
             Step::Pod { name, uid, from, to } => pod_writes::write_pod_keys(ctx, &ns, name, uid.as_deref(), from, to).await?,
             Step::Sync { prefix, wanted, ttl, .. } => {
                 let ops = ctx.engine.sync_observed(prefix, wanted, *ttl, |op| ctx.metrics.etcd_op(op_kind(op))).await?;
-                wrote |= !ops.is_empty();
                 log_ops(&name, &ops);
             }
             Step::Release { lock, prefix } => {
@@ -138,37 +132,35 @@ pub async fn execute(ctx: &Context, ll: &LeaderLock, steps: &[Step]) -> Result<b
                 if released > 0 {
                     tracing::info!(leaderlock = %name, lock, prefix, keys = released, "lock released");
                 }
-                wrote |= released > 0;
             }
-            Step::Claim(resolved) => ctx.index.record_claims(ll, resolved),
             Step::Status(status) => write_status(ctx, ll, status).await?,
             Step::Publish(changes) => events::publish(ctx, ll, changes).await,
             Step::Request { name, status } => requests::write_status(ctx, &ns, name, status).await?,
-            Step::Requeue { lock, prefix, from_token, to, request: Some(request), .. } => {
-                wrote |= requests::hand_over(ctx, &ns, request, lock, prefix, *from_token, to.as_deref()).await?;
+            Step::Move { lock, prefix, from_token, to, request: Some(request), .. } => {
+                requests::hand_over(ctx, &ns, request, lock, prefix, *from_token, to.as_deref()).await?;
             }
-            Step::Requeue { lock, prefix, from_token, to, request: None, why } => {
-                wrote |= place(ctx, &name, lock, prefix, *from_token, to.as_deref(), *why).await?;
+            Step::Move { lock, prefix, from_token, to, request: None, why } => {
+                place(ctx, &name, lock, prefix, *from_token, to.as_deref(), *why).await?;
             }
         }
     }
-    Ok(wrote)
+    Ok(())
 }
 
 /// Carries out a move placement planned (docs/contract.md §8): one handover transaction.
-/// Returns whether etcd was written. Keys that changed since the plan was made (etcd moved on
+/// Keys that changed since the plan was made (etcd moved on
 /// by itself) write nothing: that change triggers the next reconcile, which plans again.
-async fn place(ctx: &Context, ll: &str, lock: &str, prefix: &str, from_token: i64, to: Option<&str>, why: Option<Why>) -> Result<bool> {
+async fn place(ctx: &Context, ll: &str, lock: &str, prefix: &str, from_token: i64, to: Option<&str>, why: Option<Why>) -> Result<()> {
     let target = to.map_or(Target::Next, Target::Candidate);
     let why = why.map(|w| w.to_string()).unwrap_or_default();
-    match ctx.engine.requeue(prefix, from_token, target).await? {
+    match ctx.engine.move_lock(prefix, from_token, target).await? {
         Ok(moved) => {
             tracing::info!(leaderlock = ll, lock, prefix, to = %moved.target.0, token = moved.target.1, why, "lock placed");
-            Ok(true)
+            Ok(())
         }
         Err(unmovable) => {
             tracing::debug!(leaderlock = ll, lock, prefix, why, reason = %unmovable, "placement move not made: the keys changed");
-            Ok(false)
+            Ok(())
         }
     }
 }
@@ -189,7 +181,7 @@ async fn write_status(ctx: &Context, ll: &LeaderLock, status: &LeaderLockStatus)
         .patch_status(&ll.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch))
         .await
         .map_err(kube_err("apply LeaderLock status"))?;
-    ctx.written.record(
+    ctx.expected_status.record(
         updated.metadata.uid.as_deref(),
         updated.metadata.resource_version.as_deref(),
         updated.status.clone().unwrap_or_default(),

@@ -21,7 +21,7 @@ pub async fn write_status(ctx: &Context, ns: &str, name: &str, status: &Handover
         Err(e) => return Err(kube_err("apply Handover status")(e)),
     };
     let written = updated.status.clone().unwrap_or_default();
-    ctx.written_requests.record(updated.metadata.uid.as_deref(), updated.metadata.resource_version.as_deref(), written);
+    ctx.expected_requests.record(updated.metadata.uid.as_deref(), updated.metadata.resource_version.as_deref(), written);
     if status.phase.is_some_and(Phase::is_final) {
         announce(ctx, &updated, status).await;
     }
@@ -45,23 +45,15 @@ async fn announce(ctx: &Context, r: &Handover, status: &HandoverStatus) {
 }
 
 /// Moves the lock at `prefix` from the holder with `from_token` to the candidate `to` (None:
-/// the next in line) for the Handover `request`. Returns whether etcd was written. Keys that
+/// the next in line) for the Handover `request`. Keys that
 /// no longer allow the move settle the request as refused; a holder that changed meanwhile
 /// is an error, so the reconcile is retried and judges the request again.
-pub async fn hand_over(
-    ctx: &Context,
-    ns: &str,
-    request: &str,
-    lock: &str,
-    prefix: &str,
-    from_token: i64,
-    to: Option<&str>,
-) -> Result<bool> {
+pub async fn hand_over(ctx: &Context, ns: &str, request: &str, lock: &str, prefix: &str, from_token: i64, to: Option<&str>) -> Result<()> {
     let target = to.map_or(Target::Next, Target::Candidate);
-    match ctx.engine.requeue(prefix, from_token, target).await? {
+    match ctx.engine.move_lock(prefix, from_token, target).await? {
         Ok(moved) => {
             tracing::info!(handover = request, lock, prefix, to = %moved.target.0, token = moved.target.1, "lock handed over");
-            Ok(true)
+            Ok(())
         }
         Err(Unmovable::HolderChanged { .. }) => Err(Error::Etcd(crate::etcd::Error::Raced { op: "hand over lock" })),
         Err(why) => {
@@ -73,8 +65,7 @@ pub async fn hand_over(
                 Unmovable::NotQueued | Unmovable::AlreadyHolder | Unmovable::HolderChanged { .. } => reasons::NOT_CANDIDATE,
             };
             let status = super::handover::refused(reason, &format!("lock {lock:?}: {why}"), jiff::Timestamp::now());
-            write_status(ctx, ns, request, &status).await?;
-            Ok(false)
+            write_status(ctx, ns, request, &status).await
         }
     }
 }

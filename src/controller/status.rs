@@ -6,30 +6,27 @@ use std::sync::Arc;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::Resource;
 
-use super::plan::Holders;
-use crate::lock::Holder;
+use super::snapshot::{Holders, QueueNames};
+use crate::lock::LockKey;
 use crate::pods::PodInfo;
 use crate::resolve::{Resolution, selector_problem};
 use crate::resource::{LeaderLock, LeaderLockStatus, LockStatus, reasons};
 
 /// The candidate pod whose key is `h` (matched by pod UID, never by name alone).
-fn holder_pod(h: &Holder, candidates: &[Arc<PodInfo>]) -> Option<String> {
-    let id = h.candidate.as_deref()?;
+fn holder_pod(h: &LockKey, candidates: &[Arc<PodInfo>]) -> Option<String> {
+    let id = h.owner.as_deref()?;
     candidates.iter().find(|p| p.uid.as_deref() == Some(id)).map(|p| p.name.clone())
 }
-
-/// Each lock prefix's line, holder first, named as the status names holders.
-pub type Queues = std::collections::BTreeMap<String, Vec<String>>;
 
 /// The status `ll` should report: one entry per lock of its spec (`mine`, as resolved), given
 /// its candidates, the holder of every accepted prefix and everyone in line. `transitions` and
 /// `since` carry over from `ll`'s status while the holder and token are unchanged.
-pub fn observed(
+pub fn build(
     ll: &LeaderLock,
     mine: &[(String, Resolution)],
     candidates: &[Arc<PodInfo>],
     holders: &Holders,
-    queues: &Queues,
+    queues: &QueueNames,
     now: jiff::Timestamp,
 ) -> LeaderLockStatus {
     let old = ll.status.clone().unwrap_or_default();
@@ -52,7 +49,7 @@ pub fn observed(
                     st.holder = match holder_pod(h, candidates) {
                         Some(pod) => Some(pod),
                         // Another cluster's pod (`<cluster>/<ns>/<pod>`) or an outside holder (`etcd:<key>`).
-                        None if h.candidate.is_none() => Some(h.name.clone().unwrap_or_else(|| format!("etcd:{}", h.key))),
+                        None if h.owner.is_none() => Some(h.name.clone().unwrap_or_else(|| format!("etcd:{}", h.key))),
                         // Paused: a holder that stopped being a candidate keeps the lock.
                         None if ll.spec.paused => st.queue.first().cloned(),
                         None => None, // a key of a pod that is leaving: not a holder to report
@@ -161,7 +158,7 @@ fn set_condition(conditions: &mut Vec<Condition>, mut new: Condition) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::controller::plan::tests::{P, holds, leaderlock, now, pod};
+    use crate::fixtures::{P, holds, leaderlock, now, pod};
 
     fn ready(s: &LeaderLockStatus) -> (&str, &str, &str) {
         let c = s.conditions.iter().find(|c| c.type_ == reasons::READY).unwrap();
@@ -175,7 +172,7 @@ mod tests {
     #[test]
     fn a_new_holder_is_reported_with_its_token_since_now_and_one_more_transition() {
         let ll = leaderlock(&["ledger"], None);
-        let s = observed(&ll, &accepted(), &[pod("a", 1, true, &[]), pod("b", 2, true, &[])], &holds("a", 7), &Queues::new(), now());
+        let s = build(&ll, &accepted(), &[pod("a", 1, true, &[]), pod("b", 2, true, &[])], &holds("a", 7), &QueueNames::new(), now());
         let lock = LockStatus {
             name: "ledger".into(),
             holder: Some("a".into()),
@@ -188,12 +185,12 @@ mod tests {
         assert_eq!((s.observed_generation, s.lock_count, &s.locks[..]), (Some(3), 1, &[lock][..]));
         assert_eq!(ready(&s), ("True", reasons::ELECTED, "every lock has a holder"));
         // The same holder and token later: nothing changes, not even `since`.
-        let again = observed(
+        let again = build(
             &leaderlock(&["ledger"], Some(s.clone())),
             &accepted(),
             &[pod("a", 1, true, &[])],
             &holds("a", 7),
-            &Queues::new(),
+            &QueueNames::new(),
             now() + jiff::SignedDuration::from_secs(60),
         );
         assert_eq!((again.locks[0].since.as_deref(), again.locks[0].transitions), (Some("2027-01-15T08:00:00Z"), 1));
@@ -203,11 +200,11 @@ mod tests {
     #[test]
     fn a_holder_outside_kubernetes_is_its_etcd_key_and_a_leaving_pods_key_is_no_holder() {
         let ll = leaderlock(&["ledger"], None);
-        let external = [(P.to_string(), Holder { key: format!("{P}/694d"), token: 5, candidate: None, name: None })].into();
-        let s = observed(&ll, &accepted(), &[pod("a", 1, true, &[])], &external, &Queues::new(), now());
+        let external = [(P.to_string(), LockKey { key: format!("{P}/694d"), token: 5, owner: None, name: None })].into();
+        let s = build(&ll, &accepted(), &[pod("a", 1, true, &[])], &external, &QueueNames::new(), now());
         assert_eq!((s.locks[0].holder.as_deref(), s.locks[0].fencing_token.as_deref()), (Some(&*format!("etcd:{P}/694d")), Some("5")));
         // b's key still holds, but b is no candidate any more: no holder until etcd moves on.
-        let s = observed(&ll, &accepted(), &[pod("a", 1, true, &[])], &holds("b", 9), &Queues::new(), now());
+        let s = build(&ll, &accepted(), &[pod("a", 1, true, &[])], &holds("b", 9), &QueueNames::new(), now());
         assert_eq!((s.locks[0].holder.as_deref(), s.locks[0].fencing_token.as_deref()), (None, None));
         assert_eq!(ready(&s), ("False", "Electing", "1 lock(s) have no holder yet"));
     }
@@ -217,14 +214,14 @@ mod tests {
         let ll = leaderlock(&["ledger", "report"], None);
         let rejected = Resolution::Rejected { reason: reasons::LOCK_NAME_CONFLICT, message: "taken".into() };
         let mine = vec![accepted().remove(0), ("report".to_string(), rejected)];
-        let s = observed(&ll, &mine, &[pod("a", 1, true, &[])], &holds("a", 7), &Queues::new(), now());
+        let s = build(&ll, &mine, &[pod("a", 1, true, &[])], &holds("a", 7), &QueueNames::new(), now());
         assert_eq!((s.locks[1].candidates, s.locks[1].holder.as_deref()), (0, None));
         assert_eq!(ready(&s), ("False", reasons::LOCK_NAME_CONFLICT, "lock report: taken"));
     }
 
     #[test]
     fn no_candidates_is_ready_and_says_when_locks_will_be_elected() {
-        let s = observed(&leaderlock(&["ledger"], None), &accepted(), &[], &Holders::new(), &Queues::new(), now());
+        let s = build(&leaderlock(&["ledger"], None), &accepted(), &[], &Holders::new(), &QueueNames::new(), now());
         assert_eq!(ready(&s).0, "True");
         assert_eq!(ready(&s).1, reasons::NO_CANDIDATES);
         assert_eq!(s.locks[0].candidates, 0);

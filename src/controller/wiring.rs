@@ -56,13 +56,13 @@ pub async fn run(client: kube::Client, engine: Arc<Engine>, settings: Settings) 
     let (pods_synced_tx, pods_synced) = tokio::sync::watch::channel(false);
     // Reconciles the index asks for beyond an object's own event (relists, deletions).
     let (trigger, triggers) = mpsc::unbounded_channel();
-    let fencing_trigger = trigger.clone();
+    let risk_trigger = trigger.clone();
     let (lls_synced_tx, lls_synced) = tokio::sync::watch::channel(false);
     // The pod watch only feeds the index, which names the LeaderLocks each event concerns.
-    let (pod_index, written_pods) = (index.clone(), maps.written_pods.clone());
+    let (pod_index, expected_pods) = (index.clone(), maps.expected_pods.clone());
     let mut pod_indexing = indexing(
         move |ev| {
-            written_pods.observe(ev);
+            expected_pods.forget_gone(ev);
             pod_index.on_pod_event(ev)
         },
         pods_synced_tx,
@@ -75,10 +75,10 @@ pub async fn run(client: kube::Client, engine: Arc<Engine>, settings: Settings) 
     // Only Apply events trigger their object directly: a relist's objects are indexed when it
     // completes, and the index then names what changed (a reconcile run on a relisted object
     // before that would read the previous table).
-    let (ll_index, written) = (index.clone(), maps.written.clone());
+    let (ll_index, written) = (index.clone(), maps.expected_status.clone());
     let mut ll_indexing = indexing(
         move |ev| {
-            written.observe(ev);
+            written.forget_gone(ev);
             ll_index.on_leaderlock_event(ev)
         },
         lls_synced_tx,
@@ -105,15 +105,15 @@ pub async fn run(client: kube::Client, engine: Arc<Engine>, settings: Settings) 
         index: index.clone(),
         instance: settings.instance,
         metrics: settings.metrics.clone(),
-        written: maps.written.clone(),
-        written_pods: maps.written_pods.clone(),
+        expected_status: maps.expected_status.clone(),
+        expected_pods: maps.expected_pods.clone(),
         requests,
-        written_requests: maps.written_requests.clone(),
+        expected_requests: maps.expected_requests.clone(),
     });
 
     // Detached: when the election is lost this future is dropped, and the demotions must
     // still be written before the process exits (the caller waits on `Engine::demoted`).
-    tokio::spawn(super::fencing::run(ctx.clone(), reader.clone(), fencing_trigger, settings.concurrency.into()));
+    tokio::spawn(super::lease_risk::run(ctx.clone(), reader.clone(), risk_trigger, settings.concurrency.into()));
     let etcd_changes = etcd_triggers(engine.clone(), index);
     let extra = tokio_stream::wrappers::UnboundedReceiverStream::new(triggers);
 
@@ -161,7 +161,7 @@ fn watch_requests(
         None => Api::all(client.clone()),
     };
     let (reader, writer) = reflector::store();
-    let written = maps.written_requests.clone();
+    let written = maps.expected_requests.clone();
     // Reconciles wait for the first complete list: a request half carried out before a restart
     // must be found, or its demoted holder would be promoted back for a moment.
     let (synced_tx, synced) = tokio::sync::watch::channel(false);
@@ -171,7 +171,7 @@ fn watch_requests(
         .reflect(writer)
         .inspect(move |ev| match ev {
             Ok(ev) => {
-                written.observe(ev);
+                written.forget_gone(ev);
                 if matches!(ev, watcher::Event::InitDone) {
                     let _ = synced_tx.send(true);
                 }

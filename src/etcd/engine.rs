@@ -13,11 +13,11 @@ use etcd_client::Client;
 
 use super::lease_pool::LeasePool;
 use super::mirror::Mirror;
-use super::mutex::{requeue_txn, txn_for};
+use super::mutex::{move_txn, txn_for};
 use super::ownership::{self, ClusterId};
 use super::{Result, call, retry};
 use crate::keyspace::Keyspace;
-use crate::lock::{self, Candidate, Holder, KeyState, Op, Requeue, Target, Unmovable};
+use crate::lock::{self, Candidate, KeyState, LockKey, Move, Op, Target, Unmovable};
 
 /// Where the engine may read and write.
 #[derive(Clone, Debug)]
@@ -107,15 +107,15 @@ impl Engine {
 
     /// The holder of the lock `prefix`, from the mirror (no I/O). A holder of another cluster has
     /// no `candidate` and is named `<cluster>/<namespace>/<pod>`. None while our holder's key is
-    /// on a lease at risk ([`Engine::is_fenced`]): etcd may expire it any moment, and another
+    /// on a lease at risk ([`Engine::lease_at_risk`]): etcd may expire it any moment, and another
     /// cluster promote its next candidate, so ours must not be called leader (docs/contract.md §4.7).
-    pub fn holder(&self, prefix: &str) -> Option<Holder> {
+    pub fn holder(&self, prefix: &str) -> Option<LockKey> {
         let keys = self.decision_keys(prefix);
         let mut holder = lock::holder(prefix, &keys)?;
-        if holder.candidate.is_some() && keys.iter().any(|k| k.key == holder.key && self.is_fenced(k.lease)) {
+        if holder.owner.is_some() && keys.iter().any(|k| k.key == holder.key && self.lease_at_risk(k.lease)) {
             return None;
         }
-        if holder.candidate.is_none() {
+        if holder.owner.is_none() {
             let raw = self.keys(prefix).into_iter().find(|k| k.key == holder.key);
             holder.name = raw.and_then(|k| ownership::foreign_holder(&k, &self.cluster_id));
         }
@@ -123,26 +123,26 @@ impl Engine {
     }
 
     /// Everyone in line for the lock `prefix`, holder first, named like [`Engine::holder`] (no I/O).
-    pub fn line(&self, prefix: &str) -> Vec<Holder> {
+    pub fn line(&self, prefix: &str) -> Vec<LockKey> {
         let raw = self.keys(prefix);
         let mut line = lock::line(prefix, &ownership::decision_view(raw.clone(), &self.cluster_id, &self.our_leases()));
-        for h in line.iter_mut().filter(|h| h.candidate.is_none()) {
+        for h in line.iter_mut().filter(|h| h.owner.is_none()) {
             h.name = raw.iter().find(|k| k.key == h.key).and_then(|k| ownership::foreign_holder(k, &self.cluster_id));
         }
         line
     }
 
     /// Hands the lock `prefix` from the holder with fencing token `holder_token` to `target` in
-    /// one transaction ([`lock::requeue`]) and waits until the mirror shows it. `Ok(Err(_))`:
+    /// one transaction ([`lock::plan_move`]) and waits until the mirror shows it. `Ok(Err(_))`:
     /// the keys as they are do not allow it (nothing written).
-    pub async fn requeue(&self, prefix: &str, holder_token: i64, target: Target<'_>) -> Result<Result<Requeue, Unmovable>> {
-        let mut planned = match lock::requeue(prefix, &self.decision_keys(prefix), holder_token, target) {
+    pub async fn move_lock(&self, prefix: &str, holder_token: i64, target: Target<'_>) -> Result<Result<Move, Unmovable>> {
+        let mut planned = match lock::plan_move(prefix, &self.decision_keys(prefix), holder_token, target) {
             Ok(r) => r,
             Err(why) => return Ok(Err(why)),
         };
         planned.ops = planned.ops.into_iter().map(|op| ownership::stamp(op, &self.cluster_id)).collect();
         planned.then = planned.then.into_iter().map(|op| ownership::stamp(op, &self.cluster_id)).collect();
-        let txn = requeue_txn(&planned);
+        let txn = move_txn(&planned);
         let t = self.call_timeout;
         let resp = retry(5, || {
             let mut c = self.client.clone();
@@ -166,22 +166,22 @@ impl Engine {
 
     /// Whether keys on our `lease` must not make leaders: the lease went unrenewed for half its
     /// TTL or is lost (no I/O).
-    pub fn is_fenced(&self, lease: i64) -> bool {
+    pub fn lease_at_risk(&self, lease: i64) -> bool {
         self.leases.is_at_risk(lease)
     }
 
-    /// The generation of [`Engine::fence_changes`] now: [`Engine::demoted`] reaches it once the
+    /// The generation of [`Engine::risk_changes`] now: [`Engine::demoted`] reaches it once the
     /// demotions it calls for are written.
-    pub fn fence_generation(&self) -> u64 {
+    pub fn risk_generation(&self) -> u64 {
         *self.leases.risk_changes().borrow()
     }
 
     /// Changes whenever a lease's risk may have changed: the pods must be looked at again.
-    pub fn fence_changes(&self) -> tokio::sync::watch::Receiver<u64> {
+    pub fn risk_changes(&self) -> tokio::sync::watch::Receiver<u64> {
         self.leases.risk_changes()
     }
 
-    /// Records that the demotions called for by `generation` of [`Engine::fence_changes`] are
+    /// Records that the demotions called for by `generation` of [`Engine::risk_changes`] are
     /// written.
     pub fn mark_demoted(&self, generation: u64) {
         self.demoted.send_if_modified(|done| std::mem::replace(done, generation.max(*done)) != *done);
@@ -231,7 +231,7 @@ impl Engine {
     /// Remembers the current holder of `prefix`: if a lost lease wipes the lock's keys, they are
     /// recreated with this candidate first, so it keeps the lock.
     fn remember_holder(&self, prefix: &str) {
-        if let Some(id) = self.holder(prefix).and_then(|h| h.candidate) {
+        if let Some(id) = self.holder(prefix).and_then(|h| h.owner) {
             self.holders().insert(prefix.to_string(), id);
         }
     }

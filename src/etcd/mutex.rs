@@ -4,7 +4,7 @@
 
 use etcd_client::{Compare, CompareOp, GetOptions, PutOptions, SortOrder, SortTarget, Txn, TxnOp};
 
-use crate::lock::{Op, Requeue};
+use crate::lock::{Move, Op};
 
 /// The transaction for one operation on the lock `prefix`, and its name for errors. The guarded
 /// create also reads the current owner (lowest create revision), like the recipe, so the
@@ -41,10 +41,10 @@ pub fn txn_for(prefix: &str, op: &Op) -> (&'static str, Txn) {
     }
 }
 
-/// A handover as one transaction ([`crate::lock::requeue`]): the keys ahead of the target are
+/// A handover as one transaction ([`crate::lock::plan_move`]): the keys ahead of the target are
 /// deleted and recreated at the back of the line only if each is still the incarnation read,
 /// each new name is free, and the target's key is still there. All or nothing.
-pub fn requeue_txn(r: &Requeue) -> Txn {
+pub fn move_txn(r: &Move) -> Txn {
     let (target, token) = &r.target;
     let mut when = vec![Compare::create_revision(target.clone(), CompareOp::Equal, *token)];
     let mut then = Vec::new();
@@ -58,7 +58,7 @@ pub fn requeue_txn(r: &Requeue) -> Txn {
                 when.push(Compare::create_revision(key.clone(), CompareOp::Equal, 0));
                 then.push(TxnOp::put(key.clone(), value.clone(), Some(PutOptions::new().with_lease(*lease))));
             }
-            Op::Reattach { .. } => {} // never part of a requeue
+            Op::Reattach { .. } => {} // never part of a move
         }
     }
     Txn::new().when(when).and_then(then)

@@ -1,9 +1,9 @@
 //! Unit and property tests of the index: apply objects, assert the exact view that comes out.
 use super::*;
-use crate::lock::Holder;
-use crate::resource::LeaderLockSpec;
+use crate::fixtures::{self, SpecBuilder};
+use crate::lock::LockKey;
 use k8s_openapi::api::core::v1::{PodCondition, PodStatus};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelectorRequirement, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelectorRequirement};
 
 fn prefix_of(ns: &str, l: &LockSpec) -> Result<String, String> {
     match &l.etcd_key {
@@ -14,20 +14,8 @@ fn prefix_of(ns: &str, l: &LockSpec) -> Result<String, String> {
 }
 
 fn ll(ns: &str, name: &str, age: i64, app: &str, locks: &[(&str, Option<&str>)]) -> LeaderLock {
-    let mut l = LeaderLock::new(
-        name,
-        LeaderLockSpec {
-            selector: LabelSelector { match_labels: Some([("app".to_string(), app.to_string())].into()), ..Default::default() },
-            locks: Some(locks.iter().map(|(n, k)| LockSpec { name: n.to_string(), etcd_key: k.map(str::to_string) }).collect()),
-            shards: None,
-            placement: None,
-            ttl_seconds: 15,
-            pod_labels: false,
-            paused: false,
-        },
-    );
+    let mut l = fixtures::named(name, age, fixtures::spec().selecting(app).locks(locks));
     l.metadata.namespace = Some(ns.into());
-    l.metadata.creation_timestamp = Some(Time(jiff::Timestamp::from_second(1_700_000_000 + age).unwrap()));
     l
 }
 
@@ -123,7 +111,7 @@ fn a_view_holds_the_selected_pods_and_the_leaderlocks_sharing_them() {
     assert_eq!(v.selecting["w1"], ["both", "web"]);
     assert_eq!(v.candidates("web").len(), 1);
     let holder =
-        |p: &str| (p == "/ll/locks/a/w").then(|| Holder { key: format!("{p}/1"), token: 7, candidate: Some("uid-w1".into()), name: None });
+        |p: &str| (p == "/ll/locks/a/w").then(|| LockKey { key: format!("{p}/1"), token: 7, owner: Some("uid-w1".into()), name: None });
     let roles = v.roles_for(&v.pods["w1"], holder);
     assert_eq!(
         roles.iter().map(|r| (r.lock.as_str(), r.leader.clone())).collect::<Vec<_>>(),

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use crate::lock::Holder;
+use crate::lock::LockKey;
 use crate::pods::{LockRoles, Matcher, PodInfo};
 use crate::resolve::Resolution;
 use crate::resource::LeaderLock;
@@ -39,7 +39,7 @@ impl View {
     /// The roles every accepted lock of the namespace assigns to `pod`, given each lock
     /// prefix's holder. LeaderLocks being deleted assign nothing: their keys are to be removed.
     /// A paused LeaderLock keeps its holder `leader` even once it stops being a candidate.
-    pub fn roles_for(&self, pod: &PodInfo, holder: impl Fn(&str) -> Option<Holder>) -> Vec<LockRoles> {
+    pub fn roles_for(&self, pod: &PodInfo, holder: impl Fn(&str) -> Option<LockKey>) -> Vec<LockRoles> {
         let name = pod.name.clone();
         let mut out = Vec::new();
         for ll in self.selecting.get(&name).into_iter().flatten() {
@@ -49,7 +49,7 @@ impl View {
             }
             for (lock, res) in self.resolved.get(ll).into_iter().flatten() {
                 let Resolution::Accepted(prefix) = res else { continue };
-                let holds = |h: &Holder| h.candidate.is_some() && h.candidate == pod.uid;
+                let holds = |h: &LockKey| h.owner.is_some() && h.owner == pod.uid;
                 let leader = holder(prefix).filter(holds).map(|h| (name.clone(), h.token));
                 if !pod.candidate && leader.is_none() {
                     continue; // paused, but only the holder is frozen in place

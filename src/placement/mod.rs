@@ -15,7 +15,7 @@
 //! * [`Policy::Queue`] (the default): etcd's order, interoperable with `etcdctl lock`. Placement
 //!   decides nothing but who queues: `never_lead` candidates get **no etcd key at all**. Queuing
 //!   them behind the others would not keep them from leading: the moment every key ahead of
-//!   theirs is gone etcd makes them holder, and the controller would have to requeue them (a
+//!   theirs is gone etcd makes them holder, and the controller would have to move the lock again (a
 //!   delete and a create, an etcd write while nobody joined or left) or leave the lock with a
 //!   holder it will not annotate `leader`. With no key they can never be first in line, a flag
 //!   turned on for a holder is an ordinary leave (demote, delete the key, the next key holds:
@@ -38,7 +38,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 pub use shards::{InvalidShards, MAX_SHARDS, shard_names};
-pub use stabilise::{Observed, Stabilised, stabilise};
+pub use stabilise::{CandidateState, Stabilised, stabilise};
 
 /// How a LeaderLock's locks are placed on its candidates.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -74,7 +74,7 @@ impl Candidate {
 
 /// Who holds a lock, or should.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Holder {
+pub enum Occupant {
     /// Nobody: no key under the lock prefix (or, as a target, nobody placement may give it to:
     /// etcd's queue decides).
     None,
@@ -84,11 +84,11 @@ pub enum Holder {
     External,
 }
 
-impl Holder {
+impl Occupant {
     pub fn candidate(&self) -> Option<&str> {
         match self {
-            Holder::Candidate(id) => Some(id),
-            Holder::None | Holder::External => None,
+            Occupant::Candidate(id) => Some(id),
+            Occupant::None | Occupant::External => None,
         }
     }
 }
@@ -97,7 +97,7 @@ impl Holder {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Assignment {
     pub lock: String,
-    pub holder: Holder,
+    pub holder: Occupant,
 }
 
 /// Why a lock moves; the controller's Event says it.
@@ -173,14 +173,14 @@ pub fn place(policy: Policy, current: &[Assignment], candidates: &[Candidate]) -
 /// key in line, which is the first queued candidate (a prediction for the status, not a move).
 fn queue_targets(current: &[Assignment], candidates: &[Candidate]) -> Vec<Assignment> {
     let queued = |id: &str| candidates.iter().any(|c| c.id == id && c.queued());
-    let first = candidates.iter().find(|c| c.queued()).map_or(Holder::None, |c| Holder::Candidate(c.id.clone()));
+    let first = candidates.iter().find(|c| c.queued()).map_or(Occupant::None, |c| Occupant::Candidate(c.id.clone()));
     current
         .iter()
         .map(|a| {
             let holder = match &a.holder {
-                Holder::External => Holder::External,
-                Holder::Candidate(id) if queued(id) => a.holder.clone(),
-                Holder::Candidate(_) | Holder::None => first.clone(),
+                Occupant::External => Occupant::External,
+                Occupant::Candidate(id) if queued(id) => a.holder.clone(),
+                Occupant::Candidate(_) | Occupant::None => first.clone(),
             };
             Assignment { lock: a.lock.clone(), holder }
         })
@@ -219,9 +219,9 @@ pub fn distribution(assignments: &[Assignment], candidates: &[Candidate]) -> Dis
     let mut result = Distribution::default();
     for a in assignments {
         match &a.holder {
-            Holder::Candidate(id) => *counts.entry(id).or_default() += 1,
-            Holder::External => result.external += 1,
-            Holder::None => result.vacant += 1,
+            Occupant::Candidate(id) => *counts.entry(id).or_default() += 1,
+            Occupant::External => result.external += 1,
+            Occupant::None => result.vacant += 1,
         }
     }
     for c in dedup_by(candidates, |c| &c.id) {

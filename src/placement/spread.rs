@@ -14,7 +14,7 @@
 
 use std::collections::BTreeMap;
 
-use super::{Assignment, Candidate, Holder, Move, Why};
+use super::{Assignment, Candidate, Move, Occupant, Why};
 
 /// A free lock: its index in the locks, who holds it now, why it must move.
 struct Free {
@@ -42,9 +42,9 @@ pub(super) fn spread(current: &[Assignment], candidates: &[Candidate]) -> (Vec<A
     let mut placeable = 0;
     for (lock, a) in current.iter().enumerate() {
         let why = match &a.holder {
-            Holder::External => continue,
-            Holder::None => Why::Vacant,
-            Holder::Candidate(id) => match by_id.get(id.as_str()) {
+            Occupant::External => continue,
+            Occupant::None => Why::Vacant,
+            Occupant::Candidate(id) => match by_id.get(id.as_str()) {
                 Some(c) if in_pool(c) => {
                     kept.entry(&c.id).or_default().push(lock);
                     placeable += 1;
@@ -67,7 +67,7 @@ pub(super) fn spread(current: &[Assignment], candidates: &[Candidate]) -> (Vec<A
         .collect();
     let mut target: Vec<Assignment> = current.to_vec();
     for f in &free {
-        target[f.lock].holder = Holder::None;
+        target[f.lock].holder = Occupant::None;
     }
     if !members.iter().any(|m| m.eligible) {
         return (target, Vec::new());
@@ -116,11 +116,11 @@ fn fill(members: &mut [Member], mut free: Vec<Free>, current: &[Assignment], tar
             .filter(|m| m.share > m.kept.len())
             .reduce(|best, m| if m.share - m.kept.len() > best.share - best.kept.len() { m } else { best });
         let Some(m) = best else {
-            target[f.lock].holder = Holder::None;
+            target[f.lock].holder = Occupant::None;
             continue;
         };
         m.kept.push(f.lock);
-        target[f.lock].holder = Holder::Candidate(m.id.to_string());
+        target[f.lock].holder = Occupant::Candidate(m.id.to_string());
         moves.push((f.why, f.lock, Move { lock: current[f.lock].lock.clone(), from: f.from, to: m.id.to_string(), why: f.why }));
     }
     moves.sort_by_key(|(why, lock, _)| (*why, *lock));

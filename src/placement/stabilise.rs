@@ -12,7 +12,7 @@ use super::Candidate;
 
 /// What the controller observed of one candidate pod.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Observed {
+pub struct CandidateState {
     pub id: String,
     /// When it last became Ready (the `Ready` condition's `lastTransitionTime`, which survives
     /// controller restarts and is the same for every replica).
@@ -34,7 +34,7 @@ pub struct Stabilised {
 }
 
 /// Applies `delay` to what was observed, as of `now`.
-pub fn stabilise(observed: &[Observed], delay: Duration, now: SystemTime) -> Stabilised {
+pub fn stabilise(states: &[CandidateState], delay: Duration, now: SystemTime) -> Stabilised {
     let mut recheck_at: Option<SystemTime> = None;
     let mut settled = |since: SystemTime| match since.checked_add(delay) {
         Some(at) if at <= now => true,
@@ -45,7 +45,7 @@ pub fn stabilise(observed: &[Observed], delay: Duration, now: SystemTime) -> Sta
         // Beyond what the clock can say: never, and nothing to wait for.
         None => false,
     };
-    let candidates = observed
+    let candidates = states
         .iter()
         .map(|o| Candidate {
             id: o.id.clone(),
@@ -65,14 +65,14 @@ mod tests {
         SystemTime::UNIX_EPOCH + Duration::from_secs(secs)
     }
 
-    fn observed(id: &str, ready: u64, preferred: Option<u64>) -> Observed {
-        Observed { id: id.into(), ready_since: at(ready), preferred_since: preferred.map(at), never_lead: false }
+    fn state(id: &str, ready: u64, preferred: Option<u64>) -> CandidateState {
+        CandidateState { id: id.into(), ready_since: at(ready), preferred_since: preferred.map(at), never_lead: false }
     }
 
     #[test]
     fn a_candidate_may_take_locks_only_once_ready_for_the_delay() {
         let delay = Duration::from_secs(30);
-        let pods = [observed("old", 0, None), observed("new", 100, None)];
+        let pods = [state("old", 0, None), state("new", 100, None)];
         let now = stabilise(&pods, delay, at(110));
         assert_eq!(now.candidates.iter().map(|c| c.eligible).collect::<Vec<_>>(), [true, false]);
         assert_eq!(now.recheck_at, Some(at(130)), "look again exactly when `new` settles");
@@ -84,7 +84,7 @@ mod tests {
     #[test]
     fn preference_counts_after_the_delay_and_its_loss_at_once() {
         let delay = Duration::from_secs(30);
-        let pods = [observed("a", 0, Some(90)), observed("b", 0, Some(0)), observed("c", 0, None)];
+        let pods = [state("a", 0, Some(90)), state("b", 0, Some(0)), state("c", 0, None)];
         let now = stabilise(&pods, delay, at(100));
         assert_eq!(now.candidates.iter().map(|c| c.preferred).collect::<Vec<_>>(), [false, true, false]);
         assert_eq!(now.recheck_at, Some(at(120)));
@@ -94,14 +94,14 @@ mod tests {
     fn a_flapping_pod_restarts_its_delay_every_time_it_becomes_ready() {
         let delay = Duration::from_secs(30);
         // Ready at 0, not Ready at 25, Ready again at 40: only the last transition counts.
-        let flapping = [observed("f", 40, None)];
+        let flapping = [state("f", 40, None)];
         assert!(!stabilise(&flapping, delay, at(60)).candidates[0].eligible);
         assert!(stabilise(&flapping, delay, at(70)).candidates[0].eligible);
     }
 
     #[test]
     fn zero_delay_and_clock_extremes_are_handled() {
-        let pods = [observed("a", 100, Some(100))];
+        let pods = [state("a", 100, Some(100))];
         let now = stabilise(&pods, Duration::ZERO, at(100));
         assert!(now.candidates[0].eligible && now.candidates[0].preferred);
         let never = stabilise(&pods, Duration::MAX, at(100));

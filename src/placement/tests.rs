@@ -8,12 +8,12 @@ fn candidate(id: &str) -> Candidate {
     Candidate { id: id.into(), eligible: true, preferred: false, never_lead: false }
 }
 
-fn locks(holders: &[Holder]) -> Vec<Assignment> {
+fn locks(holders: &[Occupant]) -> Vec<Assignment> {
     holders.iter().enumerate().map(|(i, h)| Assignment { lock: format!("shard-{i}"), holder: h.clone() }).collect()
 }
 
-fn on(id: &str) -> Holder {
-    Holder::Candidate(id.into())
+fn on(id: &str) -> Occupant {
+    Occupant::Candidate(id.into())
 }
 
 /// The holders once every move has run.
@@ -48,9 +48,9 @@ fn queue_gives_never_lead_candidates_no_key_so_etcd_passes_them_by() {
     let mut pods = [candidate("w1"), candidate("w2"), candidate("w3")];
     pods[0].never_lead = true;
     pods[1].never_lead = true;
-    let p = place(Policy::Queue, &locks(&[on("w1"), Holder::None, Holder::External]), &pods);
+    let p = place(Policy::Queue, &locks(&[on("w1"), Occupant::None, Occupant::External]), &pods);
     assert_eq!(p.queued, ["w3"], "no key, so never first in line");
-    assert_eq!(p.target, locks(&[on("w3"), on("w3"), Holder::External]));
+    assert_eq!(p.target, locks(&[on("w3"), on("w3"), Occupant::External]));
     assert!(p.moves.is_empty(), "deleting w1's key is an ordinary leave, not a handover");
 }
 
@@ -78,11 +78,11 @@ fn spread_takes_32_locks_off_one_pod_with_24_moves_8_each() {
 fn spread_fills_vacant_locks_and_says_why_each_moves() {
     let mut pods = [candidate("a"), candidate("b"), candidate("c")];
     pods[2].never_lead = true;
-    let current = locks(&[Holder::None, on("gone"), on("c"), on("a"), Holder::External]);
+    let current = locks(&[Occupant::None, on("gone"), on("c"), on("a"), Occupant::External]);
     let p = place(Policy::Spread, &current, &pods);
     let whys: Vec<_> = p.moves.iter().map(|m| (m.lock.as_str(), m.why)).collect();
     assert_eq!(whys, [("shard-0", Why::Vacant), ("shard-1", Why::HolderLeft), ("shard-2", Why::NeverLead)]);
-    assert_eq!(p.target[4].holder, Holder::External, "an external holder is never moved");
+    assert_eq!(p.target[4].holder, Occupant::External, "an external holder is never moved");
     assert_eq!(counts(&p.target, &pods), [2, 2, 0]);
 }
 
@@ -112,10 +112,10 @@ fn a_holder_that_may_not_take_keeps_up_to_its_share_and_nobody_takes_without_eli
     let mut pods = [candidate("first"), candidate("second")];
     pods[0].eligible = false;
     pods[1].eligible = false;
-    let current = locks(&[on("first"), on("first"), on("first"), Holder::None]);
+    let current = locks(&[on("first"), on("first"), on("first"), Occupant::None]);
     let p = place(Policy::Spread, &current, &pods);
     assert_eq!(p.moves, [], "nobody may take: etcd's queue decides the vacant lock");
-    assert_eq!(p.target[3].holder, Holder::None);
+    assert_eq!(p.target[3].holder, Occupant::None);
 
     pods[1].eligible = true;
     let p = place(Policy::Spread, &current, &pods);
@@ -126,7 +126,7 @@ fn a_holder_that_may_not_take_keeps_up_to_its_share_and_nobody_takes_without_eli
 #[test]
 fn ties_follow_the_candidates_order() {
     let pods = [candidate("b"), candidate("a")];
-    let p = place(Policy::Spread, &locks(&[Holder::None, Holder::None, Holder::None]), &pods);
+    let p = place(Policy::Spread, &locks(&[Occupant::None, Occupant::None, Occupant::None]), &pods);
     assert_eq!(p.target, locks(&[on("b"), on("b"), on("a")]), "the senior gets the larger share, the largest shortfall fills first");
     let reversed = [candidate("a"), candidate("b")];
     assert_eq!(place(Policy::Spread, &p.target, &reversed).moves, [], "a settled placement stays whatever the order");
@@ -136,7 +136,7 @@ fn ties_follow_the_candidates_order() {
 fn the_distribution_lists_every_candidate_then_departed_holders() {
     let mut pods = [candidate("a"), candidate("b"), candidate("n")];
     pods[2].never_lead = true;
-    let current = locks(&[on("a"), on("gone"), Holder::External, Holder::None, on("a")]);
+    let current = locks(&[on("a"), on("gone"), Occupant::External, Occupant::None, on("a")]);
     let d = distribution(&current, &pods);
     assert_eq!(d.per_candidate, [("a".into(), 2), ("b".into(), 0), ("n".into(), 0), ("gone".into(), 1)]);
     assert_eq!((d.external, d.vacant), (1, 1));
@@ -147,7 +147,7 @@ fn the_distribution_lists_every_candidate_then_departed_holders() {
 #[test]
 fn duplicates_count_once() {
     let pods = [candidate("a"), candidate("a")];
-    let p = place(Policy::Spread, &locks(&[Holder::None, Holder::None]), &pods);
+    let p = place(Policy::Spread, &locks(&[Occupant::None, Occupant::None]), &pods);
     assert_eq!(p.queued, ["a"]);
     assert_eq!(counts(&p.target, &pods), [2]);
 }
@@ -160,7 +160,7 @@ fn any_lockset() -> impl Strategy<Value = (Vec<Assignment>, Vec<Candidate>)> {
     (1usize..=40, 0usize..=8).prop_flat_map(|(l, c)| {
         let flags = proptest::collection::vec((any::<bool>(), any::<bool>(), prop::bool::weighted(0.2)), c);
         let holders = proptest::collection::vec(
-            prop_oneof![1 => Just(Holder::None), 1 => Just(Holder::External), 6 => (0..c + 2).prop_map(|i| on(&format!("p{i}")))],
+            prop_oneof![1 => Just(Occupant::None), 1 => Just(Occupant::External), 6 => (0..c + 2).prop_map(|i| on(&format!("p{i}")))],
             l,
         );
         (holders, flags).prop_map(|(holders, flags)| {
@@ -177,7 +177,7 @@ fn any_lockset() -> impl Strategy<Value = (Vec<Assignment>, Vec<Candidate>)> {
 /// A LeaderLock settled under Spread: `l` locks (some external) on `c` eligible candidates.
 fn settled(l: usize, c: usize, externals: usize) -> (Vec<Assignment>, Vec<Candidate>) {
     let pods: Vec<_> = (0..c).map(|i| candidate(&format!("p{i}"))).collect();
-    let holders: Vec<_> = (0..l).map(|i| if i < externals { Holder::External } else { Holder::None }).collect();
+    let holders: Vec<_> = (0..l).map(|i| if i < externals { Occupant::External } else { Occupant::None }).collect();
     let start = locks(&holders);
     let p = place(Policy::Spread, &start, &pods);
     (apply(&start, &p.moves), pods)
@@ -203,7 +203,7 @@ proptest! {
         prop_assert_eq!(&again.target, &p.target);
     }
 
-    /// A handover requeues keys, so an order taken from etcd's revisions may change after the
+    /// A handover recreates keys at the back of the line, so an order taken from etcd's revisions may change after the
     /// moves ran: a settled placement must not care.
     #[test]
     fn a_settled_placement_stays_settled_whatever_the_candidates_order((current, pods) in any_lockset()) {
@@ -221,7 +221,7 @@ proptest! {
             prop_assert!(pool.iter().any(|c| c.id == m.to && c.eligible), "{m:?} goes outside the eligible pool");
         }
         for (now, want) in current.iter().zip(&p.target) {
-            if let Holder::Candidate(id) = &want.holder {
+            if let Occupant::Candidate(id) = &want.holder {
                 let c = pods.iter().find(|c| &c.id == id);
                 prop_assert!(c.is_some_and(|c| c.queued()), "{want:?} targets a never-lead or unknown pod");
                 prop_assert!(now.holder == want.holder || c.is_some_and(|c| c.eligible), "{want:?} given to a pod that may not take");
@@ -233,9 +233,9 @@ proptest! {
     fn moves_are_exactly_the_changed_targets_and_external_holders_stay((current, pods) in any_lockset()) {
         let p = place(Policy::Spread, &current, &pods);
         for (now, want) in current.iter().zip(&p.target) {
-            prop_assert_eq!(now.holder == Holder::External, want.holder == Holder::External);
+            prop_assert_eq!(now.holder == Occupant::External, want.holder == Occupant::External);
             let moved = p.moves.iter().filter(|m| m.lock == now.lock).count();
-            let changes = now.holder != want.holder && want.holder != Holder::None;
+            let changes = now.holder != want.holder && want.holder != Occupant::None;
             prop_assert_eq!(moved, usize::from(changes), "lock {}: {:?} -> {:?}", now.lock, now.holder, want.holder);
         }
         let order: Vec<_> = p.moves.iter().map(|m| m.why).collect();
@@ -293,7 +293,7 @@ proptest! {
         let p = place(Policy::Queue, &current, &pods);
         prop_assert!(p.moves.is_empty());
         for want in &p.target {
-            if let Holder::Candidate(id) = &want.holder {
+            if let Occupant::Candidate(id) = &want.holder {
                 prop_assert!(pods.iter().any(|c| &c.id == id && c.queued()));
             }
         }

@@ -15,7 +15,7 @@ use kube::ResourceExt;
 use kube::runtime::reflector::{ObjectRef, Store};
 use tokio::sync::mpsc::UnboundedSender;
 
-use super::reconcile::{execute, observe};
+use super::reconcile::{execute, snapshot};
 use super::{Context, plan};
 use crate::etcd::engine::Engine;
 use crate::resource::LeaderLock;
@@ -26,10 +26,10 @@ const DEMOTION_BOUND: Duration = Duration::from_secs(5);
 /// Demotes on every risk change until the engine is dropped, then asks for a reconcile of every
 /// LeaderLock (the status, and promotions once a lease is safe again).
 pub async fn run(ctx: Arc<Context>, lls: Store<LeaderLock>, reconcile: UnboundedSender<ObjectRef<LeaderLock>>, concurrency: usize) {
-    let mut changes = ctx.engine.fence_changes();
+    let mut changes = ctx.engine.risk_changes();
     while changes.changed().await.is_ok() {
         let generation = *changes.borrow_and_update();
-        demote_fenced(&ctx, &lls, concurrency).await;
+        demote_at_risk(&ctx, &lls, concurrency).await;
         ctx.engine.mark_demoted(generation);
         for r in ctx.index.all_leaderlocks() {
             let _ = reconcile.send(r);
@@ -37,13 +37,13 @@ pub async fn run(ctx: Arc<Context>, lls: Store<LeaderLock>, reconcile: Unbounded
     }
 }
 
-/// Writes the demotions every LeaderLock calls for now that fenced holders count as none; a
+/// Writes the demotions every LeaderLock calls for now that holders on a lease at risk count as none; a
 /// failed write is logged (the reconcile that follows retries it).
-async fn demote_fenced(ctx: &Context, lls: &Store<LeaderLock>, concurrency: usize) {
+async fn demote_at_risk(ctx: &Context, lls: &Store<LeaderLock>, concurrency: usize) {
     futures::stream::iter(lls.state())
         .for_each_concurrent(concurrency, |ll| async move {
             let view = ctx.index.view(&ll);
-            let steps = plan::demotions(&observe(ctx, &ll, &view));
+            let steps = plan::demotions(&snapshot(ctx, &ll, &view));
             if steps.is_empty() {
                 return;
             }
@@ -66,7 +66,7 @@ pub async fn demote_before_exit(engine: &Engine) {
     // Past this, a lease not at risk was renewed after the election was lost (with a margin
     // against a tie with the risk deadline itself).
     let renewed_through = tokio::time::Instant::now() + leases.longest_risk_window() + Duration::from_millis(500);
-    let mut changes = engine.fence_changes();
+    let mut changes = engine.risk_changes();
     let all_at_risk = loop {
         if leases.all_at_risk() {
             break true;
@@ -76,7 +76,7 @@ pub async fn demote_before_exit(engine: &Engine) {
             changed = changes.changed() => if changed.is_err() { break leases.all_at_risk() },
         }
     };
-    let written = tokio::time::timeout(DEMOTION_BOUND, engine.demoted(engine.fence_generation())).await.is_ok();
+    let written = tokio::time::timeout(DEMOTION_BOUND, engine.demoted(engine.risk_generation())).await.is_ok();
     match (all_at_risk, written) {
         (true, true) => tracing::warn!("election lost: demoted this cluster's holders before exiting"),
         (false, true) => tracing::info!("election lost, lock leases still renewed: exiting without demotions, a successor adopts them"),

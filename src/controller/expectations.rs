@@ -1,7 +1,8 @@
-//! Read-your-writes: what this controller wrote that the watches have not delivered yet.
+//! Read-your-writes: what this controller wrote that the watches have not delivered yet —
+//! what kube-controller-manager calls *expectations*.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use kube::Resource;
 use kube::runtime::watcher;
@@ -9,24 +10,30 @@ use kube::runtime::watcher;
 use crate::resource::{LeaderLock, LeaderLockStatus};
 
 /// What this controller last wrote to objects of one kind (by UID), with the resourceVersion the
-/// write produced, kept until the watch delivers that version. A reconcile can start before the
-/// watch shows our previous write; deciding from the older copy it would announce the same
+/// write produced, expected until the watch delivers that version. A reconcile can start before
+/// the watch shows our previous write; deciding from the older copy it would announce the same
 /// holder change twice and write the status again, or — for pods — think a pod it just promoted
 /// is still standby and skip its demotion: two leaders.
 ///
-/// An entry goes when a reader's copy shows our write or anything newer ([`Written::newer_than`]:
-/// pruning on the watch event instead would race a reconcile that took its view just before the
-/// index saw that event), with its object's Delete event, or with the relist that no longer shows
-/// it ([`Written::observe`]). So entries are bounded by the live objects. A write whose
-/// answer comes back after the object's Delete event was seen is not recorded at all: the UIDs of
-/// the last [`Written::TOMBSTONES`] deletions are kept for that (a 30-minute soak showed such
-/// entries accumulating otherwise).
-pub struct Written<T> {
-    entries: Mutex<HashMap<String, (u64, T)>>,
+/// An entry goes when a reader's copy shows our write or anything newer
+/// ([`Expectations::newer_than`]: pruning on the watch event instead would race a reconcile that
+/// took its view just before the index saw that event), with its object's Delete event, or with
+/// the relist that no longer shows it ([`Expectations::forget_gone`]). So entries are bounded by
+/// the live objects. A write whose answer comes back after the object's Delete event was seen is
+/// not recorded at all: the UIDs of the last [`Expectations::TOMBSTONES`] deletions are kept for
+/// that (a 30-minute soak showed such entries accumulating otherwise). One lock guards all of
+/// it: a Delete seen between a write's tombstone check and its insert would otherwise leave an
+/// entry for ever.
+pub struct Expectations<T> {
+    state: Mutex<State<T>>,
+}
+
+struct State<T> {
+    entries: HashMap<String, (u64, T)>,
     /// During a relist, the UIDs it listed so far.
-    relisted: Mutex<Option<HashSet<String>>>,
+    relisted: Option<HashSet<String>>,
     /// UIDs of recently deleted objects, oldest first; bounded.
-    deleted: Mutex<Tombstones>,
+    deleted: Tombstones,
 }
 
 #[derive(Default)]
@@ -48,23 +55,23 @@ impl Tombstones {
     }
 }
 
-impl<T> Default for Written<T> {
+impl<T> Default for Expectations<T> {
     fn default() -> Self {
-        Written { entries: Mutex::default(), relisted: Mutex::default(), deleted: Mutex::default() }
+        Expectations { state: Mutex::new(State { entries: HashMap::new(), relisted: None, deleted: Tombstones::default() }) }
     }
 }
 
-impl<T: Clone> Written<T> {
+impl<T: Clone> Expectations<T> {
     /// How many deletions are remembered: far more than can happen between a write and its answer.
     pub const TOMBSTONES: usize = 4096;
 
-    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<String, (u64, T)>> {
-        self.entries.lock().unwrap_or_else(PoisonError::into_inner)
+    fn state(&self) -> MutexGuard<'_, State<T>> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// How many writes the watch has not delivered yet (cheap: for `leaderlock_map_entries`).
     pub fn len(&self) -> usize {
-        self.map().len()
+        self.state().entries.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -73,45 +80,45 @@ impl<T: Clone> Written<T> {
 
     /// Forgets the objects a watch event says are gone: a deleted one, or those a completed
     /// relist did not list.
-    pub fn observe<K: Resource>(&self, ev: &watcher::Event<K>) {
+    pub fn forget_gone<K: Resource>(&self, ev: &watcher::Event<K>) {
         let uid = |o: &K| o.meta().uid.clone();
-        let mut relisted = self.relisted.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut s = self.state();
         match ev {
             watcher::Event::Delete(o) => {
                 if let Some(u) = uid(o) {
-                    self.map().remove(&u);
-                    self.deleted.lock().unwrap_or_else(PoisonError::into_inner).add(u, Self::TOMBSTONES);
+                    s.entries.remove(&u);
+                    s.deleted.add(u, Self::TOMBSTONES);
                 }
             }
             watcher::Event::Apply(_) => {}
-            watcher::Event::Init => *relisted = Some(HashSet::new()),
-            watcher::Event::InitApply(o) => relisted.get_or_insert_default().extend(uid(o)),
+            watcher::Event::Init => s.relisted = Some(HashSet::new()),
+            watcher::Event::InitApply(o) => s.relisted.get_or_insert_default().extend(uid(o)),
             watcher::Event::InitDone => {
-                let listed = relisted.take().unwrap_or_default();
-                self.map().retain(|u, _| listed.contains(u));
+                let listed = s.relisted.take().unwrap_or_default();
+                s.entries.retain(|u, _| listed.contains(u));
             }
         }
     }
 
-    /// Remembers that writing `value` produced version `rv` of object `uid` (not when the watch
+    /// Expects version `rv` of object `uid`, which writing `value` produced (not when the watch
     /// already said the object is gone).
     pub fn record(&self, uid: Option<&str>, rv: Option<&str>, value: T) {
         if let (Some(uid), Some(rv)) = (uid, rv.and_then(|v| v.parse::<u64>().ok())) {
-            if self.deleted.lock().unwrap_or_else(PoisonError::into_inner).set.contains(uid) {
-                return;
+            let mut s = self.state();
+            if !s.deleted.set.contains(uid) {
+                s.entries.insert(uid.to_string(), (rv, value));
             }
-            self.map().insert(uid.to_string(), (rv, value));
         }
     }
 
     /// What we wrote, if the copy at version `rv` the caller holds is older than that write.
     pub fn newer_than(&self, uid: Option<&str>, rv: Option<&str>) -> Option<T> {
         let (uid, rv) = (uid?, rv?.parse::<u64>().ok()?);
-        let mut m = self.map();
-        match m.get(uid) {
+        let mut s = self.state();
+        match s.entries.get(uid) {
             Some((wrote, value)) if rv < *wrote => Some(value.clone()),
             Some(_) => {
-                m.remove(uid); // the watch has caught up
+                s.entries.remove(uid); // the watch has caught up
                 None
             }
             None => None,
@@ -120,7 +127,7 @@ impl<T: Clone> Written<T> {
 }
 
 /// `ll`, with the status we last wrote if `ll` is older than that write.
-pub fn with_latest_status(written: &Written<LeaderLockStatus>, ll: Arc<LeaderLock>) -> Arc<LeaderLock> {
+pub fn with_latest_status(written: &Expectations<LeaderLockStatus>, ll: Arc<LeaderLock>) -> Arc<LeaderLock> {
     match written.newer_than(ll.metadata.uid.as_deref(), ll.metadata.resource_version.as_deref()) {
         Some(status) => {
             let mut newer = (*ll).clone();
@@ -135,20 +142,11 @@ pub fn with_latest_status(written: &Written<LeaderLockStatus>, ll: Arc<LeaderLoc
 mod tests {
     use super::*;
     use crate::pods::PodKeys;
-    use crate::resource::{LeaderLockSpec, LockStatus};
+    use crate::resource::LockStatus;
     use kube::ResourceExt;
 
     fn ll(rv: &str, holder: Option<&str>) -> Arc<LeaderLock> {
-        let spec = LeaderLockSpec {
-            selector: Default::default(),
-            locks: None,
-            shards: None,
-            placement: None,
-            ttl_seconds: 15,
-            pod_labels: false,
-            paused: false,
-        };
-        let mut l = LeaderLock::new("payments", spec);
+        let mut l = LeaderLock::new("payments", crate::fixtures::spec());
         l.metadata.uid = Some("u1".into());
         l.metadata.resource_version = Some(rv.into());
         l.status = Some(LeaderLockStatus {
@@ -160,7 +158,7 @@ mod tests {
 
     #[test]
     fn a_reconcile_reading_a_copy_older_than_our_status_write_sees_the_write() {
-        let written = Written::default();
+        let written = Expectations::default();
         let wrote = ll("20", Some("w-1"));
         written.record(Some("u1"), Some("20"), wrote.status.clone().unwrap());
         let stale = with_latest_status(&written, ll("19", None));
@@ -185,37 +183,56 @@ mod tests {
 
     #[test]
     fn a_write_answered_after_its_objects_delete_event_is_not_kept() {
-        let written: Written<PodKeys> = Written::default();
-        written.observe(&watcher::Event::Delete(pod("p1")));
+        let written: Expectations<PodKeys> = Expectations::default();
+        written.forget_gone(&watcher::Event::Delete(pod("p1")));
         written.record(Some("p1"), Some("9"), PodKeys::default());
         assert_eq!(written.len(), 0, "nothing will ever deliver or delete p1 again");
-        for i in 0..Written::<PodKeys>::TOMBSTONES {
-            written.observe(&watcher::Event::Delete(pod(&format!("other-{i}"))));
+        for i in 0..Expectations::<PodKeys>::TOMBSTONES {
+            written.forget_gone(&watcher::Event::Delete(pod(&format!("other-{i}"))));
         }
         written.record(Some("p1"), Some("9"), PodKeys::default());
         assert_eq!(written.len(), 1, "tombstones are bounded: the oldest are forgotten");
     }
 
     #[test]
+    fn a_delete_racing_a_record_never_leaves_an_entry_behind() {
+        // Writers record while another thread delivers the same objects' Delete events; whichever
+        // comes first, once both are done no entry for a deleted object may remain.
+        for round in 0..50 {
+            let written: Arc<Expectations<PodKeys>> = Arc::default();
+            let uids: Vec<String> = (0..200).map(|i| format!("r{round}-p{i}")).collect();
+            std::thread::scope(|s| {
+                let w = written.clone();
+                let u = uids.clone();
+                s.spawn(move || u.iter().for_each(|uid| w.record(Some(uid), Some("5"), PodKeys::default())));
+                let w = written.clone();
+                let u = uids.clone();
+                s.spawn(move || u.iter().for_each(|uid| w.forget_gone(&watcher::Event::Delete(pod(uid)))));
+            });
+            assert_eq!(written.len(), 0, "round {round}: an expectation outlived its object's Delete event");
+        }
+    }
+
+    #[test]
     fn objects_deleted_before_the_watch_delivered_our_write_are_forgotten() {
-        let written: Written<PodKeys> = Written::default();
+        let written: Expectations<PodKeys> = Expectations::default();
         for uid in ["p1", "p2", "p3"] {
             written.record(Some(uid), Some("7"), PodKeys::default());
         }
-        written.observe(&watcher::Event::Apply(pod("p1")));
+        written.forget_gone(&watcher::Event::Apply(pod("p1")));
         assert_eq!(written.len(), 3, "a pod still there keeps its entry until the watch catches up");
-        written.observe(&watcher::Event::Delete(pod("p1")));
+        written.forget_gone(&watcher::Event::Delete(pod("p1")));
         assert_eq!(written.newer_than(Some("p1"), Some("6")), None);
         // p3 was deleted while the watch was down: the relist does not list it.
         for ev in [watcher::Event::Init, watcher::Event::InitApply(pod("p2")), watcher::Event::InitDone] {
-            written.observe(&ev);
+            written.forget_gone(&ev);
         }
         assert_eq!((written.len(), written.newer_than(Some("p2"), Some("6"))), (1, Some(PodKeys::default())));
     }
 
     #[test]
     fn a_pod_just_promoted_is_seen_as_leader_even_from_an_older_copy() {
-        let written: Written<PodKeys> = Written::default();
+        let written: Expectations<PodKeys> = Expectations::default();
         let leader = PodKeys { annotations: [("leaderlock.dev/ledger".to_string(), "leader".to_string())].into(), ..Default::default() };
         written.record(Some("p1"), Some("7"), leader.clone());
         assert_eq!(written.newer_than(Some("p1"), Some("6")), Some(leader), "the watch still shows version 6");
