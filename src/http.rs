@@ -162,28 +162,28 @@ fn route(path: &str, metrics: &Metrics) -> (StatusCode, &'static str, String) {
 
 /// Pause between failed accepts: doubles from 10 ms to 1 s, back to 10 ms after a success.
 #[derive(Debug)]
-struct AcceptBackoff {
-    next: Duration,
-}
+struct AcceptBackoff(backon::ExponentialBackoff);
 
 impl AcceptBackoff {
-    const FIRST: Duration = Duration::from_millis(10);
     const MAX: Duration = Duration::from_secs(1);
 
+    fn start() -> backon::ExponentialBackoff {
+        let b = backon::ExponentialBuilder::new().with_min_delay(Duration::from_millis(10)).with_max_delay(Self::MAX);
+        backon::BackoffBuilder::build(b.without_max_times())
+    }
+
     fn next_pause(&mut self) -> Duration {
-        let pause = self.next;
-        self.next = (pause * 2).min(Self::MAX);
-        pause
+        self.0.next().unwrap_or(Self::MAX)
     }
 
     fn reset(&mut self) {
-        self.next = Self::FIRST;
+        self.0 = Self::start();
     }
 }
 
 impl Default for AcceptBackoff {
     fn default() -> Self {
-        AcceptBackoff { next: Self::FIRST }
+        AcceptBackoff(Self::start())
     }
 }
 
@@ -203,7 +203,7 @@ mod tests {
     #[test]
     fn accept_backoff_doubles_to_a_second_and_resets_after_a_success() {
         let mut b = AcceptBackoff::default();
-        let pauses: Vec<u64> = (0..9).map(|_| b.next_pause().as_millis() as u64).collect();
+        let pauses: Vec<u64> = (0..9).map(|_| (b.next_pause().as_secs_f64() * 1000.0).round() as u64).collect();
         assert_eq!(pauses, [10, 20, 40, 80, 160, 320, 640, 1000, 1000]);
         b.reset();
         assert_eq!(b.next_pause(), Duration::from_millis(10));

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
+use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use leaderlock::contract;
 use leaderlock::controller::{self, Settings};
@@ -238,7 +239,7 @@ fn init_logging(cli: &Cli) {
     }
 }
 
-async fn run_controller(args: Box<ControllerArgs>) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+async fn run_controller(args: Box<ControllerArgs>) -> anyhow::Result<()> {
     let etcd_cfg = EtcdConfig {
         endpoints: args.etcd_endpoints,
         ca_file: args.etcd_ca_file,
@@ -248,12 +249,13 @@ async fn run_controller(args: Box<ControllerArgs>) -> Result<(), Box<dyn std::er
         password: args.etcd_password,
         call_timeout: args.etcd_timeout,
     };
-    let etcd_client = etcd::connect(&etcd_cfg).await?;
-    let kube_client = kube::Client::try_default()
-        .await
-        .map_err(|e| format!("cannot build a Kubernetes client (KUBECONFIG or in-cluster config): {e}"))?;
+    let etcd_client = etcd::connect(&etcd_cfg).await.context("connecting to etcd")?;
+    let kube_client =
+        kube::Client::try_default().await.context("cannot build a Kubernetes client from KUBECONFIG or the in-cluster config")?;
     let metrics = Arc::new(Metrics::default());
-    let http = leaderlock::http::Server::bind(args.http_addr, metrics.clone(), leaderlock::http::Timeouts::default()).await?;
+    let http = leaderlock::http::Server::bind(args.http_addr, metrics.clone(), leaderlock::http::Timeouts::default())
+        .await
+        .with_context(|| format!("cannot serve HTTP on {}; choose another --http-addr", args.http_addr))?;
     tracing::info!(addr = %http.local_addr(), "serving /metrics, /healthz and /readyz");
     let cluster_id = match args.cluster_id {
         Some(id) => id,
@@ -263,7 +265,10 @@ async fn run_controller(args: Box<ControllerArgs>) -> Result<(), Box<dyn std::er
     // A root registered to another cluster is not ours to serve: write nothing, not even an
     // election key, and say why (log, /readyz, every LeaderLock's Ready condition).
     let keyspace = Keyspace::new(args.etcd_prefix.clone(), args.allowed_key_prefixes.clone());
-    if let Registration::Other(refusal) = registration::register(&etcd_client, &keyspace, &cluster_id, args.etcd_timeout).await? {
+    if let Registration::Other(refusal) = registration::register(&etcd_client, &keyspace, &cluster_id, args.etcd_timeout)
+        .await
+        .with_context(|| format!("registering this cluster as the owner of {}", args.etcd_prefix))?
+    {
         tracing::error!(root = %refusal.root, owner = %refusal.owner, cluster = %refusal.me, "{refusal}");
         metrics.set_not_ready(refusal.to_string());
         leaderlock::refusal::run(kube_client, args.namespace, refusal).await;
@@ -276,13 +281,14 @@ async fn run_controller(args: Box<ControllerArgs>) -> Result<(), Box<dyn std::er
     // election runs on its own thread and etcd connection, so no burst of reconciles can delay
     // the keep-alives that keep this replica active.
     let mut leadership =
-        election::ElectionThread::start(etcd_cfg.clone(), args.etcd_prefix.clone(), args.instance.clone(), args.election_ttl)?;
-    let key = leadership.elected().await?;
+        election::ElectionThread::start(etcd_cfg.clone(), args.etcd_prefix.clone(), args.instance.clone(), args.election_ttl)
+            .context("starting the controller election")?;
+    let key = leadership.elected().await.map_err(anyhow::Error::msg).context("campaigning in the controller election")?;
     metrics.set_active(true);
     tracing::info!(key = %key, "active: this replica reconciles");
     let engine_cfg =
         EngineConfig { root: args.etcd_prefix, allowed_prefixes: args.allowed_key_prefixes, call_timeout: args.etcd_timeout, cluster_id };
-    let engine = Arc::new(Engine::start(etcd_client, engine_cfg).await?);
+    let engine = Arc::new(Engine::start(etcd_client, engine_cfg).await.context("starting the lock engine (etcd mirror and leases)")?);
     let maps = controller::Maps::default();
     sample_maps(&metrics, &engine, &maps);
     let settings = Settings {
@@ -301,7 +307,7 @@ async fn run_controller(args: Box<ControllerArgs>) -> Result<(), Box<dyn std::er
         () = leadership.lost() => {
             metrics.set_active(false);
             controller::demote_before_exit(&engine).await;
-            Err("lost the controller election lease (etcd unreachable for longer than --election-ttl); exiting so a standby takes over".into())
+            anyhow::bail!("lost the controller election lease (etcd unreachable for longer than --election-ttl); exiting so a standby takes over")
         }
     }
 }
@@ -332,13 +338,13 @@ fn sample_maps(metrics: &Metrics, engine: &Arc<Engine>, maps: &controller::Maps)
 
 /// The default cluster identity: the `kube-system` namespace's UID, stable for a cluster's life
 /// and distinct between clusters.
-async fn kube_system_uid(client: &kube::Client) -> Result<ClusterId, String> {
+async fn kube_system_uid(client: &kube::Client) -> anyhow::Result<ClusterId> {
     let api: kube::Api<k8s_openapi::api::core::v1::Namespace> = kube::Api::all(client.clone());
-    let ns = api.get("kube-system").await.map_err(|e| {
-        format!("cannot read the kube-system namespace's UID for the default --cluster-id: {e}; grant `get` on the kube-system namespace or set --cluster-id")
-    })?;
-    let uid = ns.metadata.uid.ok_or("the kube-system namespace has no UID; set --cluster-id")?;
-    ClusterId::new(uid).map_err(|e| e.to_string())
+    let ns = api.get("kube-system").await.context(
+        "cannot read the kube-system namespace's UID for the default --cluster-id; grant `get` on the kube-system namespace or set --cluster-id",
+    )?;
+    let uid = ns.metadata.uid.context("the kube-system namespace has no UID; set --cluster-id")?;
+    ClusterId::new(uid).context("the kube-system namespace's UID is not a valid --cluster-id; set --cluster-id")
 }
 
 /// Caps glibc's malloc at two arenas. By default each thread that meets contention gets its own
@@ -399,7 +405,7 @@ fn main() -> ExitCode {
             match rt.block_on(run_controller(args)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
-                    tracing::error!("{e}");
+                    tracing::error!("{e:#}");
                     ExitCode::FAILURE
                 }
             }

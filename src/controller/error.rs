@@ -9,8 +9,9 @@ pub enum Error {
     Etcd(#[from] crate::etcd::Error),
     #[error("Kubernetes API call {what} failed: {source}")]
     Kube { what: &'static str, source: kube::Error },
-    #[error("finalizer: {0}")]
-    Finalizer(String),
+    /// Adding or removing the finalizer failed (not the reconcile it wraps).
+    #[error("cannot update the finalizer of LeaderLock {name}: {source}")]
+    Finalizer { name: String, source: Box<kube::runtime::finalizer::Error<Error>> },
     #[error("LeaderLock has no namespace")]
     NoNamespace,
 }
@@ -21,7 +22,7 @@ impl Error {
         match self {
             Error::Etcd(_) => "etcd",
             Error::Kube { .. } => "kube",
-            Error::Finalizer(_) => "finalizer",
+            Error::Finalizer { .. } => "finalizer",
             Error::NoNamespace => "no_namespace",
         }
     }

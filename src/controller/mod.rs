@@ -113,7 +113,8 @@ impl Maps {
 pub async fn reconcile(ll: Arc<LeaderLock>, ctx: Arc<Context>) -> Result<Action> {
     let ns = ll.namespace().ok_or(Error::NoNamespace)?;
     let api: Api<LeaderLock> = Api::namespaced(ctx.client.clone(), &ns);
-    tracing::debug!(leaderlock = %ll.name_any(), "reconcile: start");
+    let name = format!("{ns}/{}", ll.name_any());
+    tracing::debug!(leaderlock = %name, "reconcile: start");
     finalizer(&api, FINALIZER, ll, |event| async {
         match event {
             Finalizer::Apply(ll) => reconcile::apply(ll, &ctx).await,
@@ -123,7 +124,7 @@ pub async fn reconcile(ll: Arc<LeaderLock>, ctx: Arc<Context>) -> Result<Action>
     .await
     .map_err(|e| match e {
         kube::runtime::finalizer::Error::ApplyFailed(e) | kube::runtime::finalizer::Error::CleanupFailed(e) => e,
-        other => Error::Finalizer(other.to_string()),
+        other => Error::Finalizer { name: name.clone(), source: Box::new(other) },
     })
 }
 

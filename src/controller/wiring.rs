@@ -206,31 +206,31 @@ fn watch_requests(
 /// Retry delays of the watches: 200 ms doubling up to 5 s. kube's default grows to 30 s plus
 /// jitter, and every decision waits for the watches: after a 30 s apiserver cut the pod watch
 /// came back 84 s after the cut began, then replayed all that pod history at once.
-struct WatchBackoff(Duration);
+struct WatchBackoff(backon::ExponentialBackoff);
 
 impl WatchBackoff {
-    const FIRST: Duration = Duration::from_millis(200);
-    const MAX: Duration = Duration::from_secs(5);
+    fn start() -> backon::ExponentialBackoff {
+        let b = backon::ExponentialBuilder::new().with_min_delay(Duration::from_millis(200)).with_max_delay(Duration::from_secs(5));
+        backon::BackoffBuilder::build(b.without_max_times())
+    }
 }
 
 impl Default for WatchBackoff {
     fn default() -> Self {
-        WatchBackoff(Self::FIRST)
+        WatchBackoff(Self::start())
     }
 }
 
 impl Iterator for WatchBackoff {
     type Item = Duration;
     fn next(&mut self) -> Option<Duration> {
-        let d = self.0;
-        self.0 = (self.0 * 2).min(Self::MAX);
-        Some(d)
+        self.0.next()
     }
 }
 
 impl kube::runtime::utils::Backoff for WatchBackoff {
     fn reset(&mut self) {
-        self.0 = Self::FIRST;
+        self.0 = Self::start();
     }
 }
 
@@ -279,7 +279,7 @@ mod tests {
     fn watches_retry_within_five_seconds_and_start_over_after_a_success() {
         use kube::runtime::utils::Backoff;
         let mut b = WatchBackoff::default();
-        let delays: Vec<u64> = b.by_ref().take(7).map(|d| d.as_millis() as u64).collect();
+        let delays: Vec<u64> = b.by_ref().take(7).map(|d| (d.as_secs_f64() * 1000.0).round() as u64).collect();
         assert_eq!(delays, [200, 400, 800, 1600, 3200, 5000, 5000]);
         b.reset();
         assert_eq!(b.next(), Some(Duration::from_millis(200)));

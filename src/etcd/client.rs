@@ -92,43 +92,70 @@ pub async fn call<T>(
     }
 }
 
-/// Exponential backoff from 50 ms to 5 s, for transient failures only.
-#[derive(Clone, Debug)]
-pub struct Backoff {
-    next: Duration,
+/// Exponential backoff from 50 ms to 5 s, for transient failures only (backon's, no jitter:
+/// one controller per cluster talks to etcd, there is no herd to spread).
+#[derive(Debug)]
+pub struct Backoff(backon::ExponentialBackoff);
+
+impl Backoff {
+    const FIRST: Duration = Duration::from_millis(50);
+    const MAX: Duration = Duration::from_secs(5);
+
+    fn builder() -> backon::ExponentialBuilder {
+        backon::ExponentialBuilder::new().with_min_delay(Self::FIRST).with_max_delay(Self::MAX).without_max_times()
+    }
+
+    /// The delay before the next attempt; doubles each time up to 5 s.
+    pub fn next_delay(&mut self) -> Duration {
+        self.0.next().unwrap_or(Self::MAX)
+    }
 }
 
 impl Default for Backoff {
     fn default() -> Self {
-        Backoff { next: Duration::from_millis(50) }
+        Backoff(backon::BackoffBuilder::build(Self::builder()))
     }
 }
 
-impl Backoff {
-    /// The delay before the next attempt; doubles each time up to 5 s.
-    pub fn next_delay(&mut self) -> Duration {
-        let d = self.next;
-        self.next = (self.next * 2).min(Duration::from_secs(5));
-        d
-    }
-}
-
-/// Retries `f` on transient errors with [`Backoff`] for at most `attempts` attempts.
-pub async fn retry<T, F, Fut>(attempts: u32, mut f: F) -> Result<T>
+/// Retries `f` on transient errors with [`Backoff`]'s delays for at most `attempts` attempts.
+pub async fn retry<T, F, Fut>(attempts: u32, f: F) -> Result<T>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T>>,
 {
-    let mut backoff = Backoff::default();
-    let mut tried = 0;
-    loop {
-        tried += 1;
-        match f().await {
-            Err(e) if e.is_transient() && tried < attempts => {
-                tracing::debug!(error = %e, "transient etcd failure, retrying");
-                tokio::time::sleep(backoff.next_delay()).await;
-            }
-            other => return other,
-        }
+    use backon::Retryable;
+    let times = usize::try_from(attempts.saturating_sub(1)).unwrap_or(usize::MAX);
+    f.retry(Backoff::builder().with_max_times(times))
+        .when(Error::is_transient)
+        .notify(|e, _| tracing::debug!(error = %e, "transient etcd failure, retrying"))
+        .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn etcd_backoff_doubles_from_50_ms_to_5_s() {
+        let mut b = Backoff::default();
+        let delays: Vec<u64> = (0..9).map(|_| (b.next_delay().as_secs_f64() * 1000.0).round() as u64).collect();
+        assert_eq!(delays, [50, 100, 200, 400, 800, 1600, 3200, 5000, 5000]);
+    }
+
+    #[tokio::test]
+    async fn retry_gives_up_after_its_attempts_and_never_retries_what_is_not_transient() {
+        let calls = std::sync::atomic::AtomicU32::new(0);
+        let transient = || async {
+            calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Err::<(), _>(Error::Timeout { op: "get", timeout: Duration::from_secs(1) })
+        };
+        assert!(retry(3, transient).await.is_err());
+        assert_eq!(calls.swap(0, std::sync::atomic::Ordering::SeqCst), 3);
+        let fatal = || async {
+            calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Err::<(), _>(Error::LeaseLost { lease: 7 })
+        };
+        assert!(retry(3, fatal).await.is_err());
+        assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 1);
     }
 }

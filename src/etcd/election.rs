@@ -124,7 +124,7 @@ async fn put_candidate(client: &Client, key: &str, instance: &str, lease: i64, t
             etcd_client::TxnOpResponse::Get(g) => g.kvs().first().map(|kv| kv.create_revision()),
             _ => None,
         })
-        .ok_or_else(|| Error::WatchEnded("campaign key vanished right after creation".into()))
+        .ok_or_else(|| Error::StreamEnded { stream: "election campaign", detail: "the campaign key vanished right after creation".into() })
 }
 
 /// Waits until no key under `dir` is older than `my_rev`: one watch on the next older key at a
@@ -159,7 +159,7 @@ async fn wait_deleted(c: &mut Client, key: Vec<u8>, from: i64) -> Result<()> {
             }
             Ok(Some(r)) if r.canceled() || r.compact_revision() > 0 => return Ok(()), // re-read and decide again
             Ok(Some(_)) => {}
-            Ok(None) => return Err(Error::WatchEnded("election watch closed".into())),
+            Ok(None) => return Err(Error::StreamEnded { stream: "election watch", detail: "closed by etcd".into() }),
             Err(source) => {
                 return Err(Error::Call { op: "watch", source });
             }

@@ -309,7 +309,7 @@ async fn run_stream(client: &Client, inner: &Inner, timeout: Duration, backoff: 
         let resp = match stream.message().await {
             Ok(Some(r)) => r,
             Ok(None) => {
-                return StreamEnd::Broken(Error::WatchEnded("stream closed by etcd".into()));
+                return StreamEnd::Broken(Error::StreamEnded { stream: "mirror watch", detail: "closed by etcd".into() });
             }
             Err(e) => {
                 return StreamEnd::Broken(Error::Call { op: "watch", source: e });
@@ -319,7 +319,7 @@ async fn run_stream(client: &Client, inner: &Inner, timeout: Duration, backoff: 
             return StreamEnd::Compacted;
         }
         if resp.canceled() {
-            return StreamEnd::Broken(Error::WatchEnded(format!("watch canceled: {}", resp.cancel_reason())));
+            return StreamEnd::Broken(Error::StreamEnded { stream: "mirror watch", detail: format!("canceled: {}", resp.cancel_reason()) });
         }
         if resp.created() {
             // The header of a "created" response is the current revision, not progress: events

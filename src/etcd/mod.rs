@@ -49,8 +49,10 @@ pub enum Error {
     KeyNotAllowed(#[from] crate::keyspace::KeyNotAllowed),
     #[error("lease {lease} expired: the keys attached to it are gone")]
     LeaseLost { lease: i64 },
-    #[error("the etcd watch ended: {0}")]
-    WatchEnded(String),
+    /// A stream etcd keeps open ended: the mirror's watch, a lease's keep-alive, the election's
+    /// watch or campaign; each is re-established by its owner.
+    #[error("the etcd {stream} stream ended: {detail}")]
+    StreamEnded { stream: &'static str, detail: String },
     #[error("etcd {op} found the lock's keys changed since they were read; it is retried from the new keys")]
     Raced { op: &'static str },
 }
@@ -59,7 +61,7 @@ impl Error {
     /// Whether retrying the same call may succeed (etcd unreachable, leader election, timeouts).
     pub fn is_transient(&self) -> bool {
         match self {
-            Error::Timeout { .. } | Error::Connect { .. } | Error::WatchEnded(_) | Error::Raced { .. } => true,
+            Error::Timeout { .. } | Error::Connect { .. } | Error::StreamEnded { .. } | Error::Raced { .. } => true,
             Error::Call { source, .. } => is_transient(source),
             _ => false,
         }

@@ -210,7 +210,7 @@ async fn renew_until_error(
                 expires.send_replace(sent + Duration::from_secs(ttl.max(0) as u64));
             }
             Some(_) => return Err(Error::LeaseLost { lease: id }),
-            None => return Err(Error::WatchEnded("keep-alive stream closed".into())),
+            None => return Err(Error::StreamEnded { stream: "lease keep-alive", detail: "closed by etcd".into() }),
         }
         tokio::time::sleep(period).await;
     }
