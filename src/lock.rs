@@ -57,6 +57,14 @@ pub struct LockKey {
     pub name: Option<String>,
 }
 
+impl LockKey {
+    /// How users see a key LeaderLock did not write here: the name it records (another
+    /// cluster's `<cluster>/<namespace>/<pod>`) or `etcd:<key>` (e.g. an `etcdctl lock` client).
+    pub fn outside_name(&self) -> String {
+        self.name.clone().unwrap_or_else(|| format!("etcd:{}", self.key))
+    }
+}
+
 /// One etcd operation; [`plan`] returns the fewest that reach the wanted state.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Op {

@@ -39,6 +39,8 @@ pub struct Facts<'a> {
     pub pods: &'a [Arc<PodInfo>],
     /// Each lock prefix's line, holder first.
     pub line: &'a dyn Fn(&str) -> Vec<LockKey>,
+    /// Candidates (by UID) that placement.neverLead keeps out of every line.
+    pub never_lead: &'a std::collections::BTreeSet<String>,
     pub now: jiff::Timestamp,
 }
 
@@ -107,7 +109,7 @@ fn judge_one(r: &Handover, f: &Facts) -> Verdict {
         }
     }
     if holder.owner.is_none() {
-        let name = holder.name.clone().unwrap_or_else(|| format!("etcd:{}", holder.key));
+        let name = holder.outside_name();
         return refuse(
             reasons::EXTERNAL_HOLDER,
             format!("lock {lock:?} is held by {name}, outside this cluster's LeaderLock; only its owner can release it"),
@@ -122,6 +124,14 @@ fn judge_one(r: &Handover, f: &Facts) -> Verdict {
     let to = match &r.spec.to {
         Some(to) if to == &holder_name => return done(r, reasons::ALREADY_HOLDER, holder, holder_pod, f.now),
         Some(to) => match f.candidates.iter().find(|p| &p.name == to) {
+            Some(pod) if pod.uid.as_ref().is_some_and(|id| f.never_lead.contains(id)) => {
+                return refuse(
+                    reasons::NEVER_LEAD,
+                    format!(
+                        "pod {to} matches the LeaderLock's placement.neverLead and never leads; pick another pod, or change placement.neverLead"
+                    ),
+                );
+            }
             Some(pod) => Some(pod.uid.clone().unwrap_or_default()),
             None => {
                 let why = "it must exist, be selected by the LeaderLock, be Running and Ready, and not be terminating";
@@ -135,7 +145,7 @@ fn judge_one(r: &Handover, f: &Facts) -> Verdict {
         && let Some(target_at) = line.iter().position(|h| h.owner.as_ref() == Some(id))
         && let Some(outside) = line[..target_at].iter().find(|h| h.owner.is_none())
     {
-        let name = outside.name.clone().unwrap_or_else(|| format!("etcd:{}", outside.key));
+        let name = outside.outside_name();
         return refuse(
             reasons::EXTERNAL_AHEAD,
             format!("{name}, outside this cluster's LeaderLock, is in line ahead of the target and cannot be moved"),
@@ -177,8 +187,13 @@ pub fn refused(reason: &str, message: &str, now: jiff::Timestamp) -> HandoverSta
     final_status(HandoverStatus::default(), Phase::Refused, reason, message, now)
 }
 
+/// `holder`'s name as the LeaderLock's status gives it: its pod, or (a step-down may hand the
+/// lock to the next in line, whoever that is) a holder outside this cluster's LeaderLock.
 fn done(r: &Handover, reason: &str, holder: &LockKey, pod: Option<String>, now: jiff::Timestamp) -> Verdict {
-    let holder_name = pod.unwrap_or_else(|| holder.owner.clone().unwrap_or_default());
+    let holder_name = pod.unwrap_or_else(|| match &holder.owner {
+        Some(id) => id.clone(),
+        None => holder.outside_name(),
+    });
     let message = format!("{holder_name} holds lock {:?} with fencing token {}", r.spec.lock, holder.token);
     let mut s = settled(r, Phase::Done, reason, &message, now);
     s.holder = Some(holder_name);

@@ -48,9 +48,10 @@ pub fn decide(s: &Snapshot, now: jiff::Timestamp) -> Decided {
     let candidates = s.candidates();
     let pods: Vec<_> = s.view.pods.values().cloned().collect();
     let queue = |prefix: &str| s.queues.get(prefix).cloned().unwrap_or_default();
-    let facts = Facts { ll: s.ll, mine: &mine, candidates: &candidates, pods: &pods, line: &queue, now };
-    let judged = handover::judge(&s.requests, &facts);
     let placed = placement::decide(s, &candidates, now);
+    let never_lead = &placed.never_lead;
+    let facts = Facts { ll: s.ll, mine: &mine, candidates: &candidates, pods: &pods, line: &queue, never_lead, now };
+    let judged = handover::judge(&s.requests, &facts);
     Decided { mine, candidates, judged, placed }
 }
 

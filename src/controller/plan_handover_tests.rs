@@ -134,3 +134,37 @@ fn a_paused_leaderlock_plans_no_etcd_change_and_keeps_a_holder_that_is_no_longer
     assert!(s.conditions.iter().any(|c| c.type_ == "Paused" && c.status == "True"));
     assert!(!after.iter().any(|s| matches!(s, Step::Pod { .. })), "{after:?}");
 }
+
+#[test]
+fn a_step_down_to_an_outside_key_next_in_line_names_it_as_the_status_does() {
+    let ll = leaderlock(&["ledger"], None);
+    let v = view(&ll, &[pod("a", 1, true, &[]), pod("b", 2, true, &[])]);
+    let mut r = (*request("r1", None, None)).clone();
+    r.status =
+        Some(HandoverStatus { phase: Some(Phase::Pending), from: Some("a".into()), from_token: Some("7".into()), ..Default::default() });
+    let etcdctl = crate::lock::LockKey { key: format!("{P}/694d"), token: 8, owner: None, name: None };
+    let o = Snapshot {
+        holders: [(P.to_string(), etcdctl.clone())].into(),
+        queues: [(P.to_string(), vec![etcdctl])].into(),
+        requests: vec![Arc::new(r)],
+        ..fixtures::snapshot(&ll, &v, Default::default())
+    };
+    let done = status_of(&before(&o), "r1").cloned().expect("settled");
+    let name = format!("etcd:{P}/694d");
+    assert_eq!((done.phase, done.holder.as_deref()), (Some(Phase::Done), Some(name.as_str())));
+    assert!(done.message.as_deref().is_some_and(|m| m.starts_with(&name)), "{done:?}");
+}
+
+#[test]
+fn a_handover_to_a_never_lead_pod_is_refused_as_never_lead() {
+    let mut ll = leaderlock(&["ledger"], None);
+    let never = k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector {
+        match_labels: Some([("app".to_string(), "worker".to_string())].into()),
+        ..Default::default()
+    };
+    ll.spec.placement = Some(crate::resource::PlacementSpec { never_lead: Some(never), ..Default::default() });
+    let v = view(&ll, &[pod("a", 1, true, &LEADER_A), pod("b", 2, true, &[])]);
+    let o = observed(&ll, &v, ("a", 7), &[("a", 7)], vec![request("r", Some("b"), None)]);
+    let refused = status_of(&before(&o), "r").cloned().expect("settled");
+    assert_eq!(refused.reason.as_deref(), Some(crate::resource::handover::reasons::NEVER_LEAD));
+}

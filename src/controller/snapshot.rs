@@ -80,7 +80,7 @@ impl Snapshot<'_> {
                     k.name.as_deref().and_then(|n| n.rsplit_once('/')).map_or_else(|| id.clone(), |(_, pod)| pod.to_string())
                 })
             }
-            None => k.name.clone().unwrap_or_else(|| format!("etcd:{}", k.key)),
+            None => k.outside_name(),
         };
         self.queues.iter().map(|(prefix, queue)| (prefix.clone(), queue.iter().take(QUEUE_SHOWN).map(name).collect())).collect()
     }

@@ -49,7 +49,7 @@ pub fn build(
                     st.holder = match holder_pod(h, candidates) {
                         Some(pod) => Some(pod),
                         // Another cluster's pod (`<cluster>/<ns>/<pod>`) or an outside holder (`etcd:<key>`).
-                        None if h.owner.is_none() => Some(h.name.clone().unwrap_or_else(|| format!("etcd:{}", h.key))),
+                        None if h.owner.is_none() => Some(h.outside_name()),
                         // Paused: a holder that stopped being a candidate keeps the lock.
                         None if ll.spec.paused => st.queue.first().cloned(),
                         None => None, // a key of a pod that is leaving: not a holder to report

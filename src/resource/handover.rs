@@ -118,6 +118,8 @@ pub mod reasons {
     pub const NOT_HOLDER: &str = "NotHolder";
     pub const EXTERNAL_HOLDER: &str = "ExternalHolder";
     pub const NOT_CANDIDATE: &str = "NotCandidate";
+    /// `to` matches placement.neverLead: a candidate that never leads (docs/contract.md §8.1).
+    pub const NEVER_LEAD: &str = "NeverLead";
     pub const EXTERNAL_AHEAD: &str = "ExternalAhead";
     pub const NO_OTHER_CANDIDATE: &str = "NoOtherCandidate";
 }
