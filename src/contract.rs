@@ -23,6 +23,12 @@ pub fn token_key(lock: &str) -> String {
     format!("{GROUP}/{lock}.token")
 }
 
+/// `leaderlock.dev/roles.resync`: a digest of the locks a pod leads, written about two seconds
+/// after they change (docs/contract.md §3.1): a second pod update that makes the kubelet project
+/// the role keys again, in case it lost the first. Its dot keeps it apart from every lock's keys
+/// (lock names have none).
+pub const RESYNC_KEY: &str = "leaderlock.dev/roles.resync";
+
 /// Whether an annotation or label key is one the controller owns.
 pub fn is_ours(key: &str) -> bool {
     key.strip_prefix(GROUP).is_some_and(|rest| rest.starts_with('/'))

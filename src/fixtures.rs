@@ -117,7 +117,7 @@ pub fn holds(pod: &str, token: i64) -> Holders {
 pub fn snapshot<'a>(ll: &'a LeaderLock, view: &'a View, holders: Holders) -> Snapshot<'a> {
     let current = view.pods.iter().map(|(n, p)| (n.clone(), p.keys())).collect();
     let queues: Queues = holders.iter().map(|(p, h)| (p.clone(), vec![h.clone()])).collect();
-    Snapshot { ll, view, current, holders, queues, requests: vec![] }
+    Snapshot { ll, view, current, holders, queues, requests: vec![], resync: Default::default() }
 }
 
 /// The snapshot a reconcile takes after its etcd stage: `before` with the pod and Handover
@@ -139,5 +139,5 @@ pub fn after<'a>(before: &Snapshot<'a>, steps: &[Step], holders: Holders) -> Sna
         }
     }
     let queues = before.queues.clone();
-    Snapshot { ll: before.ll, view: before.view, current, holders, queues, requests }
+    Snapshot { ll: before.ll, view: before.view, current, holders, queues, requests, resync: before.resync.clone() }
 }

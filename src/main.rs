@@ -156,6 +156,11 @@ struct ControllerArgs {
 #[derive(Args)]
 struct RoleFileArgs {
     /// The lock's name, as in `spec.locks[].name` (the pod's annotation is `leaderlock.dev/<lock>`).
+    /// How long after a pod's leadership changes the controller writes it once more (the
+    /// `leaderlock.dev/roles.resync` annotation), so that a kubelet that lost the change projects
+    /// it again; `0` turns it off. Duration syntax: 500ms, 10s, 1.5m or 2h (units ms, s, m, h; a bare number is seconds).
+    #[arg(long, env = "LEADERLOCK_RESYNC_AFTER", default_value = "2s", value_name = "DURATION", value_parser = contract::parse_duration)]
+    resync_after: Duration,
     #[arg(long, env = "LEADERLOCK_LOCK", value_parser = contract::parse_lock_name)]
     lock: String,
     /// The downward-API file: a projection of `metadata.annotations` (gives the fencing token) or of
@@ -317,6 +322,7 @@ async fn run_controller(args: Box<ControllerArgs>) -> anyhow::Result<()> {
 fn sample_maps(metrics: &Metrics, engine: &Arc<Engine>, maps: &controller::Maps) {
     metrics.sample_watch_restarts(Box::new({
         let e = engine.clone();
+        resync_after: Some(args.resync_after).filter(|d| !d.is_zero()),
         move || e.mirror().restarts()
     }));
     type Len = fn(&Engine) -> usize;

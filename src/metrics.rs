@@ -54,6 +54,8 @@ pub struct Metrics {
     /// Holder key deleted in etcd → new holder annotated on its pod.
     pub failover_latency: Histogram,
     pub etcd_operations: Family<KindLabels, Counter>,
+    /// Resync writes sent: the second pod update after a leadership change (contract §3.1).
+    pub role_resyncs: Counter,
     pub active: Gauge,
     is_active: AtomicBool,
     sampled: Arc<Sampled>,
@@ -71,6 +73,7 @@ impl Default for Metrics {
             holder_changes: Family::default(),
             failover_latency: Histogram::new(exponential_buckets(0.005, 2.0, 14)),
             etcd_operations: Family::default(),
+            role_resyncs: Counter::default(),
             active: Gauge::default(),
             is_active: AtomicBool::new(false),
             sampled: Arc::default(),
@@ -94,6 +97,11 @@ impl Metrics {
             self.failover_latency.clone(),
         );
         r.register("etcd_operations", "etcd writes issued, by kind", self.etcd_operations.clone());
+        r.register(
+            "role_resyncs",
+            "Pod writes sent only to make the kubelet project a leadership change again",
+            self.role_resyncs.clone(),
+        );
         r.register("active", "1 if this replica is the active controller, 0 if standby", self.active.clone());
         r.register_collector(Box::new(self.sampled.clone()));
         self

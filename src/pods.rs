@@ -18,7 +18,7 @@ use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::core::{Expression, Selector};
 
-pub use crate::contract::{LEADER, STANDBY, is_ours, role_key, token_key};
+pub use crate::contract::{LEADER, RESYNC_KEY, STANDBY, is_ours, role_key, token_key};
 
 /// The `leaderlock.dev/*` entries of a pod's annotations or labels.
 fn ours(m: &Option<BTreeMap<String, String>>) -> impl Iterator<Item = (&String, &String)> {
@@ -210,6 +210,74 @@ pub fn demotions_only(current: &PodKeys, desired: &PodKeys, locks: &[LockRoles])
     step
 }
 
+/// The locks `keys` lead, each with its fencing token (absent when the keys carry none).
+fn leadership(keys: &PodKeys) -> BTreeMap<&str, Option<&str>> {
+    keys.annotations
+        .iter()
+        .filter(|(_, v)| *v == LEADER)
+        .filter_map(|(k, _)| {
+            let lock = k.strip_prefix(crate::contract::GROUP)?.strip_prefix('/')?;
+            Some((lock, keys.annotations.get(&token_key(lock)).map(String::as_str)))
+        })
+        .collect()
+}
+
+/// The value of [`RESYNC_KEY`] that confirms `keys`' leadership: 16 hex digits of FNV-1a over
+/// `lock=token` lines, so that every change of what a pod leads (tokens strictly increase)
+/// gives a new value; None (no key) when it leads nothing.
+pub fn leadership_digest(keys: &PodKeys) -> Option<String> {
+    let led = leadership(keys);
+    if led.is_empty() {
+        return None;
+    }
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for (lock, token) in &led {
+        for b in lock.bytes().chain(*b"=").chain(token.unwrap_or_default().bytes()).chain(*b"\n") {
+            hash = (hash ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    Some(format!("{hash:016x}"))
+}
+
+/// Whether writing `next` over `current` changes what the pod leads: such a write is followed by
+/// a resync (docs/contract.md §3.1).
+pub fn changes_leadership(current: &PodKeys, next: &PodKeys) -> bool {
+    leadership(current) != leadership(next)
+}
+
+/// When a pod's [`RESYNC_KEY`] may be brought up to date.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Resync {
+    /// Re-delivery is turned off: the key is not written (and removed where present).
+    Off,
+    /// Not yet: a leadership change was written less than the resync delay ago.
+    Later,
+    /// Now (the delay passed, or nobody remembers when the change was written).
+    Now,
+    /// With the other keys, in the same write: the LeaderLock is going away, nobody follows up.
+    Final,
+}
+
+/// `desired` (the role keys) with the pod's [`RESYNC_KEY`]: kept as `current` has it while the
+/// write changes leadership or the follow-up is not due, set to the new digest when it is.
+/// Returns whether a follow-up is still to come.
+pub fn with_resync(mut desired: PodKeys, current: &PodKeys, when: Resync) -> (PodKeys, bool) {
+    let have = current.annotations.get(RESYNC_KEY).cloned();
+    let want = leadership_digest(&desired);
+    let (value, pending) = match when {
+        Resync::Off => (None, false),
+        Resync::Final => (want, false),
+        _ if changes_leadership(current, &desired) => (have, true),
+        _ if have == want => (have, false),
+        Resync::Now => (want, false),
+        Resync::Later => (have, true),
+    };
+    if let Some(v) = value {
+        desired.annotations.insert(RESYNC_KEY.to_string(), v);
+    }
+    (desired, pending)
+}
+
 /// Whether going from `current` to `next` takes a `leader` role away: such a write must land
 /// before any promotion.
 pub fn is_demotion(current: &PodKeys, next: &PodKeys) -> bool {
@@ -219,6 +287,53 @@ pub fn is_demotion(current: &PodKeys, next: &PodKeys) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn led(pairs: &[(&str, &str)]) -> PodKeys {
+        let mut k = PodKeys::default();
+        for (lock, token) in pairs {
+            k.annotations.insert(role_key(lock), LEADER.into());
+            k.annotations.insert(token_key(lock), token.to_string());
+        }
+        k
+    }
+
+    #[test]
+    fn a_leadership_change_keeps_the_old_resync_value_and_the_follow_up_writes_the_new_one() {
+        let (was, now) = (led(&[("ledger", "7")]), led(&[("ledger", "9")]));
+        let settled = with_resync(was.clone(), &was, Resync::Now).0;
+        let digest = settled.annotations[RESYNC_KEY].clone();
+        // The write that changes the token carries the old digest: the follow-up is a real change.
+        let (first, pending) = with_resync(now.clone(), &settled, Resync::Now);
+        assert_eq!((first.annotations.get(RESYNC_KEY), pending), (Some(&digest), true));
+        let (later, pending) = with_resync(now.clone(), &first, Resync::Later);
+        assert_eq!((later == first, pending), (true, true), "not due yet: nothing changes");
+        let (follow_up, pending) = with_resync(now.clone(), &first, Resync::Now);
+        assert!(!pending);
+        assert_ne!(follow_up.annotations[RESYNC_KEY], digest);
+        assert_eq!(with_resync(now, &follow_up, Resync::Now), (follow_up.clone(), false), "settled: no write");
+    }
+
+    #[test]
+    fn a_pod_that_leads_nothing_carries_no_resync_key_once_followed_up() {
+        let standby = PodKeys { annotations: [(role_key("ledger"), STANDBY.to_string())].into(), ..Default::default() };
+        assert_eq!(with_resync(standby.clone(), &standby, Resync::Now), (standby.clone(), false), "never led: nothing to resync");
+        let leader = with_resync(led(&[("ledger", "7")]), &led(&[("ledger", "7")]), Resync::Now).0;
+        let (demoted, pending) = with_resync(standby.clone(), &leader, Resync::Now);
+        assert!(pending && demoted.annotations.contains_key(RESYNC_KEY), "the demotion keeps the old digest");
+        assert_eq!(with_resync(standby.clone(), &demoted, Resync::Now), (standby.clone(), false), "the follow-up removes it");
+        assert_eq!(with_resync(PodKeys::default(), &leader, Resync::Final).0, PodKeys::default(), "cleanup removes it at once");
+        assert_eq!(with_resync(led(&[("ledger", "7")]), &leader, Resync::Off).0, led(&[("ledger", "7")]), "off: never written");
+    }
+
+    #[test]
+    fn every_change_of_what_a_pod_leads_gives_a_new_digest() {
+        let digests = [led(&[]), led(&[("a", "1")]), led(&[("a", "2")]), led(&[("a", "2"), ("b", "3")]), led(&[("b", "3")])]
+            .map(|k| leadership_digest(&k));
+        assert_eq!(digests[0], None);
+        for (i, d) in digests.iter().enumerate() {
+            assert!(digests[i + 1..].iter().all(|o| o != d), "{digests:?}");
+        }
+    }
 
     fn roles(lock: &str, candidates: &[&str], leader: Option<(&str, i64)>, labels: bool) -> LockRoles {
         LockRoles {

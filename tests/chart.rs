@@ -26,6 +26,7 @@ const FULL: &[&str] = &[
     "networkPolicy.enabled=true",
     "log.format=json",
     "controller.maxConcurrentReconciles=32",
+    "controller.resyncAfter=0",
 ];
 
 /// Runs the pinned helm with its state dirs in a temp dir (it must not need or touch $HOME).
@@ -198,6 +199,7 @@ fn default_values_render_a_hardened_two_replica_deployment() {
             "--http-addr=0.0.0.0:8080",
             "--election-ttl=3",
             "--max-concurrent-reconciles=16",
+            "--resync-after=2s",
         ]
     );
     assert_eq!(c["env"][0], yaml("{name: POD_NAME, valueFrom: {fieldRef: {fieldPath: metadata.name}}}"));
@@ -240,6 +242,7 @@ fn full_values_wire_etcd_tls_auth_prefixes_and_extras() {
         "--etcd-key-file=/etc/leaderlock/etcd-tls/tls.key",
         "--log-format=json",
         "--max-concurrent-reconciles=32",
+        "--resync-after=0",
     ] {
         assert!(a.iter().any(|x| x == want), "missing {want} in {a:?}");
     }

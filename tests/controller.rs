@@ -120,6 +120,29 @@ async fn a_holder_that_turns_not_ready_is_demoted_and_replaced() {
     checker.assert_clean();
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn each_leadership_change_is_followed_by_one_resync_write_of_the_pods_it_changed() {
+    const RESYNC: &str = "leaderlock.dev/roles.resync";
+    let Ledger { ns, checker, c, holder: old, .. } = ledger_among("resync", &["w-1", "w-2"]).await;
+    let other = if old == "w-1" { "w-2" } else { "w-1" };
+    let digest = eventually("the holder's resync", T, || async { annotations(&c, &ns, &old).await.get(RESYNC).cloned() }).await;
+    assert_eq!(digest.len(), 16, "{digest}");
+    assert!(!annotations(&c, &ns, other).await.contains_key(RESYNC), "a pod that never led gets no resync");
+    // Settled: a controller that wrote each change once more writes nothing else. The window is
+    // several resync delays (2 s): long enough for a repeating resync to show.
+    let settled = pod_versions(&c, &ns).await;
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert_eq!(pod_versions(&c, &ns).await, settled, "idle pods are not written");
+    // A handover: the demoted pod's digest goes, the promoted pod's comes, each in one more write.
+    set_ready(&c, &ns, &old, false).await;
+    elected(&c, &ns, "payments", "ledger", 1).await;
+    eventually("the new holder's resync", T, || async { annotations(&c, &ns, other).await.get(RESYNC).filter(|d| **d != digest).cloned() })
+        .await;
+    eventually("the demoted pod's resync removed with its keys", T, || async { annotations(&c, &ns, &old).await.is_empty().then_some(()) })
+        .await;
+    checker.assert_clean();
+}
+
 /// Makes `from` unready, waits for `to` to hold alone, then makes `from` ready again (standby).
 async fn hand_over(c: &kube::Client, ns: &str, from: &str, to: &str) -> i64 {
     set_ready(c, ns, from, false).await;

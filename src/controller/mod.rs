@@ -25,6 +25,7 @@ pub mod plan;
 mod pod_writes;
 mod reconcile;
 mod requests;
+pub mod resyncs;
 pub mod snapshot;
 pub mod status;
 mod wiring;
@@ -79,6 +80,10 @@ pub struct Context {
     /// Our Handover status writes the watch has not delivered yet: a reconcile reading an older
     /// copy could carry out a request twice.
     pub expected_requests: Arc<Expectations<HandoverStatus>>,
+    /// How long after a pod's leadership changes its resync is written (None: never), and when
+    /// each pending one is due (docs/contract.md §3.1).
+    pub resync_after: Option<Duration>,
+    pub resyncs: Arc<resyncs::Resyncs>,
 }
 
 /// The controller's maps that live as long as the objects they track, so that their sizes can
@@ -91,18 +96,21 @@ pub struct Maps {
     pub expected_pods: Arc<Expectations<PodKeys>>,
     /// See [`Context::expected_requests`].
     pub expected_requests: Arc<Expectations<HandoverStatus>>,
+    /// See [`Context::resyncs`].
+    pub resyncs: Arc<resyncs::Resyncs>,
     /// Set once the controller runs: its index holds the lock claims.
     pub index: Arc<OnceLock<Arc<Index>>>,
 }
 
 impl Maps {
     /// `(map name, entries)` of each map, cheap enough to sample at every scrape.
-    pub fn sizes(&self) -> [(&'static str, usize); 4] {
+    pub fn sizes(&self) -> [(&'static str, usize); 5] {
         let claims = self.index.get().map_or(0, |i| i.claims_len());
         [
             ("expected_status", self.expected_status.len()),
             ("expected_pods", self.expected_pods.len()),
             ("expected_requests", self.expected_requests.len()),
+            ("pending_resyncs", self.resyncs.len()),
             ("lock_claims", claims),
         ]
     }

@@ -96,6 +96,8 @@ enum Pass {
     Demotions,
     /// Everything: demotions and settled pods first, then promotions.
     All,
+    /// Everything, for a LeaderLock going away: no resync follows, so none is left pending.
+    Cleanup,
 }
 
 fn candidate_of(pod: &PodInfo) -> Option<Candidate> {
@@ -244,7 +246,7 @@ pub fn after_etcd(s: &Snapshot, d: &Decided, moved: &BTreeMap<String, Why>, now:
 /// A LeaderLock being deleted (it assigns no roles any more): unlabel its pods, demotions
 /// first, then delete its candidate keys.
 pub fn cleanup(o: &Snapshot) -> Vec<Step> {
-    let mut steps = pod_writes(o, Pass::All, &BTreeSet::new());
+    let mut steps = pod_writes(o, Pass::Cleanup, &BTreeSet::new());
     for (lock, res) in o.mine() {
         if let Resolution::Accepted(prefix) = res {
             steps.push(Step::Release { lock, prefix });
@@ -270,8 +272,9 @@ fn pod_writes(o: &Snapshot, pass: Pass, moving: &BTreeSet<String>) -> Vec<Step> 
     let mut plans = Vec::new();
     for (name, pod) in &o.view.pods {
         let roles = o.view.roles_for(pod, holder);
-        let desired = pods::desired(name, &roles);
         let current = o.current.get(name).cloned().unwrap_or_else(|| pod.keys());
+        let when = if pass == Pass::Cleanup { pods::Resync::Final } else { o.resync.when(name) };
+        let (desired, _) = pods::with_resync(pods::desired(name, &roles), &current, when);
         if current != desired {
             let first = pods::demotions_only(&current, &desired, &roles);
             plans.push((name, &pod.uid, current, first, desired));
@@ -285,13 +288,13 @@ fn pod_writes(o: &Snapshot, pass: Pass, moving: &BTreeSet<String>) -> Vec<Step> 
     };
     let mut steps = Vec::new();
     for (name, uid, current, first, desired) in &mut plans {
-        let settles = pass == Pass::All && first == desired;
+        let settles = pass != Pass::Demotions && first == desired;
         if first != current && (settles || pods::is_demotion(current, first)) {
             steps.push(write(name, uid, current, first));
             *current = first.clone();
         }
     }
-    if pass == Pass::All {
+    if pass != Pass::Demotions {
         for (name, uid, current, _, desired) in &plans {
             if desired != current {
                 steps.push(write(name, uid, current, desired));

@@ -161,3 +161,25 @@ fn a_holder_change_is_a_new_holder_or_a_new_token_never_a_lost_holder() {
         [change(None, "etcd:/x/1", "3")]
     );
 }
+
+#[test]
+fn a_promotion_is_followed_by_one_resync_write_once_due_and_nothing_after() {
+    use crate::controller::snapshot::ResyncGate;
+    use crate::pods::RESYNC_KEY;
+    let ll = leaderlock(&["ledger"], None);
+    let promoted = [LEADER, ("leaderlock.dev/ledger.token", "7")];
+    let v = view(&ll, &[pod("a", 1, true, &promoted), pod("b", 2, true, &[STANDBY])]);
+    let gate = |not_yet: &[&str]| ResyncGate { enabled: true, not_yet: not_yet.iter().map(|s| s.to_string()).collect() };
+    let pending = Snapshot { resync: gate(&["a"]), ..observed(&ll, &v, holds("a", 7)) };
+    assert!(!after(&pending).iter().any(|s| matches!(s, Step::Pod { .. })), "not due yet: no pod write");
+    let due = Snapshot { resync: gate(&[]), ..observed(&ll, &v, holds("a", 7)) };
+    let steps = after(&due);
+    let writes: Vec<&Step> = steps.iter().filter(|s| matches!(s, Step::Pod { .. })).collect();
+    let [Step::Pod { name, from, to, .. }] = writes[..] else { panic!("one resync write: {writes:?}") };
+    assert_eq!(name, "a", "the standby that never led needs none");
+    assert_eq!((from.annotations.get(RESYNC_KEY), to.annotations.len()), (None, 3), "the role keys and the new digest");
+    let settled = pod("a", 1, true, &to.annotations.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect::<Vec<_>>());
+    let v = view(&ll, &[settled, pod("b", 2, true, &[STANDBY])]);
+    let again = Snapshot { resync: gate(&[]), ..observed(&ll, &v, holds("a", 7)) };
+    assert!(!after(&again).iter().any(|s| matches!(s, Step::Pod { .. })), "idle: nothing more");
+}

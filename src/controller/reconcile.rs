@@ -12,10 +12,11 @@ use serde_json::json;
 use super::error::{Error, Result, kube_err};
 use super::expectations::with_latest_status;
 use super::plan::{self, Step};
-use super::snapshot::{Holders, Queues, Snapshot};
+use super::snapshot::{Holders, Queues, ResyncGate, Snapshot};
 use super::{Context, FIELD_MANAGER, events, handover, placement, pod_writes, requests, status};
 use crate::index::View;
 use crate::lock::{Op, Target};
+use crate::pods::{self, PodKeys};
 use crate::placement::Why;
 use crate::resource::handover::Handover;
 use crate::resource::{LeaderLock, LeaderLockStatus};
@@ -39,7 +40,8 @@ pub async fn apply(ll: Arc<LeaderLock>, ctx: &Context) -> Result<Action> {
         let after = snapshot(ctx, &ll, &view);
         let decided = plan::decide(&after, now);
         execute(ctx, &ll, &plan::after_etcd(&after, &decided, &plan::placement_moves(&steps), now)).await?;
-        Ok::<_, Error>(placement::recheck_after(&decided.placed, now))
+        let resync = ctx.resyncs.next_due(view.pods.values().filter_map(|p| p.uid.as_deref()));
+        Ok::<_, Error>(earliest(placement::recheck_after(&decided.placed, now), resync))
     }
     .await;
     if let Err(e) = &result
@@ -49,8 +51,12 @@ pub async fn apply(ll: Arc<LeaderLock>, ctx: &Context) -> Result<Action> {
     }
     let recheck = result?;
     tracing::debug!(leaderlock = %ll.name_any(), namespace = ll.namespace().unwrap_or_default(), "reconciled");
-    // The one timer placement allows: a candidate's stabilisation delay ending.
+    // The only timers: a candidate's stabilisation delay ending, a pod's resync falling due.
     Ok(recheck.map_or_else(Action::await_change, Action::requeue))
+}
+
+fn earliest(a: Option<std::time::Duration>, b: Option<std::time::Duration>) -> Option<std::time::Duration> {
+    a.into_iter().chain(b).min()
 }
 
 /// What a plan decides from: the view, each pod's keys as we last knew them, the holders.
@@ -63,7 +69,9 @@ pub fn snapshot<'a>(ctx: &Context, ll: &'a LeaderLock, view: &'a View) -> Snapsh
             (name.clone(), keys)
         })
         .collect();
-    Snapshot { ll, view, current, holders: holders(ctx, view), queues: queues(ctx, view), requests: requests(ctx, ll) }
+    let not_yet = view.pods.iter().filter(|(_, p)| p.uid.as_deref().is_some_and(|u| ctx.resyncs.not_yet(u))).map(|(n, _)| n.clone());
+    let resync = ResyncGate { enabled: ctx.resync_after.is_some(), not_yet: not_yet.collect() };
+    Snapshot { ll, view, current, holders: holders(ctx, view), queues: queues(ctx, view), requests: requests(ctx, ll), resync }
 }
 
 /// Every key in line for every accepted prefix of `view`, from etcd's mirror (no I/O).
@@ -122,7 +130,10 @@ pub async fn execute(ctx: &Context, ll: &LeaderLock, steps: &[Step]) -> Result<(
     let name = ll.name_any();
     for step in steps {
         match step {
-            Step::Pod { name, uid, from, to } => pod_writes::write_pod_keys(ctx, &ns, name, uid.as_deref(), from, to).await?,
+            Step::Pod { name, uid, from, to } => {
+                pod_writes::write_pod_keys(ctx, &ns, name, uid.as_deref(), from, to).await?;
+                note_resync(ctx, uid.as_deref(), from, to);
+            }
             Step::Sync { prefix, wanted, ttl, .. } => {
                 let ops = ctx.engine.sync_observed(prefix, wanted, *ttl, |op| ctx.metrics.etcd_op(op_kind(op))).await?;
                 log_ops(&name, &ops);
@@ -145,6 +156,18 @@ pub async fn execute(ctx: &Context, ll: &LeaderLock, steps: &[Step]) -> Result<(
         }
     }
     Ok(())
+}
+
+/// After a pod write: a leadership change schedules the pod's resync; a write of the resync key
+/// itself is that resync, done.
+fn note_resync(ctx: &Context, uid: Option<&str>, from: &PodKeys, to: &PodKeys) {
+    let (Some(uid), Some(after)) = (uid, ctx.resync_after) else { return };
+    if pods::changes_leadership(from, to) {
+        ctx.resyncs.changed(uid, after);
+    } else if from.annotations.get(pods::RESYNC_KEY) != to.annotations.get(pods::RESYNC_KEY) {
+        ctx.resyncs.done(uid);
+        ctx.metrics.role_resyncs.inc();
+    }
 }
 
 /// Carries out a move placement planned (docs/contract.md §8): one handover transaction.

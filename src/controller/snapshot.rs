@@ -13,14 +13,14 @@
 //! stage reach the second through the expectations ([`super::expectations`]), as they would
 //! reach any later reconcile.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use kube::ResourceExt;
 
 use crate::index::View;
 use crate::lock::LockKey;
-use crate::pods::{PodInfo, PodKeys};
+use crate::pods::{PodInfo, PodKeys, Resync};
 use crate::resolve::Resolution;
 use crate::resource::LeaderLock;
 use crate::resource::handover::Handover;
@@ -49,6 +49,27 @@ pub struct Snapshot<'a> {
     pub queues: Queues,
     /// The Handovers naming this LeaderLock that are not final, as we last knew them.
     pub requests: Vec<Arc<Handover>>,
+    /// Whose resync (docs/contract.md §3.1) may be written now.
+    pub resync: ResyncGate,
+}
+
+/// Where the pods' resyncs stand: turned off, or due except for the pods listed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ResyncGate {
+    pub enabled: bool,
+    /// Pods (by name) whose leadership changed less than the resync delay ago.
+    pub not_yet: BTreeSet<String>,
+}
+
+impl ResyncGate {
+    /// When `pod`'s resync key may be brought up to date.
+    pub fn when(&self, pod: &str) -> Resync {
+        match (self.enabled, self.not_yet.contains(pod)) {
+            (false, _) => Resync::Off,
+            (true, true) => Resync::Later,
+            (true, false) => Resync::Now,
+        }
+    }
 }
 
 impl Snapshot<'_> {

@@ -32,6 +32,8 @@ pub struct Settings {
     pub concurrency: u16,
     /// The controller's maps, shared with whoever reports their sizes.
     pub maps: Maps,
+    /// How long after a pod's leadership changes its resync is written (None: never).
+    pub resync_after: Option<Duration>,
 }
 
 /// Runs the controller until SIGTERM/SIGINT.
@@ -59,10 +61,11 @@ pub async fn run(client: kube::Client, engine: Arc<Engine>, settings: Settings) 
     let risk_trigger = trigger.clone();
     let (lls_synced_tx, lls_synced) = tokio::sync::watch::channel(false);
     // The pod watch only feeds the index, which names the LeaderLocks each event concerns.
-    let (pod_index, expected_pods) = (index.clone(), maps.expected_pods.clone());
+    let (pod_index, expected_pods, resyncs) = (index.clone(), maps.expected_pods.clone(), maps.resyncs.clone());
     let mut pod_indexing = indexing(
         move |ev| {
             expected_pods.forget_gone(ev);
+            resyncs.forget_gone(ev);
             pod_index.on_pod_event(ev)
         },
         pods_synced_tx,
@@ -109,6 +112,8 @@ pub async fn run(client: kube::Client, engine: Arc<Engine>, settings: Settings) 
         expected_pods: maps.expected_pods.clone(),
         requests,
         expected_requests: maps.expected_requests.clone(),
+        resync_after: settings.resync_after,
+        resyncs: maps.resyncs.clone(),
     });
 
     // Detached: when the election is lost this future is dropped, and the demotions must
