@@ -14,9 +14,9 @@
 # their parents by design) are killed through the cgroups they sit in, mounts under DIR are
 # unmounted, cgroups removed, the bridge deleted.
 #
-# Knobs: LEADERLOCK_KUBELET_SYNC_FREQUENCY (the kubelet's syncFrequency, default 5s; 1m is the
-# kubelet's own default), LEADERLOCK_KUBELET_V (its log verbosity, default 1; 4 shows each pod
-# update, sync, remount and atomic-writer decision).
+# Knobs: LEADERLOCK_KUBELET_SYNC_FREQUENCY (the kubelet's syncFrequency; unset: the kubelet's own
+# default, 1m, which every published figure uses; set it only to experiment), LEADERLOCK_KUBELET_V
+# (its log verbosity, default 1; 4 shows each pod update, sync, remount and atomic-writer decision).
 #
 # Network: pods get an address on the bridge and no default route; ip_forward is not touched and
 # there is no NAT: a pod reaches the host's bridge address (where the harness binds the apiserver
@@ -160,13 +160,13 @@ evictionHard: {memory.available: "1Mi", nodefs.available: "0%", imagefs.availabl
 imageGCHighThresholdPercent: 100
 imageGCLowThresholdPercent: 99
 serializeImagePulls: false
-# The kubelet sometimes loses an annotation change on its way into a downward-API file (a race in
-# its volume manager, README "When the kubelet loses a role change"); the file then waits for the
-# pod's next periodic sync, 1 to 1.5 times this. The kubelet's default is 1m.
-syncFrequency: ${LEADERLOCK_KUBELET_SYNC_FREQUENCY:-5s}
 YAML
 }
 
+  # The kubelet's default syncFrequency (1m) unless asked: users cannot tune their kubelets.
+  if [[ -n "${LEADERLOCK_KUBELET_SYNC_FREQUENCY:-}" ]]; then
+    echo "syncFrequency: $LEADERLOCK_KUBELET_SYNC_FREQUENCY" >>"$NODE/kubelet.yaml"
+  fi
 start_containerd() {
   # containerd starts in the run's own cgroup, so its shims (which outlive it by design) stay
   # findable there; the shim must be on containerd's PATH.
