@@ -73,6 +73,11 @@ enum Command {
     /// after --grace-period, and starts again on re-election; a new fencing token while leader restarts
     /// it too. Signals go to CMD's process group.
     ///
+    /// A `leader` role already in the file when `run` starts is inherited: it was granted before this
+    /// process started (a restarted container) and may already be revoked, its demotion still on its way
+    /// to the file. CMD starts on it only once a change of the file still says `leader` with the same
+    /// token, or after --inherited-role-wait with no change.
+    ///
     /// SIGTERM and SIGINT sent to `run` are forwarded to CMD (SIGKILL after --grace-period).
     ///
     /// Exit status: CMD's own (128+signal if a signal killed it) when CMD ends by itself while leader or
@@ -88,6 +93,11 @@ enum Command {
     /// atomically and then CMD (its process, not its group) gets --signal; re-read the file then, and
     /// treat a new token for a shard you serve as a fresh acquisition. Install the signal handler first
     /// thing: SIGHUP's default action ends a program.
+    ///
+    /// Shards already led in the file when `shards` starts are inherited (granted before this process
+    /// started, possibly already revoked): they are left out of the set until a change of the file
+    /// confirms them, or until --inherited-role-wait passes with no change; then they are added as any
+    /// change is.
     ///
     /// Needs the projection of metadata.annotations (every lock's role and token).
     ///
@@ -191,6 +201,11 @@ struct RunArgs {
     /// How long CMD has between SIGTERM and SIGKILL, on demotion or shutdown. Duration syntax: 500ms, 10s, 1.5m or 2h (units ms, s, m, h; a bare number is seconds).
     #[arg(long, env = "LEADERLOCK_GRACE_PERIOD", default_value = "10s", value_name = "DURATION", value_parser = contract::parse_duration)]
     grace_period: Duration,
+    /// How long a `leader` role found in the file at start (inherited: granted before this process
+    /// started, perhaps already revoked) waits for a change of the file to confirm or revoke it before
+    /// CMD starts on it anyway; 0 starts CMD at once. Duration syntax: 500ms, 10s, 1.5m or 2h (units ms, s, m, h; a bare number is seconds).
+    #[arg(long, env = "LEADERLOCK_INHERITED_ROLE_WAIT", default_value = "5s", value_name = "DURATION", value_parser = contract::parse_duration)]
+    inherited_role_wait: Duration,
     /// The command to run while leader, and its arguments, after `--`.
     #[arg(last = true, required = true, value_name = "CMD")]
     command: Vec<OsString>,
@@ -214,6 +229,11 @@ struct ShardsArgs {
     /// How long CMD has between SIGTERM and SIGKILL when it is stopped. Duration syntax: 500ms, 10s, 1.5m or 2h (units ms, s, m, h; a bare number is seconds).
     #[arg(long, env = "LEADERLOCK_GRACE_PERIOD", default_value = "10s", value_name = "DURATION", value_parser = contract::parse_duration)]
     grace_period: Duration,
+    /// How long shards led in the file at start (inherited: granted before this process started,
+    /// perhaps already revoked) stay out of the set while waiting for a change of the file to confirm
+    /// or revoke them; 0 adds them at once. Duration syntax: 500ms, 10s, 1.5m or 2h (units ms, s, m, h; a bare number is seconds).
+    #[arg(long, env = "LEADERLOCK_INHERITED_ROLE_WAIT", default_value = "5s", value_name = "DURATION", value_parser = contract::parse_duration)]
+    inherited_role_wait: Duration,
     /// The command to run, and its arguments, after `--`.
     #[arg(last = true, required = true, value_name = "CMD")]
     command: Vec<OsString>,
@@ -418,15 +438,20 @@ fn main() -> ExitCode {
         }
         Command::Role(args) => ExitCode::from(leaderlock::podside::role_main(&args.role_file.file, &args.role_file.lock)),
         Command::Wait(args) => ExitCode::from(leaderlock::podside::wait_main(&args.role_file.file, &args.role_file.lock, args.timeout)),
-        Command::Run(args) => {
-            ExitCode::from(leaderlock::podside::run_main(&args.role_file.file, &args.role_file.lock, args.grace_period, args.command))
-        }
+        Command::Run(args) => ExitCode::from(leaderlock::podside::run_main(
+            &args.role_file.file,
+            &args.role_file.lock,
+            args.grace_period,
+            args.inherited_role_wait,
+            args.command,
+        )),
         Command::Shards(args) => ExitCode::from(leaderlock::podside::shards_main(leaderlock::podside::ShardsOptions {
             file: args.file,
             lock_prefix: args.lock_prefix,
             shards_file: args.shards_file,
             signal: args.signal,
             grace: args.grace_period,
+            inherited_wait: args.inherited_role_wait,
             command: args.command,
         })),
     }
@@ -456,7 +481,7 @@ mod tests {
             for arg in sub.get_arguments() {
                 let flag = arg.get_long().unwrap_or_default();
                 let is_duration = arg.get_value_names().is_some_and(|names| names == ["DURATION"]);
-                let named_like_one = ["timeout", "period", "ttl", "interval", "delay"].iter().any(|w| flag.ends_with(w));
+                let named_like_one = ["timeout", "period", "ttl", "interval", "delay", "wait"].iter().any(|w| flag.ends_with(w));
                 assert_eq!(is_duration, named_like_one, "{} --{flag}: a duration flag has the value name DURATION", sub.get_name());
                 if !is_duration {
                     continue;
@@ -474,7 +499,15 @@ mod tests {
         }
         assert_eq!(
             durations,
-            ["controller --etcd-timeout", "controller --election-ttl", "wait --timeout", "run --grace-period", "shards --grace-period"]
+            [
+                "controller --etcd-timeout",
+                "controller --election-ttl",
+                "wait --timeout",
+                "run --grace-period",
+                "run --inherited-role-wait",
+                "shards --grace-period",
+                "shards --inherited-role-wait"
+            ]
         );
     }
 

@@ -4,7 +4,8 @@
 //! visible files as symlinks through `..data`. No Kubernetes, no etcd.
 //!
 //! Nothing here sleeps to synchronise: every wait polls a condition (a marker line the command
-//! writes, a log line, a process exit) against a deadline.
+//! writes, a log line, a process exit) against a deadline. Where a test shows that something does
+//! NOT happen, it checks that throughout a stated window.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -56,6 +57,11 @@ fn go_quote(value: &str) -> String {
 /// kubelet's `fieldpath.FormatMap`: sorted `key="value"` lines, no trailing newline. Other
 /// annotations a real pod carries come along, with quotes, `=` and newlines in their values.
 fn all_annotations(state: State) -> String {
+    all_annotations_with(state, "line one\n\tleaderlock.dev/ledger-writer=\"leader\"")
+}
+
+/// [`all_annotations`] with another value of an unrelated annotation (some other writer's edit).
+fn all_annotations_with(state: State, notes: &str) -> String {
     let mut annotations = BTreeMap::from([
         (
             "kubectl.kubernetes.io/last-applied-configuration".to_string(),
@@ -63,7 +69,7 @@ fn all_annotations(state: State) -> String {
         ),
         ("leaderlock.dev/nightly-report".to_string(), "leader".to_string()),
         ("leaderlock.dev/nightly-report.token".to_string(), "99".to_string()),
-        ("zz.example.com/notes".to_string(), "line one\n\tleaderlock.dev/ledger-writer=\"leader\"".to_string()),
+        ("zz.example.com/notes".to_string(), notes.to_string()),
     ]);
     match state {
         State::Absent => {}
@@ -164,7 +170,14 @@ fn the_simulated_volume_has_kubelets_layout() {
 fn command(args: &[&str]) -> Command {
     let mut command = Command::new(BIN);
     command.args(args);
-    for var in ["RUST_LOG", "LEADERLOCK_LOCK", "LEADERLOCK_ROLE_FILE", "LEADERLOCK_GRACE_PERIOD", "LEADERLOCK_WAIT_TIMEOUT"] {
+    for var in [
+        "RUST_LOG",
+        "LEADERLOCK_LOCK",
+        "LEADERLOCK_ROLE_FILE",
+        "LEADERLOCK_GRACE_PERIOD",
+        "LEADERLOCK_WAIT_TIMEOUT",
+        "LEADERLOCK_INHERITED_ROLE_WAIT",
+    ] {
         command.env_remove(var);
     }
     command.env("LEADERLOCK_LOG_LEVEL", "info");
@@ -267,6 +280,15 @@ fn until(what: &str, mut condition: impl FnMut() -> bool, context: impl Fn() -> 
     let end = Instant::now() + DEADLINE;
     while !condition() {
         assert!(Instant::now() < end, "timed out waiting for {what}; context:\n{}", context());
+        thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Checks that `invariant` holds throughout `window` (to see that something does NOT happen).
+fn throughout(window: Duration, what: &str, invariant: impl Fn() -> bool, context: impl Fn() -> String) {
+    let end = Instant::now() + window;
+    while Instant::now() < end {
+        assert!(invariant(), "{what} broke; context:\n{}", context());
         thread::sleep(Duration::from_millis(5));
     }
 }
@@ -413,8 +435,23 @@ fn help_documents_every_subcommand_and_flag() {
         assert!(stdout(&top).contains(word), "{}", stdout(&top));
     }
     let run = command(&["run", "--help"]).output().unwrap();
-    for word in ["--lock", "--file", "--grace-period", "LEADERLOCK_ROLE_FILE", "/etc/leaderlock/annotations", "SIGKILL", "[default: 10s]"] {
+    for word in [
+        "--lock",
+        "--file",
+        "--grace-period",
+        "LEADERLOCK_ROLE_FILE",
+        "/etc/leaderlock/annotations",
+        "SIGKILL",
+        "[default: 10s]",
+        "--inherited-role-wait",
+        "LEADERLOCK_INHERITED_ROLE_WAIT",
+        "[default: 5s]",
+    ] {
         assert!(stdout(&run).contains(word), "run --help lacks {word}: {}", stdout(&run));
+    }
+    let shards = command(&["shards", "--help"]).output().unwrap();
+    for word in ["--inherited-role-wait", "LEADERLOCK_INHERITED_ROLE_WAIT", "[default: 5s]", "inherited"] {
+        assert!(stdout(&shards).contains(word), "shards --help lacks {word}: {}", stdout(&shards));
     }
     let wait = command(&["wait", "--help"]).output().unwrap();
     assert!(stdout(&wait).contains("--timeout"), "{}", stdout(&wait));
@@ -511,12 +548,22 @@ struct RunFixture {
     run: Running,
 }
 
-fn run_with(state: State, grace: &str, script: &str) -> RunFixture {
-    let volume = Volume::new(state);
+/// `run` of `script` on the all-annotations file of a volume in `state`. `inherited_wait`:
+/// `--inherited-role-wait`, or `None` for the default; tests of what CMD does once it runs that
+/// start on `leader` pass `Some("0")` so that it runs at once.
+fn run_with(state: State, grace: &str, inherited_wait: Option<&str>, script: &str) -> RunFixture {
+    run_on(Volume::new(state), Volume::annotations, grace, inherited_wait, script)
+}
+
+fn run_on(volume: Volume, file: fn(&Volume) -> PathBuf, grace: &str, inherited_wait: Option<&str>, script: &str) -> RunFixture {
     let marker = volume.dir.path().join("marker.log");
-    let file = volume.annotations();
-    let mut command =
-        command(&["run", "--lock", LOCK, "--file", file.to_str().unwrap(), "--grace-period", grace, "--", "sh", "-c", script]);
+    let file = file(&volume);
+    let mut args = vec!["run", "--lock", LOCK, "--file", file.to_str().unwrap(), "--grace-period", grace];
+    if let Some(wait) = inherited_wait {
+        args.extend_from_slice(&["--inherited-role-wait", wait]);
+    }
+    args.extend_from_slice(&["--", "sh", "-c", script]);
+    let mut command = command(&args);
     command.env("MARKER", &marker);
     RunFixture { run: Running::start(command), volume, marker }
 }
@@ -543,7 +590,7 @@ fn pid_of(line: &str) -> i32 {
 
 #[test]
 fn run_starts_the_command_when_leader_stops_it_on_demotion_and_restarts_it_on_reelection() {
-    let mut fx = run_with(State::Standby, "5s", OBEDIENT);
+    let mut fx = run_with(State::Standby, "5s", None, OBEDIENT);
     fx.run.wait_stderr("lock ledger-writer: standby");
     assert!(lines(&fx.marker).is_empty(), "nothing runs while standby");
 
@@ -591,7 +638,7 @@ fn run_starts_the_command_when_leader_stops_it_on_demotion_and_restarts_it_on_re
 #[test]
 fn run_sigkills_a_command_that_ignores_sigterm_after_the_grace_period() {
     let stubborn = r#"trap '' TERM; echo "start $$" >> "$MARKER"; exec sleep 1000"#;
-    let mut fx = run_with(State::Leader(1), "700ms", stubborn);
+    let mut fx = run_with(State::Leader(1), "700ms", Some("0"), stubborn);
     let pid = pid_of(&fx.wait_lines(1)[0]);
 
     let demoted = Instant::now();
@@ -616,7 +663,7 @@ fn run_sigkills_a_command_that_ignores_sigterm_after_the_grace_period() {
 #[test]
 fn run_exits_with_the_status_of_a_command_that_ends_by_itself_while_leader() {
     for (script, code) in [(r#"echo "start $$" >> "$MARKER"; exit 7"#, 7), (r#"echo "start $$" >> "$MARKER"; kill -KILL $$"#, 128 + 9)] {
-        let mut fx = run_with(State::Leader(1), "5s", script);
+        let mut fx = run_with(State::Leader(1), "5s", Some("0"), script);
         let status = fx.run.exit();
         assert_eq!(status.code(), Some(code), "{script}: {}", fx.run.stderr());
         assert_eq!(lines(&fx.marker).len(), 1, "not restarted");
@@ -626,14 +673,14 @@ fn run_exits_with_the_status_of_a_command_that_ends_by_itself_while_leader() {
 #[test]
 fn run_forwards_sigterm_and_sigint_to_the_command_and_exits_with_its_status() {
     let traps = r#"trap 'echo "got TERM" >> "$MARKER"; exit 3' TERM; echo "start $$" >> "$MARKER"; sleep 1000 & wait"#;
-    let mut fx = run_with(State::Leader(1), "5s", traps);
+    let mut fx = run_with(State::Leader(1), "5s", Some("0"), traps);
     fx.wait_lines(1);
     fx.run.signal(Signal::SIGTERM);
     assert_eq!(fx.run.exit().code(), Some(3), "{}", fx.run.stderr());
     assert_eq!(lines(&fx.marker)[1], "got TERM");
 
     let default_action = r#"echo "start $$" >> "$MARKER"; exec sleep 1000"#;
-    let mut fx = run_with(State::Leader(1), "5s", default_action);
+    let mut fx = run_with(State::Leader(1), "5s", Some("0"), default_action);
     let pid = pid_of(&fx.wait_lines(1)[0]);
     fx.run.signal(Signal::SIGINT);
     assert_eq!(fx.run.exit().code(), Some(128 + 2), "killed by the forwarded SIGINT: {}", fx.run.stderr());
@@ -642,7 +689,7 @@ fn run_forwards_sigterm_and_sigint_to_the_command_and_exits_with_its_status() {
 
 #[test]
 fn run_exits_128_plus_the_signal_when_nothing_runs() {
-    let mut fx = run_with(State::Standby, "5s", OBEDIENT);
+    let mut fx = run_with(State::Standby, "5s", None, OBEDIENT);
     fx.run.wait_stderr("lock ledger-writer: standby");
     fx.run.signal(Signal::SIGTERM);
     assert_eq!(fx.run.exit().code(), Some(128 + 15));
@@ -651,7 +698,7 @@ fn run_exits_128_plus_the_signal_when_nothing_runs() {
 
 #[test]
 fn run_stops_the_command_and_exits_2_when_the_file_turns_to_garbage() {
-    let mut fx = run_with(State::Leader(1), "5s", OBEDIENT);
+    let mut fx = run_with(State::Leader(1), "5s", Some("0"), OBEDIENT);
     let pid = pid_of(&fx.wait_lines(1)[0]);
     fx.volume.set_raw("leaderlock.dev/ledger-writer=\"leader", "");
     assert_eq!(fx.run.exit().code(), Some(2));
@@ -668,9 +715,117 @@ fn run_exits_2_without_starting_anything_when_the_file_is_missing_or_the_command
     assert!(stderr(&output).contains("cannot read the role file"), "{}", stderr(&output));
 
     let file = volume.annotations();
-    let output = command(&["run", "--lock", LOCK, "--file", file.to_str().unwrap(), "--", "/nonexistent/cmd"]).output().unwrap();
+    let output = command(&["run", "--lock", LOCK, "--file", file.to_str().unwrap(), "--", "/nonexistent/cmd"])
+        .env("LEADERLOCK_INHERITED_ROLE_WAIT", "0")
+        .output()
+        .unwrap();
     assert_eq!(output.status.code(), Some(2));
     assert!(stderr(&output).contains("cannot start the command"), "{}", stderr(&output));
+}
+
+// ───────────────────────────── run: an inherited role ─────────────────────────────
+
+/// Long enough that no test mistakes the wait elapsing for a change settling it.
+const LONG_WAIT: &str = "30s";
+
+impl RunFixture {
+    /// `run` read `leader` at start and is holding CMD back.
+    fn wait_inherited(&self, token: i64, wait: &str) {
+        self.run.wait_stderr(&format!(
+            "lock ledger-writer: leader role inherited from before this process started (token {token}); waiting up to {wait} for the controller to confirm or revoke it"
+        ));
+        assert!(lines(&self.marker).is_empty(), "the command started on an inherited role: {:?}", lines(&self.marker));
+    }
+}
+
+#[test]
+fn run_starts_on_an_inherited_leader_role_once_a_change_of_the_file_confirms_it() {
+    let mut fx = run_with(State::Leader(5), "5s", Some(LONG_WAIT), OBEDIENT);
+    fx.wait_inherited(5, LONG_WAIT);
+
+    // Another annotation changes, the role stays: the controller has written the pod since, and
+    // still says leader with the same token.
+    let confirmed = Instant::now();
+    fx.volume.set_raw(&all_annotations_with(State::Leader(5), "edited"), "leader");
+    let started = fx.wait_lines(1);
+    assert!(started[0].starts_with("start ") && started[0].ends_with(" 5"), "{started:?}");
+    assert!(confirmed.elapsed() < REACTION, "started {:?} after the confirming change", confirmed.elapsed());
+    fx.run.wait_stderr("lock ledger-writer: inherited leader role (token 5) confirmed by a change of the file");
+
+    // From then on, changes are ordinary ones.
+    fx.volume.set(State::Standby);
+    assert_eq!(fx.wait_lines(2)[1], format!("stop {}", pid_of(&started[0])));
+}
+
+#[test]
+fn run_starts_on_an_inherited_leader_role_of_the_single_value_file_once_the_volume_is_updated() {
+    // The single value stays `leader`; the update of the volume (another item changed) is what
+    // tells that the kubelet has projected the pod since this process started.
+    let mut fx = run_on(Volume::new(State::Leader(5)), Volume::single, "5s", Some(LONG_WAIT), OBEDIENT);
+    fx.run.wait_stderr("leader role inherited from before this process started (no token)");
+    assert!(lines(&fx.marker).is_empty());
+    fx.volume.set_raw(&all_annotations_with(State::Leader(5), "edited"), "leader");
+    assert_eq!(fx.wait_lines(1)[0].split_whitespace().nth(2), Some("none"), "no token in the single-value form");
+    fx.run.wait_stderr("inherited leader role (no token) confirmed by a change of the file");
+}
+
+#[test]
+fn run_never_starts_on_an_inherited_leader_role_that_a_change_revokes() {
+    let wait = Duration::from_secs(3);
+    let mut fx = run_with(State::Leader(5), "5s", Some("3s"), OBEDIENT);
+    fx.wait_inherited(5, "3s");
+    let revoked = Instant::now();
+    fx.volume.set(State::Standby);
+    fx.run.wait_stderr("lock ledger-writer: inherited leader role (token 5) revoked by a change of the file");
+    assert!(revoked.elapsed() < wait, "the revocation was only seen after the wait had elapsed");
+    // Past the end of the wait, nothing starts.
+    throughout(
+        wait - revoked.elapsed() + REACTION,
+        "nothing runs after the inherited role was revoked",
+        || lines(&fx.marker).is_empty(),
+        || fx.run.stderr(),
+    );
+    assert!(!fx.run.stderr().contains("wait elapsed"), "{}", fx.run.stderr());
+
+    // A later promotion is fresh: at once, with its own token.
+    let promoted = Instant::now();
+    fx.volume.set(State::Leader(9));
+    assert!(fx.wait_lines(1)[0].ends_with(" 9"));
+    assert!(promoted.elapsed() < REACTION, "started {:?} after the promotion", promoted.elapsed());
+    fx.run.signal(Signal::SIGTERM);
+    assert_eq!(fx.run.exit().code(), Some(0), "{}", fx.run.stderr());
+}
+
+#[test]
+fn run_starts_on_an_inherited_leader_role_when_the_wait_elapses_with_no_change() {
+    let began = Instant::now();
+    let fx = run_with(State::Leader(5), "5s", Some("700ms"), OBEDIENT);
+    fx.wait_inherited(5, "700ms");
+    let started = fx.wait_lines(1);
+    let took = began.elapsed();
+    assert!(started[0].ends_with(" 5"), "{started:?}");
+    assert!(took >= Duration::from_millis(700), "started after {took:?}, before the wait elapsed");
+    fx.run.wait_stderr("lock ledger-writer: inherited leader role (token 5) unchanged when the wait elapsed: acting on it");
+}
+
+#[test]
+fn run_with_an_inherited_role_wait_of_0_starts_at_once_on_a_leader_role_found_at_start() {
+    let began = Instant::now();
+    let fx = run_with(State::Leader(5), "5s", Some("0"), OBEDIENT);
+    assert!(fx.wait_lines(1)[0].ends_with(" 5"));
+    assert!(began.elapsed() < REACTION, "started {:?} after the helper", began.elapsed());
+    assert!(!fx.run.stderr().contains("inherited"), "{}", fx.run.stderr());
+}
+
+#[test]
+fn run_starts_at_once_on_a_leader_role_that_comes_after_the_start() {
+    let mut fx = run_with(State::Standby, "5s", Some(LONG_WAIT), OBEDIENT);
+    fx.run.wait_stderr("lock ledger-writer: standby");
+    let promoted = Instant::now();
+    fx.volume.set(State::Leader(5));
+    assert!(fx.wait_lines(1)[0].ends_with(" 5"));
+    assert!(promoted.elapsed() < REACTION, "a fresh leader role started the command after {:?}", promoted.elapsed());
+    assert!(!fx.run.stderr().contains("inherited"), "{}", fx.run.stderr());
 }
 
 // ───────────────────────────── shards ─────────────────────────────
@@ -742,7 +897,7 @@ impl ShardsFixture {
 #[test]
 fn shards_runs_one_command_at_once_and_tells_it_every_change_of_the_set() {
     let initial = shard_annotations(&[("shard-0", 41), ("shard-2", 43), ("shard-10", 44), ("ledger-writer", 3)], &["shard-1"], "");
-    let mut fx = shards_with(&initial, &["--lock-prefix", "shard-"], SHARDED);
+    let mut fx = shards_with(&initial, &["--lock-prefix", "shard-", "--inherited-role-wait", "0"], SHARDED);
     let start = fx.wait_lines(1);
     let pid = pid_of(&start[0]);
     assert_eq!(
@@ -788,8 +943,10 @@ fn shards_starts_with_the_empty_set_before_any_annotation_and_sends_the_chosen_s
     let mut fx = shards_with("", &["--signal", "usr1"], SHARDED);
     let start = fx.wait_lines(1);
     assert_eq!(start[0], format!("start {} []", pid_of(&start[0])));
+    let gained = Instant::now();
     fx.set(&shard_annotations(&[("shard-3", 7)], &["other"], ""));
     assert_eq!(fx.wait_lines(2)[1], "usr1 shard-3 7", "without --lock-prefix every lock led counts");
+    assert!(gained.elapsed() < REACTION, "a shard gained after the start is fresh: added at once, not after {:?}", gained.elapsed());
     fx.run.wait_stderr("sent SIGUSR1");
 }
 
@@ -855,4 +1012,78 @@ fn shards_refuses_a_signal_that_stops_a_bad_prefix_and_a_missing_shards_file() {
         command(&["shards", "--file", file.to_str().unwrap(), "--", "true"]).env_remove("LEADERLOCK_SHARDS_FILE").output().unwrap();
     assert_eq!(output.status.code(), Some(2));
     assert!(stderr(&output).contains("--shards-file"), "{}", stderr(&output));
+}
+
+// ───────────────────────────── shards: inherited shards ─────────────────────────────
+
+/// `shards` of `SHARDED` on `shard-` locks starting from `annotations`, with `--inherited-role-wait wait`.
+fn shards_inheriting(annotations: &str, wait: &str) -> ShardsFixture {
+    shards_with(annotations, &["--lock-prefix", "shard-", "--inherited-role-wait", wait], SHARDED)
+}
+
+#[test]
+fn shards_leaves_inherited_shards_out_until_a_change_confirms_them() {
+    let mut fx = shards_inheriting(&shard_annotations(&[("shard-0", 41)], &["shard-1"], ""), LONG_WAIT);
+    let start = fx.wait_lines(1);
+    let pid = pid_of(&start[0]);
+    assert_eq!(start[0], format!("start {pid} []"), "the command starts at once, without the inherited shard");
+    assert_eq!(fs::read_to_string(&fx.shards_file).unwrap(), "");
+    fx.run.wait_stderr(
+        "shards: leadership of shard-0 (token 41) inherited from before this process started; leaving it out of the set, waiting up to 30s",
+    );
+
+    let confirmed = Instant::now();
+    fx.set(&shard_annotations(&[("shard-0", 41)], &["shard-1"], "edited"));
+    assert_eq!(fx.wait_lines(2)[1], "hup shard-0 41", "added as any change is: the file, then the signal");
+    assert!(confirmed.elapsed() < REACTION, "added {:?} after the confirming change", confirmed.elapsed());
+    fx.run.wait_stderr("shards: inherited leadership of shard-0 (token 41) confirmed by a change of the file");
+
+    // Shards gained later are fresh.
+    fx.set(&shard_annotations(&[("shard-0", 41), ("shard-1", 50)], &[], "edited"));
+    assert_eq!(fx.wait_lines(3)[2], "hup shard-0 41 shard-1 50");
+    assert!(alive(pid), "the command is never restarted");
+}
+
+#[test]
+fn shards_never_adds_an_inherited_shard_that_a_change_revokes() {
+    let wait = Duration::from_secs(3);
+    let mut fx = shards_inheriting(&shard_annotations(&[("shard-0", 41), ("shard-2", 43)], &[], ""), "3s");
+    let start = fx.wait_lines(1);
+    assert_eq!(start[0], format!("start {} []", pid_of(&start[0])));
+    fx.run.wait_stderr("leadership of shard-0 (token 41), shard-2 (token 43) inherited");
+
+    // One change settles both: shard-2 kept (confirmed), shard-0 demoted (revoked).
+    let changed = Instant::now();
+    fx.set(&shard_annotations(&[("shard-2", 43)], &["shard-0"], ""));
+    assert_eq!(fx.wait_lines(2)[1], "hup shard-2 43");
+    fx.run.wait_stderr("inherited leadership of shard-0 (token 41) revoked by a change of the file");
+    fx.run.wait_stderr("inherited leadership of shard-2 (token 43) confirmed by a change of the file");
+    assert!(changed.elapsed() < wait, "the change was only seen after the wait had elapsed");
+    throughout(
+        wait - changed.elapsed() + REACTION,
+        "nothing more is told after the inherited shards were settled",
+        || lines(&fx.marker).len() == 2,
+        || format!("marker: {:?}\nstderr:\n{}", lines(&fx.marker), fx.run.stderr()),
+    );
+    assert_eq!(fs::read_to_string(&fx.shards_file).unwrap(), "shard-2 43\n");
+}
+
+#[test]
+fn shards_adds_inherited_shards_when_the_wait_elapses_with_no_change() {
+    let began = Instant::now();
+    let fx = shards_inheriting(&shard_annotations(&[("shard-0", 41), ("shard-10", 44)], &["shard-1"], ""), "700ms");
+    let start = fx.wait_lines(1);
+    assert_eq!(start[0], format!("start {} []", pid_of(&start[0])));
+    assert_eq!(fx.wait_lines(2)[1], "hup shard-0 41 shard-10 44");
+    assert!(began.elapsed() >= Duration::from_millis(700), "added after {:?}, before the wait elapsed", began.elapsed());
+    fx.run.wait_stderr("shards: inherited leadership of shard-10 (token 44) unchanged when the wait elapsed: acting on it");
+    fx.run.wait_stderr("now leading 2 shards: shard-0,shard-10 (+shard-0 +shard-10); sent SIGHUP");
+}
+
+#[test]
+fn shards_with_an_inherited_role_wait_of_0_starts_with_every_shard_led() {
+    let fx = shards_inheriting(&shard_annotations(&[("shard-0", 41)], &[], ""), "0");
+    let start = fx.wait_lines(1);
+    assert_eq!(start[0], format!("start {} [shard-0] shard-0 41", pid_of(&start[0])));
+    assert!(!fx.run.stderr().contains("inherited"), "{}", fx.run.stderr());
 }

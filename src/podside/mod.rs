@@ -13,8 +13,11 @@
 //! One module per concern, each depending only on [`crate::contract`]: `rolefile` parses the two
 //! forms kubelet projects (pure, with `gounquote` for Go's `%q`), `read` reads the file once,
 //! `watch` wakes on kubelet's updates, `supervisor` runs CMD for `run`; `shardset` (pure) and
-//! `shards` serve the set of locks a pod leads to one program (`leaderlock shards`). `role` and
-//! `wait` are small enough to live here.
+//! `shards` serve the set of locks a pod leads to one program (`leaderlock shards`);
+//! `inherited` (pure) holds back, for `run` and `shards`, leadership found at the first read,
+//! which may have been revoked before this process started. `role` and `wait` are small enough
+//! to live here: `role` reports the file as it is, and `wait` runs before readiness (in init
+//! containers), where no role is inherited.
 
 use std::ffi::OsString;
 use std::io;
@@ -22,6 +25,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub mod gounquote;
+pub mod inherited;
 pub mod read;
 pub mod rolefile;
 pub mod shards;

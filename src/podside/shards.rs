@@ -9,6 +9,9 @@
 //! shards file, rewritten atomically before every `--signal`; each line carries the shard's
 //! fencing token, so the program can fence its writes per shard. (`leaderlock run --lock` per
 //! container remains for a program that serves one lock and must be killed when it loses it.)
+//!
+//! Shards led at the first read are inherited ([`super::inherited`]): they join the set only once
+//! a change of the file confirms them or `--inherited-role-wait` passes.
 
 use std::ffi::OsString;
 use std::io;
@@ -20,6 +23,8 @@ use std::time::Duration;
 use nix::sys::signal::Signal;
 use tokio::signal::unix::{SignalKind, signal};
 
+use super::inherited::{Ending, Inherited, token_text};
+use super::read::Snapshot;
 use super::shardset::{Shard, env_value, file_content, shards_in, valid_prefix};
 use super::supervisor::{Child, Shutdown, shell_exit_code, sleep_until, wait_child};
 use super::watch::FileWatch;
@@ -42,6 +47,9 @@ pub struct ShardsOptions {
     pub signal: Signal,
     /// Between SIGTERM and SIGKILL when CMD is stopped.
     pub grace: Duration,
+    /// How long shards led at the first read stay out of the set with no change of the file to
+    /// confirm or revoke them; 0 admits them at once.
+    pub inherited_wait: Duration,
     pub command: Vec<OsString>,
 }
 
@@ -78,11 +86,15 @@ struct Server {
     shutdown: Option<Shutdown>,
     /// What the shards file says now.
     published: Vec<Shard>,
+    /// What the role file says the pod leads now.
+    leading: Vec<Shard>,
+    /// Shards led at the first read, left out of the set until settled.
+    inherited: Inherited,
 }
 
 impl Server {
     fn new(options: ShardsOptions) -> Self {
-        Self { options, child: None, shutdown: None, published: Vec::new() }
+        Self { options, child: None, shutdown: None, published: Vec::new(), leading: Vec::new(), inherited: Inherited::default() }
     }
 
     async fn run(mut self) -> Result<u8, PodsideError> {
@@ -93,7 +105,19 @@ impl Server {
         let mut sigterm = signal(SignalKind::terminate()).map_err(PodsideError::Runtime)?;
         let mut sigint = signal(SignalKind::interrupt()).map_err(PodsideError::Runtime)?;
         let mut watch = FileWatch::start(&self.options.file)?;
-        let shards = self.read(&watch)?;
+        let (leading, mut seen) = self.read(&watch)?;
+        self.inherited = Inherited::at_first_read(&leading, !self.options.inherited_wait.is_zero());
+        let mut inherited_until = None;
+        if self.inherited.is_waiting() {
+            tracing::info!(
+                "shards: leadership of {} inherited from before this process started; leaving it out of the set, waiting up to {:?} for the controller to confirm or revoke it",
+                describe_held(self.inherited.held()),
+                self.options.inherited_wait
+            );
+            inherited_until = Some(tokio::time::Instant::now() + self.options.inherited_wait);
+        }
+        let shards = self.inherited.admitted(&leading);
+        self.leading = leading;
         write_atomically(&self.options.shards_file, &file_content(&shards))?;
         self.spawn(&shards)?;
         self.published = shards;
@@ -103,8 +127,29 @@ impl Server {
             tokio::select! {
                 status = wait_child(&mut self.child) => return self.on_exit(status),
                 () = sleep_until(kill_due) => self.kill(),
+                () = sleep_until(inherited_until), if self.shutdown.is_none() => {
+                    inherited_until = None;
+                    let endings = self.inherited.elapsed();
+                    log_inherited(endings);
+                    if let Err(e) = self.publish(self.inherited.admitted(&self.leading)) {
+                        self.begin_shutdown(Shutdown::Failed(e));
+                    }
+                }
                 () = watch.changed(), if self.shutdown.is_none() => {
-                    if let Err(e) = self.read(&watch).and_then(|shards| self.publish(shards)) {
+                    let update = self.read(&watch).and_then(|(leading, snapshot)| {
+                        // Only a new update of the file settles inherited shards, not a re-read.
+                        if snapshot != seen {
+                            seen = snapshot;
+                            if self.inherited.is_waiting() {
+                                inherited_until = None;
+                                log_inherited(self.inherited.changed(&leading));
+                            }
+                        }
+                        let shards = self.inherited.admitted(&leading);
+                        self.leading = leading;
+                        self.publish(shards)
+                    });
+                    if let Err(e) = update {
                         self.begin_shutdown(Shutdown::Failed(e));
                     }
                 }
@@ -114,10 +159,12 @@ impl Server {
         }
     }
 
-    fn read(&self, watch: &FileWatch) -> Result<Vec<Shard>, PodsideError> {
-        let content = watch.read()?;
-        shards_in(&content, &self.options.lock_prefix)
-            .map_err(|source| PodsideError::NotAnnotations { path: watch.path().to_path_buf(), source })
+    /// The shards the file says the pod leads, with the update it was read from.
+    fn read(&self, watch: &FileWatch) -> Result<(Vec<Shard>, Snapshot), PodsideError> {
+        let snapshot = watch.read()?;
+        let shards = shards_in(&snapshot.content, &self.options.lock_prefix)
+            .map_err(|source| PodsideError::NotAnnotations { path: watch.path().to_path_buf(), source })?;
+        Ok((shards, snapshot))
     }
 
     fn spawn(&mut self, shards: &[Shard]) -> Result<(), PodsideError> {
@@ -208,6 +255,17 @@ fn write_atomically(path: &Path, content: &str) -> Result<(), PodsideError> {
         let _ = std::fs::remove_file(&tmp);
         error(source)
     })
+}
+
+fn log_inherited(endings: Vec<(Shard, Ending)>) {
+    for (held, ending) in endings {
+        tracing::info!("shards: inherited leadership of {} ({}) {ending}", held.lock, token_text(held.token));
+    }
+}
+
+/// `shard-0 (token 41), shard-2 (token 43)`
+fn describe_held(held: &[Shard]) -> String {
+    held.iter().map(|s| format!("{} ({})", s.lock, token_text(s.token))).collect::<Vec<_>>().join(", ")
 }
 
 fn describe(shards: &[Shard]) -> String {

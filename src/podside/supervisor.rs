@@ -1,5 +1,7 @@
 //! `leaderlock run`: a supervisor that runs CMD only while the pod is leader, stops it with
-//! SIGTERM then SIGKILL on demotion, and forwards the signals `run` receives.
+//! SIGTERM then SIGKILL on demotion, and forwards the signals `run` receives. A `leader` role
+//! found at the first read is inherited ([`super::inherited`]): CMD waits for a change of the
+//! file to confirm it, or for `--inherited-role-wait` to pass.
 
 use std::ffi::OsString;
 use std::io;
@@ -12,7 +14,9 @@ use nix::unistd::Pid;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::time::Instant;
 
+use super::inherited::{Ending, Inherited, token_text};
 use super::rolefile::Role;
+use super::shardset::Shard;
 use super::watch::RoleWatch;
 use super::{PodsideError, describe, fail, runtime};
 
@@ -21,9 +25,10 @@ pub const TOKEN_ENV: &str = "LEADERLOCK_FENCING_TOKEN";
 
 /// `leaderlock run`: runs CMD only while leader. Exits with CMD's status when CMD ends on its own
 /// while leader or after a forwarded SIGTERM/SIGINT (128 + signal if nothing was running), and
-/// 2 when the helper fails (CMD is stopped first).
-pub fn run_main(path: &Path, lock: &str, grace: Duration, command: Vec<OsString>) -> u8 {
-    let result = runtime().and_then(|rt| rt.block_on(Supervisor::new(lock, grace, command).run(path)));
+/// 2 when the helper fails (CMD is stopped first). A `leader` role found at the first read is
+/// acted on once a change of the file confirms it or `inherited_wait` passes (0: at once).
+pub fn run_main(path: &Path, lock: &str, grace: Duration, inherited_wait: Duration, command: Vec<OsString>) -> u8 {
+    let result = runtime().and_then(|rt| rt.block_on(Supervisor::new(lock, grace, inherited_wait, command).run(path)));
     match result {
         Ok(code) => code,
         Err(e) => fail("run", &e),
@@ -94,14 +99,15 @@ impl Child {
 struct Supervisor {
     lock: String,
     grace: Duration,
+    inherited_wait: Duration,
     command: Vec<OsString>,
     child: Option<Child>,
     shutdown: Option<Shutdown>,
 }
 
 impl Supervisor {
-    fn new(lock: &str, grace: Duration, command: Vec<OsString>) -> Self {
-        Self { lock: lock.to_string(), grace, command, child: None, shutdown: None }
+    fn new(lock: &str, grace: Duration, inherited_wait: Duration, command: Vec<OsString>) -> Self {
+        Self { lock: lock.to_string(), grace, inherited_wait, command, child: None, shutdown: None }
     }
 
     async fn run(mut self, path: &Path) -> Result<u8, PodsideError> {
@@ -112,11 +118,23 @@ impl Supervisor {
         let mut sigterm = signal(SignalKind::terminate()).map_err(PodsideError::Runtime)?;
         let mut sigint = signal(SignalKind::interrupt()).map_err(PodsideError::Runtime)?;
         let mut watch = RoleWatch::start(path, &self.lock)?;
-        let mut role = watch.read()?;
+        let (mut role, mut seen) = watch.read_snapshot()?;
         self.log_role(role.as_ref());
+        let mut inherited = Inherited::at_first_read(&self.leading(role), !self.inherited_wait.is_zero());
+        let mut inherited_until = None;
+        if let Some(held) = inherited.held().first() {
+            tracing::info!(
+                "lock {}: leader role inherited from before this process started ({}); waiting up to {:?} for the controller to confirm or revoke it",
+                self.lock,
+                token_text(held.token),
+                self.inherited_wait
+            );
+            inherited_until = Some(Instant::now() + self.inherited_wait);
+        }
         loop {
             if self.shutdown.is_none() {
-                self.reconcile(role)?;
+                // While inherited leadership is held back, CMD (not yet started) stays stopped.
+                self.reconcile(role.filter(|_| !inherited.is_waiting()))?;
             }
             if self.child.is_none()
                 && let Some(shutdown) = self.shutdown.take()
@@ -134,10 +152,22 @@ impl Supervisor {
                     }
                 }
                 () = sleep_until(kill_due) => self.kill(),
-                () = watch.changed(), if self.shutdown.is_none() => match watch.read() {
-                    Ok(new) => {
+                () = sleep_until(inherited_until) => {
+                    inherited_until = None;
+                    self.log_inherited(inherited.elapsed());
+                }
+                () = watch.changed(), if self.shutdown.is_none() => match watch.read_snapshot() {
+                    Ok((new, snapshot)) => {
                         if new != role {
                             self.log_role(new.as_ref());
+                        }
+                        // Only a new update of the file settles an inherited role, not a re-read.
+                        if snapshot != seen {
+                            seen = snapshot;
+                            if inherited.is_waiting() {
+                                inherited_until = None;
+                                self.log_inherited(inherited.changed(&self.leading(new)));
+                            }
                         }
                         role = new;
                     }
@@ -151,6 +181,20 @@ impl Supervisor {
 
     fn log_role(&self, role: Option<&Role>) {
         tracing::info!("lock {}: {}", self.lock, describe(role));
+    }
+
+    /// The lock as a leadership, when `role` is leader.
+    fn leading(&self, role: Option<Role>) -> Vec<Shard> {
+        match role {
+            Some(Role::Leader { token }) => vec![Shard { lock: self.lock.clone(), token }],
+            _ => Vec::new(),
+        }
+    }
+
+    fn log_inherited(&self, endings: Vec<(Shard, Ending)>) {
+        for (held, ending) in endings {
+            tracing::info!("lock {}: inherited leader role ({}) {ending}", self.lock, token_text(held.token));
+        }
     }
 
     /// Brings CMD in line with the role: start when leader, stop when not, restart when the

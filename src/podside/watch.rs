@@ -9,8 +9,8 @@ use notify::{EventKind, RecommendedWatcher, RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 
 use super::PodsideError;
-use super::read::{read_content, read_role};
-use super::rolefile::Role;
+use super::read::{Snapshot, read_role, read_snapshot};
+use super::rolefile::{Role, role_in};
 
 /// Re-read even without a notification, in case one was lost; tests never depend on it.
 const SAFETY_REREAD: Duration = Duration::from_secs(60);
@@ -42,9 +42,10 @@ impl FileWatch {
         Ok(Self { path: path.to_path_buf(), _watcher: watcher, events, closed: false })
     }
 
-    /// The file's content as text, read as kubelet leaves it (see [`read_content`]).
-    pub fn read(&self) -> Result<String, PodsideError> {
-        read_content(&self.path)
+    /// The file's content as text, read as kubelet leaves it, with which update it is (see
+    /// [`Snapshot`]).
+    pub fn read(&self) -> Result<Snapshot, PodsideError> {
+        read_snapshot(&self.path)
     }
 
     pub fn path(&self) -> &Path {
@@ -82,6 +83,15 @@ impl RoleWatch {
 
     pub fn read(&self) -> Result<Option<Role>, PodsideError> {
         read_role(self.file.path(), &self.lock)
+    }
+
+    /// The role, with the [`Snapshot`] it was read from: whether the file changed since an
+    /// earlier read, whatever woke the watch up.
+    pub fn read_snapshot(&self) -> Result<(Option<Role>, Snapshot), PodsideError> {
+        let snapshot = self.file.read()?;
+        let role = role_in(&snapshot.content, &self.lock)
+            .map_err(|source| PodsideError::Garbage { path: self.file.path().to_path_buf(), source })?;
+        Ok((role, snapshot))
     }
 
     /// See [`FileWatch::changed`].
