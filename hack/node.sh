@@ -161,12 +161,12 @@ imageGCHighThresholdPercent: 100
 imageGCLowThresholdPercent: 99
 serializeImagePulls: false
 YAML
-}
-
   # The kubelet's default syncFrequency (1m) unless asked: users cannot tune their kubelets.
   if [[ -n "${LEADERLOCK_KUBELET_SYNC_FREQUENCY:-}" ]]; then
     echo "syncFrequency: $LEADERLOCK_KUBELET_SYNC_FREQUENCY" >>"$NODE/kubelet.yaml"
   fi
+}
+
 start_containerd() {
   # containerd starts in the run's own cgroup, so its shims (which outlive it by design) stay
   # findable there; the shim must be on containerd's PATH.
