@@ -15,11 +15,11 @@ test: deps ## Run every test against a real etcd and kube-apiserver started on l
 	LEADERLOCK_NODE=1 hack/cluster.sh run -- cargo test --locked --test e2e -- --ignored
 
 demo: deps ## Demo on a real node: chart + examples with the image built here, a failover in the jobs' logs
-	hack/demo.sh
+	LEADERLOCK_TOOLS_QUIET=1 hack/demo.sh
 
 demo-played: deps ## Fast demo without a node: controller on the host, the script plays the kubelet
 	cargo build --locked
-	hack/demo.sh --played
+	LEADERLOCK_TOOLS_QUIET=1 hack/demo.sh --played
 
 bench: deps ## Benchmarks side by side (LeaderLock, TryLock loop, etcd Mutex, client-go); writes BENCHMARKS.md
 	hack/bench.sh

@@ -4,6 +4,9 @@
 # `hack/build-tools.sh node` also builds what a real node needs: kubelet and kube-scheduler (same
 # Kubernetes pin), containerd v2 with ctr and the runc shim, the CNI plugins, and the image packer.
 # Prints the folder holding the binaries of each module, as NAME=DIR lines, on stdout.
+# On stderr it says what it built, and once which modules were cached. Callers that run it again
+# in the same run (hack/cluster.sh after `make deps`, hack/image.sh inside a cluster) set
+# LEADERLOCK_TOOLS_QUIET=1: the cached modules are then not listed again (builds still are).
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 
@@ -28,7 +31,7 @@ build_module() {
   local mod="$ROOT/tests/cluster/$name" out
   out="$(bin_dir_for "$mod")"
   if [[ -f "$out/.complete" ]]; then
-    log "$name tools cached in $out"
+    cached+=("$name")
   else
     use_private_gocache
     mkdir -p "$out"
@@ -47,6 +50,8 @@ build_module() {
   fi
   echo "$name=$out"
 }
+
+cached=()
 
 K8S_VERSION="v1.36.3"
 kv="-X k8s.io/component-base/version.gitVersion=$K8S_VERSION -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=36"
@@ -67,4 +72,7 @@ if [[ "${1:-}" == node ]]; then
     github.com/containernetworking/plugins/plugins/ipam/host-local \
     github.com/containernetworking/plugins/plugins/meta/portmap
   build_module image "" ./ocipack ./pause
+fi
+if ((${#cached[@]})) && [[ -z "${LEADERLOCK_TOOLS_QUIET:-}" ]]; then
+  log "tools cached in $CACHE_DIR/bin: ${cached[*]}"
 fi

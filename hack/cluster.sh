@@ -49,11 +49,12 @@ wait_for() {
 stop_all() {
   local dir="$1" name
   [[ -d "$dir" ]] || return 0
-  node_down "$dir" # containers, shims, kubelet, containerd, mounts, cgroups, bridge (if a node ran)
+  node_stop "$dir" # containers, shims, kubelet, containerd, mounts, cgroups (if a node ran)
   # Stop in reverse dependency order so the apiserver never outlives its etcd for long.
   for name in kube-scheduler kube-controller-manager kube-apiserver-second kube-apiserver etcd-locks etcd-apiserver; do
     stop_pid "$name" "$dir"
   done
+  node_net_down "$dir" # the pod bridge, once nothing listens on its address (see node_stop)
 }
 
 make_certs() {
@@ -119,6 +120,7 @@ up() {
   rm -rf "$DIR"/*.data "$DIR/pki"
   local tools
   tools="$("$ROOT/hack/build-tools.sh" ${LEADERLOCK_NODE:+node})"
+  export LEADERLOCK_TOOLS_QUIET=1 # said once: hack/image.sh, in node_up and in CMD, asks again
   ETCD_BIN_DIR="$(sed -n 's/^etcd=//p' <<<"$tools")"
   K8S_BIN_DIR="$(sed -n 's/^k8s=//p' <<<"$tools")"
   HELM_BIN_DIR="$(sed -n 's/^helm=//p' <<<"$tools")"
@@ -215,13 +217,6 @@ second_apiserver() {
   write_kubeconfig "$DIR/kubeconfig-second" "$port"
   wait_for kube-apiserver-second 120 "$K8S_BIN_DIR/kubectl" --kubeconfig "$DIR/kubeconfig-second" get --raw /readyz
   log "second kube-apiserver :$port ready: KUBECONFIG=$DIR/kubeconfig-second"
-}
-
-# running PID: the process exists and is not a zombie (a killed server waiting to be reaped).
-running() {
-  local stat
-  stat="$(cat "/proc/$1/stat" 2>/dev/null)" || return 1 # an empty PID reads /proc//stat: fails
-  [[ "${stat##*) }" != Z* ]]
 }
 
 # reap_stale: remove the state dirs of earlier runs that were killed with SIGKILL (their servers

@@ -12,3 +12,10 @@ bin_dir_for() {
   key="$(cat "$mod/go.mod" "$mod/go.sum" | sha256sum | cut -c1-16)"
   echo "$CACHE_DIR/bin/$(basename "$mod")-$key"
 }
+
+# running PID: the process exists and is not a zombie (a killed server waiting to be reaped).
+running() {
+  local stat
+  stat="$(cat "/proc/$1/stat" 2>/dev/null)" || return 1 # an empty PID reads /proc//stat: fails
+  [[ "${stat##*) }" != Z* ]]
+}

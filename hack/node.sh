@@ -6,7 +6,9 @@
 #
 #   node_net_up    create the pod bridge; prints the host's address on it
 #   node_up        start containerd (images imported) and the kubelet; the control plane is up
-#   node_down DIR  stop them and remove everything they left, inside DIR or not
+#   node_down DIR  stop them and remove everything they left, inside DIR or not: node_stop DIR,
+#                  then node_net_down DIR (the bridge), which hack/cluster.sh calls apart so that
+#                  its control plane stops in between
 #
 # `hack/node.sh down DIR` runs node_down by hand. Everything is named after the run's slot N
 # (bridge llbrN, subnet 10.244.N.0/24, cgroup root /leaderlock-N), recorded in DIR/node/slot, so
@@ -185,10 +187,14 @@ start_kubelet() {
 # import_images: build (cached by content) and import the pause image and the run's other images.
 import_images() {
   "$ROOT/hack/image.sh" pause "$NODE/images"
-  local tar
+  local tar out
   for tar in "$NODE"/images/*.tar; do
-    "$CONTAINERD_BIN_DIR/ctr" -a "$NODE/containerd.sock" -n k8s.io images import --local "$tar" >/dev/null \
-      || die "importing $tar into containerd failed (see $DIR/containerd.log)"
+    # ctr relays containerd's deprecation warnings (cgroup v1, which this machine kind mounts);
+    # they are not a problem here and hack/node-install.sh drops them too.
+    out="$("$CONTAINERD_BIN_DIR/ctr" -a "$NODE/containerd.sock" -n k8s.io images import --local "$tar" 2>&1 >/dev/null)" \
+      || die "importing $tar into containerd failed: $out (see $DIR/containerd.log)"
+    out="$(grep -v DEPRECATION <<<"$out" || true)"
+    [[ -z "$out" ]] || printf '%s\n' "$out" >&2
   done
 }
 
@@ -216,15 +222,21 @@ ENV
 }
 
 # stop_pid NAME [RUNDIR]: TERM, then KILL after 5 s, the process recorded in RUNDIR/NAME.pid
-# (RUNDIR defaults to $DIR). hack/cluster.sh stops its servers with it too.
+# (RUNDIR defaults to $DIR). hack/cluster.sh stops its servers with it too. Every server here
+# exits within a second of TERM when stopped in order (node_stop, the control plane, then
+# node_net_down); one that still needs the KILL is named in a log line. Our own child is reaped
+# here with its status unreported: bash would otherwise print "Killed" for its background job.
 stop_pid() {
-  local pidf="${2:-$DIR}/$1.pid" pid
+  local name="$1" pidf="${2:-$DIR}/$1.pid" pid
   [[ -f "$pidf" ]] || return 0
   pid="$(cat "$pidf")"
-  if kill -0 "$pid" 2>/dev/null; then
-    kill -TERM "$pid" 2>/dev/null || true
-    for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL "$pid" 2>/dev/null || true
+  if running "$pid" && kill -TERM "$pid" 2>/dev/null; then
+    for _ in $(seq 1 50); do running "$pid" || break; sleep 0.1; done
+    if running "$pid"; then
+      log "$name (pid $pid) still running 5 s after SIGTERM: sending SIGKILL"
+      kill -KILL "$pid" 2>/dev/null || true
+    fi
+    wait "$pid" 2>/dev/null || true # not our child (hack/node.sh down): returns at once
   fi
   rm -f "$pidf"
 }
@@ -282,7 +294,12 @@ remove_outside() {
   done
 }
 
-node_down() {
+# node_stop DIR: stop the kubelet, containerd and every container, and remove what they left;
+# the pod bridge stays. hack/cluster.sh stops its control plane between node_stop and
+# node_net_down: the apiserver and the lock etcd listen on the bridge's address too, and with
+# that address gone their connections to themselves (the apiserver's loopback client, etcd's
+# gRPC gateway) never close, and their graceful shutdown outlasted stop_pid's 5 s grace.
+node_stop() {
   local DIR="$1"
   local NODE="$DIR/node"
   [[ -f "$NODE/slot" ]] || return 0
@@ -292,9 +309,20 @@ node_down() {
   kill_cgroup_procs
   unmount_under "$NODE"
   remove_cgroups
-  ip link del "llbr$SLOT" 2>/dev/null || true
   remove_outside
+}
+
+# node_net_down DIR: delete the pod bridge, last.
+node_net_down() {
+  local NODE="$1/node"
+  [[ -f "$NODE/slot" ]] || return 0
+  ip link del "llbr$(cat "$NODE/slot")" 2>/dev/null || true
   rm -f "$NODE/slot"
+}
+
+node_down() {
+  node_stop "$1"
+  node_net_down "$1"
 }
 
 if [[ "${BASH_SOURCE[0]}" == "$0" ]]; then
