@@ -57,6 +57,9 @@ pub struct LeaderLockSpec {
     /// `locks`: the shorthand for a program split into shards.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 256))]
+    // schemars calls a u32 `format: uint32`, which the apiserver does not know (it warns
+    // "unrecognized format" at install); 1 to 256 is an int32.
+    #[schemars(extend("format" = "int32"))]
     pub shards: Option<u32>,
 
     /// How the locks are placed on the candidates. Absent: etcd's order (policy `Queue`).
@@ -314,5 +317,50 @@ mod tests {
         let yaml = crd_yaml_of::<handover::Handover>().unwrap();
         let read_back: serde_json::Value = serde_saphyr::from_str(&yaml).unwrap();
         assert_eq!(read_back, serde_json::to_value(handover::Handover::crd()).unwrap());
+    }
+
+    /// Every `format` in the CRDs is one the apiserver knows (apiextensions-apiserver's
+    /// `GetUnrecognizedFormats`): `int32`/`int64` for integers, `float`/`double` for numbers and
+    /// its list for strings. Any other draws an "unrecognized format" warning when a user installs
+    /// the chart, and the apiserver drops it. schemars' `uint32`, `uint64`, `uint8`… come from
+    /// unsigned Rust types.
+    #[test]
+    fn every_schema_format_is_one_kubernetes_knows() {
+        const STRING_FORMATS: &str = "bsonobjectid uri email hostname ipv4 ipv6 cidr mac uuid uuid3 uuid4 uuid5 isbn isbn10 \
+            isbn13 creditcard ssn hexcolor rgbcolor byte password date duration datetime k8s-short-name k8s-long-name";
+        fn unknown(at: &str, v: &serde_json::Value, out: &mut Vec<String>) {
+            match v {
+                serde_json::Value::Object(map) => {
+                    if let Some(serde_json::Value::String(format)) = map.get("format") {
+                        let known = match map.get("type").and_then(|t| t.as_str()) {
+                            Some("integer") => ["int32", "int64"].contains(&format.as_str()),
+                            Some("number") => ["float", "double"].contains(&format.as_str()),
+                            None | Some("string") => {
+                                // go-openapi drops dashes before it looks a string format up.
+                                let normalized = format.replace('-', "");
+                                STRING_FORMATS.split_whitespace().any(|f| f.replace('-', "") == normalized)
+                            }
+                            Some(_) => false,
+                        };
+                        if !known {
+                            out.push(format!("{at}: {format}"));
+                        }
+                    }
+                    for (key, child) in map {
+                        unknown(&format!("{at}/{key}"), child, out);
+                    }
+                }
+                serde_json::Value::Array(items) => {
+                    for (i, child) in items.iter().enumerate() {
+                        unknown(&format!("{at}/{i}"), child, out);
+                    }
+                }
+                _ => {}
+            }
+        }
+        let mut found = Vec::new();
+        unknown("leaderlocks", &serde_json::to_value(LeaderLock::crd()).unwrap(), &mut found);
+        unknown("handovers", &serde_json::to_value(handover::Handover::crd()).unwrap(), &mut found);
+        assert!(found.is_empty(), "formats the apiserver does not know: {found:#?}");
     }
 }
