@@ -20,8 +20,8 @@ use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
+use tokio_util::sync::{CancellationToken, DropGuard};
 
 use crate::metrics::Metrics;
 
@@ -53,18 +53,21 @@ impl Default for Timeouts {
 /// without the wait.
 pub struct Server {
     addr: SocketAddr,
-    stop: oneshot::Sender<()>,
+    /// Cancels the server's token (a child of the caller's) when the server goes.
+    stop: DropGuard,
     task: JoinHandle<()>,
 }
 
 impl Server {
-    /// Binds `addr` and serves in the background.
+    /// Binds `addr` and serves in the background until the server is shut down or dropped (not
+    /// on the process's shutdown signal: probes and scrapes are answered until the controller
+    /// has finished and resigned).
     pub async fn bind(addr: SocketAddr, metrics: Arc<Metrics>, timeouts: Timeouts) -> Result<Server, Error> {
         let listener = TcpListener::bind(addr).await.map_err(|source| Error::Bind { addr, source })?;
         let bound = listener.local_addr().map_err(|source| Error::Bind { addr, source })?;
-        let (stop, stopped) = oneshot::channel();
-        let task = tokio::spawn(accept_loop(listener, metrics, timeouts, stopped));
-        Ok(Server { addr: bound, stop, task })
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(accept_loop(listener, metrics, timeouts, stop.clone()));
+        Ok(Server { addr: bound, stop: stop.drop_guard(), task })
     }
 
     /// The address actually bound (the port chosen when `addr` asked for port 0).
@@ -75,7 +78,7 @@ impl Server {
     /// Stops accepting, lets each open connection finish its request, and returns when all are
     /// closed: at most [`Timeouts::request`] later.
     pub async fn shutdown(self) {
-        let _ = self.stop.send(());
+        drop(self.stop);
         if let Err(e) = self.task.await {
             tracing::warn!(error = %e, "the HTTP server task ended abnormally");
         }
@@ -83,12 +86,12 @@ impl Server {
 }
 
 /// Accepts until told to stop, then waits for the open connections.
-async fn accept_loop(listener: TcpListener, metrics: Arc<Metrics>, timeouts: Timeouts, mut stop: oneshot::Receiver<()>) {
+async fn accept_loop(listener: TcpListener, metrics: Arc<Metrics>, timeouts: Timeouts, stop: CancellationToken) {
     let connections = GracefulShutdown::new();
     let mut backoff = AcceptBackoff::default();
     loop {
         let accepted = tokio::select! {
-            _ = &mut stop => break,
+            () = stop.cancelled() => break,
             accepted = listener.accept() => accepted,
         };
         match accepted {
@@ -103,7 +106,7 @@ async fn accept_loop(listener: TcpListener, metrics: Arc<Metrics>, timeouts: Tim
                 let pause = backoff.next_pause();
                 tracing::warn!(error = %e, retry_in = ?pause, "cannot accept HTTP connections; retrying");
                 tokio::select! {
-                    _ = &mut stop => break,
+                    () = stop.cancelled() => break,
                     () = tokio::time::sleep(pause) => {}
                 }
             }

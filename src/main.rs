@@ -15,6 +15,7 @@ use leaderlock::etcd::registration::{self, Registration};
 use leaderlock::etcd::{self, EtcdConfig, election};
 use leaderlock::keyspace::Keyspace;
 use leaderlock::metrics::Metrics;
+use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
 #[command(name = "leaderlock", version, about = "Leader election for Kubernetes pods on etcd locks")]
@@ -156,6 +157,11 @@ struct ControllerArgs {
     /// Duration syntax: 500ms, 10s, 1.5m or 2h (units ms, s, m, h; a bare number is seconds).
     #[arg(long, env = "LEADERLOCK_ELECTION_TTL", default_value = "3", value_name = "DURATION", value_parser = election_ttl_secs)]
     election_ttl: i64,
+    /// How long after a pod's leadership changes the controller writes it once more (the
+    /// `leaderlock.dev/roles.resync` annotation), so that a kubelet that lost the change projects
+    /// it again; `0` turns it off. Duration syntax: 500ms, 10s, 1.5m or 2h (units ms, s, m, h; a bare number is seconds).
+    #[arg(long, env = "LEADERLOCK_RESYNC_AFTER", default_value = "2s", value_name = "DURATION", value_parser = contract::parse_duration)]
+    resync_after: Duration,
     /// This cluster's identity in etcd, written into every key the controller creates and into
     /// its root's registration (default: the UID of the `kube-system` namespace). Controllers of
     /// several clusters on one etcd need distinct identities and distinct --etcd-prefix roots.
@@ -166,11 +172,6 @@ struct ControllerArgs {
 #[derive(Args)]
 struct RoleFileArgs {
     /// The lock's name, as in `spec.locks[].name` (the pod's annotation is `leaderlock.dev/<lock>`).
-    /// How long after a pod's leadership changes the controller writes it once more (the
-    /// `leaderlock.dev/roles.resync` annotation), so that a kubelet that lost the change projects
-    /// it again; `0` turns it off. Duration syntax: 500ms, 10s, 1.5m or 2h (units ms, s, m, h; a bare number is seconds).
-    #[arg(long, env = "LEADERLOCK_RESYNC_AFTER", default_value = "2s", value_name = "DURATION", value_parser = contract::parse_duration)]
-    resync_after: Duration,
     #[arg(long, env = "LEADERLOCK_LOCK", value_parser = contract::parse_lock_name)]
     lock: String,
     /// The downward-API file: a projection of `metadata.annotations` (gives the fencing token) or of
@@ -264,7 +265,26 @@ fn init_logging(cli: &Cli) {
     }
 }
 
+/// Cancels `shutdown` on SIGTERM or SIGINT: the root of the process's cancellation tree. The
+/// controller (or the refusal) holds a child; once it has finished, the election is resigned
+/// and the HTTP server stopped, in that order, each through its own token.
+fn cancel_on_signal(shutdown: CancellationToken) -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+        tracing::info!("shutting down");
+        shutdown.cancel();
+    });
+    Ok(())
+}
+
 async fn run_controller(args: Box<ControllerArgs>) -> anyhow::Result<()> {
+    let shutdown = CancellationToken::new();
+    cancel_on_signal(shutdown.clone())?;
     let etcd_cfg = EtcdConfig {
         endpoints: args.etcd_endpoints,
         ca_file: args.etcd_ca_file,
@@ -296,7 +316,7 @@ async fn run_controller(args: Box<ControllerArgs>) -> anyhow::Result<()> {
     {
         tracing::error!(root = %refusal.root, owner = %refusal.owner, cluster = %refusal.me, "{refusal}");
         metrics.set_not_ready(refusal.to_string());
-        leaderlock::refusal::run(kube_client, args.namespace, refusal).await;
+        leaderlock::refusal::run(kube_client, args.namespace, refusal, shutdown.child_token()).await;
         http.shutdown().await;
         return Ok(());
     }
@@ -322,9 +342,10 @@ async fn run_controller(args: Box<ControllerArgs>) -> anyhow::Result<()> {
         namespace: args.namespace,
         concurrency: args.max_concurrent_reconciles,
         maps,
+        resync_after: Some(args.resync_after).filter(|d| !d.is_zero()),
     };
     tokio::select! {
-        () = controller::run(kube_client, engine.clone(), settings) => {
+        () = controller::run(kube_client, engine.clone(), settings, shutdown.child_token()) => {
             leadership.resign().await;
             http.shutdown().await;
             Ok(())
@@ -342,7 +363,6 @@ async fn run_controller(args: Box<ControllerArgs>) -> anyhow::Result<()> {
 fn sample_maps(metrics: &Metrics, engine: &Arc<Engine>, maps: &controller::Maps) {
     metrics.sample_watch_restarts(Box::new({
         let e = engine.clone();
-        resync_after: Some(args.resync_after).filter(|d| !d.is_zero()),
         move || e.mirror().restarts()
     }));
     type Len = fn(&Engine) -> usize;
@@ -481,7 +501,7 @@ mod tests {
             for arg in sub.get_arguments() {
                 let flag = arg.get_long().unwrap_or_default();
                 let is_duration = arg.get_value_names().is_some_and(|names| names == ["DURATION"]);
-                let named_like_one = ["timeout", "period", "ttl", "interval", "delay", "wait"].iter().any(|w| flag.ends_with(w));
+                let named_like_one = ["timeout", "period", "ttl", "interval", "delay", "wait", "after"].iter().any(|w| flag.ends_with(w));
                 assert_eq!(is_duration, named_like_one, "{} --{flag}: a duration flag has the value name DURATION", sub.get_name());
                 if !is_duration {
                     continue;
@@ -502,6 +522,7 @@ mod tests {
             [
                 "controller --etcd-timeout",
                 "controller --election-ttl",
+                "controller --resync-after",
                 "wait --timeout",
                 "run --grace-period",
                 "run --inherited-role-wait",

@@ -9,6 +9,7 @@ use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
 use serde_json::json;
+use tokio_util::sync::CancellationToken;
 
 use crate::etcd::registration::RootOwnedByOtherCluster;
 use crate::resource::{LeaderLock, reasons};
@@ -17,23 +18,11 @@ use crate::resource::{LeaderLock, reasons};
 const FIELD_MANAGER: &str = "leaderlock-refusal";
 
 /// Marks every LeaderLock (of `namespace`, or all) not ready because of `refusal`, as they
-/// appear, until SIGTERM or SIGINT (then the process exits 0, as a serving controller does).
-pub async fn run(client: kube::Client, namespace: Option<String>, refusal: RootOwnedByOtherCluster) {
+/// appear, until `shutdown` is cancelled (then the process exits 0, as a serving controller does).
+pub async fn run(client: kube::Client, namespace: Option<String>, refusal: RootOwnedByOtherCluster, shutdown: CancellationToken) {
     tokio::select! {
         () = mark_all(client, namespace, refusal) => {}
-        () = shutdown_signal() => tracing::info!("shutting down"),
-    }
-}
-
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => tokio::select! {
-            _ = term.recv() => {}
-            _ = tokio::signal::ctrl_c() => {}
-        },
-        // No SIGTERM handler: SIGINT still ends it; SIGTERM keeps its default action.
-        Err(_) => drop(tokio::signal::ctrl_c().await),
+        () = shutdown.cancelled() => tracing::info!("shutting down"),
     }
 }
 

@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::checker::Checker;
+use common::checker::{Checker, wait_converged};
 use common::etcd::EtcdServer;
 use common::k8s::*;
 use common::*;
@@ -69,6 +69,8 @@ async fn a_controller_restart_changes_no_holder_and_writes_no_lock_key_pod_or_st
     );
     let ledger = elected(&c, &ns, "payments", "ledger", 3).await;
     let report = elected(&c, &ns, "payments", "report", 3).await;
+    // Settled, resyncs included: a restart right after a change writes the pending resync.
+    wait_converged(&c, &ns, &endpoint, ROOT, None, Duration::from_secs(30)).await.unwrap();
     let ll_version = leaderlock(&c, &ns, "payments").await.resource_version();
     let (etcd_before, pods_before) = (revision(&endpoint).await, pod_versions(&c, &ns).await);
 

@@ -13,6 +13,7 @@ use kube::runtime::controller::Controller;
 use kube::runtime::reflector::{self, ObjectRef};
 use kube::runtime::{WatchStreamExt, watcher};
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
 use super::{Context, Error, Maps, error_policy, reconcile};
 use crate::etcd::engine::Engine;
@@ -36,8 +37,8 @@ pub struct Settings {
     pub resync_after: Option<Duration>,
 }
 
-/// Runs the controller until SIGTERM/SIGINT.
-pub async fn run(client: kube::Client, engine: Arc<Engine>, settings: Settings) {
+/// Runs the controller until `shutdown` is cancelled, then lets running reconciles finish.
+pub async fn run(client: kube::Client, engine: Arc<Engine>, settings: Settings, shutdown: CancellationToken) {
     let (lls, pods_api): (Api<LeaderLock>, Api<Pod>) = match &settings.namespace {
         Some(ns) => (Api::namespaced(client.clone(), ns), Api::namespaced(client.clone(), ns)),
         None => (Api::all(client.clone()), Api::all(client.clone())),
@@ -126,7 +127,7 @@ pub async fn run(client: kube::Client, engine: Arc<Engine>, settings: Settings) 
         .reconcile_on(pod_triggers)
         .reconcile_on(request_triggers)
         .reconcile_on(futures::stream::select(etcd_changes, extra))
-        .shutdown_on_signal()
+        .graceful_shutdown_on(shutdown.cancelled_owned())
         .run(
             move |ll, ctx| {
                 let (mut pods_synced, mut lls_synced, mut requests_synced) =

@@ -12,7 +12,8 @@
 use std::time::Duration;
 
 use etcd_client::{Client, Compare, CompareOp, EventType, GetOptions, PutOptions, SortOrder, SortTarget, Txn, TxnOp, WatchOptions};
-use tokio::sync::{oneshot, watch};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
 use super::session::{Renewal, Session};
 use super::{Backoff, Error, Result, call};
@@ -184,15 +185,18 @@ enum Phase {
 /// or it would lose the election it holds and restart in a loop.
 pub struct ElectionThread {
     phase: watch::Receiver<Phase>,
-    resign: Option<oneshot::Sender<()>>,
+    /// Cancelled to resign. Not a child of the process's shutdown token: the controller must
+    /// finish its reconciles before a standby may take over.
+    resign: CancellationToken,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl ElectionThread {
-    /// Starts campaigning under `<root>controller/` as `instance`.
+    /// Starts campaigning under `<root>controller/` as `instance`, until [`ElectionThread::resign`].
     pub fn start(cfg: super::EtcdConfig, root: String, instance: String, ttl: i64) -> std::io::Result<Self> {
         let (phase_tx, phase) = watch::channel(Phase::Campaigning);
-        let (resign, resign_rx) = oneshot::channel::<()>();
+        let resign = CancellationToken::new();
+        let resign_rx = resign.clone();
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         let thread = std::thread::Builder::new().name("election".into()).spawn(move || {
             rt.block_on(async move {
@@ -210,11 +214,11 @@ impl ElectionThread {
                 phase_tx.send_replace(Phase::Active(leadership.key.clone()));
                 tokio::select! {
                     () = leadership.lost() => { phase_tx.send_replace(Phase::Lost); }
-                    _ = resign_rx => leadership.resign().await,
+                    () = resign_rx.cancelled() => leadership.resign().await,
                 }
             })
         })?;
-        Ok(ElectionThread { phase, resign: Some(resign), thread: Some(thread) })
+        Ok(ElectionThread { phase, resign, thread: Some(thread) })
     }
 
     /// Waits until this replica is active; returns its election key.
@@ -234,9 +238,7 @@ impl ElectionThread {
 
     /// Steps down and waits for the revoke to be sent.
     pub async fn resign(mut self) {
-        if let Some(tx) = self.resign.take() {
-            let _ = tx.send(());
-        }
+        self.resign.cancel();
         if let Some(t) = self.thread.take() {
             let _ = tokio::task::spawn_blocking(move || t.join()).await;
         }

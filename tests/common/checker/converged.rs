@@ -18,12 +18,14 @@ use super::{Cluster, is_candidate, pod_in, pod_of};
 /// not being deleted and not rejected has, per lock, exactly one key per candidate pod (and none
 /// for other pods), the holder in status is the lowest-create-revision key's pod with its create
 /// revision as token, that pod is annotated `leader` with the token, every other candidate
-/// `standby`, and non-candidates carry no key of the lock. Returns what is still wrong.
+/// `standby`, and non-candidates carry no key of the lock; every candidate's resync key
+/// (contract §3.1) confirms what it leads. Returns what is still wrong.
 pub async fn converged(client: &kube::Client, ns: &str, endpoint: &str, root: &str, only: Option<&[String]>) -> Result<(), String> {
     let pods = Api::<Pod>::namespaced(client.clone(), ns).list(&Default::default()).await.map_err(|e| e.to_string())?;
     let lls = Api::<LeaderLock>::namespaced(client.clone(), ns).list(&Default::default()).await.map_err(|e| e.to_string())?;
     let mut etcd = etcd_client::Client::connect([endpoint], None).await.map_err(|e| e.to_string())?;
     let kvs = etcd.get(format!("{root}locks/{ns}/"), Some(GetOptions::new().with_prefix())).await.map_err(|e| e.to_string())?;
+    let mut checked = BTreeSet::new();
     let keys: Vec<(String, i64, String)> = kvs
         .kvs()
         .iter()
@@ -40,6 +42,7 @@ pub async fn converged(client: &kube::Client, ns: &str, endpoint: &str, root: &s
         if st.observed_generation != ll.metadata.generation {
             return Err(format!("{}: status not observed yet", ll.name_any()));
         }
+        checked.extend(cands.iter().map(|p| p.name_any()));
         let queued = queued(ll, &cands)?;
         for lock in ll.spec.lock_specs().iter() {
             let prefix = lock.etcd_key.clone().unwrap_or_else(|| format!("{root}locks/{ns}/{}", lock.name));
@@ -73,6 +76,20 @@ pub async fn converged(client: &kube::Client, ns: &str, endpoint: &str, root: &s
                     return Err(format!("lock {}: pod {} carries {role:?}/{token:?}, want {want:?}", lock.name, p.name_any()));
                 }
             }
+        }
+    }
+    resynced(pods.items.iter().filter(|p| checked.contains(&p.name_any())))
+}
+
+/// Every pod given carries the resync key that confirms what it leads (none when it leads
+/// nothing): the controller's follow-up writes are done (contract §3.1).
+fn resynced<'a>(pods: impl Iterator<Item = &'a Pod>) -> Result<(), String> {
+    use leaderlock::pods::{PodKeys, RESYNC_KEY, leadership_digest};
+    for p in pods {
+        let keys = PodKeys::current(p);
+        let (have, want) = (keys.annotations.get(RESYNC_KEY), leadership_digest(&keys));
+        if have != want.as_ref() {
+            return Err(format!("pod {}: resync {have:?}, want {want:?} for what it leads", p.name_any()));
         }
     }
     Ok(())
