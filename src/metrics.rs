@@ -97,11 +97,7 @@ impl Metrics {
             self.failover_latency.clone(),
         );
         r.register("etcd_operations", "etcd writes issued, by kind", self.etcd_operations.clone());
-        r.register(
-            "role_resyncs",
-            "Pod writes sent only to make the kubelet project a leadership change again",
-            self.role_resyncs.clone(),
-        );
+        r.register("role_resyncs", "Pod writes sent only to make the kubelet project a leadership change again", self.role_resyncs.clone());
         r.register("active", "1 if this replica is the active controller, 0 if standby", self.active.clone());
         r.register_collector(Box::new(self.sampled.clone()));
         self

@@ -16,8 +16,8 @@ use super::snapshot::{Holders, Queues, ResyncGate, Snapshot};
 use super::{Context, FIELD_MANAGER, events, handover, placement, pod_writes, requests, status};
 use crate::index::View;
 use crate::lock::{Op, Target};
-use crate::pods::{self, PodKeys};
 use crate::placement::Why;
+use crate::pods::{self, PodKeys};
 use crate::resource::handover::Handover;
 use crate::resource::{LeaderLock, LeaderLockStatus};
 
