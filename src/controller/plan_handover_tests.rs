@@ -39,6 +39,15 @@ fn observed<'a>(
     Snapshot { queues: queue(in_line), requests, ..fixtures::snapshot(ll, v, holds(holder.0, holder.1)) }
 }
 
+/// A step-down already accepted from `a` (token 7), as a controller that died after accepting
+/// it left it.
+fn accepted_step_down(name: &str) -> Arc<Handover> {
+    let mut r = (*request(name, None, None)).clone();
+    r.status =
+        Some(HandoverStatus { phase: Some(Phase::Pending), from: Some("a".into()), from_token: Some("7".into()), ..Default::default() });
+    Arc::new(r)
+}
+
 fn status_of<'a>(steps: &'a [Step], name: &str) -> Option<&'a HandoverStatus> {
     steps.iter().find_map(|s| match s {
         Step::Request { name: n, status } if n == name => Some(status),
@@ -71,10 +80,8 @@ fn a_handover_is_accepted_then_the_holder_demoted_then_the_lock_moved_then_the_t
 fn a_step_down_carried_out_before_a_restart_is_not_carried_out_again() {
     let ll = leaderlock(&["ledger"], None);
     let v = view(&ll, &[pod("a", 1, true, &[]), pod("b", 2, true, &[])]);
-    let mut r = (*request("r1", None, None)).clone();
-    r.status =
-        Some(HandoverStatus { phase: Some(Phase::Pending), from: Some("a".into()), from_token: Some("7".into()), ..Default::default() });
-    let o = observed(&ll, &v, ("b", 9), &[("b", 9), ("a", 10)], vec![Arc::new(r)]);
+    let r = accepted_step_down("r1");
+    let o = observed(&ll, &v, ("b", 9), &[("b", 9), ("a", 10)], vec![r]);
     let before = before(&o);
     assert!(!before.iter().any(|s| matches!(s, Step::Move { .. })), "{before:?}");
     assert_eq!(status_of(&before, "r1").and_then(|s| s.phase), Some(Phase::Done));
@@ -139,14 +146,12 @@ fn a_paused_leaderlock_plans_no_etcd_change_and_keeps_a_holder_that_is_no_longer
 fn a_step_down_to_an_outside_key_next_in_line_names_it_as_the_status_does() {
     let ll = leaderlock(&["ledger"], None);
     let v = view(&ll, &[pod("a", 1, true, &[]), pod("b", 2, true, &[])]);
-    let mut r = (*request("r1", None, None)).clone();
-    r.status =
-        Some(HandoverStatus { phase: Some(Phase::Pending), from: Some("a".into()), from_token: Some("7".into()), ..Default::default() });
+    let r = accepted_step_down("r1");
     let etcdctl = crate::lock::LockKey { key: format!("{P}/694d"), token: 8, owner: None, name: None };
     let o = Snapshot {
         holders: [(P.to_string(), etcdctl.clone())].into(),
         queues: [(P.to_string(), vec![etcdctl])].into(),
-        requests: vec![Arc::new(r)],
+        requests: vec![r],
         ..fixtures::snapshot(&ll, &v, Default::default())
     };
     let done = status_of(&before(&o), "r1").cloned().expect("settled");
