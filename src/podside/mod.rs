@@ -33,6 +33,10 @@ pub mod shardset;
 pub mod supervisor;
 pub mod watch;
 
+#[cfg(test)]
+#[path = "vectors_tests.rs"]
+mod vectors_tests;
+
 pub use read::read_role;
 pub use rolefile::{ParseError, Role};
 pub use shards::{SHARDS_ENV, SHARDS_FILE_ENV, ShardsOptions, shards_main};
