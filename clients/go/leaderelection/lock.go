@@ -1,0 +1,322 @@
+// Package leaderelection lets client-go's and controller-runtime's leader election elect
+// through LeaderLock: [ResourceLock] implements client-go's resourcelock.Interface on top of
+// the pod's role file (docs/contract.md §3.4), so that
+//
+//	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
+//		LeaderElection:                      true,
+//		LeaderElectionID:                    "my-controller",
+//		LeaderElectionResourceLockInterface: leaderelection.MustNewResourceLock(leaderelection.Config{Lock: "my-controller"}),
+//	})
+//
+// or leaderelection.RunOrDie(ctx, LeaderElectionConfig{Lock: lock, ...}) run their own loops
+// unchanged. Get, Create and Update read a local file and make no API call: the pod needs no
+// RBAC for leases, and an idle lock costs the API server nothing (a Lease lock is renewed with
+// one write every RetryPeriod, 2 s by default).
+//
+// # How the elector's loops map onto the role file
+//
+// The elector polls: it calls Get (and Update) every RetryPeriod, and keeps leading only while
+// its renewals succeed. The lock answers from the role file:
+//
+//   - While the file says leader and the elector holds the current term, Get returns a record
+//     whose HolderIdentity is this pod's identity, and Update succeeds: every renewal is a file
+//     read.
+//   - While the file says leader and no term is held, Get returns a record with no holder: the
+//     elector claims it with an Update, which succeeds, and starts leading. It becomes leader
+//     at its next poll: within RetryPeriod × 2.2 (its acquire loop adds up to 120% jitter).
+//   - While the file says standby, or has no annotation for the lock (the pod is not a
+//     candidate), Get returns a record held by "leaderlock/standby", fresh on every read, so
+//     the elector waits and never tries an Update; Update and Create fail. A leading elector's
+//     renewals fail from its next poll on, and it stops leading (cancels OnStartedLeading's
+//     context and calls OnStoppedLeading) when RenewDeadline has passed: within
+//     RetryPeriod + RenewDeadline of the file's change.
+//   - A new fencing token while the elector leads ends its term, as `leaderlock run` restarts
+//     its command: another pod may have held the lock in between. The lock refuses the old
+//     term's renewals and shows the new term as held by "leaderlock/standby" for one lease
+//     (LeaseDuration rounded down to seconds, plus one second), longer than the elector's
+//     RenewDeadline, so its renewal loop gives up; after that an elector of this process (a
+//     new LeaderElector, e.g. RunOrDie called again) can claim the new term.
+//   - A file that cannot be read or parsed makes Get and Update fail, and the term is kept:
+//     an elector that hits such errors for RenewDeadline stops leading; once the file reads
+//     leader with the same token again, an elector takes the term up again at once.
+//
+// The kubelet's delay between the annotation change and the file (usually about a second;
+// contract §3.4) comes on top of these bounds. Recommended settings, given as the package's
+// constants: RetryPeriod 250ms, RenewDeadline 1s, LeaseDuration 2s: the pod leads within
+// 0.55 s of the file saying leader and stops within 1.25 s of it saying standby, for 4 reads
+// of a small local file per second. client-go requires LeaseDuration > RenewDeadline >
+// 1.2 × RetryPeriod.
+//
+// The elector keeps running its leader's work until it notices the demotion, so for a short
+// while after the file says standby two pods may both act as leader; fence what matters with
+// the token ([ResourceLock.Token]), which strictly increases from holder to holder.
+//
+// One ResourceLock serves one elector at a time. Coordinated leader election (client-go's
+// LeaseCandidate) is not supported: LeaderLock's controller already chooses the holder.
+package leaderelection
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"strconv"
+	"sync"
+	"time"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/tools/leaderelection/resourcelock"
+
+	"leaderlock.dev/go/role"
+)
+
+// Recommended timing for an elector using a ResourceLock (see the package documentation):
+// pass them as LeaderElectionConfig's or manager.Options' LeaseDuration, RenewDeadline and
+// RetryPeriod.
+const (
+	LeaseDuration = 2 * time.Second
+	RenewDeadline = 1 * time.Second
+	RetryPeriod   = 250 * time.Millisecond
+)
+
+// StandbyIdentity is the holder the lock reports while this pod does not hold the lock.
+const StandbyIdentity = "leaderlock/standby"
+
+// Config is what a ResourceLock needs.
+type Config struct {
+	// Lock is the lock's name, as in the LeaderLock's spec.locks[].name. Required.
+	Lock string
+	// File is the downward-API projection of the pod's annotations; role.DefaultFile
+	// (/etc/leaderlock/annotations) when empty.
+	File string
+	// Identity is this pod's identity in the election records; the host name (in Kubernetes,
+	// the pod's name) when empty.
+	Identity string
+}
+
+// ResourceLock is a client-go resourcelock.Interface backed by LeaderLock's role file.
+type ResourceLock struct {
+	lock, file, identity string
+
+	mu sync.Mutex
+	// held is the term the elector holds, nil when none.
+	held *term
+	// lostAt is when the last held term ended without being released; zero when none did.
+	lostAt time.Time
+	// leaseSeconds is the LeaseDurationSeconds the elector writes (int(LeaseDuration / 1s)).
+	leaseSeconds int
+	// transitions counts the terms claimed through this lock.
+	transitions int
+	// reads numbers Get's answers, so that every answer differs from the one before.
+	reads uint64
+}
+
+// term is one claim of the lock by the elector.
+type term struct {
+	token    int64 // 0 when the file carries no token
+	number   int   // the record's LeaderTransitions when claimed
+	acquired metav1.Time
+}
+
+var _ resourcelock.Interface = (*ResourceLock)(nil)
+
+// NewResourceLock returns a lock for cfg.Lock read from cfg.File. It reads nothing yet.
+func NewResourceLock(cfg Config) (*ResourceLock, error) {
+	if err := role.ValidateLock(cfg.Lock); err != nil {
+		return nil, err
+	}
+	if cfg.File == "" {
+		cfg.File = role.DefaultFile
+	}
+	if cfg.Identity == "" {
+		host, err := os.Hostname()
+		if err != nil || host == "" {
+			return nil, fmt.Errorf("leaderlock: no identity given and no host name: %v", err)
+		}
+		cfg.Identity = host
+	}
+	if cfg.Identity == StandbyIdentity {
+		return nil, fmt.Errorf("leaderlock: the identity %q is reserved", StandbyIdentity)
+	}
+	return &ResourceLock{lock: cfg.Lock, file: cfg.File, identity: cfg.Identity}, nil
+}
+
+// MustNewResourceLock is NewResourceLock for use in an options literal; it panics on an
+// invalid Config (a bad lock name is a programming error).
+func MustNewResourceLock(cfg Config) *ResourceLock {
+	lock, err := NewResourceLock(cfg)
+	if err != nil {
+		panic(err)
+	}
+	return lock
+}
+
+// Identity is this pod's identity.
+func (l *ResourceLock) Identity() string { return l.identity }
+
+// Describe names the lock in the elector's logs.
+func (l *ResourceLock) Describe() string {
+	return fmt.Sprintf("leaderlock %s (%s)", role.RoleKey(l.lock), l.file)
+}
+
+// RecordEvent does nothing: the lock makes no API calls, Events included.
+func (l *ResourceLock) RecordEvent(string) {}
+
+// Token is the fencing token of the term the elector holds, "" when it holds none or the file
+// carries no token. Pass it along with writes that downstream systems can fence.
+func (l *ResourceLock) Token() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.held == nil {
+		return ""
+	}
+	return role.Status{Role: role.Leader, Token: l.held.token}.TokenString()
+}
+
+// Get reads the role file and describes it as an election record (see the package
+// documentation). It fails only when the file cannot be read or parsed.
+func (l *ResourceLock) Get(context.Context) (*resourcelock.LeaderElectionRecord, []byte, error) {
+	status, err := role.Read(l.file, l.lock)
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if err != nil {
+		return nil, nil, err
+	}
+	now := time.Now()
+	l.follow(status, now)
+	l.reads++
+	switch {
+	case l.held != nil:
+		return l.record(l.identity, l.leaseSeconds, l.held.acquired, metav1.NewTime(now), l.held.number, l.reads)
+	case status.IsLeader() && !l.quarantined(now):
+		return l.record("", l.leaseSeconds, metav1.NewTime(now), metav1.NewTime(now), l.transitions, l.reads)
+	case status.IsLeader():
+		// A new term while the elector may still be renewing the previous one: a lease held by
+		// someone else, unchanged from read to read, so that it expires on the elector's clock
+		// no earlier than the quarantine on ours.
+		since := metav1.NewTime(l.lostAt)
+		return l.record(StandbyIdentity, l.quarantineSeconds(), since, since, l.transitions, 0)
+	default:
+		// Fresh on every read: the elector keeps waiting and never tries an Update.
+		return l.record(StandbyIdentity, l.quarantineSeconds(), metav1.NewTime(now), metav1.NewTime(now), l.transitions, l.reads)
+	}
+}
+
+// Create claims the lock like Update; the elector calls it only after a NotFound from Get,
+// which this lock never returns.
+func (l *ResourceLock) Create(ctx context.Context, record resourcelock.LeaderElectionRecord) error {
+	return l.Update(ctx, record)
+}
+
+// Update succeeds only while the role file says leader: it renews the term the elector holds,
+// or claims a new one when none is held. A record without a holder is the elector releasing
+// the lock (ReleaseOnCancel): the term ends, and leadership stays where LeaderLock put it.
+func (l *ResourceLock) Update(_ context.Context, record resourcelock.LeaderElectionRecord) error {
+	if record.HolderIdentity == "" {
+		l.mu.Lock()
+		defer l.mu.Unlock()
+		l.held = nil
+		l.lostAt = time.Time{}
+		return nil
+	}
+	if record.HolderIdentity != l.identity {
+		return fmt.Errorf("%s: cannot write a record held by %q: this lock's identity is %q", l.Describe(), record.HolderIdentity, l.identity)
+	}
+	status, err := role.Read(l.file, l.lock)
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	now := time.Now()
+	l.follow(status, now)
+	switch {
+	case !status.IsLeader():
+		return &NotLeaderError{Lock: l.lock, Status: status}
+	case l.held != nil && record.LeaderTransitions == l.held.number:
+		l.leaseSeconds = record.LeaseDurationSeconds
+		return nil
+	case l.held != nil:
+		return fmt.Errorf("%s: the record is of term %d, the current term is %d", l.Describe(), record.LeaderTransitions, l.held.number)
+	case l.quarantined(now):
+		return fmt.Errorf("%s: a new fencing token arrived while this pod led under the previous one: the elector must stop leading first (until %s)",
+			l.Describe(), l.lostAt.Add(l.quarantine()).Format(time.RFC3339Nano))
+	default:
+		l.held = &term{token: status.Token, number: record.LeaderTransitions, acquired: record.AcquireTime}
+		l.transitions = record.LeaderTransitions
+		l.leaseSeconds = record.LeaseDurationSeconds
+		return nil
+	}
+}
+
+// NotLeaderError is Update's and Create's error while the role file does not say leader.
+type NotLeaderError struct {
+	Lock   string
+	Status role.Status
+}
+
+func (e *NotLeaderError) Error() string {
+	return fmt.Sprintf("leaderlock: the role file says %s for lock %s, not leader", e.Status, e.Lock)
+}
+
+// IsNotLeader tells whether err is a NotLeaderError.
+func IsNotLeader(err error) bool {
+	var e *NotLeaderError
+	return errors.As(err, &e)
+}
+
+// follow ends the held term when a good read shows it is over: the file says standby or has
+// no annotation, or carries another token (as in `leaderlock run`, a token ends a term only
+// when both it and the term's are known).
+func (l *ResourceLock) follow(status role.Status, now time.Time) {
+	if l.held == nil {
+		return
+	}
+	sameTerm := status.IsLeader() && (l.held.token == 0 || status.Token == 0 || l.held.token == status.Token)
+	if !sameTerm {
+		l.held = nil
+		l.lostAt = now
+	}
+}
+
+// quarantineSeconds is one lease of the elector, rounded up: longer than its RenewDeadline,
+// which client-go requires to be shorter than LeaseDuration.
+func (l *ResourceLock) quarantineSeconds() int { return l.leaseSeconds + 1 }
+
+func (l *ResourceLock) quarantine() time.Duration {
+	return time.Duration(l.quarantineSeconds()) * time.Second
+}
+
+// quarantined: a term was lost less than one lease ago, so the elector that held it may still
+// be in its renewal loop; a new term must not be handed to it there.
+func (l *ResourceLock) quarantined(now time.Time) bool {
+	return !l.lostAt.IsZero() && now.Before(l.lostAt.Add(l.quarantine()))
+}
+
+// record builds Get's answer; read (0 for a record that must stay the same) makes the raw
+// bytes, which the elector compares to notice a change, differ from the previous answer's.
+func (l *ResourceLock) record(holder string, leaseSeconds int, acquired, renewed metav1.Time, transitions int, read uint64) (*resourcelock.LeaderElectionRecord, []byte, error) {
+	record := &resourcelock.LeaderElectionRecord{
+		HolderIdentity:       holder,
+		LeaseDurationSeconds: leaseSeconds,
+		AcquireTime:          acquired,
+		RenewTime:            renewed,
+		LeaderTransitions:    transitions,
+	}
+	raw, err := json.Marshal(struct {
+		*resourcelock.LeaderElectionRecord
+		Read string `json:"leaderlockRead,omitempty"`
+	}{record, readTag(read)})
+	if err != nil {
+		return nil, nil, err
+	}
+	return record, raw, nil
+}
+
+func readTag(read uint64) string {
+	if read == 0 {
+		return ""
+	}
+	return strconv.FormatUint(read, 10)
+}

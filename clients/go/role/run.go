@@ -1,0 +1,212 @@
+package role
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+)
+
+// Callbacks are called by [Run], in the shape of client-go's leaderelection.LeaderCallbacks
+// with the fencing token added.
+type Callbacks struct {
+	// OnStartedLeading is called, in its own goroutine, when the pod becomes leader: token is
+	// the fencing token ("" when the file does not carry it: a single-value file). ctx is
+	// canceled on demotion; the function must then stop the leader's work and return. Required.
+	//
+	// Run starts the next term's OnStartedLeading only after this one has returned, so two
+	// terms never overlap in one process. If it returns while the pod is still leader, nothing
+	// restarts it before the next term (as with client-go).
+	OnStartedLeading func(ctx context.Context, token string)
+	// OnStoppedLeading is called when a term ends (the role file says standby, or drops the
+	// lock's annotation, or carries a new token, or ctx ended, or the file became unusable),
+	// right after that term's ctx is canceled and possibly before OnStartedLeading has
+	// returned. Unlike client-go's, it is not called when the pod never led. Optional.
+	OnStoppedLeading func()
+	// OnNewToken is called with every fencing token the pod is handed, just before the
+	// OnStartedLeading of that term, e.g. to tell a downstream store which writes to accept.
+	// Not called when the file carries no token. Optional.
+	OnNewToken func(token string)
+}
+
+// Config is what [Run] needs.
+type Config struct {
+	// Lock is the lock's name, as in spec.locks[].name. Required.
+	Lock string
+	// File is the downward-API file; DefaultFile when empty.
+	File string
+	// Callbacks are called as the role changes.
+	Callbacks Callbacks
+	// Logger receives one line per change of role; slog.Default() when nil.
+	Logger *slog.Logger
+}
+
+// ErrNoCallback is returned by [Run] when Callbacks.OnStartedLeading is nil.
+var ErrNoCallback = errors.New("role.Run: Callbacks.OnStartedLeading is required")
+
+// Run follows the role of cfg.Lock until ctx ends, calling the callbacks at every change, and
+// returns nil then, once the last OnStartedLeading has returned.
+//
+// It behaves as `leaderlock run` does for its command:
+//   - on "leader", OnNewToken then OnStartedLeading start a term;
+//   - on "standby", or when the annotation disappears (the pod stopped being a candidate), the
+//     term's ctx is canceled and OnStoppedLeading is called; the next "leader" starts a new term;
+//   - a new fencing token while leader ends the term and starts another, as if the pod had been
+//     demoted and re-elected: the file may have skipped a moment when another pod held the
+//     lock (the kubelet can fold several annotation changes into one file update), and work
+//     begun under the old token must not continue under the new one;
+//   - an absent annotation at the start is waited through: a starting pod has none until Ready.
+//
+// Run returns an *Error, after ending the term, when the file is missing, unreadable or not a
+// projection the kubelet writes: the role can no longer be known, so leading must stop, as
+// `leaderlock run` exits with status 2. Restart Run (or the program) to go on.
+func Run(ctx context.Context, cfg Config) error {
+	if cfg.Callbacks.OnStartedLeading == nil {
+		return ErrNoCallback
+	}
+	if cfg.File == "" {
+		cfg.File = DefaultFile
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	watcher, err := NewWatcher(cfg.File, cfg.Lock)
+	if err != nil {
+		return err
+	}
+	defer watcher.Close()
+	status, err := watcher.Read()
+	if err != nil {
+		return err
+	}
+	r := runner{cfg: cfg, log: cfg.Logger.With("lock", cfg.Lock)}
+	r.log.Info("role: " + status.describe())
+	for {
+		if ctx.Err() != nil {
+			r.stop("the context ended")
+			r.wait()
+			return nil
+		}
+		r.reconcile(ctx, status)
+		var termDone <-chan struct{}
+		if r.term != nil && !r.term.returned {
+			termDone = r.term.done
+		}
+		select {
+		case <-ctx.Done():
+		case <-termDone:
+			r.term.returned = true
+		case <-watcher.Changes():
+			next, err := watcher.Read()
+			if err != nil {
+				r.log.Error("role file unusable, stopping", "err", err)
+				r.stop("the role file is unusable")
+				r.wait()
+				return err
+			}
+			if next != status {
+				r.log.Info("role: " + next.describe())
+			}
+			status = next
+		}
+	}
+}
+
+// term is one stretch of leadership: one call of OnStartedLeading.
+type term struct {
+	token    int64
+	cancel   context.CancelFunc
+	done     chan struct{}
+	stopping bool // ctx canceled and OnStoppedLeading called
+	returned bool // OnStartedLeading returned
+}
+
+type runner struct {
+	cfg  Config
+	log  *slog.Logger
+	term *term
+}
+
+// reconcile brings the term in line with the role: start when leader, end when not, end (and
+// later start again) when the token changed.
+func (r *runner) reconcile(ctx context.Context, status Status) {
+	if r.term != nil && !r.term.stopping && !continues(r.term.token, status) {
+		reason := "no longer leader"
+		if status.IsLeader() {
+			reason = "the fencing token changed " + Status{Role: Leader, Token: r.term.token}.TokenString() + " -> " + status.TokenString()
+		}
+		r.stop(reason)
+	}
+	if r.term != nil && r.term.stopping && r.term.returned {
+		r.term = nil
+	}
+	if r.term == nil && status.IsLeader() {
+		r.start(ctx, status)
+	}
+}
+
+// continues tells whether a term begun with token goes on under status. As in `leaderlock run`,
+// a token only ends a term when both it and the term's are known.
+func continues(token int64, status Status) bool {
+	return status.IsLeader() && (token == 0 || status.Token == 0 || token == status.Token)
+}
+
+func (r *runner) start(ctx context.Context, status Status) {
+	token := status.TokenString()
+	if token != "" && r.cfg.Callbacks.OnNewToken != nil {
+		r.cfg.Callbacks.OnNewToken(token)
+	}
+	termCtx, cancel := context.WithCancel(ctx)
+	t := &term{token: status.Token, cancel: cancel, done: make(chan struct{})}
+	r.term = t
+	r.log.Info("leader, starting", "token", token)
+	go func() {
+		defer close(t.done)
+		r.cfg.Callbacks.OnStartedLeading(termCtx, token)
+	}()
+}
+
+// stop ends the current term, once: cancels its ctx, then calls OnStoppedLeading.
+func (r *runner) stop(reason string) {
+	if r.term == nil || r.term.stopping {
+		return
+	}
+	r.term.stopping = true
+	r.term.cancel()
+	r.log.Info("stopping the leader's work: " + reason)
+	if r.cfg.Callbacks.OnStoppedLeading != nil {
+		r.cfg.Callbacks.OnStoppedLeading()
+	}
+}
+
+// wait blocks until the current term's OnStartedLeading returned.
+func (r *runner) wait() {
+	if r.term != nil {
+		<-r.term.done
+		r.term = nil
+	}
+}
+
+// WaitLeader blocks until the pod is leader of lock and returns that status, as `leaderlock
+// wait` does. An absent annotation is waited through. It returns ctx's error when ctx ends
+// first, and an *Error when the file is unusable.
+func WaitLeader(ctx context.Context, file, lock string) (Status, error) {
+	if file == "" {
+		file = DefaultFile
+	}
+	watcher, err := NewWatcher(file, lock)
+	if err != nil {
+		return Status{}, err
+	}
+	defer watcher.Close()
+	for {
+		status, err := watcher.Read()
+		if err != nil || status.IsLeader() {
+			return status, err
+		}
+		select {
+		case <-ctx.Done():
+			return Status{}, ctx.Err()
+		case <-watcher.Changes():
+		}
+	}
+}
