@@ -11,6 +11,7 @@ deps: ## Install Debian packages and build the pinned control-plane and node too
 
 test: deps ## Run every test against a real etcd and kube-apiserver started on loopback, then the e2e test on a real node
 	cargo build --locked --all-targets
+	cd clients/go && GOTOOLCHAIN=local CGO_ENABLED=0 GOFLAGS=-mod=readonly go test ./...
 	hack/cluster.sh run -- cargo test --locked --all-targets
 	LEADERLOCK_NODE=1 hack/cluster.sh run -- cargo test --locked --test e2e -- --ignored
 
@@ -34,6 +35,8 @@ lint: ## cargo fmt --check and clippy with warnings as errors (CI runs it before
 	@hack/ensure-deps.sh
 	cargo fmt --check
 	cargo clippy --locked --all-targets -- -D warnings
+	cd clients/go && GOTOOLCHAIN=local CGO_ENABLED=0 GOFLAGS=-mod=readonly go vet ./...
+	cd examples/go-controller && GOTOOLCHAIN=local CGO_ENABLED=0 GOFLAGS=-mod=readonly go vet ./...
 
 crd: ## Regenerate crds/ from the Rust types
 	cargo run --quiet --bin leaderlock -- crd leaderlocks > crds/leaderlock.dev_leaderlocks.yaml
