@@ -39,6 +39,16 @@
 //   - A file that cannot be read or parsed makes Get and Update fail, and the term is kept:
 //     an elector that hits such errors for RenewDeadline stops leading; once the file reads
 //     leader with the same token again, an elector takes the term up again at once.
+//   - A leader role found at the lock's first read of the file is inherited (contract §3.5):
+//     the kubelet projects the file before it starts a container, so the role was granted
+//     before the process started and may already be revoked. Until it is settled, Get answers
+//     as while standby and Update fails (a [NotLeaderError] with Inherited set). It is settled
+//     by a change of the file (a new update, not a re-read of the same one; see
+//     role.Snapshot) that still says leader with the same token (confirmed) or with a new one
+//     (a fresh acquisition), or says standby or drops the annotation (revoked), or by
+//     Config.InheritedRoleWait (default 5s) passing with no change; then Get answers as above,
+//     and the elector leads within RetryPeriod × 2.2 if the file says leader. A leader role
+//     that a change brings after the first read is not held back.
 //
 // The kubelet's delay between the annotation change and the file (usually about a second;
 // contract §3.4) comes on top of these bounds. Recommended settings, given as the package's
@@ -60,6 +70,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"strconv"
 	"sync"
@@ -68,6 +79,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/tools/leaderelection/resourcelock"
 
+	"leaderlock.dev/go/internal/inherited"
 	"leaderlock.dev/go/role"
 )
 
@@ -93,13 +105,34 @@ type Config struct {
 	// Identity is this pod's identity in the election records; the host name (in Kubernetes,
 	// the pod's name) when empty.
 	Identity string
+	// InheritedRoleWait bounds how long a leader role found at the lock's first read of the
+	// file (its first Get or Update; inherited from before the process started) is held back with no change of the
+	// file to confirm or revoke it (see the package documentation). nil means
+	// role.DefaultInheritedRoleWait (5s); a zero or negative duration turns the rule off, e.g.
+	// InheritedRoleWait: new(time.Duration), as `leaderlock run --inherited-role-wait 0` does.
+	InheritedRoleWait *time.Duration
+	// Logger receives a line when an inherited leader role is held back and when that ends;
+	// slog.Default() when nil.
+	Logger *slog.Logger
 }
 
 // ResourceLock is a client-go resourcelock.Interface backed by LeaderLock's role file.
 type ResourceLock struct {
 	lock, file, identity string
+	// wait is the inherited-role wait; 0 or less: the rule is off.
+	wait time.Duration
+	log  *slog.Logger
+
+	// readMu orders the reads of Get and Update, so that the inherited-role rule sees the
+	// file's updates in the order they came.
+	readMu sync.Mutex
 
 	mu sync.Mutex
+	// readOnce: the file has been read well once; gate holds back what that read found.
+	readOnce bool
+	gate     inherited.Gate
+	// first is the first read, while gate waits: a read of another update settles it.
+	first role.Snapshot
 	// held is the term the elector holds, nil when none.
 	held *term
 	// lostAt is when the last held term ended without being released; zero when none did.
@@ -139,7 +172,16 @@ func NewResourceLock(cfg Config) (*ResourceLock, error) {
 	if cfg.Identity == StandbyIdentity {
 		return nil, fmt.Errorf("leaderlock: the identity %q is reserved", StandbyIdentity)
 	}
-	return &ResourceLock{lock: cfg.Lock, file: cfg.File, identity: cfg.Identity}, nil
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	return &ResourceLock{
+		lock:     cfg.Lock,
+		file:     cfg.File,
+		identity: cfg.Identity,
+		wait:     inherited.Wait(cfg.InheritedRoleWait),
+		log:      cfg.Logger.With("lock", cfg.Lock),
+	}, nil
 }
 
 // MustNewResourceLock is NewResourceLock for use in an options literal; it panics on an
@@ -177,21 +219,27 @@ func (l *ResourceLock) Token() string {
 // Get reads the role file and describes it as an election record (see the package
 // documentation). It fails only when the file cannot be read or parsed.
 func (l *ResourceLock) Get(context.Context) (*resourcelock.LeaderElectionRecord, []byte, error) {
-	status, err := role.Read(l.file, l.lock)
+	l.readMu.Lock()
+	defer l.readMu.Unlock()
+	snapshot, err := role.ReadSnapshot(l.file, l.lock)
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if err != nil {
 		return nil, nil, err
 	}
 	now := time.Now()
+	status := snapshot.Status
 	l.follow(status, now)
+	// An inherited leader role held back is answered as standby.
+	held := l.inherit(snapshot, now)
+	leader := status.IsLeader() && !held
 	l.reads++
 	switch {
 	case l.held != nil:
 		return l.record(l.identity, l.leaseSeconds, l.held.acquired, metav1.NewTime(now), l.held.number, l.reads)
-	case status.IsLeader() && !l.quarantined(now):
+	case leader && !l.quarantined(now):
 		return l.record("", l.leaseSeconds, metav1.NewTime(now), metav1.NewTime(now), l.transitions, l.reads)
-	case status.IsLeader():
+	case leader:
 		// A new term while the elector may still be renewing the previous one: a lease held by
 		// someone else, unchanged from read to read, so that it expires on the elector's clock
 		// no earlier than the quarantine on ours.
@@ -223,17 +271,23 @@ func (l *ResourceLock) Update(_ context.Context, record resourcelock.LeaderElect
 	if record.HolderIdentity != l.identity {
 		return fmt.Errorf("%s: cannot write a record held by %q: this lock's identity is %q", l.Describe(), record.HolderIdentity, l.identity)
 	}
-	status, err := role.Read(l.file, l.lock)
+	l.readMu.Lock()
+	defer l.readMu.Unlock()
+	snapshot, err := role.ReadSnapshot(l.file, l.lock)
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if err != nil {
 		return err
 	}
 	now := time.Now()
+	status := snapshot.Status
 	l.follow(status, now)
+	held := l.inherit(snapshot, now)
 	switch {
 	case !status.IsLeader():
 		return &NotLeaderError{Lock: l.lock, Status: status}
+	case held:
+		return &NotLeaderError{Lock: l.lock, Status: status, Inherited: true}
 	case l.held != nil && record.LeaderTransitions == l.held.number:
 		l.leaseSeconds = record.LeaseDurationSeconds
 		return nil
@@ -250,13 +304,20 @@ func (l *ResourceLock) Update(_ context.Context, record resourcelock.LeaderElect
 	}
 }
 
-// NotLeaderError is Update's and Create's error while the role file does not say leader.
+// NotLeaderError is Update's and Create's error while the role file does not say leader, or
+// says leader in a role inherited from before the lock's first read and not yet settled.
 type NotLeaderError struct {
 	Lock   string
 	Status role.Status
+	// Inherited: the file says leader, but that role was found at the lock's first read of the
+	// file and is held back until a change of the file or the inherited-role wait settles it.
+	Inherited bool
 }
 
 func (e *NotLeaderError) Error() string {
+	if e.Inherited {
+		return fmt.Sprintf("leaderlock: the role file says %s for lock %s, but that role was found at the first read of the file and is held back until a change of the file confirms it or the inherited-role wait passes", e.Status, e.Lock)
+	}
 	return fmt.Sprintf("leaderlock: the role file says %s for lock %s, not leader", e.Status, e.Lock)
 }
 
@@ -264,6 +325,38 @@ func (e *NotLeaderError) Error() string {
 func IsNotLeader(err error) bool {
 	var e *NotLeaderError
 	return errors.As(err, &e)
+}
+
+// inherit applies the inherited-role rule (contract §3.5) to a good read, and tells whether a
+// leader role found at the lock's first read is still held back.
+func (l *ResourceLock) inherit(snapshot role.Snapshot, now time.Time) bool {
+	status := snapshot.Status
+	if !l.readOnce {
+		l.readOnce = true
+		l.gate = inherited.AtFirstRead(status.IsLeader(), status.Token, l.wait, now)
+		if l.gate.Waiting() {
+			l.first = snapshot
+			l.log.Info(fmt.Sprintf("leader role found at the first read of the role file (%s), inherited from before this process started; reporting standby for up to %v, until the controller confirms or revokes it",
+				inherited.TokenText(l.gate.Held()), l.wait))
+		}
+		return l.gate.Waiting()
+	}
+	if !l.gate.Waiting() {
+		return false
+	}
+	// Only a new update of the file settles the role, not a re-read of the same one.
+	var settled inherited.Settled
+	switch {
+	case !snapshot.SameUpdate(l.first):
+		settled, _ = l.gate.Changed(status.IsLeader(), status.Token)
+	case l.gate.Due(now):
+		settled, _ = l.gate.Elapsed()
+	default:
+		return true
+	}
+	l.first = role.Snapshot{}
+	l.log.Info("inherited leader role (" + inherited.TokenText(settled.Held) + ") " + settled.String())
+	return false
 }
 
 // follow ends the held term when a good read shows it is over: the file says standby or has

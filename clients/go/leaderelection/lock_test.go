@@ -13,6 +13,7 @@ import (
 	"k8s.io/client-go/tools/leaderelection/resourcelock"
 
 	"leaderlock.dev/go/internal/kubelettest"
+	"leaderlock.dev/go/internal/testlog"
 	lllock "leaderlock.dev/go/leaderelection"
 	"leaderlock.dev/go/role"
 )
@@ -40,14 +41,30 @@ type pod struct {
 	volume kubelettest.Volume
 	lock   *lllock.ResourceLock
 	count  *countingLock
+	logs   *testlog.Recorder
 }
 
+// newPod is a pod whose lock has the inherited-role rule off: most tests start from a leader
+// role to test something else.
 func newPod(t *testing.T, roleValue, token string) *pod {
 	t.Helper()
+	return newPodWaiting(t, roleValue, token, duration(0))
+}
+
+// newPodWaiting is a pod whose lock holds an inherited leader role back for wait (nil: the
+// default).
+func newPodWaiting(t *testing.T, roleValue, token string, wait *time.Duration) *pod {
+	t.Helper()
 	volume := kubelettest.Volume{Dir: t.TempDir()}
-	p := &pod{t: t, volume: volume}
+	p := &pod{t: t, volume: volume, logs: testlog.New()}
 	p.set(roleValue, token)
-	lock, err := lllock.NewResourceLock(lllock.Config{Lock: lockName, File: volume.Path("annotations"), Identity: "pod-a"})
+	lock, err := lllock.NewResourceLock(lllock.Config{
+		Lock:              lockName,
+		File:              volume.Path("annotations"),
+		Identity:          "pod-a",
+		InheritedRoleWait: wait,
+		Logger:            p.logs.Logger(),
+	})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -21,6 +21,9 @@
 //     never end.
 //   - Changes are seen through inotify on the file's directory, where the kubelet swaps its
 //     `..data` symlink, with a re-read every 60 s as a safety net.
+//   - [Run] holds back a "leader" found at its first read, inherited from before the process
+//     started, until a change of the file (a new update: see [Snapshot]) confirms or revokes
+//     it, or Config.InheritedRoleWait (default 5s) passes, as `leaderlock run` does.
 //
 // Three levels of use: [Read] (one look, like `leaderlock role`), [WaitLeader] (like
 // `leaderlock wait`) and [Run] (callbacks in client-go's shape, like `leaderlock run` for a

@@ -3,8 +3,17 @@ package role
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
+	"time"
+
+	"leaderlock.dev/go/internal/inherited"
 )
+
+// DefaultInheritedRoleWait is how long [Run] holds back a leader role inherited from before
+// the process started when Config.InheritedRoleWait is nil, as `leaderlock run
+// --inherited-role-wait` defaults to.
+const DefaultInheritedRoleWait = inherited.DefaultWait
 
 // Callbacks are called by [Run], in the shape of client-go's leaderelection.LeaderCallbacks
 // with the fencing token added.
@@ -36,6 +45,12 @@ type Config struct {
 	File string
 	// Callbacks are called as the role changes.
 	Callbacks Callbacks
+	// InheritedRoleWait bounds how long a leader role found at Run's first read of the file
+	// (inherited from before the process started) waits for a change of the file to confirm or
+	// revoke it before OnStartedLeading is called on it (see [Run]). nil means
+	// DefaultInheritedRoleWait (5s); a zero or negative duration turns the rule off, e.g.
+	// InheritedRoleWait: new(time.Duration), as `leaderlock run --inherited-role-wait 0` does.
+	InheritedRoleWait *time.Duration
 	// Logger receives one line per change of role; slog.Default() when nil.
 	Logger *slog.Logger
 }
@@ -54,7 +69,20 @@ var ErrNoCallback = errors.New("role.Run: Callbacks.OnStartedLeading is required
 //     demoted and re-elected: the file may have skipped a moment when another pod held the
 //     lock (the kubelet can fold several annotation changes into one file update), and work
 //     begun under the old token must not continue under the new one;
-//   - an absent annotation at the start is waited through: a starting pod has none until Ready.
+//   - an absent annotation at the start is waited through: a starting pod has none until Ready;
+//   - a "leader" found at the first read is inherited: the kubelet projects the file before it
+//     starts a container, so the role was granted before this process started and may already
+//     be revoked (a restarted container can see its old role before the demotion reaches the
+//     file). OnStartedLeading is not called on it until it is settled, by whichever comes first:
+//     a change of the file that still says leader with the same token (confirmed), a change to
+//     leader with a new token (a fresh acquisition, started with the new token), a change to
+//     standby or without the annotation (revoked: nothing starts), or cfg.InheritedRoleWait
+//     (default 5s) passing with no change (started on the role as it stands). A change is a new
+//     update of the file: a new file behind the path (the kubelet writes every update of the
+//     volume into a new directory) or new text; reading the same update again, after an
+//     unrelated event or the 60 s safety re-read, is not one (see [Snapshot]). A leader role
+//     that a change brings after the first read is acted on at once. Run logs once when it
+//     starts waiting and once when the wait ends.
 //
 // Run returns an *Error, after ending the term, when the file is missing, unreadable or not a
 // projection the kubelet writes: the role can no longer be known, so leading must stop, as
@@ -74,19 +102,33 @@ func Run(ctx context.Context, cfg Config) error {
 		return err
 	}
 	defer watcher.Close()
-	status, err := watcher.Read()
+	first, err := watcher.ReadSnapshot()
 	if err != nil {
 		return err
 	}
+	status := first.Status
 	r := runner{cfg: cfg, log: cfg.Logger.With("lock", cfg.Lock)}
 	r.log.Info("role: " + status.describe())
+	wait := inherited.Wait(cfg.InheritedRoleWait)
+	gate := inherited.AtFirstRead(status.IsLeader(), status.Token, wait, time.Now())
+	var waitOver <-chan time.Time
+	if gate.Waiting() {
+		r.log.Info(fmt.Sprintf("leader role inherited from before this process started (%s); waiting up to %v for the controller to confirm or revoke it",
+			inherited.TokenText(gate.Held()), wait))
+		timer := time.NewTimer(wait)
+		defer timer.Stop()
+		waitOver = timer.C
+	}
 	for {
 		if ctx.Err() != nil {
 			r.stop("the context ended")
 			r.wait()
 			return nil
 		}
-		r.reconcile(ctx, status)
+		// While an inherited leader role is held back, no term has begun: nothing to reconcile.
+		if !gate.Waiting() {
+			r.reconcile(ctx, status)
+		}
 		var termDone <-chan struct{}
 		if r.term != nil && !r.term.returned {
 			termDone = r.term.done
@@ -95,18 +137,33 @@ func Run(ctx context.Context, cfg Config) error {
 		case <-ctx.Done():
 		case <-termDone:
 			r.term.returned = true
+		case <-waitOver:
+			waitOver = nil
+			if settled, ok := gate.Elapsed(); ok {
+				r.settled(settled)
+			}
 		case <-watcher.Changes():
-			next, err := watcher.Read()
+			next, err := watcher.ReadSnapshot()
 			if err != nil {
 				r.log.Error("role file unusable, stopping", "err", err)
 				r.stop("the role file is unusable")
 				r.wait()
 				return err
 			}
-			if next != status {
-				r.log.Info("role: " + next.describe())
+			if next.Status != status {
+				r.log.Info("role: " + next.Status.describe())
 			}
-			status = next
+			status = next.Status
+			if !gate.Waiting() {
+				continue
+			}
+			// Only a new update of the file settles an inherited role, not a re-read.
+			if next.SameUpdate(first) {
+				r.log.Debug("role file read again, no new update: the inherited leader role stays held back")
+			} else if settled, ok := gate.Changed(status.IsLeader(), status.Token); ok {
+				waitOver = nil
+				r.settled(settled)
+			}
 		}
 	}
 }
@@ -124,6 +181,11 @@ type runner struct {
 	cfg  Config
 	log  *slog.Logger
 	term *term
+}
+
+// settled logs how an inherited leader role's wait ended.
+func (r *runner) settled(s inherited.Settled) {
+	r.log.Info("inherited leader role (" + inherited.TokenText(s.Held) + ") " + s.String())
 }
 
 // reconcile brings the term in line with the role: start when leader, end when not, end (and

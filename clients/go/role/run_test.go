@@ -3,8 +3,6 @@ package role_test
 import (
 	"context"
 	"errors"
-	"io"
-	"log/slog"
 	"os"
 	"path/filepath"
 	"sync/atomic"
@@ -12,6 +10,7 @@ import (
 	"time"
 
 	"leaderlock.dev/go/internal/kubelettest"
+	"leaderlock.dev/go/internal/testlog"
 	"leaderlock.dev/go/role"
 )
 
@@ -35,11 +34,22 @@ type runner struct {
 	hold chan struct{}
 	// quit, when set, makes OnStartedLeading return by itself once closed.
 	quit chan struct{}
+	// wait is Config.InheritedRoleWait: off unless a test sets it, since most tests start
+	// from a leader role to test something else.
+	wait *time.Duration
+	logs *testlog.Recorder
 }
 
 func newRunner(t *testing.T, annotations map[string]string) *runner {
 	t.Helper()
-	r := &runner{t: t, volume: kubelettest.Volume{Dir: t.TempDir()}, calls: make(chan call, 64), done: make(chan struct{})}
+	r := &runner{
+		t:      t,
+		volume: kubelettest.Volume{Dir: t.TempDir()},
+		calls:  make(chan call, 64),
+		done:   make(chan struct{}),
+		wait:   duration(0),
+		logs:   testlog.New(),
+	}
 	if err := r.volume.WriteAnnotations(annotations); err != nil {
 		t.Fatal(err)
 	}
@@ -49,13 +59,13 @@ func newRunner(t *testing.T, annotations map[string]string) *runner {
 func (r *runner) start(file string) {
 	ctx, cancel := context.WithCancel(context.Background())
 	r.cancel = cancel
-	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
 	go func() {
 		defer close(r.done)
 		r.err = role.Run(ctx, role.Config{
-			Lock:   "l",
-			File:   file,
-			Logger: quiet,
+			Lock:              "l",
+			File:              file,
+			InheritedRoleWait: r.wait,
+			Logger:            r.logs.Logger(),
 			Callbacks: role.Callbacks{
 				OnStartedLeading: func(ctx context.Context, token string) {
 					if r.active.Add(1) > 1 {
@@ -145,6 +155,16 @@ func sameCalls(got, want []call) bool {
 		i = j
 	}
 	return true
+}
+
+// expectNothing checks that no callback has been called that expect has not taken.
+func (r *runner) expectNothing() {
+	r.t.Helper()
+	select {
+	case c := <-r.calls:
+		r.t.Fatalf("unexpected call %v", c)
+	default:
+	}
 }
 
 func (r *runner) finished() error {
@@ -296,3 +316,5 @@ func TestWaitLeaderReturnsOnceLeader(t *testing.T) {
 		t.Fatalf("WaitLeader with an ended context: %v", err)
 	}
 }
+
+func duration(d time.Duration) *time.Duration { return &d }

@@ -56,6 +56,9 @@ func NewWatcher(path, lock string) (*Watcher, error) {
 // Read reads the role now (see [Read]).
 func (w *Watcher) Read() (Status, error) { return Read(w.path, w.lock) }
 
+// ReadSnapshot reads the role now, and which update of the file it is (see [ReadSnapshot]).
+func (w *Watcher) ReadSnapshot() (Snapshot, error) { return ReadSnapshot(w.path, w.lock) }
+
 // Path is the role file.
 func (w *Watcher) Path() string { return w.path }
 
