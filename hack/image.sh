@@ -23,17 +23,19 @@ tool_dir() { sed -n "s/^$1=//p" <<<"$TOOLS"; }
 
 # static_leaderlock: the release binary, statically linked; prints its path. The rustflags apply
 # to the explicit --target only, so build scripts and proc-macros of host builds are untouched.
+# LEADERLOCK_IMAGE_PROFILE=image-test (make test's e2e test) builds a lightly optimised one.
+PROFILE="${LEADERLOCK_IMAGE_PROFILE:-release}"
 static_leaderlock() {
-  log "building the static release binary (cargo build --release --target $TARGET, crt-static)"
+  log "building the static binary (cargo build --profile $PROFILE --target $TARGET, crt-static)"
   # Called from a test, cargo's per-crate variables are in our environment; build scripts that
   # watch them (ring watches CARGO_PKG_NAME, …) would rebuild everything each time the caller
   # changes between a test and a shell.
   local v
   for v in $(compgen -e | grep -E '^(CARGO_(PKG|MANIFEST|CRATE|BIN|PRIMARY|TARGET_TMPDIR)|OUT_DIR$)'); do unset "$v"; done
   (cd "$ROOT" && CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUSTFLAGS="-C target-feature=+crt-static" \
-    nice cargo build --release --locked --target "$TARGET" --bin leaderlock --bin kubectl-leaderlock >&2) \
+    nice cargo build --profile "$PROFILE" --locked --target "$TARGET" --bin leaderlock --bin kubectl-leaderlock >&2) \
     || die "cargo build of the static leaderlock binaries failed (see above)"
-  local bin="$ROOT/target/$TARGET/release/leaderlock" b
+  local bin="$ROOT/target/$TARGET/$PROFILE/leaderlock" b
   # The kubectl plugin (docs/contract.md §5.8) ships next to it, built the same way.
   for b in "$bin" "$(dirname "$bin")/kubectl-leaderlock"; do
     file "$b" | grep -Eq 'statically linked|static-pie linked' || die "$b is not statically linked: $(file -b "$b")"
