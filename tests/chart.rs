@@ -1,7 +1,8 @@
 //! The Helm chart `charts/leaderlock` (docs/contract.md §5): it lints clean, renders least-privilege RBAC,
 //! a hardened Deployment wired to etcd (TLS Secret, auth Secret, allowed prefixes) and its
-//! optional extras, ships the checked-in CRD, and what it renders is accepted by the real
-//! apiserver (`kubectl apply --dry-run=server`).
+//! optional extras and the admission policy that keeps role keys to the controller, ships the
+//! checked-in CRD, and what it renders is accepted by the real apiserver (`kubectl apply
+//! --dry-run=server`, `helm install --dry-run=server`).
 //!
 //! helm is the pinned build from `tests/cluster/helm`, found through `LEADERLOCK_HELM_BIN_DIR`
 //! (set by `hack/cluster.sh run`).
@@ -167,7 +168,16 @@ fn default_values_render_a_hardened_two_replica_deployment() {
     k.sort();
     assert_eq!(
         k,
-        ["ClusterRole", "ClusterRoleBinding", "Deployment", "PodDisruptionBudget", "Service", "ServiceAccount"],
+        [
+            "ClusterRole",
+            "ClusterRoleBinding",
+            "Deployment",
+            "PodDisruptionBudget",
+            "Service",
+            "ServiceAccount",
+            "ValidatingAdmissionPolicy",
+            "ValidatingAdmissionPolicyBinding"
+        ],
         "ServiceMonitor and NetworkPolicy are off by default"
     );
 
@@ -309,6 +319,15 @@ fn rendered_manifests_pass_server_side_dry_run() {
         assert_eq!(out.matches("created (server dry run)").count(), applied.len(), "every object accepted: {out}");
         assert!(out.contains("deployment.apps/ll-leaderlock created (server dry run)"), "{out}");
         assert!(out.contains("clusterrole.rbac.authorization.k8s.io/ll-leaderlock created (server dry run)"), "{out}");
+        // The apiserver compiles the policy's CEL on create (tests/admission.rs type-checks it too).
+        assert!(
+            out.contains("validatingadmissionpolicy.admissionregistration.k8s.io/ll-leaderlock-pod-roles created (server dry run)"),
+            "{out}"
+        );
+        assert!(
+            out.contains("validatingadmissionpolicybinding.admissionregistration.k8s.io/ll-leaderlock-pod-roles created (server dry run)"),
+            "{out}"
+        );
     }
     kubectl_ok(&["delete", "namespace", &ns, "--wait=false"], None);
 }
@@ -406,5 +425,85 @@ fn the_handover_role_is_enough_for_every_plugin_command() {
     let handovers = kubectl_ok(&["get", "handovers.leaderlock.dev", "-n", &ns, "-o", "name"], None);
     assert_eq!(handovers.lines().count(), 2, "{handovers}");
     kubectl_ok(&["delete", "clusterrole", &format!("{ns}-handover")], None);
+    kubectl_ok(&["delete", "namespace", &ns, "--wait=false"], None);
+}
+
+/// The admission policy of docs/contract.md §9: on by default, exempting exactly the chart's
+/// ServiceAccount in the release namespace, bound to every namespace; a break-glass group only
+/// when set; absent when switched off or on a cluster without the API.
+#[test]
+fn the_admission_policy_exempts_only_the_controllers_service_account() {
+    let (_, docs) = render("leaderlock-system", &[]);
+    let policy = one(&docs, "ValidatingAdmissionPolicy");
+    assert_eq!(policy["apiVersion"], "admissionregistration.k8s.io/v1");
+    assert_eq!(policy["metadata"]["name"], "ll-leaderlock-pod-roles");
+    let spec = &policy["spec"];
+    assert_eq!(spec["failurePolicy"], "Fail", "an evaluation error must refuse, not admit a forgery");
+    assert!(spec["paramKind"].is_null());
+    assert_eq!(
+        spec["matchConstraints"]["resourceRules"],
+        yaml(
+            r#"[{apiGroups: [""], apiVersions: [v1], resources: [pods, pods/status, pods/ephemeralcontainers, pods/resize, pods/binding], operations: [CREATE, UPDATE]}]"#
+        )
+    );
+    assert_eq!(
+        spec["matchConditions"],
+        yaml(
+            r#"[{name: not-the-leaderlock-controller, expression: 'request.userInfo.username != "system:serviceaccount:leaderlock-system:ll-leaderlock"'}]"#
+        )
+    );
+    for v in spec["validations"].as_array().unwrap() {
+        assert_eq!(v["reason"], "Forbidden");
+        assert!(
+            v["message"]
+                .as_str()
+                .unwrap()
+                .starts_with("leaderlock.dev/ annotations and labels are written only by the LeaderLock controller")
+        );
+        assert!(v["messageExpression"].as_str().unwrap().contains("system:serviceaccount:leaderlock-system:ll-leaderlock"));
+    }
+    let binding = one(&docs, "ValidatingAdmissionPolicyBinding");
+    assert_eq!(binding["spec"], yaml("{policyName: ll-leaderlock-pod-roles, validationActions: [Deny]}"), "every namespace, deny");
+
+    // A ServiceAccount made elsewhere: its name is the one exempt.
+    let (_, docs) = render("ops", &["serviceAccount.create=false", "serviceAccount.name=leaderlock"]);
+    let cond = &one(&docs, "ValidatingAdmissionPolicy")["spec"]["matchConditions"][0]["expression"];
+    assert_eq!(cond, r#"request.userInfo.username != "system:serviceaccount:ops:leaderlock""#);
+
+    let (_, docs) = render("leaderlock-system", &["admissionPolicy.breakGlassGroup=leaderlock:break-glass"]);
+    assert_eq!(
+        one(&docs, "ValidatingAdmissionPolicy")["spec"]["matchConditions"][1],
+        yaml(
+            r#"{name: not-break-glass, expression: '!(has(request.userInfo.groups) && "leaderlock:break-glass" in request.userInfo.groups)'}"#
+        )
+    );
+
+    for off in [&["admissionPolicy.enabled=false"][..], &[]] {
+        let mut args = vec!["template", "ll", CHART];
+        for s in off {
+            args.extend(["--set", s]);
+        }
+        if off.is_empty() {
+            args.extend(["--kube-version", "1.29.0"]); // before the API went GA
+        }
+        let text = helm_ok(&args);
+        assert!(!text.contains("ValidatingAdmissionPolicy"), "{args:?} rendered the policy");
+        assert!(text.contains("kind: Deployment"), "the rest of the chart still renders");
+    }
+}
+
+/// Installed by helm, with the cluster's discovery: the policy comes with the rest of the
+/// chart, and the apiserver accepts it.
+#[test]
+fn helm_install_against_the_cluster_includes_the_admission_policy() {
+    install_crd();
+    let ns = namespace("chart-install");
+    let out = helm_ok(&["install", "ll", CHART, "--namespace", &ns, "--dry-run=server", "-o", "json"]);
+    let release: Value = serde_json::from_str(&out).unwrap();
+    let docs: Vec<Value> = serde_saphyr::from_multiple(release["manifest"].as_str().unwrap()).unwrap();
+    let k = kinds(&docs);
+    for want in ["Deployment", "ClusterRole", "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"] {
+        assert!(k.contains(&want), "{want} missing from {k:?}");
+    }
     kubectl_ok(&["delete", "namespace", &ns, "--wait=false"], None);
 }
