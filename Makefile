@@ -12,8 +12,8 @@ deps: ## Install Debian packages and build the pinned control-plane and node too
 test: deps ## Run every test against a real etcd and kube-apiserver started on loopback, then the e2e test on a real node
 	cargo build --locked --all-targets
 	cd clients/go && GOTOOLCHAIN=local CGO_ENABLED=0 GOFLAGS=-mod=readonly go test ./...
-	hack/cluster.sh run -- cargo test --locked --all-targets
-	LEADERLOCK_NODE=1 hack/cluster.sh run -- cargo test --locked --test e2e -- --ignored
+	LEADERLOCK_TOOLS_QUIET=1 hack/cluster.sh run -- cargo test --locked --all-targets
+	LEADERLOCK_TOOLS_QUIET=1 LEADERLOCK_NODE=1 hack/cluster.sh run -- cargo test --locked --test e2e -- --ignored
 
 demo: deps ## Demo on a real node: chart + examples with the image built here, a failover in the jobs' logs
 	LEADERLOCK_TOOLS_QUIET=1 hack/demo.sh
