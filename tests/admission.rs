@@ -97,12 +97,14 @@ impl Drop for Policy {
 }
 
 /// kube-controller-manager's type checker of admission policies (the test control plane runs
-/// only the garbage collector and the namespace controller), killed on drop.
-struct TypeChecker(std::process::Child);
+/// only the garbage collector and the namespace controller), killed on drop; its log stays in
+/// the temp dir only when the test fails.
+struct TypeChecker(std::process::Child, std::path::PathBuf);
 
 impl TypeChecker {
     fn start() -> TypeChecker {
-        let log = std::fs::File::create(std::env::temp_dir().join(format!("leaderlock-vap-typecheck-{}.log", std::process::id()))).unwrap();
+        let path = std::env::temp_dir().join(format!("leaderlock-vap-typecheck-{}.log", std::process::id()));
+        let log = std::fs::File::create(&path).unwrap();
         let child = Command::new("setpriv")
             .args(["--pdeathsig", "KILL", &format!("{}/kube-controller-manager", env("LEADERLOCK_K8S_BIN_DIR"))])
             .args(["--kubeconfig", &env("KUBECONFIG"), "--controllers", "validatingadmissionpolicy-status-controller"])
@@ -111,7 +113,7 @@ impl TypeChecker {
             .stderr(log)
             .spawn()
             .unwrap();
-        TypeChecker(child)
+        TypeChecker(child, path)
     }
 
     /// Waits until the policy's current generation is type-checked; returns the warnings.
@@ -129,6 +131,9 @@ impl Drop for TypeChecker {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_file(&self.1);
+        }
     }
 }
 
