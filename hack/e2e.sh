@@ -3,13 +3,20 @@
 # workload sees it. Builds the Go harness (tests/cluster/e2e, cached on its sources), starts
 # the control plane and the node, installs the chart with the image built here, and runs the
 # harness; it updates its section of BENCHMARKS.md with a CDF plot and ends with one line,
-# `E2E kubelet=… handovers=… … violations=0`. Exits non-zero on a violation.
-# Knobs: E2E_HANDOVERS (each of graceful, crash, notready; default 20), E2E_CLIENTGO_HANDOVERS (20).
+# `E2E kubelet=… kubelet_config=default handovers=… … violations=0`. Exits non-zero on a violation.
+#
+# The LeaderLock handovers run in E2E_AB_BLOCKS blocks, the controller's resync (docs/contract.md
+# §3.1) on and off in turn: the harness switches it between blocks with `helm upgrade` of the
+# chart installed here, with the same values file and controller.resyncAfter "2s" or "0".
+# Knobs: E2E_GRACEFUL (leader pod deleted; default 200), E2E_KILLS (leader container killed; 40),
+# E2E_NOTREADY (leader's readiness probe fails; 40), E2E_AB_BLOCKS (4: on, off, on, off),
+# E2E_CLIENTGO_HANDOVERS (client-go, leader pod deleted; 40).
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 cd "$ROOT"
 
 if [[ "${1:-}" != --inside ]]; then
+  [[ -z "${E2E_HANDOVERS:-}" ]] || die "E2E_HANDOVERS is gone: set E2E_GRACEFUL, E2E_KILLS and E2E_NOTREADY"
   mod="$ROOT/tests/cluster/e2e"
   key="$(cat "$mod/go.mod" "$mod/go.sum" "$mod"/*.go | sha256sum | cut -c1-16)"
   out="$CACHE_DIR/bin/e2e-$key"
@@ -31,5 +38,7 @@ hack/node-install.sh leaderlock busybox elector
 log "set-up (node, images, chart) took $((SECONDS - start))s after the control plane"
 version="$(sed -n 's/^appVersion: *"\{0,1\}\([^"]*\)"\{0,1\}$/\1/p' charts/leaderlock/Chart.yaml)"
 exec "$E2E_BIN" -image "leaderlock.dev/leaderlock:$version" \
-  -handovers "${E2E_HANDOVERS:-20}" -clientgo-handovers "${E2E_CLIENTGO_HANDOVERS:-20}" \
+  -graceful "${E2E_GRACEFUL:-200}" -kills "${E2E_KILLS:-40}" -notready "${E2E_NOTREADY:-40}" \
+  -ab-blocks "${E2E_AB_BLOCKS:-4}" -clientgo-handovers "${E2E_CLIENTGO_HANDOVERS:-40}" \
+  -chart "$ROOT/charts/leaderlock" -chart-values "$LEADERLOCK_NODE_DIR/chart-values.yaml" \
   -out "$ROOT/BENCHMARKS.md" -plot "$ROOT/BENCHMARKS-e2e-job-gap.png"

@@ -12,8 +12,19 @@ import (
 type sample struct {
 	Gap, Overlap, File, Slice, Annotation time.Duration
 	HasFile, HasSlice, HasAnnotation      bool
+	// OldAnnotation, OldFile: the demoted holder's annotation and downward-API file stopped
+	// saying leader (a deleted pod's file is often gone before it changes: then unseen).
+	OldAnnotation, OldFile       time.Duration
+	HasOldAnnotation, HasOldFile bool
 	// FromFault: the fault (delete, kill, probe made to fail) → the new job's start.
 	FromFault time.Duration
+	// ResyncWrites: pod updates during the handover whose only change of ours was the
+	// controller's resync key; ResyncMissing: a pod whose leadership changed got no resync
+	// within the harness's bound (resync on only).
+	ResyncWrites  int
+	ResyncMissing bool
+	// Restarted: the old holder's job started again with its old token (a container kill).
+	Restarted bool
 }
 
 // workloadRun is one workload's namespace, job log and safety bookkeeping.
@@ -66,9 +77,14 @@ func (w *workloadRun) steady(extraCheck func(holder pod) bool) pod {
 	return holder
 }
 
-// newStart waits for a job start in another pod than old after t, and the old job's stop.
+// fileBound is how long the harness waits for anything that follows a downward-API file: with
+// the kubelet's default syncFrequency (1 min) a change it lost arrives at the pod's next periodic
+// sync, up to 90 s later, and the half of the run with the resync off must still complete.
+const fileBound = 150 * time.Second
+
+// measure waits for a job start in another pod than old after t, and the old job's stop.
 func (w *workloadRun) measure(old pod, t time.Duration, oldStopAt time.Duration) (newStart, oldStop jobEvent) {
-	waitFor("a new job to start", 90*time.Second, func() bool {
+	waitFor("a new job to start", fileBound, func() bool {
 		for _, e := range w.events() {
 			if e.Start && e.Pod != old.Name && e.At >= t {
 				newStart = e
@@ -80,7 +96,7 @@ func (w *workloadRun) measure(old pod, t time.Duration, oldStopAt time.Duration)
 	if oldStopAt > 0 {
 		return newStart, jobEvent{Pod: old.Name, At: oldStopAt}
 	}
-	waitFor("the old job to stop", 90*time.Second, func() bool {
+	waitFor("the old job to stop", fileBound, func() bool {
 		for _, e := range w.events() {
 			if !e.Start && e.Pod == old.Name && e.At >= t {
 				oldStop = e
@@ -167,12 +183,17 @@ type leaderLockRun struct {
 	*workloadRun
 	roles  *roleWatch
 	slices *sliceWatch
+	// resyncAfter: the chart's controller.resyncAfter the controller runs with now.
+	resyncAfter string
+	// moved: chart upgrades across which the holder or its job changed (violations).
+	moved int
 }
 
 func newLeaderLockRun(c config) *leaderLockRun {
 	w := newWorkloadRun(c, "e2e-leaderlock", "ledger-worker", 3)
 	apply(leaderlockWorkload(w.ns, c.image, c.busybox, w.joblog, w.replicas))
 	h := &leaderLockRun{workloadRun: w, roles: newRoleWatch(w.ns, c.nodeDir), slices: newSliceWatch(w.ns, "ledger-leader", w.stop)}
+	_, h.resyncAfter = controllerDeployment()
 	h.steadyHolder()
 	return h
 }
@@ -182,9 +203,12 @@ func (h *leaderLockRun) steadyHolder() pod {
 	return h.steady(func(p pod) bool { return p.Role == "leader" && h.slices.current() == p.IP })
 }
 
-func (h *leaderLockRun) handover(kind string) sample {
+// handover makes the holder go away in one of three ways and measures it; resync says whether
+// the controller runs with its resync (the harness only reads it: setResync switches).
+func (h *leaderLockRun) handover(kind string, resync bool) sample {
 	old := h.steadyHolder()
 	oldToken := running(h.events())[old.Name]
+	restarts := h.restarts
 	t := now()
 	var killedAt time.Duration
 	switch kind {
@@ -217,47 +241,121 @@ func (h *leaderLockRun) handover(kind string) sample {
 			newIP = p.IP
 		}
 	}
-	deadline := time.Now().Add(30 * time.Second)
-	for time.Now().Before(deadline) {
-		if st, ok := h.slices.switchedTo(newIP, t); ok {
+	poll(30*time.Second, func() bool {
+		st, ok := h.slices.switchedTo(newIP, t)
+		if ok {
 			s.Slice, s.HasSlice = st-oldStop.At, true
-			break
 		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		return ok
+	})
 	switch kind {
 	case "notready":
 		mustKubectl("exec", "-n", h.ns, old.Name, "-c", "worker", "--", "rm", "/tmp/unready")
 	case "crash":
+		// The demoted holder's file is what stops a job its restarted container may have
+		// started again: wait for it (bounded) so that the overlap and the file's lag are
+		// measured, not cut short by the pod's deletion.
+		h.waitFileLeft(old.Name, t)
 		// The kubelet restarts a killed container with a back-off that doubles on every kill
 		// (10 s … 5 min): replace the pod so the next rounds do not wait on CrashLoopBackOff.
 		mustKubectl("delete", "pod", "-n", h.ns, old.Name, "--wait=false")
 	}
 	h.steadyHolder()
-	if o := h.settle(old.Name, oldToken, newStart, t, now()); o > s.Overlap {
+	if resync {
+		s.ResyncMissing = !h.waitResynced(t, old.Name, newStart.Pod)
+	}
+	end := now()
+	if o := h.settle(old.Name, oldToken, newStart, t, end); o > s.Overlap {
 		s.Overlap = o
 	}
-	h.reportSlow(kind, old.Name, newStart.Pod, t, s)
+	if at, ok := h.roles.annotationLeftLeader(old.Name, t); ok {
+		s.OldAnnotation, s.HasOldAnnotation = at-oldStop.At, true
+	}
+	if ft, ok := h.roles.fileLeftLeader(old.Name, t); ok {
+		s.OldFile, s.HasOldFile = ft-oldStop.At, true
+	}
+	s.ResyncWrites = h.roles.resyncWrites(t, end)
+	s.Restarted = h.restarts > restarts
+	h.reportSlow(kind, resync, old.Name, newStart.Pod, t, s)
 	return s
 }
 
-// reportSlow names, with the wall-clock time of the fault, a handover whose file lagged its
-// annotation or whose jobs overlapped by over 2 s, so the kubelet's log can be read around it.
-func (h *leaderLockRun) reportSlow(kind, old, new string, fault time.Duration, s sample) {
-	lag := s.File - s.Annotation
-	if (s.HasFile && s.HasAnnotation && lag > 2*time.Second) || s.Overlap > 2*time.Second {
-		at := time.Now().Add(-(now() - fault)).UTC().Format("15:04:05.000")
-		logf("slow %s handover (fault at %s): %s -> %s, file %v after annotation, overlap %v", kind, at, old, new, lag, s.Overlap)
+// waitFileLeft waits, at most fileBound, for pod's file to stop saying leader after t.
+func (h *leaderLockRun) waitFileLeft(pod string, t time.Duration) {
+	left := poll(fileBound, func() bool {
+		_, ok := h.roles.fileLeftLeader(pod, t)
+		return ok
+	})
+	if !left {
+		logf("the demoted holder %s's file still says leader %s after the fault", pod, fileBound)
 	}
+}
+
+// resyncBound is how long past the resync delay the harness waits for a resync to show.
+const resyncBound = 30 * time.Second
+
+// waitResynced waits until every pod whose leadership changed since t has had its resync (or
+// is gone), so that a handover's resync writes are counted with it and never land in the next
+// one; false when one did not show within the resync delay plus resyncBound.
+func (h *leaderLockRun) waitResynced(t time.Duration, pods ...string) bool {
+	delay, err := time.ParseDuration(h.resyncAfter)
+	if err != nil {
+		delay = 0
+	}
+	done := poll(delay+resyncBound, func() bool {
+		for _, p := range pods {
+			if !h.roles.resynced(p, t) {
+				return false
+			}
+		}
+		return true
+	})
+	if !done {
+		logf("no resync seen within %s for one of %v", delay+resyncBound, pods)
+	}
+	return done
+}
+
+// lateLimit separates the kubelet's normal projection (its sync waits for the next 1 s runtime
+// relist, then two 100 ms volume-manager loops) from a lost remount.
+const lateLimit = 2 * time.Second
+
+// reportSlow names, with the wall-clock time of the fault, a handover where a file lagged its
+// annotation by over 2 s or the jobs overlapped by over 2 s, so the kubelet's log can be read
+// around it.
+func (h *leaderLockRun) reportSlow(kind string, resync bool, old, new string, fault time.Duration, s sample) {
+	newLag, newOK := newFileLag(s)
+	oldLag, oldOK := oldFileLag(s)
+	if (newOK && newLag > lateLimit) || (oldOK && oldLag > lateLimit) || s.Overlap > lateLimit {
+		at := time.Now().Add(-(now() - fault)).UTC().Format("15:04:05.000")
+		logf("slow %s handover, resync %s (fault at %s): %s -> %s, new holder's file %v after its annotation, demoted holder's %v, overlap %v",
+			kind, onOff(resync), at, old, new, lagText(newLag, newOK), lagText(oldLag, oldOK), s.Overlap)
+	}
+}
+
+func lagText(d time.Duration, ok bool) string {
+	if !ok {
+		return "unseen"
+	}
+	return d.String()
+}
+
+func onOff(on bool) string {
+	if on {
+		return "on"
+	}
+	return "off"
 }
 
 func (h *leaderLockRun) violations() int {
 	h.roles.mu.Lock()
 	defer h.roles.mu.Unlock()
-	if n := h.roles.twoLeaders + h.badToken + h.extra; n > 0 {
-		logf("violations: two leaders %d, token not grown %d, job starts without a handover %d", h.roles.twoLeaders, h.badToken, h.extra)
+	n := h.roles.twoLeaders + h.badToken + h.extra + h.moved
+	if n > 0 {
+		logf("violations: two leaders %d, token not grown %d, job starts without a handover %d, holder changed across a chart upgrade %d",
+			h.roles.twoLeaders, h.badToken, h.extra, h.moved)
 	}
-	return h.roles.twoLeaders + h.badToken + h.extra
+	return n
 }
 
 func (h *leaderLockRun) close() {

@@ -1,9 +1,12 @@
 // Command e2e measures failover on a real node (make e2e): a LeaderLock workload and the same
 // job under client-go leader election run as pods of one kubelet; the harness makes the holder
 // go away in several ways and measures, from the jobs' own timestamps, how long no job ran
-// (job gap) or two ran at once (overlap), when the new holder's downward-API file changed and
-// when the leader-only Service switched. It then checks node and controller faults change no
-// holder, writes its section of BENCHMARKS.md with a CDF plot, and prints one `E2E ...` line.
+// (job gap) or two ran at once (overlap), when the new and the demoted holders' downward-API
+// files changed and when the leader-only Service switched. The LeaderLock handovers run in
+// blocks with the controller's resync on and off in turn (A/B, switched by `helm upgrade`), and
+// the pod watch counts the resync's extra pod writes. It then checks node and controller faults
+// change no holder, writes its section of BENCHMARKS.md with a CDF plot, and prints one
+// `E2E ...` line.
 //
 // It expects the chart installed and the images imported (hack/e2e.sh does both).
 package main
@@ -28,14 +31,22 @@ func logf(format string, args ...any) {
 	fmt.Fprintf(os.Stderr, "==> "+format+"\n", args...)
 }
 
-// waitFor polls f every 20 ms until it returns true, failing the run after d.
-func waitFor(what string, d time.Duration, f func() bool) {
+// poll checks f every 20 ms until it returns true (then true) or d has passed (false).
+func poll(d time.Duration, f func() bool) bool {
 	deadline := time.Now().Add(d)
 	for !f() {
 		if time.Now().After(deadline) {
-			fail("timed out after %s waiting for %s", d, what)
+			return false
 		}
 		time.Sleep(20 * time.Millisecond)
+	}
+	return true
+}
+
+// waitFor polls f every 20 ms until it returns true, failing the run after d.
+func waitFor(what string, d time.Duration, f func() bool) {
+	if !poll(d, f) {
+		fail("timed out after %s waiting for %s", d, what)
 	}
 }
 
@@ -43,7 +54,10 @@ type config struct {
 	clusterDir, nodeDir, containerd string
 	image, busybox, electorImage    string
 	apiHost, apiPort                string
-	handovers, clientgoHandovers    int
+	graceful, kills, notready       int
+	clientgoHandovers, abBlocks     int
+	chart, chartValues              string
+	resyncOn, resyncOff             string
 	out, plot                       string
 	skipFaults                      bool
 	phases                          string
@@ -59,32 +73,57 @@ func main() {
 	flag.StringVar(&c.electorImage, "elector-image", "leaderlock.dev/elector:local", "client-go elector image")
 	flag.StringVar(&c.apiHost, "api-host", os.Getenv("LEADERLOCK_POD_APISERVER_HOST"), "apiserver address for pods")
 	flag.StringVar(&c.apiPort, "api-port", os.Getenv("LEADERLOCK_POD_APISERVER_PORT"), "apiserver port for pods")
-	flag.IntVar(&c.handovers, "handovers", 20, "handovers of each kind (graceful, crash, notready)")
-	flag.IntVar(&c.clientgoHandovers, "clientgo-handovers", 20, "graceful handovers under client-go election")
+	flag.IntVar(&c.graceful, "graceful", 200, "LeaderLock handovers by deleting the leader pod")
+	flag.IntVar(&c.kills, "kills", 40, "LeaderLock handovers by killing the leader's container")
+	flag.IntVar(&c.notready, "notready", 40, "LeaderLock handovers by failing the leader's readiness probe")
+	flag.IntVar(&c.abBlocks, "ab-blocks", 4, "blocks the LeaderLock handovers are split into, resync on and off in turn (on first)")
+	flag.IntVar(&c.clientgoHandovers, "clientgo-handovers", 40, "graceful handovers under client-go election")
+	flag.StringVar(&c.chart, "chart", "", "the installed chart's directory, for helm upgrade")
+	flag.StringVar(&c.chartValues, "chart-values", "", "the values file the chart was installed with (default: NODE_DIR/chart-values.yaml)")
+	flag.StringVar(&c.resyncOn, "resync-on", "2s", "controller.resyncAfter for the resync-on blocks")
+	flag.StringVar(&c.resyncOff, "resync-off", "0", "controller.resyncAfter for the resync-off blocks")
 	flag.StringVar(&c.out, "out", "", "BENCHMARKS.md to update (empty: print only)")
 	flag.StringVar(&c.plot, "plot", "", "PNG file for the job-gap CDF")
 	flag.BoolVar(&c.skipFaults, "skip-faults", false, "skip the kubelet/containerd/controller faults")
 	flag.StringVar(&c.phases, "phases", "leaderlock,clientgo", "which workloads to measure")
 	flag.Parse()
-	if c.nodeDir == "" || c.containerd == "" || c.image == "" || c.apiHost == "" {
-		fail("-node-dir, -containerd, -image and -api-host are required (run through hack/e2e.sh)")
+	if c.nodeDir == "" || c.containerd == "" || c.image == "" || c.apiHost == "" || c.chart == "" {
+		fail("-node-dir, -containerd, -image, -api-host and -chart are required (run through hack/e2e.sh)")
+	}
+	if c.chartValues == "" {
+		c.chartValues = filepath.Join(c.nodeDir, "chart-values.yaml")
+	}
+	if c.abBlocks < 1 || c.graceful < 0 || c.kills < 0 || c.notready < 0 || c.clientgoHandovers < 0 {
+		fail("-ab-blocks must be at least 1 and the handover counts not negative")
 	}
 	start := time.Now()
-	r := &results{kubelet: kubeletVersion(), syncFreq: kubeletSyncFrequency(c.nodeDir)}
+	r := &results{kubelet: kubeletVersion(), kubeletConfig: kubeletConfig(c.nodeDir), resyncOn: c.resyncOn, blocks: c.abBlocks}
 
 	if strings.Contains(c.phases, "leaderlock") {
 		h := newLeaderLockRun(c)
-		for i := 0; i < c.handovers; i++ {
-			r.add("graceful", h.handover("graceful"))
-			r.add("crash", h.handover("crash"))
-			r.add("notready", h.handover("notready"))
-			logf("leaderlock handovers: %d of %d rounds", i+1, c.handovers)
+		blocks := abSchedule(c.graceful, c.kills, c.notready, c.abBlocks)
+		total, done := c.graceful+c.kills+c.notready, 0
+		for i, b := range blocks {
+			if f, ok := h.setResync(b.On); ok {
+				r.faults = append(r.faults, f)
+			}
+			for _, kind := range b.Kinds {
+				r.add(rowKey(kind, b.On), h.handover(kind, b.On))
+				done++
+				if done%10 == 0 || done == total {
+					logf("leaderlock handovers: %d of %d (block %d of %d, resync %s), %s", done, total, i+1, len(blocks), onOff(b.On), time.Since(start).Round(time.Second))
+				}
+			}
 		}
 		if !c.skipFaults {
-			r.faults = h.faults()
+			// The faults run with the chart as installed: resync on.
+			if f, ok := h.setResync(true); ok {
+				r.faults = append(r.faults, f)
+			}
+			r.faults = append(r.faults, h.faults()...)
 		}
+		r.resyncWritesOutside = h.roles.resyncWrites(0, now()) - r.resyncWritesInHandovers()
 		r.violations += h.violations()
-		r.restarts = h.restarts
 		h.close()
 	}
 	if strings.Contains(c.phases, "clientgo") {
@@ -122,17 +161,22 @@ func kubeletVersion() string {
 	return strings.TrimSpace(out)
 }
 
-// kubeletSyncFrequency is the node's `syncFrequency`, read from the kubelet's config file
+// kubeletConfig says how the node's kubelet differs from the kubelet's defaults in what bounds
+// a lost downward-API update: "default", or "syncFrequency=V" when its config file sets one
 // (hack/node.sh writes it; the apiserver does not proxy to a node on loopback).
-func kubeletSyncFrequency(nodeDir string) string {
+func kubeletConfig(nodeDir string) string {
 	data, err := os.ReadFile(filepath.Join(nodeDir, "kubelet.yaml"))
 	if err != nil {
 		fail("reading the kubelet's config: %v", err)
 	}
-	for _, line := range strings.Split(string(data), "\n") {
+	return kubeletConfigOf(string(data))
+}
+
+func kubeletConfigOf(yaml string) string {
+	for _, line := range strings.Split(yaml, "\n") {
 		if v, ok := strings.CutPrefix(line, "syncFrequency:"); ok {
-			return strings.TrimSpace(v)
+			return "syncFrequency=" + strings.Trim(strings.TrimSpace(v), `"'`)
 		}
 	}
-	return "1m (the default)"
+	return "default"
 }

@@ -101,9 +101,19 @@ type pod struct {
 	Ready         bool
 	Deleting      bool
 	Role          string // the lock annotation: leader, standby or ""
+	Token         string // the lock's token annotation (holder only)
+	Resync        string // the controller's leaderlock.dev/roles.resync annotation ("": absent)
 	ContainerID   string
 	StartedAt     time.Time // when the worker container last started (zero: not running)
 }
+
+// The annotation keys the harness reads (docs/contract.md §3.1).
+const (
+	ourPrefix = "leaderlock.dev/"
+	roleKey   = ourPrefix + lockName
+	tokenKey  = roleKey + ".token"
+	resyncKey = ourPrefix + "roles.resync"
+)
 
 func listPods(ns, app string) []pod {
 	var list struct {
@@ -135,7 +145,8 @@ func listPods(ns, app string) []pod {
 	var pods []pod
 	for _, it := range list.Items {
 		p := pod{Name: it.Metadata.Name, UID: it.Metadata.UID, IP: it.Status.PodIP, Deleting: it.Metadata.DeletionTimestamp != nil}
-		p.Role = it.Metadata.Annotations["leaderlock.dev/"+lockName]
+		ann := it.Metadata.Annotations
+		p.Role, p.Token, p.Resync = ann[roleKey], ann[tokenKey], ann[resyncKey]
 		for _, c := range it.Status.Conditions {
 			if c.Type == "Ready" && c.Status == "True" {
 				p.Ready = true
@@ -154,19 +165,74 @@ func listPods(ns, app string) []pod {
 	return pods
 }
 
+// follow runs a `kubectl ... -w -o json` watch and hands its stream to next until next fails;
+// when the watch ends without stop — the apiserver closes every watch after 30–60 min
+// (--min-request-timeout), well within a full run — it starts it again, paced by a second.
+func follow(what string, args []string, stop <-chan struct{}, next func(*json.Decoder) error) {
+	for {
+		cmd := exec.Command("kubectl", args...)
+		out, err := cmd.StdoutPipe()
+		if err != nil {
+			fail("%s: %v", what, err)
+		}
+		if err := cmd.Start(); err != nil {
+			fail("%s: %v", what, err)
+		}
+		ended := make(chan struct{})
+		go func() {
+			select {
+			case <-stop:
+				_ = cmd.Process.Kill()
+			case <-ended:
+			}
+		}()
+		dec := json.NewDecoder(bufio.NewReader(out))
+		for next(dec) == nil {
+		}
+		close(ended)
+		_ = cmd.Wait()
+		select {
+		case <-stop:
+			return
+		case <-time.After(time.Second):
+			logf("%s ended; watching again", what)
+		}
+	}
+}
+
 // roleWatch follows two things for the whole run, each with its own receive time:
 //   - every pod's downward-API file on the node (polled every 5 ms), and
-//   - the pods' lock annotations through a watch, counting moments with two `leader` pods.
+//   - the pods' `leaderlock.dev/*` annotations through a watch: role changes, the controller's
+//     resync writes, and moments with two `leader` pods.
 type roleWatch struct {
 	mu         sync.Mutex
 	fileLeader map[string]time.Duration // pod -> when its file last turned to leader
+	fileLeft   map[string]time.Duration // pod -> when its file last stopped saying leader
 	annLeader  map[string]time.Duration // pod -> when its annotation last turned to leader
+	annLeft    map[string]time.Duration // pod -> when its annotation last stopped being leader
+	leadChange map[string]time.Duration // pod -> when what it leads (role and token) last changed
+	ours       map[string]map[string]string
+	// resyncs: every update that changed the pod's resync key; Only marks those that changed
+	// nothing else of ours, the extra writes the resync costs.
+	resyncs    []resyncWrite
+	gone       map[string]bool
 	twoLeaders int
 	stop       chan struct{}
 }
 
+type resyncWrite struct {
+	Pod  string
+	At   time.Duration
+	Only bool
+}
+
 func newRoleWatch(ns, nodeDir string) *roleWatch {
-	w := &roleWatch{fileLeader: map[string]time.Duration{}, annLeader: map[string]time.Duration{}, stop: make(chan struct{})}
+	w := &roleWatch{
+		fileLeader: map[string]time.Duration{}, fileLeft: map[string]time.Duration{},
+		annLeader: map[string]time.Duration{}, annLeft: map[string]time.Duration{},
+		leadChange: map[string]time.Duration{}, ours: map[string]map[string]string{},
+		gone: map[string]bool{}, stop: make(chan struct{}),
+	}
 	go w.pollFiles(ns, nodeDir)
 	go w.watchAnnotations(ns)
 	return w
@@ -192,10 +258,14 @@ func (w *roleWatch) pollFiles(ns, nodeDir string) {
 				if err != nil {
 					continue
 				}
-				isLeader := bytes.Contains(data, []byte("leaderlock.dev/"+lockName+"=\"leader\""))
-				if isLeader && !leader[name] {
+				isLeader := bytes.Contains(data, []byte(roleKey+"=\"leader\""))
+				if isLeader != leader[name] {
 					w.mu.Lock()
-					w.fileLeader[name] = now()
+					if isLeader {
+						w.fileLeader[name] = now()
+					} else {
+						w.fileLeft[name] = now()
+					}
 					w.mu.Unlock()
 				}
 				leader[name] = isLeader
@@ -204,21 +274,9 @@ func (w *roleWatch) pollFiles(ns, nodeDir string) {
 	}
 }
 
-// watchAnnotations counts the moments at which two pods are annotated leader: what the
-// independent checker counts as a safety violation.
 func (w *roleWatch) watchAnnotations(ns string) {
-	cmd := exec.Command("kubectl", "get", "pods", "-n", ns, "-l", "app=ledger-worker", "-w", "--output-watch-events", "-o", "json")
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		fail("pod watch: %v", err)
-	}
-	if err := cmd.Start(); err != nil {
-		fail("pod watch: %v", err)
-	}
-	go func() { <-w.stop; _ = cmd.Process.Kill() }()
-	dec := json.NewDecoder(bufio.NewReader(out))
-	roles := map[string]string{}
-	for {
+	args := []string{"get", "pods", "-n", ns, "-l", "app=ledger-worker", "-w", "--output-watch-events", "-o", "json"}
+	follow("pod watch", args, w.stop, func(dec *json.Decoder) error {
 		var ev struct {
 			Type   string `json:"type"`
 			Object struct {
@@ -229,46 +287,149 @@ func (w *roleWatch) watchAnnotations(ns string) {
 			} `json:"object"`
 		}
 		if err := dec.Decode(&ev); err != nil {
-			return
+			return err
 		}
-		p := ev.Object
-		if ev.Type == "DELETED" {
-			delete(roles, p.Metadata.Name)
-			continue
+		w.observe(ev.Type, ev.Object.Metadata.Name, ev.Object.Metadata.Annotations, now())
+		return nil
+	})
+}
+
+// ours is the `leaderlock.dev/*` part of a pod's annotations.
+func ours(ann map[string]string) map[string]string {
+	m := map[string]string{}
+	for k, v := range ann {
+		if strings.HasPrefix(k, ourPrefix) {
+			m[k] = v
 		}
-		role := p.Metadata.Annotations["leaderlock.dev/"+lockName]
-		if role == "leader" && roles[p.Metadata.Name] != "leader" {
-			w.mu.Lock()
-			w.annLeader[p.Metadata.Name] = now()
-			w.mu.Unlock()
-		}
-		roles[p.Metadata.Name] = role
-		n := 0
-		for _, r := range roles {
-			if r == "leader" {
-				n++
+	}
+	return m
+}
+
+// leads is what a pod leads, as the controller's resync digest covers it: the lock's token
+// while it is leader ("" when it leads nothing).
+func leads(m map[string]string) string {
+	if m[roleKey] != "leader" {
+		return ""
+	}
+	return "leader " + m[tokenKey]
+}
+
+// keyChanged: key k is present in one of a and b only, or differs.
+func keyChanged(a, b map[string]string, k string) bool {
+	va, inA := a[k]
+	vb, inB := b[k]
+	return inA != inB || va != vb
+}
+
+// onlyResync: the update from prev to cur changed the resync key and no other key of ours.
+func onlyResync(prev, cur map[string]string) bool {
+	if !keyChanged(prev, cur, resyncKey) {
+		return false
+	}
+	for _, m := range []map[string]string{prev, cur} {
+		for k := range m {
+			if k != resyncKey && keyChanged(prev, cur, k) {
+				return false
 			}
 		}
-		if n > 1 {
-			w.mu.Lock()
-			w.twoLeaders++
-			w.mu.Unlock()
+	}
+	return true
+}
+
+// observe takes one watch event of pod name: it records role and leadership changes and resync
+// writes, and counts the moments at which two pods are annotated leader — what the independent
+// checker counts as a safety violation. A relisted pod (ADDED after the watch restarted) is
+// compared with what was known of it, but never counted as a resync write.
+func (w *roleWatch) observe(typ, name string, ann map[string]string, at time.Duration) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if typ == "DELETED" {
+		delete(w.ours, name)
+		w.gone[name] = true
+		return
+	}
+	cur := ours(ann)
+	prev, known := w.ours[name]
+	w.ours[name] = cur
+	if known && keyChanged(prev, cur, resyncKey) {
+		w.resyncs = append(w.resyncs, resyncWrite{Pod: name, At: at, Only: typ == "MODIFIED" && onlyResync(prev, cur)})
+	}
+	wasLeader, isLeader := prev[roleKey] == "leader", cur[roleKey] == "leader"
+	if isLeader && !wasLeader {
+		w.annLeader[name] = at
+	}
+	if wasLeader && !isLeader {
+		w.annLeft[name] = at
+	}
+	if leads(prev) != leads(cur) {
+		w.leadChange[name] = at
+	}
+	n := 0
+	for _, m := range w.ours {
+		if m[roleKey] == "leader" {
+			n++
 		}
+	}
+	if n > 1 {
+		w.twoLeaders++
 	}
 }
 
-func (w *roleWatch) fileTurnedLeader(pod string, after time.Duration) (time.Duration, bool) {
+// since is m[pod] when that is at or after `after`.
+func (w *roleWatch) since(m map[string]time.Duration, pod string, after time.Duration) (time.Duration, bool) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	t, ok := w.fileLeader[pod]
+	t, ok := m[pod]
 	return t, ok && t >= after
 }
 
+func (w *roleWatch) fileTurnedLeader(pod string, after time.Duration) (time.Duration, bool) {
+	return w.since(w.fileLeader, pod, after)
+}
+
+func (w *roleWatch) fileLeftLeader(pod string, after time.Duration) (time.Duration, bool) {
+	return w.since(w.fileLeft, pod, after)
+}
+
 func (w *roleWatch) annotationTurnedLeader(pod string, after time.Duration) (time.Duration, bool) {
+	return w.since(w.annLeader, pod, after)
+}
+
+func (w *roleWatch) annotationLeftLeader(pod string, after time.Duration) (time.Duration, bool) {
+	return w.since(w.annLeft, pod, after)
+}
+
+// resynced: what pod leads changed at or after `after`, and its resync key changed since (the
+// controller's follow-up, alone or with another change), or the pod is gone.
+func (w *roleWatch) resynced(pod string, after time.Duration) bool {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	t, ok := w.annLeader[pod]
-	return t, ok && t >= after
+	if w.gone[pod] {
+		return true
+	}
+	changed, ok := w.leadChange[pod]
+	if !ok || changed < after {
+		return false
+	}
+	for _, r := range w.resyncs {
+		if r.Pod == pod && r.At >= changed {
+			return true
+		}
+	}
+	return false
+}
+
+// resyncWrites counts the updates in [from, to) whose only change of ours was the resync key.
+func (w *roleWatch) resyncWrites(from, to time.Duration) int {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	n := 0
+	for _, r := range w.resyncs {
+		if r.Only && r.At >= from && r.At < to {
+			n++
+		}
+	}
+	return n
 }
 
 // sliceWatch records each change of the leader Service's ready addresses with its time.
@@ -284,41 +445,36 @@ type sliceChange struct {
 
 func newSliceWatch(ns, service string, stop chan struct{}) *sliceWatch {
 	s := &sliceWatch{}
-	cmd := exec.Command("kubectl", "get", "endpointslices", "-n", ns, "-l", "kubernetes.io/service-name="+service, "-w", "-o", "json")
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		fail("slice watch: %v", err)
-	}
-	if err := cmd.Start(); err != nil {
-		fail("slice watch: %v", err)
-	}
-	go func() { <-stop; _ = cmd.Process.Kill() }()
-	go func() {
-		dec := json.NewDecoder(bufio.NewReader(out))
-		for {
-			var sl struct {
-				Endpoints []struct {
-					Addresses  []string `json:"addresses"`
-					Conditions struct {
-						Ready *bool `json:"ready"`
-					} `json:"conditions"`
-				} `json:"endpoints"`
-			}
-			if err := dec.Decode(&sl); err != nil {
-				return
-			}
-			var addrs []string
-			for _, e := range sl.Endpoints {
-				if e.Conditions.Ready == nil || *e.Conditions.Ready {
-					addrs = append(addrs, e.Addresses...)
-				}
-			}
-			sort.Strings(addrs)
-			s.mu.Lock()
-			s.changes = append(s.changes, sliceChange{At: now(), Addrs: strings.Join(addrs, ",")})
-			s.mu.Unlock()
+	args := []string{"get", "endpointslices", "-n", ns, "-l", "kubernetes.io/service-name=" + service, "-w", "-o", "json"}
+	go follow("EndpointSlice watch", args, stop, func(dec *json.Decoder) error {
+		var sl struct {
+			Endpoints []struct {
+				Addresses  []string `json:"addresses"`
+				Conditions struct {
+					Ready *bool `json:"ready"`
+				} `json:"conditions"`
+			} `json:"endpoints"`
 		}
-	}()
+		if err := dec.Decode(&sl); err != nil {
+			return err
+		}
+		var addrs []string
+		for _, e := range sl.Endpoints {
+			if e.Conditions.Ready == nil || *e.Conditions.Ready {
+				addrs = append(addrs, e.Addresses...)
+			}
+		}
+		sort.Strings(addrs)
+		joined := strings.Join(addrs, ",")
+		s.mu.Lock()
+		// Only changes: a slice update that keeps the ready addresses, or the relist of a
+		// restarted watch, is none.
+		if len(s.changes) == 0 || s.changes[len(s.changes)-1].Addrs != joined {
+			s.changes = append(s.changes, sliceChange{At: now(), Addrs: joined})
+		}
+		s.mu.Unlock()
+		return nil
+	})
 	return s
 }
 

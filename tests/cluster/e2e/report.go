@@ -14,29 +14,64 @@ import (
 	"gonum.org/v1/plot/vg"
 )
 
-// results gathers every sample by kind: graceful, crash, notready (LeaderLock) and clientgo.
+// results gathers every sample by row: each LeaderLock kind (graceful, crash, notready) with
+// the controller's resync on and off, and client-go.
 type results struct {
-	kubelet    string
-	syncFreq   string // the kubelet's syncFrequency: what bounds a lost downward-API update
-	samples    map[string][]sample
-	faults     []faultResult
-	violations int
-	restarts   int // crashes after which the old holder's job restarted before its demotion
-	duration   time.Duration
+	kubelet       string
+	kubeletConfig string // "default", or "syncFrequency=V" when the node's kubelet.yaml sets it
+	resyncOn      string // controller.resyncAfter of the resync-on half
+	blocks        int    // A/B blocks the LeaderLock handovers ran in
+	samples       map[string][]sample
+	faults        []faultResult // chart upgrades between blocks, then the faults
+	violations    int
+	// resyncWritesOutside: resync writes outside every handover (the new active replica
+	// bringing the holder's key to the new setting after a chart upgrade).
+	resyncWritesOutside int
+	duration            time.Duration
 }
 
-var kinds = []struct{ key, title string }{
-	{"graceful", "LeaderLock: leader pod deleted (graceful)"},
-	{"crash", "LeaderLock: leader container killed (SIGKILL)"},
-	{"notready", "LeaderLock: leader's readiness probe fails, process lives"},
-	{"clientgo", "client-go leader election: leader pod deleted (ReleaseOnCancel)"},
+// row is one line of the report.
+type row struct {
+	key, kind, title string
+	resync           string // "on", "off", or "" (client-go)
 }
 
-func (r *results) add(kind string, s sample) {
+// plotTitles are the legend's short names.
+var plotTitles = map[string]string{
+	"graceful": "LeaderLock, pod deleted",
+	"crash":    "LeaderLock, container killed",
+	"notready": "LeaderLock, probe fails",
+	"clientgo": "client-go, pod deleted",
+}
+
+var kindTitles = map[string]string{
+	"graceful": "leader pod deleted (graceful)",
+	"crash":    "leader container killed (SIGKILL)",
+	"notready": "leader's readiness probe fails, process lives",
+}
+
+func rowKey(kind string, on bool) string { return kind + "/" + onOff(on) }
+
+var rows = func() []row {
+	var out []row
+	for _, k := range []string{"graceful", "crash", "notready"} {
+		for _, on := range []bool{true, false} {
+			out = append(out, row{key: rowKey(k, on), kind: k, title: "LeaderLock: " + kindTitles[k], resync: onOff(on)})
+		}
+	}
+	return append(out, row{key: "clientgo", kind: "clientgo", title: "client-go leader election: leader pod deleted (ReleaseOnCancel)"})
+}()
+
+// half is the LeaderLock rows of one resync setting.
+func half(on bool) []string {
+	return []string{rowKey("graceful", on), rowKey("crash", on), rowKey("notready", on)}
+}
+
+func (r *results) add(key string, s sample) {
 	if r.samples == nil {
 		r.samples = map[string][]sample{}
 	}
-	r.samples[kind] = append(r.samples[kind], s)
+	r.samples[key] = append(r.samples[key], s)
 }
 
 func (r *results) handovers() int {
@@ -47,12 +82,14 @@ func (r *results) handovers() int {
 	return n
 }
 
-// values picks one measure of one kind, in milliseconds, sorted.
-func (r *results) values(kind string, pick func(sample) (time.Duration, bool)) []float64 {
+// values picks one measure of some rows, in milliseconds, sorted.
+func (r *results) values(pick func(sample) (time.Duration, bool), keys ...string) []float64 {
 	var v []float64
-	for _, s := range r.samples[kind] {
-		if d, ok := pick(s); ok {
-			v = append(v, float64(d)/float64(time.Millisecond))
+	for _, k := range keys {
+		for _, s := range r.samples[k] {
+			if d, ok := pick(s); ok {
+				v = append(v, float64(d)/float64(time.Millisecond))
+			}
 		}
 	}
 	sort.Float64s(v)
@@ -66,31 +103,90 @@ func slice(s sample) (time.Duration, bool)      { return s.Slice, s.HasSlice }
 func fromFault(s sample) (time.Duration, bool)  { return s.FromFault, true }
 func annotation(s sample) (time.Duration, bool) { return s.Annotation, s.HasAnnotation }
 
-// lateFile is how long the new holder's file lagged its annotation.
-func lateFile(s sample) (time.Duration, bool) {
+// newFileLag is how long the new holder's file lagged its annotation.
+func newFileLag(s sample) (time.Duration, bool) {
 	return s.File - s.Annotation, s.HasFile && s.HasAnnotation
 }
 
-// lateFileLimit separates the kubelet's normal projection (its sync waits for the next 1 s
-// runtime relist, then two 100 ms volume-manager loops) from a lost remount, which waits for
-// the pod's next periodic sync.
-const lateFileLimit = 2 * time.Second
+// oldFileLag is how long the demoted holder's file lagged its annotation.
+func oldFileLag(s sample) (time.Duration, bool) {
+	return s.OldFile - s.OldAnnotation, s.HasOldFile && s.HasOldAnnotation
+}
 
-// lateFiles counts the LeaderLock handovers whose new holder's file lagged its annotation by
-// more than lateFileLimit, and the longest lag.
-func (r *results) lateFiles() (n, of int, longest time.Duration) {
-	for _, k := range []string{"graceful", "crash", "notready"} {
+// lateness counts, over some rows, the file changes seen with their annotation and those that
+// came more than 2 s, 5 s and 10 s after it, with the longest lag.
+type lateness struct {
+	seen, over2, over5, over10 int
+	longest                    time.Duration
+}
+
+func (r *results) late(lag func(sample) (time.Duration, bool), keys ...string) lateness {
+	var l lateness
+	for _, k := range keys {
 		for _, s := range r.samples[k] {
-			if d, ok := lateFile(s); ok {
-				of++
-				if d > lateFileLimit {
-					n++
-				}
-				longest = max(longest, d)
+			d, ok := lag(s)
+			if !ok {
+				continue
 			}
+			l.seen++
+			if d > lateLimit {
+				l.over2++
+			}
+			if d > 5*time.Second {
+				l.over5++
+			}
+			if d > 10*time.Second {
+				l.over10++
+			}
+			l.longest = max(l.longest, d)
 		}
 	}
-	return n, of, longest
+	return l
+}
+
+// filesLate adds the new and the demoted holders' files of some rows.
+func (r *results) filesLate(keys ...string) lateness {
+	a, b := r.late(newFileLag, keys...), r.late(oldFileLag, keys...)
+	return lateness{seen: a.seen + b.seen, over2: a.over2 + b.over2, over5: a.over5 + b.over5, over10: a.over10 + b.over10, longest: max(a.longest, b.longest)}
+}
+
+// resyncWrites is the resync writes counted in the handovers of some rows, and how many
+// handovers those are.
+func (r *results) resyncWrites(keys ...string) (writes, handovers int) {
+	for _, k := range keys {
+		for _, s := range r.samples[k] {
+			writes += s.ResyncWrites
+			handovers++
+		}
+	}
+	return writes, handovers
+}
+
+func (r *results) resyncWritesInHandovers() int {
+	n := 0
+	for _, s := range r.samples {
+		for _, x := range s {
+			n += x.ResyncWrites
+		}
+	}
+	return n
+}
+
+func perHandover(writes, handovers int) string {
+	if handovers == 0 {
+		return "–"
+	}
+	return fmt.Sprintf("%.2f", float64(writes)/float64(handovers))
+}
+
+func (r *results) count(key string, f func(sample) bool) int {
+	n := 0
+	for _, s := range r.samples[key] {
+		if f(s) {
+			n++
+		}
+	}
+	return n
 }
 
 // pct is the nearest-rank percentile of sorted values (NaN when empty).
@@ -109,23 +205,20 @@ func fmtMs(v float64) string {
 	return fmt.Sprintf("%.0f", v)
 }
 
+func last(v []float64) float64 { return pct(v, 100) }
+
+// summary is the one `E2E ...` line: the fields without a prefix are the resync-on half (the
+// chart as shipped), off_… the other half.
 func (r *results) summary() string {
-	overlapMax := 0.0
-	for _, k := range []string{"graceful", "crash", "notready"} {
-		if v := r.values(k, overlap); len(v) > 0 {
-			overlapMax = math.Max(overlapMax, v[len(v)-1])
-		}
-	}
-	var sl []float64
-	for _, k := range []string{"graceful", "crash", "notready"} {
-		sl = append(sl, r.values(k, slice)...)
-	}
-	sort.Float64s(sl)
-	g := r.values("graceful", gap)
-	return fmt.Sprintf("E2E kubelet=%s handovers=%d job_gap_p50_ms=%s job_gap_p99_ms=%s crash_p99_ms=%s notready_p99_ms=%s overlap_max_ms=%s service_switch_p99_ms=%s clientgo_job_gap_p99_ms=%s violations=%d",
-		r.kubelet, r.handovers(), fmtMs(pct(g, 50)), fmtMs(pct(g, 99)),
-		fmtMs(pct(r.values("crash", gap), 99)), fmtMs(pct(r.values("notready", fromFault), 99)),
-		fmtMs(overlapMax), fmtMs(pct(sl, 99)), fmtMs(pct(r.values("clientgo", gap), 99)), r.violations)
+	on, off := half(true), half(false)
+	g := r.values(gap, rowKey("graceful", true))
+	lateOn, lateOff := r.filesLate(on...), r.filesLate(off...)
+	return fmt.Sprintf("E2E kubelet=%s kubelet_config=%s handovers=%d job_gap_p50_ms=%s job_gap_p99_ms=%s crash_p99_ms=%s notready_p99_ms=%s overlap_max_ms=%s service_switch_p99_ms=%s clientgo_job_gap_p99_ms=%s files_late_2s=%d files_late_10s=%d resync_writes_per_handover=%s off_job_gap_p99_ms=%s off_files_late_10s=%d violations=%d",
+		r.kubelet, r.kubeletConfig, r.handovers(), fmtMs(pct(g, 50)), fmtMs(pct(g, 99)),
+		fmtMs(pct(r.values(gap, rowKey("crash", true)), 99)), fmtMs(pct(r.values(fromFault, rowKey("notready", true)), 99)),
+		fmtMs(last(r.values(overlap, on...))), fmtMs(pct(r.values(slice, on...), 99)), fmtMs(pct(r.values(gap, "clientgo"), 99)),
+		lateOn.over2, lateOn.over10, perHandover(r.resyncWrites(on...)),
+		fmtMs(pct(r.values(gap, rowKey("graceful", false)), 99)), lateOff.over10, r.violations)
 }
 
 const (
@@ -133,47 +226,92 @@ const (
 	sectionEnd   = "<!-- make e2e: end -->"
 )
 
+// kubeletText describes the node's kubelet for the report.
+func (r *results) kubeletText() string {
+	if r.kubeletConfig == "default" {
+		return fmt.Sprintf("kubelet %s **with its default configuration** (no `syncFrequency` set: each pod's periodic sync every 1 min, plus up to 50 %% jitter)", r.kubelet)
+	}
+	return fmt.Sprintf("kubelet %s with **%s set in its config** — not the kubelet's default: these figures do not show what a default kubelet gives", r.kubelet, strings.Replace(r.kubeletConfig, "=", " ", 1))
+}
+
+func cell(l lateness) []string {
+	if l.seen == 0 {
+		return []string{"0", "–", "–", "–"}
+	}
+	return []string{fmt.Sprint(l.seen), fmt.Sprint(l.over2), fmt.Sprint(l.over10), fmtMs(float64(l.longest) / float64(time.Millisecond))}
+}
+
 func (r *results) markdown(plotFile string) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "%s\n## On a real node: failover as the workload sees it (`make e2e`)\n\n", sectionBegin)
-	fmt.Fprintf(&b, "kubelet %s (`syncFrequency` %s) and containerd on this machine, three pods per workload, the chart's two controller replicas; %d handovers in %s. ", r.kubelet, r.syncFreq, r.handovers(), r.duration.Round(time.Second))
+	fmt.Fprintf(&b, "%s and containerd on this machine, three pods per workload, the chart's two controller replicas; %d handovers in %s.\n\n", r.kubeletText(), r.handovers(), r.duration.Round(time.Second))
+	fmt.Fprintf(&b, "**The two halves.** *Resync on* is the chart as shipped, `controller.resyncAfter: %q`: after each change of what a pod leads the controller writes the pod once more, that long after, so that a kubelet that lost the change projects it again (docs/contract.md §3.1). *Resync off* is `controller.resyncAfter: \"0\"`: what the kubelet alone gives. The LeaderLock handovers ran in %d alternating blocks of the same run (on first; each kind spread evenly over the blocks), switched by `helm upgrade` of the installed chart with its own values and that one value changed (in the faults table: a rollout must leave the holder alone). client-go runs after them, as it always does.\n\n", r.resyncOn, r.blocks)
 	b.WriteString("Times in ms, from the jobs' own timestamps (the kernel's boot-time clock, 10 ms resolution), each relative to the old job's stop — for a killed container, the kill. ")
 	b.WriteString("*Job gap*: old job stopped → new job started (0 when they overlapped); *overlap*: both jobs ran; *annotation*: the harness's pod watch sees the new holder annotated `leader`; *file*: the new holder's downward-API file shows `leader` (polled on the node every 5 ms); *Service*: the leader-only Service's EndpointSlice holds only the new holder (file and Service are negative when they came before the old job stopped); *fault → new job*: from the delete, the kill or the probe made to fail.\n\n")
-	b.WriteString("| handover | n | job gap p50 | p90 | p99 | max | overlap max | annotation p50 | file p50 | file p99 | Service p50 | Service p99 | fault → new job p50 | p99 |\n")
-	b.WriteString("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
-	for _, k := range kinds {
-		g := r.values(k.key, gap)
-		o := r.values(k.key, overlap)
-		f := r.values(k.key, file)
-		s := r.values(k.key, slice)
-		maxO := math.NaN()
-		if len(o) > 0 {
-			maxO = o[len(o)-1]
-		}
-		ff := r.values(k.key, fromFault)
-		a := r.values(k.key, annotation)
-		fmt.Fprintf(&b, "| %s | %d | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", k.title, len(r.samples[k.key]),
-			fmtMs(pct(g, 50)), fmtMs(pct(g, 90)), fmtMs(pct(g, 99)), fmtMs(pct(g, 100)), fmtMs(maxO), fmtMs(pct(a, 50)),
+	b.WriteString("| handover | resync | n | job gap p50 | p90 | p99 | max | overlap max | annotation p50 | file p50 | file p99 | Service p50 | Service p99 | fault → new job p50 | p99 |\n")
+	b.WriteString("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
+	for _, k := range rows {
+		g := r.values(gap, k.key)
+		f := r.values(file, k.key)
+		s := r.values(slice, k.key)
+		ff := r.values(fromFault, k.key)
+		a := r.values(annotation, k.key)
+		fmt.Fprintf(&b, "| %s | %s | %d | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", k.title, orDash(k.resync), len(r.samples[k.key]),
+			fmtMs(pct(g, 50)), fmtMs(pct(g, 90)), fmtMs(pct(g, 99)), fmtMs(pct(g, 100)), fmtMs(last(r.values(overlap, k.key))), fmtMs(pct(a, 50)),
 			fmtMs(pct(f, 50)), fmtMs(pct(f, 99)), fmtMs(pct(s, 50)), fmtMs(pct(s, 99)), fmtMs(pct(ff, 50)), fmtMs(pct(ff, 99)))
 	}
+	b.WriteString("\n**Files and writes.** A file is *late* when it changed more than 2 s (or 10 s) after the harness's pod watch saw its annotation change: the kubelet's normal projection takes 0.1–1.2 s, and a change it loses waits for the pod's next sync (README, \"When the kubelet loses a role change\"). The new holder's file turns `leader`; the demoted holder's stops saying `leader` — seen when the pod lives long enough (a deleted leader's volume is often gone first). *Resync writes*: pod updates during the handover whose only change among the `leaderlock.dev/*` annotations was `leaderlock.dev/roles.resync` — the extra apiserver writes the resync costs; two pods' leadership changes in each handover.\n\n")
+	b.WriteString("| handover | resync | new holder's file: seen | > 2 s | > 10 s | longest lag | demoted holder's file: seen | > 2 s | > 10 s | longest lag | resync writes per handover | old job restarted |\n")
+	b.WriteString("|---|---|---|---|---|---|---|---|---|---|---|---|\n")
+	for _, k := range rows {
+		if k.resync == "" {
+			continue
+		}
+		nf, of := cell(r.late(newFileLag, k.key)), cell(r.late(oldFileLag, k.key))
+		restarted := "–"
+		if k.kind == "crash" && len(r.samples[k.key]) > 0 {
+			restarted = fmt.Sprintf("%d of %d", r.count(k.key, func(s sample) bool { return s.Restarted }), len(r.samples[k.key]))
+		}
+		fmt.Fprintf(&b, "| %s | %s | %s | %s | %s | %s |\n", k.title, k.resync, strings.Join(nf, " | "), strings.Join(of, " | "),
+			perHandover(r.resyncWrites(k.key)), restarted)
+	}
+	on, off := r.filesLate(half(true)...), r.filesLate(half(false)...)
+	fmt.Fprintf(&b, "\nAll files, resync on: %d of %d later than 2 s, %d later than 5 s, %d later than 10 s (longest %s); resync off: %d of %d, %d, %d (longest %s).",
+		on.over2, on.seen, on.over5, on.over10, on.longest.Round(10*time.Millisecond), off.over2, off.seen, off.over5, off.over10, off.longest.Round(10*time.Millisecond))
+	w, n := r.resyncWrites(half(true)...)
+	fmt.Fprintf(&b, " Resync writes: %d in %d handovers with resync on", w, n)
+	if w, n := r.resyncWrites(half(false)...); n > 0 {
+		fmt.Fprintf(&b, ", %d in %d with it off", w, n)
+	}
+	fmt.Fprintf(&b, "; %d outside the measured handovers (after the workload's first election, and the new active replica bringing the pods' keys to the new setting after each chart upgrade).", r.resyncWritesOutside)
+	missing := 0
+	for _, k := range half(true) {
+		missing += r.count(k, func(s sample) bool { return s.ResyncMissing })
+	}
+	if missing > 0 {
+		fmt.Fprintf(&b, " In %d handovers with resync on, a pod whose leadership changed showed no resync within %s of it.", missing, resyncBound)
+	}
+	b.WriteString(" *Old job restarted*: the kubelet restarted the killed container and the old holder's job started again with its old fencing token before the demotion reached its file (counted in the overlap column, not as a violation: the pod still held the lock).\n")
 	if len(r.faults) > 0 {
-		b.WriteString("\n| fault | holder changed | took |\n|---|---|---|\n")
+		b.WriteString("\n| chart upgrade or fault | holder changed | took |\n|---|---|---|\n")
 		for _, f := range r.faults {
 			fmt.Fprintf(&b, "| %s | %v | %s |\n", f.Name, f.HolderChanged, f.Took.Round(100*time.Millisecond))
 		}
 	}
-	if n, of, longest := r.lateFiles(); of > 0 {
-		fmt.Fprintf(&b, "\nThe new holder's file lagged its annotation by more than %s in %d of %d LeaderLock handovers (longest %s). A lag that long is the kubelet losing the change: the file then waits for the pod's next periodic sync, at most 1.5 × `syncFrequency` (README, \"When the kubelet loses a role change\").\n", lateFileLimit, n, of, longest.Round(10*time.Millisecond))
-	}
-	if n := len(r.samples["crash"]); n > 0 {
-		fmt.Fprintf(&b, "\nAfter %d of %d container kills the kubelet restarted the container before the controller's demotion reached its file, so the old holder's job started again with its old fencing token until the demotion arrived (counted in the overlap column, not as a violation: the pod still held the lock).\n", r.restarts, n)
-	}
-	fmt.Fprintf(&b, "\nSafety violations (two pods annotated `leader` at once, a fencing token that did not grow, a job start without a handover): **%d**.\n", r.violations)
+	fmt.Fprintf(&b, "\nSafety violations (two pods annotated `leader` at once, a fencing token that did not grow, a job start without a handover, a holder changed by a chart upgrade): **%d**.\n", r.violations)
 	if plotFile != "" {
-		fmt.Fprintf(&b, "\n![Job gap CDF: LeaderLock and client-go](%s)\n", plotFile)
+		fmt.Fprintf(&b, "\n![Job gap CDF: LeaderLock with the resync on (solid) and off (dashed), and client-go](%s)\n", plotFile)
 	}
+	fmt.Fprintf(&b, "\nThe `E2E` line: fields without a prefix are the resync-on half (`files_late_*` count new and demoted holders' files, `resync_writes_per_handover` its resync writes), `off_…` the resync-off half.\n")
 	fmt.Fprintf(&b, "\n```\n%s\n```\n%s\n", r.summary(), sectionEnd)
 	return b.String()
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "–"
+	}
+	return s
 }
 
 // replaceSection puts section into the file between the markers, or appends it.
@@ -191,7 +329,8 @@ func replaceSection(path, section string) error {
 	return os.WriteFile(path, []byte(s), 0o644)
 }
 
-// plotCDF draws the job-gap distribution of every kind (log-scaled time axis).
+// plotCDF draws the job-gap distribution of every row (log-scaled time axis): one colour per
+// kind, solid with the resync on, dashed with it off.
 func (r *results) plotCDF(path string) error {
 	p := plot.New()
 	p.Title.Text = "Job gap on a real node: old job stopped → new job started"
@@ -200,11 +339,15 @@ func (r *results) plotCDF(path string) error {
 	p.X.Scale = plot.LogScale{}
 	p.X.Tick.Marker = plot.LogTicks{Prec: -1}
 	p.Y.Min, p.Y.Max = 0, 1
-	p.Legend.Top = true
-	p.Legend.Left = true
-	colors := []color.RGBA{{0x1f, 0x77, 0xb4, 255}, {0xd6, 0x27, 0x28, 255}, {0xff, 0x7f, 0x0e, 255}, {0x2c, 0xa0, 0x2c, 255}}
-	for i, k := range kinds {
-		v := r.values(k.key, gap)
+	// Bottom right: where a CDF leaves room.
+	p.Legend.Top = false
+	p.Legend.Left = false
+	colors := map[string]color.RGBA{
+		"graceful": {0x1f, 0x77, 0xb4, 255}, "crash": {0xd6, 0x27, 0x28, 255},
+		"notready": {0xff, 0x7f, 0x0e, 255}, "clientgo": {0x2c, 0xa0, 0x2c, 255},
+	}
+	for _, k := range rows {
+		v := r.values(gap, k.key)
 		if len(v) == 0 {
 			continue
 		}
@@ -217,11 +360,18 @@ func (r *results) plotCDF(path string) error {
 		if err != nil {
 			return err
 		}
-		line.Color = colors[i%len(colors)]
+		line.Color = colors[k.kind]
 		line.Width = vg.Points(1.5)
+		label := plotTitles[k.kind]
+		if k.resync != "" {
+			label += ", resync " + k.resync
+		}
+		if k.resync == "off" {
+			line.Dashes = []vg.Length{vg.Points(5), vg.Points(3)}
+		}
 		p.Add(line)
-		p.Legend.Add(fmt.Sprintf("%s (n=%d)", k.title, len(v)), line)
+		p.Legend.Add(fmt.Sprintf("%s (n=%d)", label, len(v)), line)
 	}
 	p.Add(plotter.NewGrid())
-	return p.Save(8*vg.Inch, 4.5*vg.Inch, path)
+	return p.Save(9*vg.Inch, 5.5*vg.Inch, path)
 }
