@@ -328,7 +328,16 @@ async fn run_controller(args: Box<ControllerArgs>) -> anyhow::Result<()> {
     let mut leadership =
         election::ElectionThread::start(etcd_cfg.clone(), args.etcd_prefix.clone(), args.instance.clone(), args.election_ttl)
             .context("starting the controller election")?;
-    let key = leadership.elected().await.map_err(anyhow::Error::msg).context("campaigning in the controller election")?;
+    // A standby told to stop while it waits must not win the election on its way out: it would
+    // hold it, serving nothing, until killed, and the lock leases would expire meanwhile.
+    let key = tokio::select! {
+        key = leadership.elected() => key.map_err(anyhow::Error::msg).context("campaigning in the controller election")?,
+        () = shutdown.cancelled() => {
+            leadership.resign().await;
+            http.shutdown().await;
+            return Ok(());
+        }
+    };
     metrics.set_active(true);
     tracing::info!(key = %key, "active: this replica reconciles");
     let engine_cfg =

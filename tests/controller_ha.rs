@@ -89,3 +89,43 @@ async fn killing_the_active_replica_hands_over_to_a_standby_without_changing_any
     println!("failover: standby active {took:?} after kill -9 of the active replica");
     checker.assert_clean();
 }
+
+/// A rolling update of the controller: the old standby and then the old active replica get
+/// SIGTERM while a new replica waits. A standby told to stop leaves at once, without winning the
+/// election on its way out (it would hold it, serving nothing, while the lock leases expire), and
+/// the new replica takes over with no holder or token change.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rolling_update_of_the_controller_changes_no_holder_and_no_token() {
+    install_crd();
+    let etcd = EtcdServer::start();
+    let endpoint = etcd.endpoint();
+    let ns = namespace("controller-rollout");
+    let c = client().await;
+    let checker = Checker::start(c.clone(), &ns, &endpoint, ROOT, &[]).await;
+    ready_pods(&c, &ns, &["w-1", "w-2"], &[("app", "worker")]).await;
+    let start = || ControllerProcess::start(&["--etcd-endpoints", &endpoint, "--namespace", &ns]);
+    let old_active = start();
+    kubectl_ok(
+        &["apply", "-n", &ns, "-f", "-"],
+        Some(
+            "apiVersion: leaderlock.dev/v1alpha1\nkind: LeaderLock\nmetadata: {name: payments}\nspec:\n  selector: {matchLabels: {app: worker}}\n  locks: [{name: ledger}]\n",
+        ),
+    );
+    let ledger = elected(&c, &ns, "payments", "ledger", 2).await;
+    let old_standby = start();
+    let new = start();
+    eventually("both new replicas to serve as standbys", Duration::from_secs(30), || async {
+        [&old_standby, &new].iter().all(|r| r.http_get("/readyz").as_deref() == Some("ok: standby\n")).then_some(())
+    })
+    .await;
+    let keys = candidate_keys(&etcd, &ns);
+    let log = old_standby.log.clone();
+    old_standby.terminate(); // waits for the exit: a standby stuck in the election never exits
+    let standby_log = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(!standby_log.contains("active: this replica reconciles"), "the stopping standby became active:\n{standby_log}");
+    old_active.terminate();
+    eventually("the new replica to become active", Duration::from_secs(30), || async { new.is_active().then_some(()) }).await;
+    assert_eq!(elected(&c, &ns, "payments", "ledger", 2).await, ledger);
+    assert_eq!(candidate_keys(&etcd, &ns), keys, "candidate keys changed across the rollout");
+    checker.assert_clean();
+}

@@ -50,14 +50,34 @@ async fn resign(session: Session) {
 enum Campaign {
     Won(String),
     SessionLost,
+    Stopped,
 }
 
 /// Campaigns under `<root>controller/` and returns once this replica is active. Transient etcd
 /// errors never end it; an error that retrying cannot fix (permissions) does, after resigning.
 pub async fn campaign(client: &Client, root: &str, instance: &str, ttl: i64, timeout: Duration) -> Result<Leadership> {
+    let never = CancellationToken::new();
+    let won = campaign_until(client, root, instance, ttl, timeout, &never).await?;
+    won.ok_or_else(|| Error::StreamEnded { stream: "election campaign", detail: "stopped".into() })
+}
+
+/// [`campaign`], given up when `stop` is cancelled first: then the campaign's lease is revoked
+/// (a standby shutting down must not win on its way out, nor hold its place in line until its
+/// lease expires) and None is returned.
+pub async fn campaign_until(
+    client: &Client,
+    root: &str,
+    instance: &str,
+    ttl: i64,
+    timeout: Duration,
+    stop: &CancellationToken,
+) -> Result<Option<Leadership>> {
     let dir = Keyspace::new(root, vec![]).election_dir();
     let mut backoff = Backoff::default();
     loop {
+        if stop.is_cancelled() {
+            return Ok(None);
+        }
         let session = match Session::grant(client, ttl, Renewal::election(ttl), timeout).await {
             Ok(session) => session,
             Err(e) if e.is_transient() => {
@@ -67,9 +87,13 @@ pub async fn campaign(client: &Client, root: &str, instance: &str, ttl: i64, tim
             }
             Err(e) => return Err(e),
         };
-        match campaign_with(client, &dir, instance, &session, timeout).await {
+        match campaign_with(client, &dir, instance, &session, timeout, stop).await {
             Ok(Campaign::Won(key)) => {
-                return Ok(Leadership { key, lease: session.lease(), session });
+                return Ok(Some(Leadership { key, lease: session.lease(), session }));
+            }
+            Ok(Campaign::Stopped) => {
+                resign(session).await;
+                return Ok(None);
             }
             Ok(Campaign::SessionLost) => {
                 tracing::warn!(lease = session.lease(), "election lease lost while standby; campaigning again on a new one");
@@ -85,7 +109,14 @@ pub async fn campaign(client: &Client, root: &str, instance: &str, ttl: i64, tim
 
 /// Campaigns on `session` until this replica is first in line or the session is lost; retries
 /// transient errors with backoff, keeping the key (the create is guarded, so a retry finds it).
-async fn campaign_with(client: &Client, dir: &str, instance: &str, session: &Session, timeout: Duration) -> Result<Campaign> {
+async fn campaign_with(
+    client: &Client,
+    dir: &str,
+    instance: &str,
+    session: &Session,
+    timeout: Duration,
+    stop: &CancellationToken,
+) -> Result<Campaign> {
     let key = format!("{dir}{:x}", session.lease());
     let mut backoff = Backoff::default();
     loop {
@@ -101,11 +132,13 @@ async fn campaign_with(client: &Client, dir: &str, instance: &str, session: &Ses
                 Err(e) => return Err(e),
             },
             () = session.lost() => return Ok(Campaign::SessionLost),
+            () = stop.cancelled() => return Ok(Campaign::Stopped),
         };
         tracing::warn!(error = %failed, "election: etcd error while standby; keeping our place and retrying");
         tokio::select! {
             () = tokio::time::sleep(backoff.next_delay()) => {}
             () = session.lost() => return Ok(Campaign::SessionLost),
+            () = stop.cancelled() => return Ok(Campaign::Stopped),
         }
     }
 }
@@ -202,10 +235,14 @@ impl ElectionThread {
             rt.block_on(async move {
                 let won = async {
                     let client = super::connect(&cfg).await?;
-                    campaign(&client, &root, &instance, ttl, cfg.call_timeout).await
+                    campaign_until(&client, &root, &instance, ttl, cfg.call_timeout, &resign_rx).await
                 };
                 let leadership = match won.await {
-                    Ok(leadership) => leadership,
+                    Ok(Some(leadership)) => leadership,
+                    Ok(None) => {
+                        phase_tx.send_replace(Phase::Failed("resigned before winning the election".into()));
+                        return;
+                    }
                     Err(e) => {
                         phase_tx.send_replace(Phase::Failed(e.to_string()));
                         return;
