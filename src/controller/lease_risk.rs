@@ -6,6 +6,14 @@
 //! waits for these demotions before it exits ([`demote_before_exit`]).
 //!
 //! Woken by the lease pool's risk signal (a deadline derived from each lease), never a timer.
+//!
+//! Why a task beside the reconciles rather than a step of their plans: it must write while
+//! reconciles cannot make progress (etcd unreachable makes their syncs fail and back off), and
+//! within half a lease TTL, whatever the reconcile queue holds. It writes only what
+//! [`plan::demotions`] plans from a fresh snapshot, never a promotion. A reconcile that read its
+//! holders before the risk began may still promote one after this task demoted it; that is why
+//! the task then asks for a reconcile of every LeaderLock: the engine reports no holder on a
+//! lease at risk, so those reconciles demote again, and the window is one reconcile long.
 
 use std::sync::Arc;
 use std::time::Duration;
