@@ -176,15 +176,18 @@ fn assert_admitted(out: &Output) {
 }
 
 /// Waits until the policy is enforced in `ns` (or, with `on` false, no longer is): mallory sets
-/// `leaderlock.dev/probe` on the pod `probe` to a new value each try until refused (admitted).
+/// `leaderlock.dev/probe` on the pod `probe` to a new value each try until refused (admitted)
+/// three times in a row — the apiserver's admission caches follow the policy's objects on their
+/// own time, and one answer alone was seen to be followed by the opposite one.
 fn wait_enforced(ns: &str, on: bool) {
-    let mut n = 0;
+    let (mut n, mut in_a_row) = (0, 0);
     wait_until(&format!("the policy to be {} in {ns}", if on { "enforced" } else { "lifted" }), T, || {
         n += 1;
         let out = as_mallory(ns, &[], &["annotate", "--overwrite", "pod", "probe", &format!("leaderlock.dev/probe={n}")], None);
         let refused = String::from_utf8_lossy(&out.stderr).contains(MESSAGE);
         assert!(out.status.success() || refused, "{}", String::from_utf8_lossy(&out.stderr));
-        (refused == on).then_some(())
+        in_a_row = if refused == on { in_a_row + 1 } else { 0 };
+        (in_a_row >= 3).then_some(())
     });
 }
 
@@ -320,8 +323,17 @@ async fn forge_and_time(c: &kube::Client, ns: &str, pod: &str) -> (Duration, Dur
     let rv = api.get(pod).await.unwrap().resource_version().unwrap();
     let mut events = api.watch(&WatchParams::default().fields(&format!("metadata.name={pod}")), &rv).await.unwrap().boxed();
     let forged = json!({"metadata": {"annotations": {KEY: "leader"}, "labels": {KEY: "leader"}}});
-    let sent = Instant::now();
-    api.patch(pod, &PatchParams::default(), &Patch::Merge(&forged)).await.unwrap();
+    // The apiserver's admission caches learn of the deleted binding on their own time: a forgery
+    // may still be refused for a moment after a probe got through. Retried until admitted.
+    let sent = eventually("the forgery to be admitted with the policy off", T, || async {
+        let sent = Instant::now();
+        match api.patch(pod, &PatchParams::default(), &Patch::Merge(&forged)).await {
+            Ok(_) => Some(sent),
+            Err(kube::Error::Api(s)) if s.code == 403 && s.message.contains(MESSAGE) => None,
+            Err(e) => panic!("forging leader on {pod}: {e}"),
+        }
+    })
+    .await;
     let (mut annotation, mut label, mut seen) = (None, None, false);
     while annotation.is_none() || label.is_none() {
         let event = tokio::time::timeout(T, events.next()).await.expect("a revert within 30 s").expect("the watch to go on");
