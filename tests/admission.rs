@@ -302,18 +302,7 @@ fn service_account_kubeconfig(ns: &str, docs: &[Value]) -> tempfile::TempPath {
         docs.iter().filter(|d| matches!(d["kind"].as_str(), Some("ServiceAccount" | "ClusterRole" | "ClusterRoleBinding"))).collect();
     kubectl_ok(&["apply", "-n", ns, "-f", "-"], Some(&stream(rbac)));
     let sa = one(docs, "ServiceAccount")["metadata"]["name"].as_str().unwrap();
-    let token = kubectl_ok(&["create", "token", sa, "-n", ns, "--duration", "1h"], None);
-    let admin: Value = serde_saphyr::from_str(&std::fs::read_to_string(env("KUBECONFIG")).unwrap()).unwrap();
-    let cluster = &admin["clusters"][0]["cluster"];
-    let kubeconfig = format!(
-        "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster: {{server: {}, certificate-authority: {}}}\nusers:\n- name: sa\n  user: {{token: {}}}\ncontexts:\n- name: c\n  context: {{cluster: c, user: sa}}\ncurrent-context: c\n",
-        cluster["server"].as_str().unwrap(),
-        cluster["certificate-authority"].as_str().unwrap(),
-        token.trim()
-    );
-    let path = tempfile::NamedTempFile::new().unwrap().into_temp_path();
-    std::fs::write(&path, kubeconfig).unwrap();
-    path
+    service_account_kubeconfig_for(ns, sa)
 }
 
 /// Forges `leader` (annotation and label, one merge patch) on `pod` and returns how long each

@@ -58,19 +58,7 @@ fn service_account_kubeconfig(ns: &str, drop: Option<(&str, &str)>) -> tempfile:
     }
     let yaml = docs.iter().map(|d| serde_saphyr::to_string(d).unwrap()).collect::<Vec<_>>().join("---\n");
     kubectl_ok(&["apply", "-n", ns, "-f", "-"], Some(&yaml));
-    let token = kubectl_ok(&["create", "token", &sa_name, "-n", ns, "--duration", "1h"], None);
-    let admin = std::fs::read_to_string(env("KUBECONFIG")).unwrap();
-    let admin: Value = serde_saphyr::from_str(&admin).unwrap();
-    let cluster = &admin["clusters"][0]["cluster"];
-    let kubeconfig = format!(
-        "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster: {{server: {}, certificate-authority: {}}}\nusers:\n- name: sa\n  user: {{token: {}}}\ncontexts:\n- name: c\n  context: {{cluster: c, user: sa}}\ncurrent-context: c\n",
-        cluster["server"].as_str().unwrap(),
-        cluster["certificate-authority"].as_str().unwrap(),
-        token.trim()
-    );
-    let path = tempfile::NamedTempFile::new().unwrap().into_temp_path(); // removed on drop
-    std::fs::write(&path, kubeconfig).unwrap();
-    path
+    service_account_kubeconfig_for(ns, &sa_name)
 }
 
 fn start_as(kubeconfig: &std::path::Path, etcd: &EtcdServer) -> ControllerProcess {

@@ -120,3 +120,21 @@ pub async fn elected(c: &kube::Client, ns: &str, ll: &str, lock: &str, candidate
     })
     .await
 }
+
+/// A kubeconfig (a temp file, removed on drop) for the apiserver of `KUBECONFIG` that acts as
+/// the ServiceAccount `sa` of `ns`, through a one-hour TokenRequest token.
+#[allow(dead_code)] // not every test binary acts as a ServiceAccount
+pub fn service_account_kubeconfig_for(ns: &str, sa: &str) -> tempfile::TempPath {
+    let token = crate::common::kubectl_ok(&["create", "token", sa, "-n", ns, "--duration", "1h"], None);
+    let admin: serde_json::Value = serde_saphyr::from_str(&std::fs::read_to_string(crate::common::env("KUBECONFIG")).unwrap()).unwrap();
+    let cluster = &admin["clusters"][0]["cluster"];
+    let kubeconfig = format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster: {{server: {}, certificate-authority: {}}}\nusers:\n- name: sa\n  user: {{token: {}}}\ncontexts:\n- name: c\n  context: {{cluster: c, user: sa}}\ncurrent-context: c\n",
+        cluster["server"].as_str().unwrap(),
+        cluster["certificate-authority"].as_str().unwrap(),
+        token.trim()
+    );
+    let path = tempfile::NamedTempFile::new().unwrap().into_temp_path();
+    std::fs::write(&path, kubeconfig).unwrap();
+    path
+}
