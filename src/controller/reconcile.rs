@@ -163,7 +163,10 @@ pub async fn execute(ctx: &Context, ll: &LeaderLock, steps: &[Step]) -> Result<(
 fn note_resync(ctx: &Context, uid: Option<&str>, from: &PodKeys, to: &PodKeys) {
     let (Some(uid), Some(after)) = (uid, ctx.resync_after) else { return };
     if pods::changes_leadership(from, to) {
-        ctx.resyncs.changed(uid, after);
+        // A write that also settled the key (a LeaderLock's cleanup) leaves nothing to follow up.
+        if to.annotations.get(pods::RESYNC_KEY) != pods::leadership_digest(to).as_ref() {
+            ctx.resyncs.changed(uid, after);
+        }
     } else if from.annotations.get(pods::RESYNC_KEY) != to.annotations.get(pods::RESYNC_KEY) {
         ctx.resyncs.done(uid);
         ctx.metrics.role_resyncs.inc();
