@@ -28,6 +28,8 @@ pub mod keyspace;
 pub mod lock;
 /// Prometheus metrics [§5].
 pub mod metrics;
+/// Lost nodes (pure): judged from the kubelets' Leases in `kube-node-lease` [§3.2].
+pub mod node_loss;
 /// Placement (pure): which candidate should hold each lock (Queue or Spread, preference,
 /// never-lead, stabilisation) and the planned handovers that get there; the `shards` shorthand.
 pub mod placement;

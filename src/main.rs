@@ -162,6 +162,12 @@ struct ControllerArgs {
     /// it again; `0` turns it off. Duration syntax: 500ms, 10s, 1.5m or 2h (units ms, s, m, h; a bare number is seconds).
     #[arg(long, env = "LEADERLOCK_RESYNC_AFTER", default_value = "2s", value_name = "DURATION", value_parser = contract::parse_duration)]
     resync_after: Duration,
+    /// How long a node's Lease in kube-node-lease may go unrenewed (kubelets renew every 10 s)
+    /// before the node counts as lost and all its pods stop being candidates at once; a
+    /// LeaderLock's spec.nodeLostAfterSeconds overrides it, `0` turns it off. Duration syntax:
+    /// 500ms, 10s, 1.5m or 2h (units ms, s, m, h; a bare number is seconds).
+    #[arg(long, env = "LEADERLOCK_NODE_LOST_AFTER", default_value = "15s", value_name = "DURATION", value_parser = contract::parse_duration)]
+    node_lost_after: Duration,
     /// This cluster's identity in etcd, written into every key the controller creates and into
     /// its root's registration (default: the UID of the `kube-system` namespace). Controllers of
     /// several clusters on one etcd need distinct identities and distinct --etcd-prefix roots.
@@ -352,6 +358,7 @@ async fn run_controller(args: Box<ControllerArgs>) -> anyhow::Result<()> {
         concurrency: args.max_concurrent_reconciles,
         maps,
         resync_after: Some(args.resync_after).filter(|d| !d.is_zero()),
+        node_lost_after: Some(args.node_lost_after).filter(|d| !d.is_zero()),
     };
     tokio::select! {
         () = controller::run(kube_client, engine.clone(), settings, shutdown.child_token()) => {

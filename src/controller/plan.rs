@@ -18,6 +18,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use kube::ResourceExt;
+
 use super::handover::{self, Facts, Verdict};
 use super::placement;
 use super::snapshot::Snapshot;
@@ -26,8 +28,8 @@ use crate::lock::Candidate;
 use crate::placement::Why;
 use crate::pods::{self, PodInfo, PodKeys};
 use crate::resolve::Resolution;
-use crate::resource::LeaderLockStatus;
 use crate::resource::handover::HandoverStatus;
+use crate::resource::{LeaderLockStatus, reasons};
 
 /// What one snapshot implies, derived once: each decision below reads it instead of judging or
 /// placing again.
@@ -70,6 +72,8 @@ pub enum Step {
     Publish(Vec<HolderChange>),
     /// Apply a Handover's status.
     Request { name: String, status: HandoverStatus },
+    /// Announce that nodes of the LeaderLock's pods are lost: one `NodeLost` Event (the note).
+    NodeLost(String),
     /// Hand the lock at `prefix` from the holder with token `from_token` to the candidate `to`
     /// (None: the next in line) in one etcd transaction: for the Handover `request`, or (None)
     /// a move placement planned, for the reason `why`.
@@ -225,7 +229,9 @@ pub fn after_etcd(s: &Snapshot, d: &Decided, moved: &BTreeMap<String, Why>, now:
     let mut steps = pod_writes(s, Pass::All, &moving(&d.judged));
     let mut status = status::build(s.ll, &d.mine, &d.candidates, &s.holders, &s.queue_names(), now);
     status.placement = Some(d.placed.status.clone());
+    status::set_node_condition(&mut status, s.ll, &s.view.node_report(&s.ll.name_any()), now);
     let old = s.ll.status.clone().unwrap_or_default();
+    let lost = newly_lost(&old, &status);
     let mut changes = holder_changes(&old, &status, &d.mine);
     for change in &mut changes {
         change.why = moved.get(&change.lock).copied();
@@ -240,7 +246,15 @@ pub fn after_etcd(s: &Snapshot, d: &Decided, moved: &BTreeMap<String, Why>, now:
     if !changes.is_empty() {
         steps.push(Step::Publish(changes));
     }
+    steps.extend(lost.map(Step::NodeLost));
     steps
+}
+
+/// The `NodeLost` message when the condition turned `True` or names other nodes than before.
+fn newly_lost(old: &LeaderLockStatus, new: &LeaderLockStatus) -> Option<String> {
+    let lost =
+        |s: &LeaderLockStatus| s.conditions.iter().find(|c| c.type_ == reasons::NODE_LOST && c.status == "True").map(|c| c.message.clone());
+    lost(new).filter(|m| lost(old).as_ref() != Some(m))
 }
 
 /// A LeaderLock being deleted (it assigns no roles any more): unlabel its pods, demotions

@@ -24,7 +24,7 @@ use crate::resource::{LeaderLock, LeaderLockStatus};
 /// Makes etcd and the pods match the LeaderLock, then reports what etcd says in the status.
 pub async fn apply(ll: Arc<LeaderLock>, ctx: &Context) -> Result<Action> {
     let ll = with_latest_status(&ctx.expected_status, ll);
-    let view = ctx.index.view(&ll);
+    let view = ctx.view(&ll);
     let result = async {
         let before = snapshot(ctx, &ll, &view);
         let decided = plan::decide(&before, jiff::Timestamp::now());
@@ -146,6 +146,7 @@ pub async fn execute(ctx: &Context, ll: &LeaderLock, steps: &[Step]) -> Result<(
             }
             Step::Status(status) => write_status(ctx, ll, status).await?,
             Step::Publish(changes) => events::publish(ctx, ll, changes).await,
+            Step::NodeLost(note) => events::node_lost(ctx, ll, note).await,
             Step::Request { name, status } => requests::write_status(ctx, &ns, name, status).await?,
             Step::Move { lock, prefix, from_token, to, request: Some(request), .. } => {
                 requests::hand_over(ctx, &ns, request, lock, prefix, *from_token, to.as_deref()).await?;
