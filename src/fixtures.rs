@@ -32,6 +32,7 @@ pub fn spec() -> LeaderLockSpec {
         ttl_seconds: 15,
         pod_labels: false,
         node_lost_after_seconds: None,
+        renew_deadline_seconds: None,
         paused: false,
     }
 }

@@ -41,6 +41,8 @@ pub mod pods;
 pub mod podside;
 /// A controller whose etcd root belongs to another cluster: says so on every LeaderLock [§5].
 pub mod refusal;
+/// The opt-in leader renewal (pure): the `leaderlock.dev/roles.renewed` mark [§3.1].
+pub mod renewal;
 /// What only the controller can judge (pure): lock-name conflicts, allowed etcd keys, selectors [§2].
 pub mod resolve;
 /// The `LeaderLock` custom resource and its CRD [§2].

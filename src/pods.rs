@@ -175,6 +175,8 @@ pub struct LockRoles {
     pub leader: Option<(String, i64)>,
     /// Mirror the role into a label too.
     pub labels: bool,
+    /// The LeaderLock's `renewDeadlineSeconds`: its leader is renewed (see [`crate::renewal`]).
+    pub renew_deadline: Option<i64>,
 }
 
 /// The keys `pod` should carry given every accepted lock of its namespace.
@@ -344,6 +346,7 @@ mod tests {
             candidates: candidates.iter().map(|c| c.to_string()).collect(),
             leader: leader.map(|(p, t)| (p.to_string(), t)),
             labels,
+            renew_deadline: None,
         }
     }
 

@@ -193,3 +193,52 @@ async fn a_leaderlock_may_turn_node_loss_off_and_a_node_without_lease_is_judged_
     assert!(message.contains(&format!("{ns}-no-lease")), "{message}");
     let _ = Api::<Pod>::namespaced(c.clone(), &ns).delete("3-x", &DeleteParams::default().grace_period(0)).await;
 }
+
+/// The opt-in renewal (docs/contract.md §3.1): the leader's `leaderlock.dev/roles.renewed` mark
+/// changes every third of `renewDeadlineSeconds` and nowhere else; turned off, it is removed
+/// and the writes stop.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_renewed_leader_gets_a_new_mark_every_third_of_the_deadline_and_none_once_off() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    install_crd();
+    let etcd = EtcdServer::start();
+    let ns = namespace("renewal");
+    let c = client().await;
+    let a = PlayedNode::start(&c, &format!("{ns}-a")).await;
+    let _ctl = ControllerProcess::start(&["--etcd-endpoints", &etcd.endpoint()]);
+    pod_on(&c, &ns, "1-a", &a.name).await;
+    pod_on(&c, &ns, "2-a", &a.name).await;
+    let renewed = LL.replace("spec:\n", "spec:\n  renewDeadlineSeconds: 3\n");
+    kubectl_ok(&["apply", "-n", &ns, "-f", "-"], Some(&renewed));
+    let (holder, _) = elected(&c, &ns, "payments", "ledger", 2).await;
+    let key = "leaderlock.dev/roles.renewed";
+    // Collect the marks the holder shows for 4 s: a new one about every second.
+    let mut marks: Vec<(Instant, String)> = Vec::new();
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(4) {
+        if let Some(v) = annotations(&c, &ns, &holder).await.get(key).cloned()
+            && marks.last().is_none_or(|(_, last)| *last != v)
+        {
+            marks.push((Instant::now(), v));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!((3..=6).contains(&marks.len()), "one mark a second for 4 s: {marks:?}");
+    assert!(marks.iter().all(|(_, v)| v.starts_with("3s ")), "{marks:?}");
+    for pair in marks.windows(2) {
+        let gap = pair[1].0 - pair[0].0;
+        assert!(gap >= Duration::from_millis(700) && gap <= Duration::from_millis(2500), "marks {gap:?} apart: {marks:?}");
+    }
+    let standby = if holder == "1-a" { "2-a" } else { "1-a" };
+    assert!(!annotations(&c, &ns, standby).await.contains_key(key), "a standby carries no mark");
+
+    kubectl_ok(&["apply", "-n", &ns, "-f", "-"], Some(LL));
+    eventually("the mark removed", Duration::from_secs(10), || async {
+        (!annotations(&c, &ns, &holder).await.contains_key(key)).then_some(())
+    })
+    .await;
+    wait_converged(&c, &ns, &etcd.endpoint(), ROOT, None, Duration::from_secs(15)).await.expect("converged");
+    let versions = pod_versions(&c, &ns).await;
+    a.renewals_after(6).await; // 3 s: three renewal periods of the old setting
+    assert_eq!(pod_versions(&c, &ns).await, versions, "renewal off: no more pod writes");
+}

@@ -39,9 +39,11 @@ pub async fn apply(ll: Arc<LeaderLock>, ctx: &Context) -> Result<Action> {
         let now = jiff::Timestamp::now();
         let after = snapshot(ctx, &ll, &view);
         let decided = plan::decide(&after, now);
-        execute(ctx, &ll, &plan::after_etcd(&after, &decided, &plan::placement_moves(&steps), now)).await?;
+        let writes = plan::after_etcd(&after, &decided, &plan::placement_moves(&steps), now);
+        execute(ctx, &ll, &writes).await?;
         let resync = ctx.resyncs.next_due(view.pods.values().filter_map(|p| p.uid.as_deref()));
-        Ok::<_, Error>(earliest(placement::recheck_after(&decided.placed, now), resync))
+        let renew = plan::next_renewal(&after, &writes, now);
+        Ok::<_, Error>([placement::recheck_after(&decided.placed, now), resync, renew].into_iter().flatten().min())
     }
     .await;
     if let Err(e) = &result
@@ -51,12 +53,9 @@ pub async fn apply(ll: Arc<LeaderLock>, ctx: &Context) -> Result<Action> {
     }
     let recheck = result?;
     tracing::debug!(leaderlock = %ll.name_any(), namespace = ll.namespace().unwrap_or_default(), "reconciled");
-    // The only timers: a candidate's stabilisation delay ending, a pod's resync falling due.
+    // The only timers: a candidate's stabilisation delay ending, a pod's resync or (opt-in) a
+    // leader's renewal falling due.
     Ok(recheck.map_or_else(Action::await_change, Action::requeue))
-}
-
-fn earliest(a: Option<std::time::Duration>, b: Option<std::time::Duration>) -> Option<std::time::Duration> {
-    a.into_iter().chain(b).min()
 }
 
 /// What a plan decides from: the view, each pod's keys as we last knew them, the holders.

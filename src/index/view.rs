@@ -117,7 +117,13 @@ impl View {
                 if !candidate && leader.is_none() {
                     continue; // paused, but only the holder is frozen in place
                 }
-                out.push(LockRoles { lock: lock.clone(), candidates: vec![name.clone()], leader, labels: obj.spec.pod_labels });
+                out.push(LockRoles {
+                    lock: lock.clone(),
+                    candidates: vec![name.clone()],
+                    leader,
+                    labels: obj.spec.pod_labels,
+                    renew_deadline: obj.spec.renew_deadline_seconds,
+                });
             }
         }
         out

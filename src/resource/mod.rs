@@ -81,6 +81,13 @@ pub struct LeaderLockSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = 3600))]
     pub node_lost_after_seconds: Option<i64>,
+    /// Opt-in: the controller renews each leading pod every third of this many seconds
+    /// (`leaderlock.dev/roles.renewed`), and a leader whose file shows no renewal for this long
+    /// stops acting as leader — a leader the controller cannot reach (frozen or cut-off node,
+    /// dead kubelet or controller) stops on its own. Costs pod writes while idle. Absent: off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 3, max = 3600))]
+    pub renew_deadline_seconds: Option<i64>,
     /// Freeze every holder (maintenance): no failover, no handover, candidate keys stay as they
     /// are until set back to false. The `Paused` condition says so.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
