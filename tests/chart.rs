@@ -28,6 +28,7 @@ const FULL: &[&str] = &[
     "log.format=json",
     "controller.maxConcurrentReconciles=32",
     "controller.resyncAfter=0",
+    "controller.nodeLostAfter=11s",
 ];
 
 /// Runs the pinned helm with its state dirs in a temp dir (it must not need or touch $HOME).
@@ -149,7 +150,16 @@ fn cluster_role_grants_exactly_what_the_controller_needs() {
     assert_eq!(binding["roleRef"]["name"], one(&docs, "ClusterRole")["metadata"]["name"]);
     assert_eq!(binding["subjects"], yaml("[{kind: ServiceAccount, name: ll-leaderlock, namespace: leaderlock-system}]"));
     assert_eq!(one(&docs, "ServiceAccount")["metadata"]["name"], "ll-leaderlock");
-    assert!(!docs.iter().any(|d| d["kind"] == "Role" || d["kind"] == "RoleBinding"), "no namespaced grants");
+    // The one namespaced grant: reading node Leases, in kube-node-lease only (node loss).
+    let role = one(&docs, "Role");
+    assert_eq!(role["metadata"]["namespace"], "kube-node-lease");
+    assert_eq!(role["rules"], yaml("[{apiGroups: [coordination.k8s.io], resources: [leases], verbs: [list, watch]}]"));
+    let binding = one(&docs, "RoleBinding");
+    assert_eq!(
+        (&binding["metadata"]["namespace"], &binding["roleRef"]["name"]),
+        (&role["metadata"]["namespace"], &role["metadata"]["name"])
+    );
+    assert_eq!(binding["subjects"], yaml("[{kind: ServiceAccount, name: ll-leaderlock, namespace: leaderlock-system}]"));
 }
 
 #[test]
@@ -173,6 +183,8 @@ fn default_values_render_a_hardened_two_replica_deployment() {
             "ClusterRoleBinding",
             "Deployment",
             "PodDisruptionBudget",
+            "Role",
+            "RoleBinding",
             "Service",
             "ServiceAccount",
             "ValidatingAdmissionPolicy",
@@ -210,6 +222,7 @@ fn default_values_render_a_hardened_two_replica_deployment() {
             "--election-ttl=3",
             "--max-concurrent-reconciles=16",
             "--resync-after=2s",
+            "--node-lost-after=15s",
         ]
     );
     assert_eq!(c["env"][0], yaml("{name: POD_NAME, valueFrom: {fieldRef: {fieldPath: metadata.name}}}"));
@@ -253,6 +266,7 @@ fn full_values_wire_etcd_tls_auth_prefixes_and_extras() {
         "--log-format=json",
         "--max-concurrent-reconciles=32",
         "--resync-after=0",
+        "--node-lost-after=11s",
     ] {
         assert!(a.iter().any(|x| x == want), "missing {want} in {a:?}");
     }
