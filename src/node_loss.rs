@@ -11,8 +11,9 @@
 //! Time is this process's monotonic clock at the moment the watch showed a renewal, never the
 //! Lease's `renewTime` (the kubelet's clock, which may be skewed): only whether `renewTime`
 //! changed is read. Whatever this process could not see is not held against a node:
-//! * until the first list completes, and again after the watch failed, nothing is judged; when
-//!   sight returns every node that was not already suspect counts as renewed then;
+//! * until the first list completes nothing is judged; while the watch fails the verdicts stay
+//!   as they were when it failed (a lost node stays lost, no other is judged lost); when sight
+//!   returns every node that was not already suspect counts as renewed then;
 //! * when no node at all renewed within the threshold, nothing is lost: a stale view of ours
 //!   is likelier than every node dying at once (and there would be nowhere to move to).
 
@@ -29,7 +30,8 @@ pub enum Sight {
     Starting,
     /// Listed, and the watch has delivered everything since.
     Seeing,
-    /// The watch failed at this instant (and why); nothing is judged until it delivers again.
+    /// The watch failed at this instant (and why): verdicts stay as they were then until it
+    /// delivers again.
     Blind { since: Instant, why: String },
     /// Leases cannot be read at all (RBAC, or no such API): today's behaviour, pod readiness only.
     Unreadable(String),
@@ -95,8 +97,9 @@ impl Renewals {
     }
 
     /// The watch failed: judge nothing until it delivers again.
+    /// Before the first list there is nothing to freeze: it stays `Starting`.
     pub fn lost_sight(&mut self, why: String, now: Instant) {
-        if !matches!(self.sight, Sight::Blind { .. } | Sight::Unreadable(_)) {
+        if self.sight == Sight::Seeing {
             self.sight = Sight::Blind { since: now, why };
         }
     }
@@ -125,8 +128,18 @@ impl Renewals {
         self.sight = Sight::Seeing;
     }
 
+    /// The instant silences are measured at: `now`, or while blind the moment sight was lost,
+    /// so that verdicts stay as they were (a lost node stays lost, no new one is judged).
+    fn judged_at(&self, now: Instant) -> Instant {
+        match &self.sight {
+            Sight::Blind { since, .. } => *since,
+            _ => now,
+        }
+    }
+
     /// How long every node has gone unrenewed at `now`.
     pub fn silence(&self, now: Instant, default_after: Option<Duration>) -> Silence {
+        let now = self.judged_at(now);
         let nodes: BTreeMap<String, Duration> = self.nodes.iter().map(|(n, s)| (n.clone(), now.saturating_duration_since(s.at))).collect();
         let freshest = nodes.values().min().copied();
         Silence { sight: self.sight.clone(), nodes, freshest, default_after }
@@ -152,12 +165,18 @@ impl Renewals {
 
     /// The nodes whose silence reached `threshold` at `now`, as [`Silence::is_lost`] judges.
     pub fn lost_under(&self, threshold: Duration, now: Instant) -> BTreeSet<String> {
+        let now = self.judged_at(now);
         let silent = |s: &Seen| now.saturating_duration_since(s.at);
-        if self.sight != Sight::Seeing || !self.nodes.values().any(|s| silent(s) < threshold) {
+        if !judging(&self.sight) || !self.nodes.values().any(|s| silent(s) < threshold) {
             return BTreeSet::new();
         }
         self.nodes.iter().filter(|(_, s)| silent(s) >= threshold).map(|(n, _)| n.clone()).collect()
     }
+}
+
+/// Whether verdicts are given: after the first list, and while blind (frozen as sight was lost).
+fn judging(sight: &Sight) -> bool {
+    matches!(sight, Sight::Seeing | Sight::Blind { .. })
 }
 
 /// How long each node's Lease has gone unrenewed, at one instant: what a reconcile judges from.
@@ -205,7 +224,7 @@ impl Silence {
 
     pub fn verdict(&self, node: Option<&str>, threshold: Option<Duration>) -> NodeVerdict {
         let (Some(node), Some(t)) = (node, threshold) else { return NodeVerdict::Trusted };
-        if self.sight != Sight::Seeing {
+        if !judging(&self.sight) {
             return NodeVerdict::Trusted;
         }
         let Some(silent) = self.nodes.get(node) else { return NodeVerdict::NoLease };
@@ -251,18 +270,20 @@ mod tests {
     }
 
     #[test]
-    fn nothing_is_judged_before_the_first_list_or_while_the_watch_fails() {
+    fn nothing_is_judged_before_the_first_list_and_nothing_new_while_the_watch_fails() {
         let t0 = Instant::now();
         let mut r = Renewals::new(T);
         r.observe("a", "a0", t0);
         r.observe("b", "b0", t0);
         r.observe("b", "b1", t0 + secs(10));
         assert_eq!(r.silence(t0 + secs(20), Some(T)).verdict(Some("a"), Some(T)), NodeVerdict::Trusted, "not listed yet");
+        r.lost_sight("list failed".into(), t0 + secs(20));
+        assert_eq!(r.sight(), &Sight::Starting, "nothing listed yet, nothing to freeze");
         r.listed(&["a".to_string(), "b".to_string()].into(), t0 + secs(20));
         assert!(!r.silence(t0 + secs(34), Some(T)).is_lost(Some("a"), Some(T)), "a full threshold from the list");
         let mut r2 = two_nodes(t0);
         r2.lost_sight("connection reset".into(), t0 + secs(5));
-        assert!(!r2.silence(t0 + secs(60), Some(T)).is_lost(Some("a"), Some(T)), "blind: no verdict");
+        assert!(!r2.silence(t0 + secs(60), Some(T)).is_lost(Some("a"), Some(T)), "blind: no new verdict");
         assert_eq!(r2.next_deadline(&[T].into(), t0 + secs(60)), None);
         // Sight returns at 60 s: a and b were renewing (silent 5 s when the watch failed), so
         // their missed renewals are not held against them: each gets a full threshold from now.
@@ -280,6 +301,8 @@ mod tests {
         r.observe("b", "b2", t0 + secs(20));
         assert!(r.silence(t0 + secs(20), Some(T)).is_lost(Some("a"), Some(T)));
         r.lost_sight("apiserver down".into(), t0 + secs(21));
+        assert!(r.silence(t0 + secs(30), Some(T)).is_lost(Some("a"), Some(T)), "blind: a lost node stays lost");
+        assert!(!r.silence(t0 + secs(30), Some(T)).is_lost(Some("b"), Some(T)));
         r.observe("b", "b3", t0 + secs(40));
         assert!(r.silence(t0 + secs(40), Some(T)).is_lost(Some("a"), Some(T)), "a had not renewed for 21 s before");
         assert!(!r.silence(t0 + secs(40), Some(T)).is_lost(Some("b"), Some(T)));

@@ -25,12 +25,20 @@ pub struct NodeLoss {
     renewals: Mutex<Renewals>,
     /// `--node-lost-after` (None: off unless a LeaderLock sets its own).
     default_after: Option<Duration>,
+    /// True once the Leases were listed or found unreadable: reconciles wait for it, so a
+    /// LeaderLock's first status already knows which nodes have a Lease.
+    listed: tokio::sync::watch::Sender<bool>,
 }
 
 impl NodeLoss {
     pub fn new(default_after: Option<Duration>) -> NodeLoss {
         let suspect_after = default_after.unwrap_or(Duration::from_secs(15));
-        NodeLoss { renewals: Mutex::new(Renewals::new(suspect_after)), default_after }
+        NodeLoss { renewals: Mutex::new(Renewals::new(suspect_after)), default_after, listed: tokio::sync::watch::Sender::new(false) }
+    }
+
+    /// Waits until the Leases were listed once (or cannot be read).
+    pub async fn wait_listed(&self) {
+        let _ = self.listed.subscribe().wait_for(|listed| *listed).await;
     }
 
     fn renewals(&self) -> std::sync::MutexGuard<'_, Renewals> {
@@ -78,13 +86,18 @@ pub async fn run(client: kube::Client, loss: Arc<NodeLoss>, index: Arc<Index>, t
             observe(&mut loss.renewals(), ev, &mut listing, now);
         }
         let mut renewals = loss.renewals();
+        if *renewals.sight() != Sight::Starting {
+            loss.listed.send_replace(true);
+        }
         renewals.set_suspect_after(thresholds.first().copied().unwrap_or(Duration::from_secs(15)));
-        let sight_changed = std::mem::discriminant(renewals.sight()) != std::mem::discriminant(&sight_before);
+        // Whether Leases can be read at all is in every LeaderLock's status; a failing watch
+        // changes no verdict (they stay as they were).
+        let readable = |s: &Sight| !matches!(s, Sight::Unreadable(_));
+        let sight_changed = readable(renewals.sight()) != readable(&sight_before);
         let verdicts: BTreeMap<Duration, BTreeSet<String>> = thresholds.iter().map(|t| (*t, renewals.lost_under(*t, now))).collect();
         drop(renewals);
         let changed = judged.update(verdicts);
         let concerned: std::collections::HashSet<ObjectRef<LeaderLock>> = if sight_changed {
-            // Whether Leases can be read is in every LeaderLock's status.
             index.all_leaderlocks().into_iter().collect()
         } else {
             changed.iter().flat_map(|node| index.leaderlocks_on_node(node)).collect()

@@ -143,6 +143,7 @@ pub async fn run(client: kube::Client, engine: Arc<Engine>, settings: Settings, 
                     let _ = pods_synced.wait_for(|synced| *synced).await;
                     let _ = lls_synced.wait_for(|synced| *synced).await;
                     let _ = requests_synced.wait_for(|synced| *synced).await;
+                    ctx.node_loss.wait_listed().await;
                     let start = std::time::Instant::now();
                     let result = reconcile(ll, ctx.clone()).await;
                     ctx.metrics.observe_reconcile(start.elapsed(), result.as_ref().err().map(Error::label));
