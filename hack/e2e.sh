@@ -30,7 +30,8 @@ if [[ "${1:-}" != --inside ]]; then
       && go build -trimpath -o "$out/e2e" .) \
       || die "building the e2e harness failed"
     touch "$out/.complete"
-    find "$CACHE_DIR/bin" -maxdepth 1 -name 'e2e-*' ! -path "$out" -exec rm -rf {} +
+    # Older builds only: another worktree's make e2e may be running its own.
+    find "$CACHE_DIR/bin" -maxdepth 1 -name 'e2e-*' ! -path "$out" -mmin +1440 -exec rm -rf {} +
   fi
   export E2E_BIN="$out/e2e"
   exec env LEADERLOCK_NODE=1 "$ROOT/hack/cluster.sh" run -- "$0" --inside
