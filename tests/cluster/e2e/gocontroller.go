@@ -232,7 +232,7 @@ func (g *goRun) handover(kind string) goSample {
 		if err != nil {
 			fail("ctr tasks kill %s: %v: %s", old.ContainerID, err, out)
 		}
-		g.tail.kill(old.Proc.Key, t)
+		g.tail.endAt(old.Proc.Key, t)
 	}
 	var next proc
 	waitFor(g.ns+": a new leader's first reconcile", goBound, func() bool {
@@ -249,7 +249,7 @@ func (g *goRun) handover(kind string) goSample {
 	if kind == "graceful" {
 		if !poll(30*time.Second, func() bool { return !g.procByKey(old.Proc.Key).Stopped.IsZero() }) {
 			s.StopUnseen = true
-			g.tail.kill(old.Proc.Key, t) // its term ended unseen: count it as ended at the delete
+			g.tail.endAt(old.Proc.Key, t) // its term ended unseen: count it as ended at the delete
 			logf("%s: %s's \"stopped leading\" line was not seen; its gap counts from the delete", g.ns, old.Proc.Key)
 		} else {
 			oldStop = g.procByKey(old.Proc.Key).Stopped

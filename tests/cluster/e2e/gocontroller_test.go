@@ -80,7 +80,7 @@ func TestAKilledProcessEndsAtItsKill(t *testing.T) {
 	if len(active(tail.snapshot())) != 1 {
 		t.Fatal("a leading process is not active")
 	}
-	tail.kill("pod-a#0", at(500))
+	tail.endAt("pod-a#0", at(500))
 	if p := tail.snapshot()[0]; !p.Stopped.Equal(at(500)) || len(active(tail.snapshot())) != 0 {
 		t.Fatalf("after the kill: %+v", p)
 	}

@@ -134,9 +134,10 @@ func listRV(path string) uint64 {
 }
 
 // changesBetween replays the watch of path from rv0 and counts the events of objects whose
-// resourceVersion is in (rv0, rv1]. The apiserver ends the watch after 2 s.
+// resourceVersion is in (rv0, rv1]. The apiserver ends the watch after 1 s; rv1 was listed
+// before, so its events come in the replay.
 func changesBetween(path string, rv0, rv1 uint64) int {
-	out := mustKubectl("get", "--raw", fmt.Sprintf("%s?watch=1&resourceVersion=%d&timeoutSeconds=2", path, rv0))
+	out := mustKubectl("get", "--raw", fmt.Sprintf("%s?watch=1&resourceVersion=%d&timeoutSeconds=1", path, rv0))
 	n, err := countWatchEvents(out, rv0, rv1)
 	if err != nil {
 		fail("replaying the watch of %s from resourceVersion %d: %v", path, rv0, err)
@@ -173,31 +174,41 @@ func countWatchEvents(stream string, rv0, rv1 uint64) (int, error) {
 	return n, nil
 }
 
-// measureIdle runs the idle window over every variant at once.
-func measureIdle(runs map[string]*goRun, window time.Duration) map[string]idleFigures {
-	type begin struct {
-		counts map[string]requestCounts
-		rv     map[string]uint64
-		at     time.Time
+// idleEnd is what one end of the window reads of a variant: its replicas' request counts and
+// each resource's list resourceVersion, and when.
+type idleEnd struct {
+	counts map[string]requestCounts
+	rv     map[string]uint64
+	at     time.Time
+}
+
+func readIdleEnd(ns string) idleEnd {
+	e := idleEnd{counts: scrape(ns), rv: map[string]uint64{}}
+	for _, r := range idleResources {
+		e.rv[r.Name] = listRV(resourcePath(r.Group, ns, r.Name))
 	}
-	begins := map[string]begin{}
-	for name, g := range runs {
-		b := begin{counts: scrape(g.ns), rv: map[string]uint64{}}
-		for _, r := range idleResources {
-			b.rv[r.Name] = listRV(resourcePath(r.Group, g.ns, r.Name))
-		}
-		b.at = time.Now()
-		begins[name] = b
+	e.at = time.Now()
+	return e
+}
+
+// measureIdle runs the idle window over every variant at once: both ends are read for all
+// variants in turn (a few reads each), and the watches replayed only after the window closed.
+func measureIdle(runs map[string]*goRun, window time.Duration) map[string]idleFigures {
+	begins, ends := map[string]idleEnd{}, map[string]idleEnd{}
+	for _, v := range goVariants {
+		begins[v.Name] = readIdleEnd(runs[v.Name].ns)
 	}
 	logf("go-controller: idle window of %s", window)
 	time.Sleep(window) // the measurement itself, not a wait for a condition
+	for _, v := range goVariants {
+		ends[v.Name] = readIdleEnd(runs[v.Name].ns)
+	}
 	out := map[string]idleFigures{}
-	for name, g := range runs {
-		b := begins[name]
-		end := scrape(g.ns)
-		f := idleFigures{Changes: map[string]int{}, Window: time.Since(b.at)}
+	for _, v := range goVariants {
+		g, b, e := runs[v.Name], begins[v.Name], ends[v.Name]
+		f := idleFigures{Changes: map[string]int{}, Window: e.at.Sub(b.at)}
 		for key, c0 := range b.counts {
-			c1, ok := end[key]
+			c1, ok := e.counts[key]
 			if !ok {
 				fail("%s: %s was replaced during the idle window", g.ns, key)
 			}
@@ -207,11 +218,10 @@ func measureIdle(runs map[string]*goRun, window time.Duration) map[string]idleFi
 			f.Requests += a1 - a0
 		}
 		for _, r := range idleResources {
-			path := resourcePath(r.Group, g.ns, r.Name)
-			f.Changes[r.Name] = changesBetween(path, b.rv[r.Name], listRV(path))
+			f.Changes[r.Name] = changesBetween(resourcePath(r.Group, g.ns, r.Name), b.rv[r.Name], e.rv[r.Name])
 		}
-		logf("%s idle: %d writes and %d requests by the example, object changes %v, in %s", g.ns, f.Writes, f.Requests, f.Changes, window)
-		out[name] = f
+		logf("%s idle: %d writes and %d requests by the example, object changes %v, in %s", g.ns, f.Writes, f.Requests, f.Changes, f.Window.Round(time.Millisecond))
+		out[v.Name] = f
 	}
 	return out
 }

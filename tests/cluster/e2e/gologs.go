@@ -96,11 +96,11 @@ type logTail struct {
 	mu     sync.Mutex
 	procs  map[string]*proc
 	offset map[string]int64     // file -> bytes consumed (whole lines only)
-	killed map[string]time.Time // process -> when the harness killed it
+	ended  map[string]time.Time // process -> when its term ended, per the harness (endAt)
 }
 
 func newLogTail() *logTail {
-	return &logTail{procs: map[string]*proc{}, offset: map[string]int64{}, killed: map[string]time.Time{}}
+	return &logTail{procs: map[string]*proc{}, offset: map[string]int64{}, ended: map[string]time.Time{}}
 }
 
 // follow polls dir (the node's podLogsDir) for ns's pods until stop is closed.
@@ -171,21 +171,22 @@ func (t *logTail) procLocked(key, pod string) *proc {
 	return p
 }
 
-// kill records that the harness killed process key at at: its term ends there.
-func (t *logTail) kill(key string, at time.Time) {
+// endAt records that process key's term ended at at, as only the harness knows: it killed the
+// process then, or its own last line was lost.
+func (t *logTail) endAt(key string, at time.Time) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	t.killed[key] = at
+	t.ended[key] = at
 }
 
-// snapshot copies every process, with a killed process's Stopped set to its kill.
+// snapshot copies every process, with Stopped set to endAt's time when that came first.
 func (t *logTail) snapshot() []proc {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	out := make([]proc, 0, len(t.procs))
 	for key, p := range t.procs {
 		c := *p
-		if at, ok := t.killed[key]; ok && (c.Stopped.IsZero() || at.Before(c.Stopped)) {
+		if at, ok := t.ended[key]; ok && (c.Stopped.IsZero() || at.Before(c.Stopped)) {
 			c.Stopped = at
 		}
 		out = append(out, c)

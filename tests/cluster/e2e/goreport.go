@@ -91,7 +91,7 @@ const (
 func (r *goResults) markdown() string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "%s\n## On a real node: a Go controller, LeaderLock drop-in vs Lease election (`make e2e`)\n\n", goSectionBegin)
-	fmt.Fprintf(&b, "`examples/go-controller` (a controller-runtime v0.24 manager reconciling %d ConfigMaps) as two Deployments of %d replicas on the same node, in the same run as the table above: "+
+	fmt.Fprintf(&b, "`examples/go-controller` (a controller-runtime v0.24 manager reconciling %d ConfigMaps) as two Deployments of %d replicas on the same node; `make e2e` runs them after the job workloads above: "+
 		"one elected through LeaderLock with `leaderelection.ResourceLock` and the timing contract §3.7 recommends (LeaseDuration 2 s, RenewDeadline 1 s, RetryPeriod 250 ms), "+
 		"one through controller-runtime's own Lease election with its defaults (15 s, 10 s, 2 s; `LeaderElectionReleaseOnCancel` off, as kubebuilder scaffolds it). "+
 		"Same image, same readiness probe (kubebuilder's: `/readyz`, 5 s delay, every 10 s), the two variants' handovers alternating; %d handovers in %s.\n\n",
