@@ -171,9 +171,8 @@ func newGoRun(c config, v goVariant) *goRun {
 
 // holder is the pod leading now and its process.
 type holder struct {
-	Pod         pod
-	Proc        proc
-	ContainerID string
+	Pod  pod
+	Proc proc
 }
 
 // steady waits until all replicas are Ready, none terminating, exactly one process leads and
@@ -200,7 +199,7 @@ func (g *goRun) steady() holder {
 				if g.v.Name == "dropin" && goRole(g.ns, p.Name) != "leader" {
 					return false
 				}
-				h = holder{Pod: p, Proc: act[0], ContainerID: p.ContainerID}
+				h = holder{Pod: p, Proc: act[0]}
 				return true
 			}
 		}
@@ -228,9 +227,9 @@ func (g *goRun) handover(kind string) goSample {
 	case "graceful":
 		mustKubectl("delete", "pod", "-n", g.ns, old.Pod.Name, "--wait=false")
 	case "crash":
-		out, err := exec.Command("ctr", "-a", g.c.containerd, "-n", "k8s.io", "tasks", "kill", "-s", "SIGKILL", old.ContainerID).CombinedOutput()
+		out, err := exec.Command("ctr", "-a", g.c.containerd, "-n", "k8s.io", "tasks", "kill", "-s", "SIGKILL", old.Pod.ContainerID).CombinedOutput()
 		if err != nil {
-			fail("ctr tasks kill %s: %v: %s", old.ContainerID, err, out)
+			fail("ctr tasks kill %s: %v: %s", old.Pod.ContainerID, err, out)
 		}
 		g.tail.endAt(old.Proc.Key, t)
 	}
@@ -244,6 +243,11 @@ func (g *goRun) handover(kind string) goSample {
 		}
 		return false
 	})
+	// Its first reconcile may come before its "leading" line, which carries the token.
+	if !poll(10*time.Second, func() bool { return !g.procByKey(next.Key).Leading.IsZero() }) {
+		logf("%s: %s reconciled but logged no \"leading\" line", g.ns, next.Key)
+	}
+	next = g.procByKey(next.Key)
 	var s goSample
 	oldStop := t
 	if kind == "graceful" {
