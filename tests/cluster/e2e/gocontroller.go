@@ -175,8 +175,9 @@ type holder struct {
 	Proc proc
 }
 
-// steady waits until all replicas are Ready, none terminating, exactly one process leads and
-// its pod is the newest process of a live pod (for the drop-in: annotated leader).
+// steady waits until all replicas are Ready, none terminating, exactly one process leads (its
+// "leading" line read) and it is the newest process of a live pod (for the drop-in: annotated
+// leader).
 func (g *goRun) steady() holder {
 	var h holder
 	waitFor("a steady "+g.ns+" (all Ready, one manager leading)", 180*time.Second, func() bool {
@@ -191,7 +192,7 @@ func (g *goRun) steady() holder {
 		}
 		procs := g.tail.snapshot()
 		act := active(procs)
-		if len(act) != 1 {
+		if len(act) != 1 || act[0].Leading.IsZero() {
 			return false
 		}
 		for _, p := range pods {
