@@ -6,7 +6,8 @@
 // blocks with the controller's resync on and off in turn (A/B, switched by `helm upgrade`), and
 // the pod watch counts the resync's extra pod writes. It then checks node and controller faults
 // change no holder, writes its section of BENCHMARKS.md with a CDF plot, and prints one
-// `E2E ...` line.
+// `E2E ...` line. The go phase (gocontroller.go) then runs examples/go-controller elected through
+// LeaderLock and through controller-runtime's Lease side by side, in a section of its own.
 //
 // It expects the chart installed and the images imported (hack/e2e.sh does both).
 package main
@@ -61,6 +62,9 @@ type config struct {
 	out, plot                       string
 	skipFaults                      bool
 	phases                          string
+	goImage                         string        // examples/go-controller's image
+	goGraceful, goKills             int           // its handovers per variant
+	goIdle                          time.Duration // its idle window
 }
 
 func main() {
@@ -85,7 +89,11 @@ func main() {
 	flag.StringVar(&c.out, "out", "", "BENCHMARKS.md to update (empty: print only)")
 	flag.StringVar(&c.plot, "plot", "", "PNG file for the job-gap CDF")
 	flag.BoolVar(&c.skipFaults, "skip-faults", false, "skip the kubelet/containerd/controller faults")
-	flag.StringVar(&c.phases, "phases", "leaderlock,clientgo", "which workloads to measure")
+	flag.StringVar(&c.phases, "phases", "leaderlock,clientgo,go", "which workloads to measure (go: examples/go-controller, LeaderLock drop-in vs Lease)")
+	flag.StringVar(&c.goImage, "go-image", "leaderlock.dev/go-controller:local", "examples/go-controller image")
+	flag.IntVar(&c.goGraceful, "go-graceful", 20, "Go controller handovers by deleting the leader pod, per election")
+	flag.IntVar(&c.goKills, "go-kills", 20, "Go controller handovers by killing the leader's container, per election")
+	flag.DurationVar(&c.goIdle, "go-idle", time.Minute, "the Go controllers' idle window (0: none)")
 	flag.Parse()
 	if c.nodeDir == "" || c.containerd == "" || c.image == "" || c.apiHost == "" || c.chart == "" {
 		fail("-node-dir, -containerd, -image, -api-host and -chart are required (run through hack/e2e.sh)")
@@ -93,7 +101,7 @@ func main() {
 	if c.chartValues == "" {
 		c.chartValues = filepath.Join(c.nodeDir, "chart-values.yaml")
 	}
-	if c.abBlocks < 1 || c.graceful < 0 || c.kills < 0 || c.notready < 0 || c.clientgoHandovers < 0 {
+	if c.abBlocks < 1 || c.graceful < 0 || c.kills < 0 || c.notready < 0 || c.clientgoHandovers < 0 || c.goGraceful < 0 || c.goKills < 0 {
 		fail("-ab-blocks must be at least 1 and the handover counts not negative")
 	}
 	start := time.Now()
@@ -136,23 +144,38 @@ func main() {
 		g.close()
 	}
 
-	r.duration = time.Since(start)
-	if c.plot != "" {
-		if err := r.plotCDF(c.plot); err != nil {
-			fail("plot: %v", err)
-		}
+	r.duration = time.Since(start) // the job workloads' time; the Go phase reports its own
+	if hasPhase(c.phases, "go") {
+		r.goc = runGoControllers(c)
+		r.violations += r.goc.violations
 	}
-	section := r.markdown(filepath.Base(c.plot))
-	if c.out != "" {
-		if err := replaceSection(c.out, section); err != nil {
-			fail("write %s: %v", c.out, err)
+
+	// A run of the Go phase alone leaves the job workloads' section and plot as they are.
+	if r.handovers() > 0 {
+		if c.plot != "" {
+			if err := r.plotCDF(c.plot); err != nil {
+				fail("plot: %v", err)
+			}
 		}
-	} else {
-		fmt.Fprintln(os.Stderr, section)
+		writeSection(c.out, sectionBegin, sectionEnd, r.markdown(filepath.Base(c.plot)))
+	}
+	if r.goc != nil {
+		writeSection(c.out, goSectionBegin, goSectionEnd, r.goc.markdown())
 	}
 	fmt.Println(r.summary())
 	if r.violations > 0 {
 		os.Exit(1)
+	}
+}
+
+// writeSection puts section between its markers in out, or prints it when out is empty.
+func writeSection(out, begin, end, section string) {
+	if out == "" {
+		fmt.Fprintln(os.Stderr, section)
+		return
+	}
+	if err := replaceMarked(out, begin, end, section); err != nil {
+		fail("write %s: %v", out, err)
 	}
 }
 
