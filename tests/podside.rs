@@ -844,10 +844,12 @@ fn run_starts_at_once_on_a_leader_role_that_comes_after_the_start() {
 const RENEWAL: Duration = Duration::from_secs(1);
 
 impl RunFixture {
-    /// The controller renews the pod: a new mark, the role unchanged.
+    /// The controller renews the pod: a new mark, the role unchanged. Returns when the update
+    /// began: the helper may read the new file before the update is done.
     fn renew(&mut self, state: State, mark: u64) -> Instant {
+        let began = Instant::now();
         self.volume.set_raw(&with_renewal(&all_annotations(state), &format!("1s {mark}")), &single_value(state));
-        Instant::now()
+        began
     }
 }
 

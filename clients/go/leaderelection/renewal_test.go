@@ -18,15 +18,17 @@ import (
 const renewal = time.Second
 
 // renew makes the kubelet write the annotations for role and token with the controller's
-// renewal under mark, and says when.
+// renewal under mark, and says when it began (the lock may read the new file before the write
+// returns).
 func (p *pod) renew(roleValue, token string, mark int) time.Time {
 	p.t.Helper()
 	annotations := kubelettest.Role(lockName, roleValue, token)
 	annotations[role.RenewedKey] = "1s " + strconv.Itoa(mark)
+	began := time.Now()
 	if err := p.volume.WriteAnnotations(annotations); err != nil {
 		p.t.Fatal(err)
 	}
-	return time.Now()
+	return began
 }
 
 func TestALeaderWhoseRenewalLapsesStopsAndLeadsAgainOnANewMark(t *testing.T) {

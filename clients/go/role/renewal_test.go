@@ -24,13 +24,15 @@ func renewed(roleValue, token string, mark int) map[string]string {
 	return annotations
 }
 
-// renew makes the kubelet write the annotations with a renewal, and says when.
+// renew makes the kubelet write the annotations with a renewal, and says when it began: Run may
+// read the new file before the write returns.
 func (r *runner) renew(annotations map[string]string) time.Time {
 	r.t.Helper()
+	began := time.Now()
 	if err := r.volume.WriteAnnotations(annotations); err != nil {
 		r.t.Fatal(err)
 	}
-	return time.Now()
+	return began
 }
 
 // nothingFor checks that no callback is called for window.
