@@ -79,6 +79,11 @@ enum Command {
     /// to the file. CMD starts on it only once a change of the file still says `leader` with the same
     /// token, or after --inherited-role-wait with no change.
     ///
+    /// When the file carries the controller's renewal (leaderlock.dev/roles.renewed, `<D> <mark>`:
+    /// a LeaderLock with renewDeadlineSeconds), a `leader` role counts only until D after a new mark
+    /// was read: past that, CMD is stopped as on a demotion (the controller cannot reach this pod),
+    /// and a new mark while still leader starts it again.
+    ///
     /// SIGTERM and SIGINT sent to `run` are forwarded to CMD (SIGKILL after --grace-period).
     ///
     /// Exit status: CMD's own (128+signal if a signal killed it) when CMD ends by itself while leader or
@@ -99,6 +104,9 @@ enum Command {
     /// started, possibly already revoked): they are left out of the set until a change of the file
     /// confirms them, or until --inherited-role-wait passes with no change; then they are added as any
     /// change is.
+    ///
+    /// When the file carries the controller's renewal (leaderlock.dev/roles.renewed, `<D> <mark>`), every
+    /// shard leaves the set once D passes with no new mark read, and returns with the next new mark.
     ///
     /// Needs the projection of metadata.annotations (every lock's role and token).
     ///
