@@ -22,12 +22,11 @@ pub enum Renew {
     At(jiff::Timestamp),
 }
 
-/// `<deadline seconds>`, `<mark ms>` of a [`RENEWED_KEY`] value such as `15s 1764839100123`.
+/// `<deadline seconds>`, `<mark ms>` of a [`RENEWED_KEY`] value such as `15s 1764839100123`, read
+/// as the pod side reads it (one parser for the format).
 pub fn parse(value: &str) -> Option<(i64, i64)> {
-    let (d, mark) = value.split_once(' ')?;
-    let d = d.strip_suffix('s')?.parse().ok().filter(|d| *d > 0)?;
-    let mark = mark.parse().ok().filter(|_| mark.bytes().all(|b| b.is_ascii_digit()))?;
-    Some((d, mark))
+    let r = crate::podside::renewal::parse_renewal(value).ok()?;
+    Some((i64::try_from(r.deadline.as_secs()).ok()?, r.mark.parse().ok()?))
 }
 
 /// The smallest renew deadline (seconds) of the locks `pod` leads, if any sets one.
@@ -119,7 +118,7 @@ mod tests {
     #[test]
     fn values_parse_strictly() {
         assert_eq!(parse("15s 1764839100123"), Some((15, 1_764_839_100_123)));
-        for bad in ["15 1", "15s", "0s 1", "-3s 1", "15s +1", "15s 1 2", "s 1", ""] {
+        for bad in ["15s", "0s 1", "-3s 1", "15s +1", "15s 1 2", "s 1", ""] {
             assert_eq!(parse(bad), None, "{bad:?}");
         }
     }
