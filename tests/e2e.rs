@@ -184,13 +184,17 @@ fn install_chart(node: &Node) {
     });
 }
 
-/// The replica's `leaderlock_active` gauge, read through the apiserver's pod proxy.
+/// Whether the replica is active, from its `/readyz` (`ok: active` or `ok: standby`), read
+/// through the apiserver's pod proxy on the probes' port. (Not /metrics: the proxy passes no
+/// credentials, and /metrics answers only authorized callers.)
 fn active(pod: &str) -> Option<bool> {
-    let path = format!("/api/v1/namespaces/{CHART_NS}/pods/{pod}:8080/proxy/metrics");
+    let path = format!("/api/v1/namespaces/{CHART_NS}/pods/{pod}:8080/proxy/readyz");
     let out = kubectl(&["get", "--raw", &path]);
-    let text = String::from_utf8_lossy(&out.stdout);
-    let line = text.lines().find(|l| l.starts_with("leaderlock_active "))?;
-    Some(line.ends_with(" 1"))
+    match String::from_utf8_lossy(&out.stdout).trim() {
+        "ok: active" => Some(true),
+        "ok: standby" => Some(false),
+        _ => None,
+    }
 }
 
 /// examples/ applied as a user would, with the image names of this machine.
