@@ -16,7 +16,9 @@ use serde_json::Value;
 
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-/// The chart's ServiceAccount, ClusterRole and ClusterRoleBinding rendered for namespace `ns`.
+/// The chart's ServiceAccount and the controller's own ClusterRole and ClusterRoleBinding
+/// rendered for namespace `ns` (not the roles of secure metrics: the controllers of the tests
+/// serve /metrics in plain HTTP, and tests/metrics_auth.rs proves those roles).
 fn chart_rbac(ns: &str) -> Vec<Value> {
     let chart = concat!(env!("CARGO_MANIFEST_DIR"), "/charts/leaderlock");
     let out = std::process::Command::new("helm")
@@ -26,7 +28,13 @@ fn chart_rbac(ns: &str) -> Vec<Value> {
     assert!(out.status.success(), "helm template: {}", String::from_utf8_lossy(&out.stderr));
     let text = String::from_utf8(out.stdout).unwrap();
     let docs: Vec<Value> = serde_saphyr::from_multiple(&text).unwrap_or_else(|e| panic!("helm rendered invalid YAML: {e}\n{text}"));
-    docs.into_iter().filter(|v| matches!(v["kind"].as_str(), Some("ServiceAccount" | "ClusterRole" | "ClusterRoleBinding"))).collect()
+    docs.into_iter()
+        .filter(|v| match v["kind"].as_str() {
+            Some("ServiceAccount") => true,
+            Some("ClusterRole" | "ClusterRoleBinding") => v["metadata"]["name"] == "leaderlock",
+            _ => false,
+        })
+        .collect()
 }
 
 /// Applies the chart's RBAC under a unique name (minus `drop`, a (resource, verb) to remove),
