@@ -215,11 +215,12 @@ fn supervise(launch: &Launch, stem: &Path, st: &Mutex<State>, started: std::sync
         let out = std::fs::File::create(&log).unwrap();
         let mut child = Command::new("setpriv")
             .args(["--pdeathsig", "KILL", env!("CARGO_BIN_EXE_leaderlock"), "controller"])
-            // /metrics in plain HTTP: the tests read it without a token (tests/metrics_auth.rs
-            // covers HTTPS and authorization).
-            .args(["--probe-addr", "127.0.0.1:0", "--metrics-addr", "127.0.0.1:0", "--metrics-secure=false", "--election-ttl", "2"])
+            .args(["--probe-addr", "127.0.0.1:0", "--metrics-addr", "127.0.0.1:0", "--election-ttl", "2"])
             .args(&launch.args)
             .env("LEADERLOCK_LOG_LEVEL", "info,leaderlock=debug")
+            // /metrics in plain HTTP: the tests read it without a token. An env var, so that a
+            // test's own env can switch it back (tests/metrics_auth.rs).
+            .env("LEADERLOCK_METRICS_SECURE", "false")
             .envs(launch.envs.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdout(Stdio::null())
             .stderr(out)
