@@ -37,7 +37,7 @@ const CACHE_CAPACITY: usize = 256;
 /// sending the apiserver a burst of reviews.
 const CONCURRENT_REVIEWS: usize = 4;
 
-/// What the path and verb a caller must be allowed to read: `get` on the non-resource URL.
+/// The permission a caller needs: `get` on the non-resource URL `/metrics`.
 pub const PATH: &str = "/metrics";
 pub const VERB: &str = "get";
 
