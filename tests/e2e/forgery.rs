@@ -31,7 +31,7 @@ const MARKER: &str = "e2e/marker";
 /// Rounds with the policy on and off: each ends once the kubelet projected the marker (about
 /// 0.2–1 s), so the whole step costs seconds.
 const REFUSED_ROUNDS: usize = 5;
-const REVERTED_ROUNDS: usize = 10;
+const REVERTED_ROUNDS: usize = 20;
 
 /// What one forgery did, timed from sending the patch.
 #[derive(Debug)]
@@ -41,8 +41,9 @@ struct Round {
     /// The kubelet projected `leader` into the standby's file at this time, and `standby` again
     /// at the second.
     file: Option<(Duration, Duration)>,
-    /// The leader Service's EndpointSlice held the standby's address.
-    routed: bool,
+    /// The leader Service's EndpointSlice held the standby's address from the first time to the
+    /// second.
+    routed: Option<(Duration, Duration)>,
 }
 
 /// Forges `leader` on `standby` with the policy on, then off, and returns the report printed
@@ -80,7 +81,7 @@ pub fn refused_with_the_policy_and_reverted_without(node_dir: &Path, ns: &str, l
 
         let report = report(&on, &off);
         println!("{report}");
-        assert!(on.iter().all(|r| r.reverted.is_none() && r.file.is_none() && !r.routed), "{report}");
+        assert!(on.iter().all(|r| r.reverted.is_none() && r.file.is_none() && r.routed.is_none()), "{report}");
         assert!(off.iter().all(|r| r.reverted.is_some_and(|d| d < Duration::from_secs(5))), "{report}");
         report
     })
@@ -129,13 +130,24 @@ async fn round(c: &kube::Client, ns: &str, lock: &str, standby: &str, ip: &str, 
         let back = changes.iter().find(|(t, role, _)| *t > at && role != "leader").map(|(t, _, _)| *t).unwrap();
         (at - sent, back - sent)
     });
-    // The slice's changes up to now: the forgery is over, in the apiserver and in the file.
-    let mut routed = false;
-    while let Ok(Some(event)) = tokio::time::timeout(Duration::from_millis(1), slice_events.next()).await {
-        if let WatchEvent::Added(s) | WatchEvent::Modified(s) = event.unwrap() {
-            routed |= s.endpoints.iter().flatten().any(|e| e.addresses.iter().any(|a| a == ip));
-        }
+    // The slice's changes: those up to now (the forgery is over, in the apiserver and in the
+    // file), and, if it still routes to the standby, until it no longer does.
+    let mut routed: Option<(Duration, Option<Duration>)> = None;
+    loop {
+        let wait = if matches!(routed, Some((_, None))) { Duration::from_secs(30) } else { Duration::from_millis(1) };
+        let Ok(event) = tokio::time::timeout(wait, slice_events.next()).await else {
+            assert!(!matches!(routed, Some((_, None))), "the leader Service still routes to the standby 30 s after the revert");
+            break;
+        };
+        let (WatchEvent::Added(s) | WatchEvent::Modified(s)) = event.expect("the EndpointSlice watch").unwrap() else { continue };
+        let has = s.endpoints.iter().flatten().any(|e| e.addresses.iter().any(|a| a == ip));
+        routed = match routed {
+            None if has => Some((sent.elapsed(), None)),
+            Some((from, None)) if !has => Some((from, Some(sent.elapsed()))),
+            other => other,
+        };
     }
+    let routed = routed.map(|(from, to)| (from, to.unwrap()));
     if !admitted {
         // Nothing of the forgery was stored: no version of the pod with `leader`.
         while let Ok(Some(event)) = tokio::time::timeout(Duration::from_millis(1), pod_events.next()).await {
@@ -252,24 +264,29 @@ fn report(on: &[Round], off: &[Round]) -> String {
     let ms = |d: Duration| format!("{:.0} ms", d.as_secs_f64() * 1000.0);
     let stats = |mut d: Vec<Duration>| {
         d.sort();
-        if d.is_empty() { "none".to_string() } else { format!("p50 {} max {}", ms(d[d.len() / 2]), ms(d[d.len() - 1])) }
+        if d.is_empty() { "-".to_string() } else { format!("p50 {} max {}", ms(d[d.len() / 2]), ms(d[d.len() - 1])) }
     };
-    let projected: Vec<&(Duration, Duration)> = off.iter().filter_map(|r| r.file.as_ref()).collect();
+    let spans = |what: &str, s: Vec<(Duration, Duration)>| {
+        format!(
+            "{what} {} times (from {}, until {} after the patch)",
+            s.len(),
+            stats(s.iter().map(|p| p.0).collect()),
+            stats(s.iter().map(|p| p.1).collect())
+        )
+    };
+    let count = |rounds: &[Round], f: fn(&Round) -> bool| rounds.iter().filter(|r| f(r)).count();
     format!(
         "forged leader (annotation and label) on a standby, real kubelet (default settings):\n  \
          policy on:  {} of {} refused; role file showed leader {} times; leader Service routed to the standby {} times\n  \
-         policy off: {} of {} reverted by the controller, {}; role file showed leader {} times (appeared {}, gone {} after the patch); \
-         leader Service routed to the standby {} times",
-        on.iter().filter(|r| r.reverted.is_none()).count(),
+         policy off: {} of {} reverted by the controller, {} after the patch; {}; {}",
+        count(on, |r| r.reverted.is_none()),
         on.len(),
-        on.iter().filter(|r| r.file.is_some()).count(),
-        on.iter().filter(|r| r.routed).count(),
-        off.iter().filter(|r| r.reverted.is_some()).count(),
+        count(on, |r| r.file.is_some()),
+        count(on, |r| r.routed.is_some()),
+        count(off, |r| r.reverted.is_some()),
         off.len(),
         stats(off.iter().filter_map(|r| r.reverted).collect()),
-        projected.len(),
-        stats(projected.iter().map(|p| p.0).collect()),
-        stats(projected.iter().map(|p| p.1).collect()),
-        off.iter().filter(|r| r.routed).count(),
+        spans("role file showed leader", off.iter().filter_map(|r| r.file).collect()),
+        spans("leader Service routed to the standby", off.iter().filter_map(|r| r.routed).collect()),
     )
 }
