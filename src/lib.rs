@@ -18,7 +18,7 @@ pub mod etcd;
 /// Test fixtures shared by every module's unit tests.
 #[cfg(test)]
 pub(crate) mod fixtures;
-/// `/metrics`, `/healthz`, `/readyz` [§5].
+/// `/healthz` and `/readyz` in plain HTTP; `/metrics` over HTTPS to authorized callers [§5.3].
 pub mod http;
 /// In-memory indexes over LeaderLocks and pods: what one reconcile or one pod event concerns.
 pub mod index;

@@ -16,8 +16,10 @@ use serde_json::Value;
 
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-/// The chart's ServiceAccount, ClusterRole, Role (node Leases) and their bindings rendered for
-/// namespace `ns`.
+/// The chart's ServiceAccount, the controller's own ClusterRole and ClusterRoleBinding, and its
+/// Role (node Leases) and RoleBinding, rendered for namespace `ns` (not the roles of secure
+/// metrics: the controllers of the tests serve /metrics in plain HTTP, and tests/metrics_auth.rs
+/// proves those roles).
 fn chart_rbac(ns: &str) -> Vec<Value> {
     let chart = concat!(env!("CARGO_MANIFEST_DIR"), "/charts/leaderlock");
     let out = std::process::Command::new("helm")
@@ -27,9 +29,13 @@ fn chart_rbac(ns: &str) -> Vec<Value> {
     assert!(out.status.success(), "helm template: {}", String::from_utf8_lossy(&out.stderr));
     let text = String::from_utf8(out.stdout).unwrap();
     let docs: Vec<Value> = serde_saphyr::from_multiple(&text).unwrap_or_else(|e| panic!("helm rendered invalid YAML: {e}\n{text}"));
-    let rbac =
-        |v: &Value| matches!(v["kind"].as_str(), Some("ServiceAccount" | "ClusterRole" | "ClusterRoleBinding" | "Role" | "RoleBinding"));
-    docs.into_iter().filter(rbac).collect()
+    docs.into_iter()
+        .filter(|v| match v["kind"].as_str() {
+            Some("ServiceAccount" | "Role" | "RoleBinding") => true,
+            Some("ClusterRole" | "ClusterRoleBinding") => v["metadata"]["name"] == "leaderlock",
+            _ => false,
+        })
+        .collect()
 }
 
 /// Applies the chart's RBAC under a unique name (minus `drop`, a (resource, verb) to remove),
