@@ -604,6 +604,7 @@ mod tests {
                 "controller --etcd-timeout",
                 "controller --election-ttl",
                 "controller --resync-after",
+                "controller --node-lost-after",
                 "wait --timeout",
                 "run --grace-period",
                 "run --inherited-role-wait",
