@@ -283,6 +283,7 @@ func report(final bool) {
 	w("| new controller peak RSS after reconciling everything | %s MB |", na(rst.rssMB))
 	w("")
 	writeSpread(w)
+	writePrice(w)
 	if len(notes) > 0 {
 		w("## Notes")
 		w("")
@@ -306,9 +307,9 @@ func report(final bool) {
 	w("Knobs (env): `BENCH_IDLE_LOCKS` (100), `BENCH_IDLE_SECONDS` (60), `BENCH_HANDOVERS` (50),")
 	w("`BENCH_SLOW_HANDOVERS` (50: the handovers bounded by a 15 s expiry), `BENCH_LANES` (10: side-by-side lanes of the")
 	w("timer-bound rows),")
-	w("`BENCH_SCALE` (1000,10000: comma-separated sizes; the restart phase uses the last), `BENCH_RESTART_SIGNAL` (TERM; KILL), `BENCH_RESTART_WAIT_SECONDS` (300),")
+	w("`BENCH_SCALE` (1000,10000: comma-separated sizes; the restart phase uses the last), `BENCH_PRICE_SIZES` (100,1000), `BENCH_RESTART_SIGNAL` (TERM; KILL), `BENCH_RESTART_WAIT_SECONDS` (300),")
 	w("`BENCH_TRYLOCK_INTERVAL` (1s), `BENCH_APISERVER_PROFILE_SECONDS` (30: kube-apiserver CPU profile in the largest")
-	w("scale phase), `BENCH_PHASES` (idle,failover,handover,scale,spread,restart,multicluster), `BENCH_SPREAD_ROUNDS` (3), `BENCH_MULTI_HANDOVERS` (40),")
+	w("scale phase), `BENCH_PHASES` (idle,failover,handover,scale,spread,restart,multicluster,price), `BENCH_SPREAD_ROUNDS` (3), `BENCH_MULTI_HANDOVERS` (40),")
 	w("`BENCH_MULTI_CUTOFFS` (6), `BENCH_MULTI_TTL` (5), `BENCH_MULTI_IDLE_SECONDS` (30), `BENCH_KEEP_LOGS` (unset: the temp dir printed at")
 	w("the start, with every process's log and etcd data, is removed after a successful run; a failed run keeps it).")
 
@@ -325,11 +326,11 @@ func report(final bool) {
 	for _, n := range cfg.scales {
 		scaled += fmt.Sprintf(" converge_%s_s=%s rss_%s_mb=%s", label(n), scaleFig(n, func(s *scaleResult) string { return s.convergeS }), label(n), scaleFig(n, func(s *scaleResult) string { return s.rssMB }))
 	}
-	fmt.Printf("BENCH idle_writes_per_min leaderlock=%s trylock=%s mutex=%s clientgo=%s failover_p99_ms leaderlock=%s clientgo=%s mutex=%s handover_p99_ms=%s crash_p99_ms leaderlock=%s clientgo=%s mutex=%s%s restart_holder_changes=%s restart_lock_writes=%s multi_idle_writes=%s\n",
+	fmt.Printf("BENCH idle_writes_per_min leaderlock=%s trylock=%s mutex=%s clientgo=%s failover_p99_ms leaderlock=%s clientgo=%s mutex=%s handover_p99_ms=%s crash_p99_ms leaderlock=%s clientgo=%s mutex=%s%s restart_holder_changes=%s restart_lock_writes=%s multi_idle_writes=%s%s\n",
 		na(id.leaderlock), na(id.trylock), na(id.mutex), na(id.clientgo),
 		p99(foLeaderlockGraceful), p99(foClientgoRelease), p99(foMutexGraceful), handoverP99(),
 		p99(foLeaderlockCrash), p99(foClientgoCrash), p99(foMutexCrash),
-		scaled, na(rst.holderChanges), na(rst.lockWrites), na(multiFig(func(m *multiResult) string { return m.idleWrites })))
+		scaled, na(rst.holderChanges), na(rst.lockWrites), na(multiFig(func(m *multiResult) string { return m.idleWrites })), priceBench())
 }
 
 // label names a scale: 1000 → "1k", 300 → "300".
