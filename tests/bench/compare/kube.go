@@ -183,7 +183,7 @@ type tracker struct {
 	moving  map[string]string
 	movedAt map[string]time.Time
 	waiters []*waiter
-	stop                     chan struct{}
+	stop    chan struct{}
 }
 
 func (k *kube) track(ns string, withLeases bool) *tracker {

@@ -53,7 +53,8 @@ func writePrice(w func(string, ...any)) {
 	w("Failover: LeaderLock from the last renewal of the node all holders run on until every lock shows another pod")
 	w("annotated leader, + 2 s; client-go from `kill -9` of elector A (the holder of all M) until every Lease shows")
 	w("another holderIdentity, + 2 s. Idle: a BENCH_IDLE_SECONDS window after the election (client-go's with followers")
-	w("B and C running), × 3600 / window.")
+	w("B and C running), less the background's rate (a window before both, with only the apiserver's own work and 3")
+	w("played node Leases), × 3600 / window; a negative figure is noise around 0.")
 	w("")
 	for _, r := range res.price {
 		f := func(c cost) cost { return c.per(r.m) }
@@ -74,9 +75,9 @@ func writePrice(w func(string, ...any)) {
 		}
 		rows("1,000 elected from empty", func(p *llPrice) cost { return p.elect }, r.cgElect)
 		rows("1,000 holders replaced at once", func(p *llPrice) cost { return p.fail }, r.cgFail)
-		w("%s", costRow("an idle hour of 1,000 locks", "LeaderLock", f(base.idle).perHour()))
-		w("%s", costRow("an idle hour of 1,000 locks", "client-go", f(r.cgIdle).perHour()))
-		w("%s", ratioRow("an idle hour of 1,000 locks", f(base.idle).perHour(), f(r.cgIdle).perHour()))
+		w("%s", costRow("an idle hour: the background (not scaled)", "neither", r.background.perHour()))
+		w("%s", costRow("an idle hour of 1,000 locks, less the background", "LeaderLock", f(base.idle.net(r.background)).perHour()))
+		w("%s", costRow("an idle hour of 1,000 locks, less the background", "client-go", f(r.cgIdle.net(r.background)).perHour()))
 		w("")
 		w("* Windows: client-go elect %.1f s, failover %.1f s, idle %.0f s; LeaderLock idle %.0f s.", r.cgElect.secs, r.cgFail.secs, r.cgIdle.secs, base.idle.secs)
 		for _, p := range r.ll {
