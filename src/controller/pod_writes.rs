@@ -1,7 +1,7 @@
 //! Writing a pod's `leaderlock.dev/*` keys: one JSON merge patch guarded by the pod's UID, under
 //! our field manager. Server-side apply did the same in up to two requests and cost the
 //! apiserver more per write (BENCHMARKS.md, phase `price`); it stays behind a switch the
-//! benchmark flips to compare the two in one run.
+//! benchmark flips to compare the two in one run (the status write follows the same switch).
 
 use std::collections::BTreeMap;
 use std::sync::LazyLock;
@@ -14,15 +14,20 @@ use super::error::{Result, kube_err};
 use super::{Context, FIELD_MANAGER};
 use crate::pods::PodKeys;
 
-/// Bench-only: `LEADERLOCK_BENCH_POD_WRITES=apply` writes pods by server-side apply, as before
-/// the merge patch; read once. Not a user setting (not in `--help` or the contract).
-static APPLY_PODS: LazyLock<bool> = LazyLock::new(|| std::env::var("LEADERLOCK_BENCH_POD_WRITES").is_ok_and(|v| v == "apply"));
+/// Bench-only: `LEADERLOCK_BENCH_WRITES=apply` writes pods and the status by server-side apply,
+/// as before the merge patches; read once. Not a user setting (not in `--help` or the contract).
+static BENCH_APPLY: LazyLock<bool> = LazyLock::new(|| std::env::var("LEADERLOCK_BENCH_WRITES").is_ok_and(|v| v == "apply"));
+
+/// Whether the bench asked for the server-side apply path (see [`BENCH_APPLY`]).
+pub fn bench_apply() -> bool {
+    *BENCH_APPLY
+}
 
 /// Writes `want` as the pod's `leaderlock.dev/*` keys; keys in `have` but not in `want` (ours,
 /// or a manual edit under another manager) are removed in the same request.
 pub async fn write_pod_keys(ctx: &Context, ns: &str, name: &str, uid: Option<&str>, have: &PodKeys, want: &PodKeys) -> Result<()> {
     let api: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
-    let written = if *APPLY_PODS { apply(&api, name, uid, have, want).await } else { merge(&api, name, uid, have, want).await };
+    let written = if bench_apply() { apply(&api, name, uid, have, want).await } else { merge(&api, name, uid, have, want).await };
     match written {
         Ok(Some(pod)) => {
             ctx.expected_pods.record(pod.metadata.uid.as_deref(), pod.metadata.resource_version.as_deref(), PodKeys::current(&pod));

@@ -33,7 +33,7 @@ type priceResult struct {
 
 // llPrice is LeaderLock's share of a priceResult, for one way of writing pods.
 type llPrice struct {
-	mode              string // "merge" (the default) or "apply" (LEADERLOCK_BENCH_POD_WRITES=apply)
+	mode              string // "merge" (the default) or "apply" (LEADERLOCK_BENCH_WRITES=apply)
 	elect, idle, fail cost   // idle measured for the first mode only
 	moves             stats  // from the node Lease's last renewal
 	moved, heldOnLost int
@@ -132,9 +132,9 @@ func price(apiPid, m int) {
 		ns := fmt.Sprintf("bench-price-%s-%s", label(m), mode)
 		k.namespace(ns)
 		e := startEtcd(cfg.etcdBinDir, "etcd-"+ns)
-		must(os.Setenv("LEADERLOCK_BENCH_POD_WRITES", mode))
+		must(os.Setenv("LEADERLOCK_BENCH_WRITES", mode))
 		ctl := startControllerAs("controller-"+ns, e.endpoint, cfg.kubeconfig, "--namespace", ns)
-		must(os.Unsetenv("LEADERLOCK_BENCH_POD_WRITES"))
+		must(os.Unsetenv("LEADERLOCK_BENCH_WRITES"))
 		must(ctl.waitFor("active", 60*time.Second, func(c *controller) bool { return !c.activeAt.IsZero() }))
 		priceLeaderLock(p, ctl, apiPid, m, ns, i == 0)
 		ctl.p.stop(syscall.SIGTERM, 15*time.Second)

@@ -65,7 +65,7 @@ func writePrice(w func(string, ...any)) {
 		base := r.ll[0]
 		rows := func(work string, ll func(p *llPrice) cost, cg cost) {
 			for _, p := range r.ll {
-				w("%s", costRow(work, "LeaderLock, pods by "+modeName(p.mode), f(ll(p))))
+				w("%s", costRow(work, "LeaderLock, writes by "+modeName(p.mode), f(ll(p))))
 			}
 			w("%s", costRow(work, "client-go", f(cg)))
 			w("%s", ratioRow(work, f(ll(base)), f(cg)))
@@ -81,7 +81,7 @@ func writePrice(w func(string, ...any)) {
 		w("")
 		w("* Windows: client-go elect %.1f s, failover %.1f s, idle %.0f s; LeaderLock idle %.0f s.", r.cgElect.secs, r.cgFail.secs, r.cgIdle.secs, base.idle.secs)
 		for _, p := range r.ll {
-			w("* LeaderLock, pods by %s: elect %.1f s, failover %.1f s. Writes (M = %d, not scaled) — elect: %s; failover: %s.",
+			w("* LeaderLock, writes by %s: elect %.1f s, failover %.1f s. Writes (M = %d, not scaled) — elect: %s; failover: %s.",
 				modeName(p.mode), p.elect.secs, p.fail.secs, r.m, orNone(p.elect.writesBy), orNone(p.fail.writesBy))
 		}
 		w("* client-go writes (not scaled) — elect: %s; failover: %s.", orNone(r.cgElect.writesBy), orNone(r.cgFail.writesBy))
@@ -93,7 +93,7 @@ func writePrice(w func(string, ...any)) {
 	w("|---|---:|---:|---:|---:|---:|---:|")
 	for _, r := range res.price {
 		for _, p := range r.ll {
-			w("| LeaderLock (pods by %s): the holders' node Lease stops being renewed (`--node-lost-after` %s) | %d | %d of %d held there | %.0f | %.0f | %.0f | %.0f ms |",
+			w("| LeaderLock (writes by %s): the holders' node Lease stops being renewed (`--node-lost-after` %s) | %d | %d of %d held there | %.0f | %.0f | %.0f | %.0f ms |",
 				modeName(p.mode), r.nodeLostAfter, r.m, p.moved, p.heldOnLost, p.moves.P50, p.moves.P99, p.moves.Max, p.moves.Max-float64(r.nodeLostAfter.Milliseconds()))
 		}
 		w("| client-go: `kill -9` the process holding all M Leases (LeaseDuration %s) | %d | %d | %.0f | %.0f | %.0f | %.0f ms |",
@@ -104,8 +104,8 @@ func writePrice(w func(string, ...any)) {
 	w("  as moved when a pods watch shows another of its pods annotated `leader` (a Leases watch shows another")
 	w("  holderIdentity). Both detect the loss after 15 s by default: the last column is what each spends beyond it.")
 	w("* Each LeaderLock row ran its own controller (`--namespace` of its phase, its own etcd), started for it; pods")
-	w("  by merge patch is the default, by server-side apply the path before it (`LEADERLOCK_BENCH_POD_WRITES=apply`,")
-	w("  a bench-only switch).")
+	w("  and status by merge patch is the default, by server-side apply the path before it")
+	w("  (`LEADERLOCK_BENCH_WRITES=apply`, a bench-only switch).")
 	w("")
 }
 
