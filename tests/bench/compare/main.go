@@ -8,7 +8,8 @@
 // Phases, in priority order, one file each: idle write amplification (idle.go), failover
 // latency (failover.go), planned handover latency (handover.go), scale, 1k and 10k (scale.go),
 // controller restart (restart.go), one lock shared by two clusters (multicluster.go, run first:
-// see there); each
+// see there), the apiserver's price of an election and a mass failover (price.go, run last, with
+// controllers of its own); each
 // records its figures in its own result type, report.go turns them into the report. It prints a table, writes BENCHMARKS.md (-out) and ends stdout with one
 // machine-readable "BENCH ..." line. Run it through hack/bench.sh.
 package main

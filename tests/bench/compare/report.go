@@ -307,7 +307,7 @@ func report(final bool) {
 	w("Knobs (env): `BENCH_IDLE_LOCKS` (100), `BENCH_IDLE_SECONDS` (60), `BENCH_HANDOVERS` (50),")
 	w("`BENCH_SLOW_HANDOVERS` (50: the handovers bounded by a 15 s expiry), `BENCH_LANES` (10: side-by-side lanes of the")
 	w("timer-bound rows),")
-	w("`BENCH_SCALE` (1000,10000: comma-separated sizes; the restart phase uses the last), `BENCH_PRICE_SIZES` (100,1000), `BENCH_RESTART_SIGNAL` (TERM; KILL), `BENCH_RESTART_WAIT_SECONDS` (300),")
+	w("`BENCH_SCALE` (1000,10000: comma-separated sizes; the restart phase uses the last), `BENCH_PRICE_SIZES` (100,1000), `BENCH_PRICE_MODES` (merge,apply), `BENCH_RESTART_SIGNAL` (TERM; KILL), `BENCH_RESTART_WAIT_SECONDS` (300),")
 	w("`BENCH_TRYLOCK_INTERVAL` (1s), `BENCH_APISERVER_PROFILE_SECONDS` (30: kube-apiserver CPU profile in the largest")
 	w("scale phase), `BENCH_PHASES` (idle,failover,handover,scale,spread,restart,multicluster,price), `BENCH_SPREAD_ROUNDS` (3), `BENCH_MULTI_HANDOVERS` (40),")
 	w("`BENCH_MULTI_CUTOFFS` (6), `BENCH_MULTI_TTL` (5), `BENCH_MULTI_IDLE_SECONDS` (30), `BENCH_KEEP_LOGS` (unset: the temp dir printed at")
