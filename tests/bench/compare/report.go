@@ -240,8 +240,8 @@ func report(final bool) {
 	row("kube-apiserver cores busy on average (CPU s / convergence s; 2 in all)", func(s *scaleResult) string { return s.apiCores }, "")
 	w("")
 	w("* 3 candidates per lock cost 3 etcd creates per lock (the ideal: one per candidate); the lease grant is shared.")
-	w("  Every pod is written once (standby, or leader with its token), every status once, plus one finalizer patch")
-	w("  and one Event per LeaderLock.")
+	w("  Every pod is written once (standby, or leader with its token) and the leader once more 2 s later (its")
+	w("  `roles.resync`, docs/contract.md §3.1), every status once, plus one finalizer patch and one Event per LeaderLock.")
 	w("* What bounds convergence: kube-apiserver. On these 2 cores it is busy most of the window (see the cores row)")
 	w("  serving the controller's writes and the harness's watches, while the controller uses a fraction of a core.")
 	if v, err := strconv.ParseFloat(scaleFig(10000, func(s *scaleResult) string { return s.convergeS }), 64); err == nil {
@@ -258,9 +258,9 @@ func report(final bool) {
 			w("| %s | %.1f %% |", strings.Replace(g.label, "  ", "&nbsp;&nbsp;", 1), apiProfile[g.label])
 		}
 		w("")
-		w("  Server-side apply is the single largest cost: every PATCH decodes the request, merges it into the stored")
-		w("  object, recomputes managedFields and writes the whole object back. The controller already writes each pod and")
-		w("  each status exactly once; what remains is the per-write price of apply on a 2-core apiserver.")
+		w("  PATCH requests are the single largest cost: every one decodes the request, merges it into the stored")
+		w("  object, updates managedFields and writes the whole object back (merge patches since the price phase showed")
+		w("  them cheaper than server-side apply, §6). What remains is the number of writes per LeaderLock (§6).")
 	}
 	w("* Memory (target 150 MB at 10,000; heaptrack profiles of the 10,000 phase guided the work): pods are kept as compact")
 	w("  records (labels and our keys as sorted slices, not B-tree maps, which allocate a 544-byte node for one entry),")
