@@ -6,7 +6,8 @@
 # Exits non-zero, after writing the report, when a figure LeaderLock promises is not 0 (idle
 # writes, holder/role changes and lock-key writes across a restart).
 # Knobs: BENCH_IDLE_LOCKS, BENCH_IDLE_SECONDS, BENCH_HANDOVERS, BENCH_SLOW_HANDOVERS, BENCH_LANES, BENCH_SCALE,
-# BENCH_TRYLOCK_INTERVAL, BENCH_APISERVER_PROFILE_SECONDS, BENCH_PHASES, BENCH_KEEP_LOGS (see tests/bench/compare/main.go).
+# BENCH_TRYLOCK_INTERVAL, BENCH_APISERVER_PROFILE_SECONDS, BENCH_PHASES, BENCH_PRICE_SIZES, BENCH_PRICE_MODES,
+# BENCH_KEEP_LOGS (see tests/bench/compare/main.go).
 # The kube-apiserver CPU profile is summarised with `go tool pprof` (Go is already needed here).
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use kube::ResourceExt;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
-use serde_json::json;
+use serde_json::{Value, json};
 
 use super::error::{Error, Result, kube_err};
 use super::expectations::with_latest_status;
@@ -200,19 +200,45 @@ pub async fn report_failure(ctx: &Context, ll: &LeaderLock, reason: &str, messag
     }
 }
 
+/// Writes the status: a JSON merge patch of what changed since the status we last knew (ours, or
+/// the watch's), under our field manager; we are its only writer. Server-side apply of the whole
+/// status behind the bench switch ([`pod_writes::bench_apply`]).
 async fn write_status(ctx: &Context, ll: &LeaderLock, status: &LeaderLockStatus) -> Result<()> {
     let api: Api<LeaderLock> = Api::namespaced(ctx.client.clone(), &ll.namespace().ok_or(Error::NoNamespace)?);
-    let patch = json!({"apiVersion": "leaderlock.dev/v1alpha1", "kind": "LeaderLock", "status": status});
-    let updated = api
-        .patch_status(&ll.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch))
-        .await
-        .map_err(kube_err("apply LeaderLock status"))?;
+    let (params, patch) = if pod_writes::bench_apply() {
+        let whole = json!({"apiVersion": "leaderlock.dev/v1alpha1", "kind": "LeaderLock", "status": status});
+        (PatchParams::apply(FIELD_MANAGER).force(), Patch::Apply(whole))
+    } else {
+        let json = |s: Option<&LeaderLockStatus>| s.map_or(Ok(Value::Null), serde_json::to_value);
+        let serde = |e| kube_err("serialize LeaderLock status")(kube::Error::SerdeError(e));
+        let changed = merge_diff(&json(ll.status.as_ref()).map_err(serde)?, &json(Some(status)).map_err(serde)?);
+        (PatchParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() }, Patch::Merge(json!({ "status": changed })))
+    };
+    let updated = api.patch_status(&ll.name_any(), &params, &patch).await.map_err(kube_err("patch LeaderLock status"))?;
     ctx.expected_status.record(
         updated.metadata.uid.as_deref(),
         updated.metadata.resource_version.as_deref(),
         updated.status.clone().unwrap_or_default(),
     );
     Ok(())
+}
+
+/// The JSON merge patch (RFC 7386) that turns `old` into `new`: changed members only, null for
+/// removed ones; arrays are replaced whole.
+fn merge_diff(old: &Value, new: &Value) -> Value {
+    let (Value::Object(o), Value::Object(n)) = (old, new) else { return new.clone() };
+    let mut out = serde_json::Map::new();
+    for (k, nv) in n {
+        match o.get(k) {
+            Some(ov) if ov == nv => {}
+            Some(ov) => drop(out.insert(k.clone(), merge_diff(ov, nv))),
+            None => drop(out.insert(k.clone(), nv.clone())),
+        }
+    }
+    for k in o.keys().filter(|k| !n.contains_key(*k)) {
+        out.insert(k.clone(), Value::Null);
+    }
+    Value::Object(out)
 }
 
 fn op_kind(op: &Op) -> &'static str {
@@ -232,5 +258,19 @@ fn log_ops(ll: &str, ops: &[Op]) {
                 tracing::info!(leaderlock = ll, key, lease, "candidate key moved to lease")
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_status_merge_patch_carries_only_what_changed_and_nulls_what_went() {
+        let old = json!({"lockCount": 1, "locks": [{"name": "a", "holder": "p-0"}], "placement": {"vacant": 1, "settled": false}});
+        let new = json!({"lockCount": 1, "locks": [{"name": "a", "holder": "p-1"}], "placement": {"settled": true}});
+        let want = json!({"locks": [{"name": "a", "holder": "p-1"}], "placement": {"vacant": null, "settled": true}});
+        assert_eq!(merge_diff(&old, &new), want);
+        assert_eq!(merge_diff(&Value::Null, &new), new, "a first status is written whole");
     }
 }

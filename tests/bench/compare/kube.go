@@ -49,10 +49,13 @@ func (k *kube) namespace(ns string) {
 }
 
 // readyPod creates a pod labelled ll=<lock> and marks it Running and Ready (no kubelet runs).
-func (k *kube) readyPod(ns, name, lock string) error {
+func (k *kube) readyPod(ns, name, lock string) error { return k.readyPodOn(ns, name, lock, "") }
+
+// readyPodOn is readyPod bound to node (spec.nodeName; "" leaves it unscheduled).
+func (k *kube) readyPodOn(ns, name, lock, node string) error {
 	pod := &corev1.Pod{
 		ObjectMeta: metav1.ObjectMeta{Name: name, Labels: map[string]string{"ll": lock}},
-		Spec:       corev1.PodSpec{Containers: []corev1.Container{{Name: "app", Image: "busybox:1.36"}}},
+		Spec:       corev1.PodSpec{NodeName: node, Containers: []corev1.Container{{Name: "app", Image: "busybox:1.36"}}},
 	}
 	if _, err := k.cs.CoreV1().Pods(ns).Create(context.Background(), pod, metav1.CreateOptions{}); err != nil {
 		return err
@@ -175,8 +178,12 @@ type tracker struct {
 	// counters maintained incrementally for the 1k/10k conditions
 	annotated, leaders, held int
 	roleChanges              int
-	waiters                  []*waiter
-	stop                     chan struct{}
+	// moving: lock or Lease -> the holder it had when a mass failover began; movedAt: when the
+	// watch first showed another pod annotated leader (another holderIdentity) for it.
+	moving  map[string]string
+	movedAt map[string]time.Time
+	waiters []*waiter
+	stop    chan struct{}
 }
 
 func (k *kube) track(ns string, withLeases bool) *tracker {
@@ -238,6 +245,9 @@ func (t *tracker) pod(o any, deleted bool) {
 		} else {
 			t.pods[p.Name] = [2]string{lock, role}
 		}
+		if old, ok := t.moving[lock]; ok && role == "leader" && p.Name != old {
+			t.moved(lock, now)
+		}
 	})
 }
 
@@ -287,7 +297,25 @@ func (t *tracker) lease(o any) {
 	if l.Spec.HolderIdentity != nil {
 		h = *l.Spec.HolderIdentity
 	}
-	t.apply(now, func() { t.leases[l.Name] = h })
+	t.apply(now, func() {
+		t.leases[l.Name] = h
+		if old, ok := t.moving[l.Name]; ok && h != "" && h != old {
+			t.moved(l.Name, now)
+		}
+	})
+}
+
+// expectMoves starts a mass failover: each of holders (lock or Lease -> holder now) counts as
+// moved when the watch first shows another holder.
+func (t *tracker) expectMoves(holders map[string]string) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.moving, t.movedAt = holders, map[string]time.Time{}
+}
+
+func (t *tracker) moved(name string, at time.Time) {
+	delete(t.moving, name)
+	t.movedAt[name] = at
 }
 
 func (t *tracker) apply(now time.Time, f func()) {

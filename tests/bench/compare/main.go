@@ -8,7 +8,8 @@
 // Phases, in priority order, one file each: idle write amplification (idle.go), failover
 // latency (failover.go), planned handover latency (handover.go), scale, 1k and 10k (scale.go),
 // controller restart (restart.go), one lock shared by two clusters (multicluster.go, run first:
-// see there); each
+// see there), the apiserver's price of an election and a mass failover (price.go, run last, with
+// controllers of its own); each
 // records its figures in its own result type, report.go turns them into the report. It prints a table, writes BENCHMARKS.md (-out) and ends stdout with one
 // machine-readable "BENCH ..." line. Run it through hack/bench.sh.
 package main
@@ -29,7 +30,7 @@ import (
 type config struct {
 	idleLocks, idleSecs, handovers, slowHandovers     int
 	lanes                                             int
-	scales                                            []int
+	scales, priceSizes                                []int
 	profileSecs                                       int
 	trylockInterval                                   string
 	controllerBin, electorBin, etcdBinDir, kubeconfig string
@@ -54,20 +55,15 @@ func main() {
 	cfg.handovers = envInt("BENCH_HANDOVERS", 50)
 	cfg.slowHandovers = envInt("BENCH_SLOW_HANDOVERS", 50)
 	cfg.lanes = max(1, envInt("BENCH_LANES", 10))
-	for _, f := range strings.Split(envStr("BENCH_SCALE", "1000,10000"), ",") {
-		n, err := strconv.Atoi(strings.TrimSpace(f))
-		if err != nil || n <= 0 {
-			fatalf("BENCH_SCALE: %q is not a positive number of LeaderLocks", f)
-		}
-		cfg.scales = append(cfg.scales, n)
-	}
+	cfg.scales = sizes("BENCH_SCALE", "1000,10000")
+	cfg.priceSizes = sizes("BENCH_PRICE_SIZES", "100,1000")
 	cfg.trylockInterval = envStr("BENCH_TRYLOCK_INTERVAL", "1s")
 	cfg.profileSecs = envInt("BENCH_APISERVER_PROFILE_SECONDS", 30)
 	cfg.etcdBinDir = mustEnv("LEADERLOCK_ETCD_BIN_DIR")
 	cfg.kubeconfig = mustEnv("KUBECONFIG")
 	cfg.apiserverEtcd = mustEnv("APISERVER_ETCD_ENDPOINTS")
 	cfg.clusterDir = mustEnv("LEADERLOCK_CLUSTER_DIR")
-	phases := envStr("BENCH_PHASES", "idle,failover,handover,scale,spread,restart,multicluster")
+	phases := envStr("BENCH_PHASES", "idle,failover,handover,scale,spread,restart,multicluster,price")
 
 	var err error
 	logDir, err = os.MkdirTemp("", "leaderlock-bench-")
@@ -123,7 +119,15 @@ func main() {
 		report(false)
 	}
 	if strings.Contains(phases, "restart") {
-		restart(etcds, ctl)
+		ctl = restart(etcds, ctl)
+	}
+	if strings.Contains(phases, "price") {
+		// Its controllers watch one namespace each; the shared one would write there too.
+		ctl.p.stop(syscall.SIGTERM, 15*time.Second)
+		for _, m := range cfg.priceSizes {
+			price(apiPid, m)
+			report(false)
+		}
 	}
 	res.totalS = fmt.Sprintf("%.0f", time.Since(startedAt).Seconds())
 	report(true)
@@ -148,6 +152,7 @@ type results struct {
 	restart  *restartResult
 	multi    *multiResult
 	spread   []*spreadResult // spread.go, one per size
+	price    []*priceResult  // price.go, one per BENCH_PRICE_SIZES entry
 	totalS   string          // seconds of measurement
 }
 
@@ -157,6 +162,19 @@ func kubectl(args ...string) string {
 		fatalf("kubectl %s: %v: %s", strings.Join(args, " "), err, out)
 	}
 	return string(out)
+}
+
+// sizes reads a comma-separated list of positive numbers of LeaderLocks from env var name.
+func sizes(name, def string) []int {
+	var out []int
+	for _, f := range strings.Split(envStr(name, def), ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(f))
+		if err != nil || n <= 0 {
+			fatalf("%s: %q is not a positive number of LeaderLocks", name, f)
+		}
+		out = append(out, n)
+	}
+	return out
 }
 
 func readPid(path string) int {

@@ -24,7 +24,7 @@ type profileGroup struct {
 
 // Groups are nested, not disjoint: a PATCH's field management and etcd update are inside it.
 var profileGroups = []profileGroup{
-	{"PATCH requests (server-side apply of pods and status, finalizer patches), whole handler", []string{"handlers.(*patcher).patchResource"}},
+	{"PATCH requests (merge patches of pods and status, finalizer patches), whole handler", []string{"handlers.(*patcher).patchResource"}},
 	{"  of which field management (managedFields, structured-merge-diff)", []string{"managedfields/internal.(*FieldManager).Apply", "managedfields/internal.(*FieldManager).Update"}},
 	{"  of which the etcd transaction", []string{"etcd/client/v3/kubernetes.Client.OptimisticPut"}},
 	{"POST requests (Events), whole handler", []string{"createHandler"}},

@@ -240,8 +240,8 @@ func report(final bool) {
 	row("kube-apiserver cores busy on average (CPU s / convergence s; 2 in all)", func(s *scaleResult) string { return s.apiCores }, "")
 	w("")
 	w("* 3 candidates per lock cost 3 etcd creates per lock (the ideal: one per candidate); the lease grant is shared.")
-	w("  Every pod is written once (standby, or leader with its token), every status once, plus one finalizer patch")
-	w("  and one Event per LeaderLock.")
+	w("  Every pod is written once (standby, or leader with its token) and the leader once more 2 s later (its")
+	w("  `roles.resync`, docs/contract.md §3.1), every status once, plus one finalizer patch and one Event per LeaderLock.")
 	w("* What bounds convergence: kube-apiserver. On these 2 cores it is busy most of the window (see the cores row)")
 	w("  serving the controller's writes and the harness's watches, while the controller uses a fraction of a core.")
 	if v, err := strconv.ParseFloat(scaleFig(10000, func(s *scaleResult) string { return s.convergeS }), 64); err == nil {
@@ -258,9 +258,9 @@ func report(final bool) {
 			w("| %s | %.1f %% |", strings.Replace(g.label, "  ", "&nbsp;&nbsp;", 1), apiProfile[g.label])
 		}
 		w("")
-		w("  Server-side apply is the single largest cost: every PATCH decodes the request, merges it into the stored")
-		w("  object, recomputes managedFields and writes the whole object back. The controller already writes each pod and")
-		w("  each status exactly once; what remains is the per-write price of apply on a 2-core apiserver.")
+		w("  PATCH requests are the single largest cost: every one decodes the request, merges it into the stored")
+		w("  object, updates managedFields and writes the whole object back (merge patches since the price phase showed")
+		w("  them cheaper than server-side apply, §6). What remains is the number of writes per LeaderLock (§6).")
 	}
 	w("* Memory (target 150 MB at 10,000; heaptrack profiles of the 10,000 phase guided the work): pods are kept as compact")
 	w("  records (labels and our keys as sorted slices, not B-tree maps, which allocate a 544-byte node for one entry),")
@@ -283,6 +283,7 @@ func report(final bool) {
 	w("| new controller peak RSS after reconciling everything | %s MB |", na(rst.rssMB))
 	w("")
 	writeSpread(w)
+	writePrice(w)
 	if len(notes) > 0 {
 		w("## Notes")
 		w("")
@@ -306,9 +307,9 @@ func report(final bool) {
 	w("Knobs (env): `BENCH_IDLE_LOCKS` (100), `BENCH_IDLE_SECONDS` (60), `BENCH_HANDOVERS` (50),")
 	w("`BENCH_SLOW_HANDOVERS` (50: the handovers bounded by a 15 s expiry), `BENCH_LANES` (10: side-by-side lanes of the")
 	w("timer-bound rows),")
-	w("`BENCH_SCALE` (1000,10000: comma-separated sizes; the restart phase uses the last), `BENCH_RESTART_SIGNAL` (TERM; KILL), `BENCH_RESTART_WAIT_SECONDS` (300),")
+	w("`BENCH_SCALE` (1000,10000: comma-separated sizes; the restart phase uses the last), `BENCH_PRICE_SIZES` (100,1000), `BENCH_PRICE_MODES` (merge,apply), `BENCH_RESTART_SIGNAL` (TERM; KILL), `BENCH_RESTART_WAIT_SECONDS` (300),")
 	w("`BENCH_TRYLOCK_INTERVAL` (1s), `BENCH_APISERVER_PROFILE_SECONDS` (30: kube-apiserver CPU profile in the largest")
-	w("scale phase), `BENCH_PHASES` (idle,failover,handover,scale,spread,restart,multicluster), `BENCH_SPREAD_ROUNDS` (3), `BENCH_MULTI_HANDOVERS` (40),")
+	w("scale phase), `BENCH_PHASES` (idle,failover,handover,scale,spread,restart,multicluster,price), `BENCH_SPREAD_ROUNDS` (3), `BENCH_MULTI_HANDOVERS` (40),")
 	w("`BENCH_MULTI_CUTOFFS` (6), `BENCH_MULTI_TTL` (5), `BENCH_MULTI_IDLE_SECONDS` (30), `BENCH_KEEP_LOGS` (unset: the temp dir printed at")
 	w("the start, with every process's log and etcd data, is removed after a successful run; a failed run keeps it).")
 
@@ -325,11 +326,11 @@ func report(final bool) {
 	for _, n := range cfg.scales {
 		scaled += fmt.Sprintf(" converge_%s_s=%s rss_%s_mb=%s", label(n), scaleFig(n, func(s *scaleResult) string { return s.convergeS }), label(n), scaleFig(n, func(s *scaleResult) string { return s.rssMB }))
 	}
-	fmt.Printf("BENCH idle_writes_per_min leaderlock=%s trylock=%s mutex=%s clientgo=%s failover_p99_ms leaderlock=%s clientgo=%s mutex=%s handover_p99_ms=%s crash_p99_ms leaderlock=%s clientgo=%s mutex=%s%s restart_holder_changes=%s restart_lock_writes=%s multi_idle_writes=%s\n",
+	fmt.Printf("BENCH idle_writes_per_min leaderlock=%s trylock=%s mutex=%s clientgo=%s failover_p99_ms leaderlock=%s clientgo=%s mutex=%s handover_p99_ms=%s crash_p99_ms leaderlock=%s clientgo=%s mutex=%s%s restart_holder_changes=%s restart_lock_writes=%s multi_idle_writes=%s%s\n",
 		na(id.leaderlock), na(id.trylock), na(id.mutex), na(id.clientgo),
 		p99(foLeaderlockGraceful), p99(foClientgoRelease), p99(foMutexGraceful), handoverP99(),
 		p99(foLeaderlockCrash), p99(foClientgoCrash), p99(foMutexCrash),
-		scaled, na(rst.holderChanges), na(rst.lockWrites), na(multiFig(func(m *multiResult) string { return m.idleWrites })))
+		scaled, na(rst.holderChanges), na(rst.lockWrites), na(multiFig(func(m *multiResult) string { return m.idleWrites })), priceBench())
 }
 
 // label names a scale: 1000 → "1k", 300 → "300".

@@ -21,11 +21,12 @@ type restartResult struct {
 	lockWrites, electionWrites, revisions, rssMB string
 }
 
-func restart(etcds map[string]*etcd, ctl *controller) {
+// restart returns the controller running afterwards (the new one; ctl if the phase was skipped).
+func restart(etcds map[string]*etcd, ctl *controller) *controller {
 	t := scaleTracker
 	if t == nil {
 		notes = append(notes, "restart phase skipped: it runs on the scale phase's LeaderLocks")
-		return
+		return ctl
 	}
 	r := &restartResult{}
 	res.restart = r
@@ -108,4 +109,5 @@ func restart(etcds map[string]*etcd, ctl *controller) {
 	r.lls = strconv.Itoa(n)
 	logf("restart: active after %ss, first reconcile %ss, all %d reconciled %ss; holder changes %d, lock-key writes %d",
 		r.activeS, r.firstReconciledS, n, r.allReconciledS, changed, lockWrites)
+	return ctl2
 }
