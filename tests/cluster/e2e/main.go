@@ -51,23 +51,30 @@ func waitFor(what string, d time.Duration, f func() bool) {
 }
 
 type config struct {
-	clusterDir, nodeDir, containerd string
-	image, busybox, electorImage    string
-	apiHost, apiPort                string
-	graceful, kills, notready       int
-	clientgoHandovers, abBlocks     int
-	chart, chartValues              string
-	resyncOn, resyncOff             string
-	out, plot                       string
-	skipFaults                      bool
-	phases                          string
+	clusterDir, nodeDir          string
+	nodes                        []*node
+	image, busybox, electorImage string
+	apiHost, apiPort             string
+	graceful, kills, notready    int
+	clientgoHandovers, abBlocks  int
+	chart, chartValues           string
+	resyncOn, resyncOff          string
+	out, plot                    string
+	skipFaults                   bool
+	phases                       string
+	// The node-loss phase: rounds of each fault, the cap on an old job nothing stops, and the
+	// tuned rounds (not defaults) with their spec.nodeLostAfter.
+	nodeHangs, nodeCrashes, kubeletCrashes, tunedRounds int
+	overlapCap                                          time.Duration
+	tunedNodeLostAfter                                  string
+	setup                                               string // what hack/e2e.sh measured of the set-up
 }
 
-func main() {
+func parseFlags() config {
 	var c config
 	flag.StringVar(&c.clusterDir, "cluster-dir", os.Getenv("LEADERLOCK_CLUSTER_DIR"), "hack/cluster.sh run dir")
-	flag.StringVar(&c.nodeDir, "node-dir", os.Getenv("LEADERLOCK_NODE_DIR"), "hack/node.sh dir")
-	flag.StringVar(&c.containerd, "containerd", os.Getenv("CONTAINERD_ADDRESS"), "containerd socket")
+	flag.StringVar(&c.nodeDir, "node-dir", os.Getenv("LEADERLOCK_NODE_DIR"), "the first node's hack/node.sh dir (job logs, chart values)")
+	nodeDirs := flag.String("node-dirs", os.Getenv("LEADERLOCK_NODE_DIRS"), "every node's hack/node.sh dir, space-separated (default: -node-dir)")
 	flag.StringVar(&c.image, "image", "", "leaderlock image")
 	flag.StringVar(&c.busybox, "busybox", "leaderlock.dev/busybox:local", "workload image")
 	flag.StringVar(&c.electorImage, "elector-image", "leaderlock.dev/elector:local", "client-go elector image")
@@ -85,74 +92,130 @@ func main() {
 	flag.StringVar(&c.out, "out", "", "BENCHMARKS.md to update (empty: print only)")
 	flag.StringVar(&c.plot, "plot", "", "PNG file for the job-gap CDF")
 	flag.BoolVar(&c.skipFaults, "skip-faults", false, "skip the kubelet/containerd/controller faults")
-	flag.StringVar(&c.phases, "phases", "leaderlock,clientgo", "which workloads to measure")
+	flag.StringVar(&c.phases, "phases", "leaderlock,clientgo,nodeloss", "which phases to run (nodeloss needs two nodes)")
+	flag.IntVar(&c.nodeHangs, "node-hangs", 20, "node-loss rounds freezing the second node")
+	flag.IntVar(&c.nodeCrashes, "node-crashes", 20, "node-loss rounds killing every process of the second node")
+	flag.IntVar(&c.kubeletCrashes, "kubelet-crashes", 10, "node-loss rounds killing the second node's kubelet alone")
+	flag.DurationVar(&c.overlapCap, "overlap-cap", 30*time.Second, "how long a kubelet crash round waits for the old job to stop")
+	flag.IntVar(&c.tunedRounds, "node-tuned", 0, "extra hang and crash rounds each with a tuned kubelet (not defaults: never the headline)")
+	flag.StringVar(&c.tunedNodeLostAfter, "tuned-node-lost-after", "4s", "spec.nodeLostAfter of the tuned rounds")
+	flag.StringVar(&c.setup, "setup", "", "the set-up's times, as hack/e2e.sh measured them (for the report)")
 	flag.Parse()
-	if c.nodeDir == "" || c.containerd == "" || c.image == "" || c.apiHost == "" || c.chart == "" {
-		fail("-node-dir, -containerd, -image, -api-host and -chart are required (run through hack/e2e.sh)")
+	if c.nodeDir == "" || c.image == "" || c.apiHost == "" || c.chart == "" {
+		fail("-node-dir, -image, -api-host and -chart are required (run through hack/e2e.sh)")
+	}
+	if *nodeDirs == "" {
+		*nodeDirs = c.nodeDir
+	}
+	c.nodes = loadNodes(strings.Fields(*nodeDirs))
+	for _, n := range c.nodes {
+		n.capture()
 	}
 	if c.chartValues == "" {
 		c.chartValues = filepath.Join(c.nodeDir, "chart-values.yaml")
 	}
-	if c.abBlocks < 1 || c.graceful < 0 || c.kills < 0 || c.notready < 0 || c.clientgoHandovers < 0 {
-		fail("-ab-blocks must be at least 1 and the handover counts not negative")
+	if c.abBlocks < 1 || c.graceful < 0 || c.kills < 0 || c.notready < 0 || c.clientgoHandovers < 0 ||
+		c.nodeHangs < 0 || c.nodeCrashes < 0 || c.kubeletCrashes < 0 || c.tunedRounds < 0 {
+		fail("-ab-blocks must be at least 1 and the handover and round counts not negative")
 	}
+	return c
+}
+
+func hasPhase(c config, name string) bool {
+	for _, p := range strings.Split(c.phases, ",") {
+		if strings.TrimSpace(p) == name {
+			return true
+		}
+	}
+	return false
+}
+
+func main() {
+	c := parseFlags()
 	start := time.Now()
 	r := &results{kubelet: kubeletVersion(), kubeletConfig: kubeletConfig(c.nodeDir), resyncOn: c.resyncOn, blocks: c.abBlocks}
-
-	if strings.Contains(c.phases, "leaderlock") {
-		h := newLeaderLockRun(c)
-		blocks := abSchedule(c.graceful, c.kills, c.notready, c.abBlocks)
-		total, done := c.graceful+c.kills+c.notready, 0
-		for i, b := range blocks {
-			if f, ok := h.setResync(b.On); ok {
-				r.faults = append(r.faults, f)
-			}
-			for _, kind := range b.Kinds {
-				r.add(rowKey(kind, b.On), h.handover(kind, b.On))
-				done++
-				if done%10 == 0 || done == total {
-					logf("leaderlock handovers: %d of %d (block %d of %d, resync %s), %s", done, total, i+1, len(blocks), onOff(b.On), time.Since(start).Round(time.Second))
-				}
-			}
-		}
-		if !c.skipFaults {
-			// The faults run with the chart as installed: resync on.
-			if f, ok := h.setResync(true); ok {
-				r.faults = append(r.faults, f)
-			}
-			r.faults = append(r.faults, h.faults()...)
-		}
-		r.resyncWritesOutside = h.roles.resyncWrites(0, now()) - r.resyncWritesInHandovers()
-		r.violations += h.violations()
-		h.close()
+	setupCPU := setupCPUText(c)
+	if hasPhase(c, "leaderlock") {
+		leaderLockPhase(c, r, start)
 	}
-	if strings.Contains(c.phases, "clientgo") {
-		g := newElectorRun(c)
-		for i := 0; i < c.clientgoHandovers; i++ {
-			r.add("clientgo", g.handover())
-			logf("client-go handovers: %d of %d", i+1, c.clientgoHandovers)
-		}
-		r.violations += g.violations()
-		g.close()
+	if hasPhase(c, "clientgo") {
+		clientGoPhase(c, r)
 	}
-
 	r.duration = time.Since(start)
-	if c.plot != "" {
-		if err := r.plotCDF(c.plot); err != nil {
-			fail("plot: %v", err)
+	if hasPhase(c, "nodeloss") {
+		r.loss = nodeLossPhase(c, &r.violations)
+		r.loss.setup = strings.TrimSpace(c.setup + " " + setupCPU)
+	}
+	writeReport(c, r)
+	fmt.Println(r.summary())
+	if r.violations > 0 || (r.loss != nil && r.loss.sameNode() > 0) {
+		os.Exit(1)
+	}
+}
+
+// leaderLockPhase: the LeaderLock handovers in A/B blocks, then the faults that must change no
+// holder.
+func leaderLockPhase(c config, r *results, start time.Time) {
+	h := newLeaderLockRun(c, "e2e-leaderlock", 3)
+	blocks := abSchedule(c.graceful, c.kills, c.notready, c.abBlocks)
+	total, done := c.graceful+c.kills+c.notready, 0
+	for i, b := range blocks {
+		if f, ok := h.setResync(b.On); ok {
+			r.faults = append(r.faults, f)
+		}
+		for _, kind := range b.Kinds {
+			r.add(rowKey(kind, b.On), h.handover(kind, b.On))
+			done++
+			if done%10 == 0 || done == total {
+				logf("leaderlock handovers: %d of %d (block %d of %d, resync %s), %s", done, total, i+1, len(blocks), onOff(b.On), time.Since(start).Round(time.Second))
+			}
 		}
 	}
-	section := r.markdown(filepath.Base(c.plot))
-	if c.out != "" {
-		if err := replaceSection(c.out, section); err != nil {
+	if !c.skipFaults {
+		// The faults run with the chart as installed: resync on.
+		if f, ok := h.setResync(true); ok {
+			r.faults = append(r.faults, f)
+		}
+		r.faults = append(r.faults, h.faults()...)
+	}
+	r.resyncWritesOutside = h.roles.resyncWrites(0, now()) - r.resyncWritesInHandovers()
+	r.violations += h.violations()
+	h.close()
+}
+
+// clientGoPhase: the same job under client-go election, leader pod deleted.
+func clientGoPhase(c config, r *results) {
+	g := newElectorRun(c, "e2e-clientgo", 3)
+	for i := 0; i < c.clientgoHandovers; i++ {
+		r.add("clientgo", g.handover())
+		logf("client-go handovers: %d of %d", i+1, c.clientgoHandovers)
+	}
+	r.violations += g.violations()
+	g.close()
+}
+
+// writeReport writes the sections of BENCHMARKS.md the phases that ran measured.
+func writeReport(c config, r *results) {
+	var sections []struct{ text, begin, end string }
+	if hasPhase(c, "leaderlock") || hasPhase(c, "clientgo") {
+		if c.plot != "" {
+			if err := r.plotCDF(c.plot); err != nil {
+				fail("plot: %v", err)
+			}
+		}
+		sections = append(sections, struct{ text, begin, end string }{r.markdown(filepath.Base(c.plot)), sectionBegin, sectionEnd})
+	}
+	if r.loss != nil {
+		sections = append(sections, struct{ text, begin, end string }{r.loss.markdown(r.kubelet, r.summary()), lossSectionBegin, lossSectionEnd})
+	}
+	for _, s := range sections {
+		if c.out == "" {
+			fmt.Fprintln(os.Stderr, s.text)
+			continue
+		}
+		if err := replaceSection(c.out, s.text, s.begin, s.end); err != nil {
 			fail("write %s: %v", c.out, err)
 		}
-	} else {
-		fmt.Fprintln(os.Stderr, section)
-	}
-	fmt.Println(r.summary())
-	if r.violations > 0 {
-		os.Exit(1)
 	}
 }
 
