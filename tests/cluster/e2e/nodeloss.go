@@ -105,6 +105,7 @@ func (r *nodeLossRun) nodeOf(w *workloadRun, name string) string {
 func (r *nodeLossRun) round(kind string) {
 	llOld, cgOld := r.prepare()
 	llTok, cgTok := running(r.ll.events())[llOld.Name], running(r.cg.events())[cgOld.Name]
+	logf("losing node %s (%s): LeaderLock's leader %s, client-go's %s", r.victim.Name, kind, llOld.Name, cgOld.Name)
 	t := now()
 	switch kind {
 	case lossHang:

@@ -114,15 +114,20 @@ spec:
 // "acquired"; SIGTERM to the pod stops the job and releases the Lease. When the elector stops
 // leading on its own (it could not renew within RenewDeadline) it exits, and the container
 // stops its job and exits with it, as controller-runtime's manager exits on a lost lease; the
-// kubelet starts it again as a candidate. (The script's shell is the container's PID 1, which
-// the elector's end signals; "$$" would not survive the kubelet's $(VAR) expansion.)
+// kubelet starts it again as a candidate. The job is stopped, and its stop logged, before the
+// container's shell (PID 1, signalled so: "$$" would not survive the kubelet's $(VAR)
+// expansion) exits: the job is not its child, and would die unlogged with the container.
 func electorWorkload(ns, image, joblog, apiHost, apiPort string, replicas int) string {
 	script := `trap 'trap "" TERM; kill -TERM 0; wait; exit 0' TERM
 mkfifo /tmp/events
 elector -id $(hostname) -namespace ` + ns + ` -prefix ledger -release-on-cancel >/tmp/events &
-while read ev lease ts; do
-  if [ "$ev" = acquired ]; then sh -c "$JOB" & fi
-done </tmp/events && kill -TERM 1 &
+{
+  while read ev lease ts; do
+    if [ "$ev" = acquired ]; then sh -c "$JOB" & job=$!; fi
+  done </tmp/events
+  if [ -n "$job" ]; then kill -TERM $job; wait $job; fi
+  kill -TERM 1
+} &
 wait`
 	return fmt.Sprintf(`apiVersion: v1
 kind: ServiceAccount
