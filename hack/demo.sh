@@ -108,7 +108,7 @@ step "Install the LeaderLock CRD"
 kubectl wait --for=condition=Established --timeout=60s crd/leaderlocks.leaderlock.dev >/dev/null
 
 step "Start the controller (logs: $LEADERLOCK_CLUSTER_DIR/controller.log)"
-"$BIN" controller --etcd-endpoints "$LEADERLOCK_ETCD_ENDPOINTS" --http-addr 127.0.0.1:0 >"$LEADERLOCK_CLUSTER_DIR/controller.log" 2>&1 &
+"$BIN" controller --etcd-endpoints "$LEADERLOCK_ETCD_ENDPOINTS" --probe-addr 127.0.0.1:0 --metrics-addr 127.0.0.1:0 >"$LEADERLOCK_CLUSTER_DIR/controller.log" 2>&1 &
 CONTROLLER=$!
 trap 'kill $CONTROLLER 2>/dev/null || true' EXIT
 

@@ -11,15 +11,17 @@
 # chart installed here, with the same values file and controller.resyncAfter "2s" or "0".
 # Knobs: E2E_GRACEFUL (leader pod deleted; default 200), E2E_KILLS (leader container killed; 40),
 # E2E_NOTREADY (leader's readiness probe fails; 40), E2E_AB_BLOCKS (4: on, off, on, off),
-# E2E_CLIENTGO_HANDOVERS (client-go, leader pod deleted; 40).
-# The node-loss phase (both workloads at once, the second node lost with both leaders on it):
+# E2E_CLIENTGO_HANDOVERS (client-go, leader pod deleted; 40); E2E_GO_GRACEFUL and E2E_GO_KILLS
+# (examples/go-controller, LeaderLock drop-in and Lease election, each: leader pod deleted, leader
+# container killed; 20 and 20), E2E_GO_IDLE (their idle window; 60s).
+# The node-loss phase (both job workloads at once, the second node lost with both leaders on it):
 # E2E_NODE_HANGS (every process of the node frozen, then thawed; 20), E2E_NODE_CRASHES (every
 # process SIGKILLed, then restarted; 20), E2E_KUBELET_CRASHES (its kubelet alone SIGKILLed; 10),
 # E2E_OVERLAP_CAP (how long to wait for an old job nothing stops; 30s), E2E_NODE_TUNED (extra
 # hang and crash rounds each with a kubelet renewing its Lease every 2.5 s and
 # spec.nodeLostAfter E2E_TUNED_NODE_LOST_AFTER, 4s: not defaults, never the headline; 0).
-# E2E_PHASES (leaderlock,clientgo,nodeloss) picks phases for a trial; only the sections of the
-# phases that ran are rewritten.
+# E2E_PHASES (leaderlock,clientgo,go,nodeloss) picks phases for a trial; only the sections of
+# the phases that ran are rewritten.
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 cd "$ROOT"
@@ -36,7 +38,8 @@ if [[ "${1:-}" != --inside ]]; then
       && go build -trimpath -o "$out/e2e" .) \
       || die "building the e2e harness failed"
     touch "$out/.complete"
-    find "$CACHE_DIR/bin" -maxdepth 1 -name 'e2e-*' ! -path "$out" -exec rm -rf {} +
+    # Older builds only: another worktree's make e2e may be running its own.
+    find "$CACHE_DIR/bin" -maxdepth 1 -name 'e2e-*' ! -path "$out" -mmin +1440 -exec rm -rf {} +
   fi
   export E2E_BIN="$out/e2e" E2E_STARTED="$EPOCHREALTIME"
   exec env LEADERLOCK_NODES=2 "$ROOT/hack/cluster.sh" run -- "$0" --inside
@@ -44,7 +47,7 @@ fi
 
 up="$(bc <<<"$EPOCHREALTIME - $E2E_STARTED")"
 start="$EPOCHREALTIME"
-hack/node-install.sh leaderlock busybox elector
+hack/node-install.sh leaderlock busybox elector go-controller
 install="$(bc <<<"$EPOCHREALTIME - $start")"
 setup="$(printf 'control plane and 2 nodes up in %.1f s, images and chart in %.1f s.' "$up" "$install")"
 log "set-up: $setup"
@@ -52,9 +55,10 @@ version="$(sed -n 's/^appVersion: *"\{0,1\}\([^"]*\)"\{0,1\}$/\1/p' charts/leade
 exec "$E2E_BIN" -image "leaderlock.dev/leaderlock:$version" \
   -graceful "${E2E_GRACEFUL:-200}" -kills "${E2E_KILLS:-40}" -notready "${E2E_NOTREADY:-40}" \
   -ab-blocks "${E2E_AB_BLOCKS:-4}" -clientgo-handovers "${E2E_CLIENTGO_HANDOVERS:-40}" \
+  -go-graceful "${E2E_GO_GRACEFUL:-20}" -go-kills "${E2E_GO_KILLS:-20}" -go-idle "${E2E_GO_IDLE:-60s}" \
   -node-hangs "${E2E_NODE_HANGS:-20}" -node-crashes "${E2E_NODE_CRASHES:-20}" \
   -kubelet-crashes "${E2E_KUBELET_CRASHES:-10}" -overlap-cap "${E2E_OVERLAP_CAP:-30s}" \
   -node-tuned "${E2E_NODE_TUNED:-0}" -tuned-node-lost-after "${E2E_TUNED_NODE_LOST_AFTER:-4s}" \
-  -phases "${E2E_PHASES:-leaderlock,clientgo,nodeloss}" -setup "$setup" \
+  -phases "${E2E_PHASES:-leaderlock,clientgo,go,nodeloss}" -setup "$setup" \
   -chart "$ROOT/charts/leaderlock" -chart-values "$LEADERLOCK_NODE_DIR/chart-values.yaml" \
   -out "$ROOT/BENCHMARKS.md" -plot "$ROOT/BENCHMARKS-e2e-job-gap.png"

@@ -7,6 +7,7 @@
 #   hack/image.sh busybox OUTDIR      leaderlock.dev/busybox:local — Debian's busybox-static, no libc
 #   hack/image.sh leaderlock OUTDIR   leaderlock.dev/leaderlock:<chart appVersion> — the controller image
 #   hack/image.sh elector OUTDIR      leaderlock.dev/elector:local — client-go's election, for comparison
+#   hack/image.sh go-controller OUTDIR leaderlock.dev/go-controller:local — examples/go-controller alone
 #
 # The leaderlock image is what a user pushes: only the release binaries (and the kubectl plugin
 # /kubectl-leaderlock), linked statically
@@ -59,6 +60,23 @@ elector() {
   echo "$out/elector"
 }
 
+# go_controller: examples/go-controller built static (CGO_ENABLED=0), cached on its sources and
+# those of the clients/go module it replaces in; prints its path.
+go_controller() {
+  local mod="$ROOT/examples/go-controller" key out
+  key="$(cat "$mod/go.mod" "$mod/go.sum" "$mod"/*.go "$ROOT/clients/go/go.mod" "$ROOT/clients/go/go.sum" \
+    $(find "$ROOT/clients/go" -name '*.go' ! -name '*_test.go' | sort) | sha256sum | cut -c1-16)"
+  out="$CACHE_DIR/bin/go-controller-$key"
+  if [[ ! -f "$out/.complete" ]]; then
+    log "building the Go controller example (examples/go-controller)"
+    mkdir -p "$out"
+    (cd "$mod" && GOTOOLCHAIN=local CGO_ENABLED=0 GOFLAGS=-mod=readonly nice go build -trimpath \
+      -ldflags "-s -w" -o "$out/go-controller" . >&2) || die "go build examples/go-controller failed"
+    touch "$out/.complete"
+  fi
+  echo "$out/go-controller"
+}
+
 busybox_args() {
   local bb applet
   bb="$(command -v busybox)" || die "busybox is not installed (apt-get install busybox-static)"
@@ -80,7 +98,7 @@ pack() {
 }
 
 kind="${1:-}" outdir="${2:-}"
-[[ -n "$kind" && -n "$outdir" ]] || die "usage: $0 pause|busybox|leaderlock|elector OUTDIR"
+[[ -n "$kind" && -n "$outdir" ]] || die "usage: $0 pause|busybox|leaderlock|elector|go-controller OUTDIR"
 TOOLS="$("$ROOT/hack/build-tools.sh" node)"
 mkdir -p "$outdir"
 case "$kind" in
@@ -97,5 +115,8 @@ case "$kind" in
   elector)
     mapfile -t args < <(busybox_args)
     pack "$outdir/elector.tar" leaderlock.dev/elector:local "${args[@]}" -add="$(elector)=/bin/elector" ;;
-  *) die "usage: $0 pause|busybox|leaderlock|elector OUTDIR" ;;
+  go-controller)
+    pack "$outdir/go-controller.tar" leaderlock.dev/go-controller:local -add="$(go_controller)=/go-controller" \
+      -user=65532:65532 -entrypoint=/go-controller ;;
+  *) die "usage: $0 pause|busybox|leaderlock|elector|go-controller OUTDIR" ;;
 esac

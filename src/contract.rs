@@ -29,6 +29,12 @@ pub fn token_key(lock: &str) -> String {
 /// (lock names have none).
 pub const RESYNC_KEY: &str = "leaderlock.dev/roles.resync";
 
+/// `leaderlock.dev/roles.renewed`: `<deadline> <mark>` (e.g. `15s 1764839100123`) on a pod
+/// leading a lock of a LeaderLock with `renewDeadlineSeconds`, rewritten with a new mark every
+/// third of the deadline (docs/contract.md §3.1). A pod whose file shows no new mark for the
+/// deadline stops acting as leader: a leader the controller cannot reach stops on its own.
+pub const RENEWED_KEY: &str = "leaderlock.dev/roles.renewed";
+
 /// Whether an annotation or label key is one the controller owns.
 pub fn is_ours(key: &str) -> bool {
     key.strip_prefix(GROUP).is_some_and(|rest| rest.starts_with('/'))

@@ -10,6 +10,7 @@ use crate::controller::plan::Step;
 use crate::controller::snapshot::{Holders, Queues, Snapshot};
 use crate::index::View;
 use crate::lock::LockKey;
+use crate::node_loss::Silence;
 use crate::pods::{Matcher, Pairs, PodInfo};
 use crate::resolve::Resolution;
 use crate::resource::{LeaderLock, LeaderLockSpec, LeaderLockStatus, LockSpec};
@@ -30,6 +31,8 @@ pub fn spec() -> LeaderLockSpec {
         placement: None,
         ttl_seconds: 15,
         pod_labels: false,
+        node_lost_after_seconds: None,
+        renew_deadline_seconds: None,
         paused: false,
     }
 }
@@ -82,6 +85,7 @@ pub fn pod(name: &str, age: i64, candidate: bool, keys: &[(&str, &str)]) -> Arc<
         created: Some(jiff::Timestamp::from_second(1_700_000_000 + age).unwrap()),
         labels: [("app".to_string(), "worker".to_string())].iter().map(|(k, v)| (k, v)).collect::<Pairs>(),
         candidate,
+        node: Some("node-a".into()),
         ready_since: Some(jiff::Timestamp::from_second(1_700_000_000 + age).unwrap()),
         our_annotations: keys.iter().collect(),
         our_labels: Pairs::default(),
@@ -99,6 +103,7 @@ pub fn view(ll: &LeaderLock, pods: &[Arc<PodInfo>]) -> View {
         selecting: pods.iter().map(|p| (p.name.clone(), vec!["payments".to_string()])).collect(),
         resolved: [("payments".to_string(), resolved)].into(),
         released: vec![],
+        nodes: Silence::default(),
     }
 }
 

@@ -18,7 +18,7 @@ pub mod etcd;
 /// Test fixtures shared by every module's unit tests.
 #[cfg(test)]
 pub(crate) mod fixtures;
-/// `/metrics`, `/healthz`, `/readyz` [§5].
+/// `/healthz` and `/readyz` in plain HTTP; `/metrics` over HTTPS to authorized callers [§5.3].
 pub mod http;
 /// In-memory indexes over LeaderLocks and pods: what one reconcile or one pod event concerns.
 pub mod index;
@@ -28,6 +28,8 @@ pub mod keyspace;
 pub mod lock;
 /// Prometheus metrics [§5].
 pub mod metrics;
+/// Lost nodes (pure): judged from the kubelets' Leases in `kube-node-lease` [§3.2].
+pub mod node_loss;
 /// Placement (pure): which candidate should hold each lock (Queue or Spread, preference,
 /// never-lead, stabilisation) and the planned handovers that get there; the `shards` shorthand.
 pub mod placement;
@@ -39,6 +41,8 @@ pub mod pods;
 pub mod podside;
 /// A controller whose etcd root belongs to another cluster: says so on every LeaderLock [§5].
 pub mod refusal;
+/// The opt-in leader renewal (pure): the `leaderlock.dev/roles.renewed` mark [§3.1].
+pub mod renewal;
 /// What only the controller can judge (pure): lock-name conflicts, allowed etcd keys, selectors [§2].
 pub mod resolve;
 /// The `LeaderLock` custom resource and its CRD [§2].

@@ -132,10 +132,15 @@ fn as_lock_key(prefix: &str, k: &KeyState) -> LockKey {
 /// The operations that make the keys under `prefix` match `wanted`: a key for each wanted
 /// candidate (created in `wanted` order, so the first one leads when none holds), no key of
 /// ours for anyone else, every key of ours on `lease`. Foreign keys are never touched.
+///
+/// Deletions go last in line first: when several leave at once (the pods of a lost node), the
+/// holder's key goes last and the lock passes once, straight to the first key that stays,
+/// instead of resting for a moment on each leaving key behind it.
 pub fn plan(prefix: &str, keys: &[KeyState], wanted: &[Candidate], lease: i64) -> Vec<Op> {
     let dir = format!("{prefix}/");
     let wanted_ids: BTreeSet<&str> = wanted.iter().map(|c| c.id.as_str()).collect();
     let mut ops = Vec::new();
+    let mut deletes = Vec::new();
     let mut present = BTreeSet::new();
     for k in keys_of(prefix, keys) {
         let id = candidate_id(&k.key[dir.len()..]);
@@ -144,11 +149,12 @@ pub fn plan(prefix: &str, keys: &[KeyState], wanted: &[Candidate], lease: i64) -
             continue; // not ours: an external holder or waiter
         }
         if !wanted_ids.contains(id) || !first_of_its_candidate {
-            ops.push(Op::Delete { key: k.key.clone(), create_revision: k.create_revision });
+            deletes.push(Op::Delete { key: k.key.clone(), create_revision: k.create_revision });
         } else if k.lease != lease {
             ops.push(Op::Reattach { key: k.key.clone(), mod_revision: k.mod_revision, value: k.value.clone(), lease });
         }
     }
+    ops.extend(deletes.into_iter().rev());
     let mut seen = BTreeSet::new();
     for c in wanted {
         if !present.contains(&c.id) && seen.insert(c.id.as_str()) {
@@ -314,6 +320,18 @@ mod tests {
 
     fn cand(i: u8) -> Candidate {
         Candidate { id: format!("uid-{i}"), name: format!("ns/pod-{i}") }
+    }
+
+    #[test]
+    fn when_the_holder_and_the_next_in_line_leave_together_the_lock_passes_once() {
+        let mut etcd = FakeEtcd::default();
+        etcd.apply(&plan(P, &[], &[cand(1), cand(2), cand(3)], 7));
+        let mut holders = vec![];
+        for op in plan(P, &etcd.view(), &[cand(3)], 7) {
+            etcd.apply(std::slice::from_ref(&op));
+            holders.push(holder(P, &etcd.view()).and_then(|h| h.owner));
+        }
+        assert_eq!(holders, [Some("uid-1".to_string()), Some("uid-3".to_string())], "never held by uid-2 on its way out");
     }
 
     #[test]

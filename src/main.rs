@@ -13,6 +13,7 @@ use leaderlock::etcd::engine::{Engine, EngineConfig};
 use leaderlock::etcd::ownership::ClusterId;
 use leaderlock::etcd::registration::{self, Registration};
 use leaderlock::etcd::{self, EtcdConfig, election};
+use leaderlock::http;
 use leaderlock::keyspace::Keyspace;
 use leaderlock::metrics::Metrics;
 use tokio_util::sync::CancellationToken;
@@ -79,6 +80,11 @@ enum Command {
     /// to the file. CMD starts on it only once a change of the file still says `leader` with the same
     /// token, or after --inherited-role-wait with no change.
     ///
+    /// When the file carries the controller's renewal (leaderlock.dev/roles.renewed, `<D> <mark>`:
+    /// a LeaderLock with renewDeadlineSeconds), a `leader` role counts only until D after a new mark
+    /// was read: past that, CMD is stopped as on a demotion (the controller cannot reach this pod),
+    /// and a new mark while still leader starts it again.
+    ///
     /// SIGTERM and SIGINT sent to `run` are forwarded to CMD (SIGKILL after --grace-period).
     ///
     /// Exit status: CMD's own (128+signal if a signal killed it) when CMD ends by itself while leader or
@@ -99,6 +105,9 @@ enum Command {
     /// started, possibly already revoked): they are left out of the set until a change of the file
     /// confirms them, or until --inherited-role-wait passes with no change; then they are added as any
     /// change is.
+    ///
+    /// When the file carries the controller's renewal (leaderlock.dev/roles.renewed, `<D> <mark>`), every
+    /// shard leaves the set once D passes with no new mark read, and returns with the next new mark.
     ///
     /// Needs the projection of metadata.annotations (every lock's role and token).
     ///
@@ -149,9 +158,8 @@ struct ControllerArgs {
     /// Reconciles run at once (each talks to etcd and the apiserver): bounds bursts at start-up.
     #[arg(long, env = "LEADERLOCK_MAX_CONCURRENT_RECONCILES", default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..))]
     max_concurrent_reconciles: u16,
-    /// Where to serve /metrics, /healthz and /readyz.
-    #[arg(long, env = "LEADERLOCK_HTTP_ADDR", default_value = "0.0.0.0:8080")]
-    http_addr: std::net::SocketAddr,
+    #[command(flatten)]
+    http: HttpArgs,
     /// TTL of each replica's election lease, whole seconds from 2s to 60s: a standby takes over this
     /// long after the active replica dies. Keep it well below the LeaderLocks' ttlSeconds.
     /// Duration syntax: 500ms, 10s, 1.5m or 2h (units ms, s, m, h; a bare number is seconds).
@@ -162,11 +170,42 @@ struct ControllerArgs {
     /// it again; `0` turns it off. Duration syntax: 500ms, 10s, 1.5m or 2h (units ms, s, m, h; a bare number is seconds).
     #[arg(long, env = "LEADERLOCK_RESYNC_AFTER", default_value = "2s", value_name = "DURATION", value_parser = contract::parse_duration)]
     resync_after: Duration,
+    /// How long a node's Lease in kube-node-lease may go unrenewed (kubelets renew every 10 s)
+    /// before the node counts as lost and all its pods stop being candidates at once; a
+    /// LeaderLock's spec.nodeLostAfterSeconds overrides it, `0` turns it off. Duration syntax:
+    /// 500ms, 10s, 1.5m or 2h (units ms, s, m, h; a bare number is seconds).
+    #[arg(long, env = "LEADERLOCK_NODE_LOST_AFTER", default_value = "15s", value_name = "DURATION", value_parser = contract::parse_duration)]
+    node_lost_after: Duration,
     /// This cluster's identity in etcd, written into every key the controller creates and into
     /// its root's registration (default: the UID of the `kube-system` namespace). Controllers of
     /// several clusters on one etcd need distinct identities and distinct --etcd-prefix roots.
     #[arg(long, env = "LEADERLOCK_CLUSTER_ID")]
     cluster_id: Option<ClusterId>,
+}
+
+/// The probes and the metrics endpoint (docs/contract.md §5.3).
+#[derive(Args)]
+struct HttpArgs {
+    /// Where to serve the health probes /healthz and /readyz, in plain HTTP with no authentication
+    /// (what the kubelet's probes need).
+    #[arg(long, env = "LEADERLOCK_PROBE_ADDR", default_value = "0.0.0.0:8080")]
+    probe_addr: std::net::SocketAddr,
+    /// Where to serve /metrics: over HTTPS to callers whose bearer token the apiserver
+    /// authenticates (TokenReview) and allows to `get` the non-resource URL /metrics
+    /// (SubjectAccessReview); in plain HTTP to anyone with --metrics-secure=false.
+    #[arg(long, env = "LEADERLOCK_METRICS_ADDR", default_value = "0.0.0.0:8443")]
+    metrics_addr: std::net::SocketAddr,
+    /// Serve /metrics over HTTPS to authenticated and authorized callers only. `false` serves it
+    /// in plain HTTP to anyone who reaches --metrics-addr (an explicit opt-out).
+    #[arg(long, env = "LEADERLOCK_METRICS_SECURE", default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    metrics_secure: bool,
+    /// Serving certificate of /metrics, PEM, leaf first (with --metrics-key-file); re-read when it
+    /// changes. Default: a self-signed certificate made at start.
+    #[arg(long, env = "LEADERLOCK_METRICS_CERT_FILE", requires = "metrics_key_file")]
+    metrics_cert_file: Option<PathBuf>,
+    /// Private key of --metrics-cert-file, PEM.
+    #[arg(long, env = "LEADERLOCK_METRICS_KEY_FILE", requires = "metrics_cert_file")]
+    metrics_key_file: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -298,10 +337,7 @@ async fn run_controller(args: Box<ControllerArgs>) -> anyhow::Result<()> {
     let kube_client =
         kube::Client::try_default().await.context("cannot build a Kubernetes client from KUBECONFIG or the in-cluster config")?;
     let metrics = Arc::new(Metrics::default());
-    let http = leaderlock::http::Server::bind(args.http_addr, metrics.clone(), leaderlock::http::Timeouts::default())
-        .await
-        .with_context(|| format!("cannot serve HTTP on {}; choose another --http-addr", args.http_addr))?;
-    tracing::info!(addr = %http.local_addr(), "serving /metrics, /healthz and /readyz");
+    let http = serve_http(&args.http, &kube_client, &metrics).await?;
     let cluster_id = match args.cluster_id {
         Some(id) => id,
         None => kube_system_uid(&kube_client).await?,
@@ -352,6 +388,7 @@ async fn run_controller(args: Box<ControllerArgs>) -> anyhow::Result<()> {
         concurrency: args.max_concurrent_reconciles,
         maps,
         resync_after: Some(args.resync_after).filter(|d| !d.is_zero()),
+        node_lost_after: Some(args.node_lost_after).filter(|d| !d.is_zero()),
     };
     tokio::select! {
         () = controller::run(kube_client, engine.clone(), settings, shutdown.child_token()) => {
@@ -365,6 +402,41 @@ async fn run_controller(args: Box<ControllerArgs>) -> anyhow::Result<()> {
             anyhow::bail!("lost the controller election lease (etcd unreachable for longer than --election-ttl); exiting so a standby takes over")
         }
     }
+}
+
+/// Serves the probes and /metrics (docs/contract.md §5.3), /metrics secured unless opted out.
+async fn serve_http(args: &HttpArgs, kube_client: &kube::Client, metrics: &Arc<Metrics>) -> anyhow::Result<http::Endpoints> {
+    let certificate = match (&args.metrics_cert_file, &args.metrics_key_file) {
+        (Some(cert), Some(key)) => http::tls::Certificate::Files { cert: cert.clone(), key: key.clone() },
+        _ => http::tls::Certificate::SelfSigned,
+    };
+    let endpoint = if args.metrics_secure {
+        let tls = http::tls::server_config(&certificate)?;
+        http::Endpoint::SecureMetrics { tls, gate: Arc::new(http::auth::Gate::new(kube_client.clone())) }
+    } else {
+        anyhow::ensure!(
+            matches!(certificate, http::tls::Certificate::SelfSigned),
+            "--metrics-cert-file is for HTTPS, but --metrics-secure=false serves /metrics in plain HTTP; drop one of them"
+        );
+        http::Endpoint::PlainMetrics
+    };
+    let timeouts = http::Timeouts::default();
+    let probes = http::Server::bind(args.probe_addr, http::Endpoint::Probes, metrics.clone(), timeouts).await?;
+    tracing::info!(addr = %probes.local_addr(), "serving /healthz and /readyz (plain HTTP)");
+    let scheme = if args.metrics_secure { "https" } else { "http" };
+    let served = http::Server::bind(args.metrics_addr, endpoint, metrics.clone(), timeouts).await?;
+    match (&certificate, args.metrics_secure) {
+        (_, false) => {
+            tracing::warn!(addr = %served.local_addr(), scheme, "serving /metrics in plain HTTP to anyone (--metrics-secure=false)")
+        }
+        (http::tls::Certificate::SelfSigned, true) => {
+            tracing::info!(addr = %served.local_addr(), scheme, certificate = "self-signed", "serving /metrics to authorized callers")
+        }
+        (http::tls::Certificate::Files { cert, .. }, true) => {
+            tracing::info!(addr = %served.local_addr(), scheme, certificate = %cert.display(), "serving /metrics to authorized callers")
+        }
+    }
+    Ok(http::Endpoints { probes, metrics: served })
 }
 
 /// Exports every map that grows with churn as `leaderlock_map_entries{map}`, read at scrape time,

@@ -129,8 +129,10 @@ pub struct PodInfo {
     pub resource_version: Option<String>,
     pub created: Option<jiff::Timestamp>,
     pub labels: Pairs,
-    /// Running, Ready and not terminating.
+    /// Running, Ready and not terminating (its node may still be lost: see [`crate::node_loss`]).
     pub candidate: bool,
+    /// The node it was scheduled to (`spec.nodeName`).
+    pub node: Option<String>,
     /// When it last became Ready (the condition's `lastTransitionTime`): placement's
     /// stabilisation delay counts from it, the same for every replica and across restarts.
     pub ready_since: Option<jiff::Timestamp>,
@@ -150,6 +152,7 @@ impl PodInfo {
             created: pod.metadata.creation_timestamp.as_ref().map(|t| t.0),
             labels: pod.metadata.labels.iter().flatten().collect(),
             candidate: is_candidate(pod),
+            node: pod.spec.as_ref().and_then(|s| s.node_name.clone()),
             ready_since: ready_since(pod),
             our_annotations: ours(&pod.metadata.annotations).collect(),
             our_labels: ours(&pod.metadata.labels).collect(),
@@ -172,6 +175,8 @@ pub struct LockRoles {
     pub leader: Option<(String, i64)>,
     /// Mirror the role into a label too.
     pub labels: bool,
+    /// The LeaderLock's `renewDeadlineSeconds`: its leader is renewed (see [`crate::renewal`]).
+    pub renew_deadline: Option<i64>,
 }
 
 /// The keys `pod` should carry given every accepted lock of its namespace.
@@ -341,6 +346,7 @@ mod tests {
             candidates: candidates.iter().map(|c| c.to_string()).collect(),
             leader: leader.map(|(p, t)| (p.to_string(), t)),
             labels,
+            renew_deadline: None,
         }
     }
 

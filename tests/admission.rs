@@ -404,8 +404,6 @@ async fn the_controller_elects_with_the_policy_on_and_reverts_forgeries_without_
     ctl.assert_no_panic();
 
     drop(policy);
-    for kind in ["clusterrolebinding", "clusterrole"] {
-        let _ = kubectl(&["delete", kind, &format!("{release}-leaderlock"), "--ignore-not-found"], None);
-    }
+    let _ = kubectl(&["delete", "clusterrolebinding,clusterrole", "-l", &format!("app.kubernetes.io/instance={release}")], None);
     kubectl_ok(&["delete", "namespace", &ns, "--wait=false"], None);
 }

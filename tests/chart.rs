@@ -1,6 +1,7 @@
 //! The Helm chart `charts/leaderlock` (docs/contract.md §5): it lints clean, renders least-privilege RBAC,
 //! a hardened Deployment wired to etcd (TLS Secret, auth Secret, allowed prefixes) and its
-//! optional extras and the admission policy that keeps role keys to the controller, ships the
+//! optional extras, secure metrics (the review and reader roles, an HTTPS ServiceMonitor) and the
+//! admission policy that keeps role keys to the controller, ships the
 //! checked-in CRD, and what it renders is accepted by the real apiserver (`kubectl apply
 //! --dry-run=server`, `helm install --dry-run=server`).
 //!
@@ -24,10 +25,15 @@ const FULL: &[&str] = &[
     "etcd.auth.secretName=etcd-auth",
     "etcd.allowedKeyPrefixes={/legacy/locks/,/team-a/}",
     "metrics.serviceMonitor.enabled=true",
+    "metrics.tls.secretName=metrics-tls",
+    "metrics.reader.subjects[0].kind=ServiceAccount",
+    "metrics.reader.subjects[0].name=prometheus-k8s",
+    "metrics.reader.subjects[0].namespace=monitoring",
     "networkPolicy.enabled=true",
     "log.format=json",
     "controller.maxConcurrentReconciles=32",
     "controller.resyncAfter=0",
+    "controller.nodeLostAfter=11s",
 ];
 
 /// Runs the pinned helm with its state dirs in a temp dir (it must not need or touch $HOME).
@@ -74,6 +80,13 @@ fn kinds(docs: &[Value]) -> Vec<&str> {
 fn one<'a>(docs: &'a [Value], kind: &str) -> &'a Value {
     let found: Vec<&Value> = docs.iter().filter(|d| d["kind"] == kind).collect();
     assert_eq!(found.len(), 1, "expected exactly one {kind}, rendered kinds: {:?}", kinds(docs));
+    found[0]
+}
+
+/// The one document of `kind` named `name`.
+fn named<'a>(docs: &'a [Value], kind: &str, name: &str) -> &'a Value {
+    let found: Vec<&Value> = docs.iter().filter(|d| d["kind"] == kind && d["metadata"]["name"] == name).collect();
+    assert_eq!(found.len(), 1, "expected exactly one {kind} {name}, rendered kinds: {:?}", kinds(docs));
     found[0]
 }
 
@@ -144,12 +157,21 @@ fn cluster_role_grants_exactly_what_the_controller_needs() {
 - {apiGroups: [""], resources: [namespaces], resourceNames: [kube-system], verbs: [get]}
 "#,
     );
-    assert_eq!(one(&docs, "ClusterRole")["rules"], expected);
-    let binding = one(&docs, "ClusterRoleBinding");
-    assert_eq!(binding["roleRef"]["name"], one(&docs, "ClusterRole")["metadata"]["name"]);
+    assert_eq!(named(&docs, "ClusterRole", "ll-leaderlock")["rules"], expected);
+    let binding = named(&docs, "ClusterRoleBinding", "ll-leaderlock");
+    assert_eq!(binding["roleRef"]["name"], "ll-leaderlock");
     assert_eq!(binding["subjects"], yaml("[{kind: ServiceAccount, name: ll-leaderlock, namespace: leaderlock-system}]"));
     assert_eq!(one(&docs, "ServiceAccount")["metadata"]["name"], "ll-leaderlock");
-    assert!(!docs.iter().any(|d| d["kind"] == "Role" || d["kind"] == "RoleBinding"), "no namespaced grants");
+    // The one namespaced grant: reading node Leases, in kube-node-lease only (node loss).
+    let role = one(&docs, "Role");
+    assert_eq!(role["metadata"]["namespace"], "kube-node-lease");
+    assert_eq!(role["rules"], yaml("[{apiGroups: [coordination.k8s.io], resources: [leases], verbs: [list, watch]}]"));
+    let binding = one(&docs, "RoleBinding");
+    assert_eq!(
+        (&binding["metadata"]["namespace"], &binding["roleRef"]["name"]),
+        (&role["metadata"]["namespace"], &role["metadata"]["name"])
+    );
+    assert_eq!(binding["subjects"], yaml("[{kind: ServiceAccount, name: ll-leaderlock, namespace: leaderlock-system}]"));
 }
 
 #[test]
@@ -157,7 +179,7 @@ fn a_given_cluster_id_is_passed_and_needs_no_namespace_grant() {
     let (_, docs) = render("leaderlock-system", &["clusterId=east"]);
     let args = &one(&docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"];
     assert!(args.as_array().unwrap().iter().any(|a| a == "--cluster-id=east"), "{args:?}");
-    let rules = one(&docs, "ClusterRole")["rules"].as_array().unwrap().clone();
+    let rules = named(&docs, "ClusterRole", "ll-leaderlock")["rules"].as_array().unwrap().clone();
     assert!(!rules.iter().any(|r| r["resources"][0] == "namespaces"), "{rules:?}");
 }
 
@@ -170,9 +192,14 @@ fn default_values_render_a_hardened_two_replica_deployment() {
         k,
         [
             "ClusterRole",
+            "ClusterRole",
+            "ClusterRole",
+            "ClusterRoleBinding",
             "ClusterRoleBinding",
             "Deployment",
             "PodDisruptionBudget",
+            "Role",
+            "RoleBinding",
             "Service",
             "ServiceAccount",
             "ValidatingAdmissionPolicy",
@@ -206,17 +233,22 @@ fn default_values_render_a_hardened_two_replica_deployment() {
             "--etcd-timeout=5s",
             "--log-format=text",
             "--log-level=info",
-            "--http-addr=0.0.0.0:8080",
+            "--probe-addr=0.0.0.0:8080",
+            "--metrics-addr=0.0.0.0:8443",
             "--election-ttl=3",
             "--max-concurrent-reconciles=16",
             "--resync-after=2s",
+            "--node-lost-after=15s",
         ]
     );
     assert_eq!(c["env"][0], yaml("{name: POD_NAME, valueFrom: {fieldRef: {fieldPath: metadata.name}}}"));
     assert_eq!(env_names(&docs), ["POD_NAME"], "no etcd credentials without etcd.auth.secretName");
-    assert_eq!(c["ports"], yaml("[{name: http, containerPort: 8080, protocol: TCP}]"));
-    assert_eq!(c["livenessProbe"]["httpGet"], yaml("{path: /healthz, port: http}"));
-    assert_eq!(c["readinessProbe"]["httpGet"], yaml("{path: /readyz, port: http}"));
+    assert_eq!(
+        c["ports"],
+        yaml("[{name: probes, containerPort: 8080, protocol: TCP}, {name: metrics, containerPort: 8443, protocol: TCP}]")
+    );
+    assert_eq!(c["livenessProbe"]["httpGet"], yaml("{path: /healthz, port: probes}"));
+    assert_eq!(c["readinessProbe"]["httpGet"], yaml("{path: /readyz, port: probes}"));
     let sc = &c["securityContext"];
     assert_eq!(sc["runAsNonRoot"], true);
     assert_eq!(sc["runAsUser"], 65532);
@@ -228,7 +260,7 @@ fn default_values_render_a_hardened_two_replica_deployment() {
     assert!(c["resources"]["limits"]["memory"].is_string());
 
     let svc = one(&docs, "Service");
-    assert_eq!(svc["spec"]["ports"], yaml("[{name: metrics, port: 8080, targetPort: http, protocol: TCP}]"));
+    assert_eq!(svc["spec"]["ports"], yaml("[{name: metrics, port: 8443, targetPort: metrics, protocol: TCP}]"));
     assert_eq!(svc["spec"]["selector"], deploy["spec"]["selector"]["matchLabels"]);
 
     let pdb = one(&docs, "PodDisruptionBudget");
@@ -253,6 +285,9 @@ fn full_values_wire_etcd_tls_auth_prefixes_and_extras() {
         "--log-format=json",
         "--max-concurrent-reconciles=32",
         "--resync-after=0",
+        "--node-lost-after=11s",
+        "--metrics-cert-file=/etc/leaderlock/metrics-tls/tls.crt",
+        "--metrics-key-file=/etc/leaderlock/metrics-tls/tls.key",
     ] {
         assert!(a.iter().any(|x| x == want), "missing {want} in {a:?}");
     }
@@ -262,7 +297,18 @@ fn full_values_wire_etcd_tls_auth_prefixes_and_extras() {
     assert_eq!(pod["volumes"][0]["secret"]["secretName"], "etcd-client-tls");
     let keys: Vec<&str> = pod["volumes"][0]["secret"]["items"].as_array().unwrap().iter().map(|i| i["key"].as_str().unwrap()).collect();
     assert_eq!(keys, ["ca.crt", "tls.crt", "tls.key"]);
-    assert_eq!(container(&docs)["volumeMounts"], yaml("[{name: etcd-tls, mountPath: /etc/leaderlock/etcd-tls, readOnly: true}]"));
+    assert_eq!(
+        pod["volumes"][1],
+        yaml(
+            "{name: metrics-tls, secret: {secretName: metrics-tls, defaultMode: 288, items: [{key: tls.crt, path: tls.crt}, {key: tls.key, path: tls.key}]}}"
+        )
+    );
+    assert_eq!(
+        container(&docs)["volumeMounts"],
+        yaml(
+            "[{name: etcd-tls, mountPath: /etc/leaderlock/etcd-tls, readOnly: true}, {name: metrics-tls, mountPath: /etc/leaderlock/metrics-tls, readOnly: true}]"
+        )
+    );
 
     let env = container(&docs)["env"].as_array().unwrap();
     for (name, key) in [("LEADERLOCK_ETCD_USERNAME", "username"), ("LEADERLOCK_ETCD_PASSWORD", "password")] {
@@ -273,10 +319,20 @@ fn full_values_wire_etcd_tls_auth_prefixes_and_extras() {
     let sm = one(&docs, "ServiceMonitor");
     assert_eq!(sm["spec"]["endpoints"][0]["port"], "metrics");
     assert_eq!(sm["spec"]["endpoints"][0]["path"], "/metrics");
+    assert_eq!(sm["spec"]["endpoints"][0]["scheme"], "https");
+    assert_eq!(
+        sm["spec"]["endpoints"][0]["tlsConfig"],
+        yaml("{serverName: ll-leaderlock-metrics.leaderlock-system.svc, ca: {secret: {name: metrics-tls, key: ca.crt}}}"),
+        "a certificate from a Secret is verified"
+    );
 
     let np = one(&docs, "NetworkPolicy");
     assert_eq!(np["spec"]["policyTypes"], yaml("[Ingress, Egress]"));
-    assert_eq!(np["spec"]["ingress"], yaml("[{ports: [{port: http, protocol: TCP}]}]"), "ingress: metrics port only");
+    assert_eq!(
+        np["spec"]["ingress"],
+        yaml("[{ports: [{port: metrics, protocol: TCP}]}, {ports: [{port: probes, protocol: TCP}]}]"),
+        "ingress: the metrics and probes ports only"
+    );
     let egress_ports: Vec<&Value> =
         np["spec"]["egress"].as_array().unwrap().iter().flat_map(|r| r["ports"].as_array().unwrap()).map(|p| &p["port"]).collect();
     assert_eq!(egress_ports, [&yaml("443"), &yaml("6443"), &yaml("2379"), &yaml("53"), &yaml("53")]);
@@ -299,6 +355,7 @@ fn bad_values_are_refused_at_render_time() {
         ("log.format=xml", "log.format must be text or json"),
         ("etcd.endpoints=null", "etcd.endpoints"),
         ("controller.maxConcurrentReconciles=0", "controller.maxConcurrentReconciles must be at least 1"),
+        ("metrics.secure=false,metrics.tls.secretName=x", "metrics.tls.secretName is for HTTPS"),
     ] {
         let out = helm(&["template", "ll", CHART, "--set", set]);
         assert!(!out.status.success(), "--set {set} rendered");
@@ -318,7 +375,9 @@ fn rendered_manifests_pass_server_side_dry_run() {
         let out = kubectl_ok(&["apply", "--dry-run=server", "-f", "-"], Some(&to_stream(applied.iter().copied())));
         assert_eq!(out.matches("created (server dry run)").count(), applied.len(), "every object accepted: {out}");
         assert!(out.contains("deployment.apps/ll-leaderlock created (server dry run)"), "{out}");
-        assert!(out.contains("clusterrole.rbac.authorization.k8s.io/ll-leaderlock created (server dry run)"), "{out}");
+        for role in ["ll-leaderlock", "ll-leaderlock-metrics-auth", "ll-leaderlock-metrics-reader"] {
+            assert!(out.contains(&format!("clusterrole.rbac.authorization.k8s.io/{role} created (server dry run)")), "{out}");
+        }
         // The apiserver compiles the policy's CEL on create (tests/admission.rs type-checks it too).
         assert!(
             out.contains("validatingadmissionpolicy.admissionregistration.k8s.io/ll-leaderlock-pod-roles created (server dry run)"),
@@ -330,6 +389,49 @@ fn rendered_manifests_pass_server_side_dry_run() {
         );
     }
     kubectl_ok(&["delete", "namespace", &ns, "--wait=false"], None);
+}
+
+/// Secure metrics (docs/contract.md §5.3), on by default: the controller may review tokens and
+/// access, a reader role exists for the scrapers (bound only to the subjects given), and the
+/// ServiceMonitor scrapes over HTTPS with a bearer token, skipping verification only of the
+/// self-signed certificate. Off, none of it is rendered and /metrics is plain HTTP.
+#[test]
+fn secure_metrics_bring_the_review_and_reader_roles_and_an_https_service_monitor() {
+    let (_, docs) = render("leaderlock-system", &["metrics.serviceMonitor.enabled=true"]);
+    assert_eq!(
+        named(&docs, "ClusterRole", "ll-leaderlock-metrics-auth")["rules"],
+        yaml(
+            r#"
+- {apiGroups: [authentication.k8s.io], resources: [tokenreviews], verbs: [create]}
+- {apiGroups: [authorization.k8s.io], resources: [subjectaccessreviews], verbs: [create]}
+"#
+        )
+    );
+    let auth = named(&docs, "ClusterRoleBinding", "ll-leaderlock-metrics-auth");
+    assert_eq!(auth["roleRef"]["name"], "ll-leaderlock-metrics-auth");
+    assert_eq!(auth["subjects"], yaml("[{kind: ServiceAccount, name: ll-leaderlock, namespace: leaderlock-system}]"));
+    assert_eq!(
+        named(&docs, "ClusterRole", "ll-leaderlock-metrics-reader")["rules"],
+        yaml(r#"[{nonResourceURLs: [/metrics], verbs: [get]}]"#)
+    );
+    assert!(!docs.iter().any(|d| d["roleRef"]["name"] == "ll-leaderlock-metrics-reader"), "bound to nobody by default");
+    let endpoint = &one(&docs, "ServiceMonitor")["spec"]["endpoints"][0];
+    assert_eq!(endpoint["scheme"], "https");
+    assert_eq!(endpoint["bearerTokenFile"], "/var/run/secrets/kubernetes.io/serviceaccount/token");
+    assert_eq!(endpoint["tlsConfig"], yaml("{insecureSkipVerify: true}"), "the self-signed certificate cannot be verified");
+    assert!(!args(&docs).iter().any(|a| a.starts_with("--metrics-secure") || a.starts_with("--metrics-cert-file")));
+
+    let (_, docs) = render("leaderlock-system", FULL);
+    let reader = named(&docs, "ClusterRoleBinding", "ll-leaderlock-metrics-reader");
+    assert_eq!(reader["roleRef"], yaml("{apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: ll-leaderlock-metrics-reader}"));
+    assert_eq!(reader["subjects"], yaml("[{kind: ServiceAccount, name: prometheus-k8s, namespace: monitoring}]"));
+
+    let (_, docs) = render("leaderlock-system", &["metrics.secure=false", "metrics.serviceMonitor.enabled=true", "metrics.port=9090"]);
+    assert!(!docs.iter().any(|d| d["metadata"]["name"].as_str().unwrap().contains("-metrics-")), "no metrics roles when plain");
+    assert!(args(&docs).contains(&"--metrics-secure=false".to_string()));
+    assert!(args(&docs).contains(&"--metrics-addr=0.0.0.0:9090".to_string()));
+    let endpoint = &one(&docs, "ServiceMonitor")["spec"]["endpoints"][0];
+    assert!(endpoint["scheme"].is_null() && endpoint["bearerTokenFile"].is_null() && endpoint["tlsConfig"].is_null(), "{endpoint:?}");
 }
 
 const HANDOVER_ROLE: &[&str] = &["rbac.handoverRole.enabled=true"];
@@ -502,8 +604,10 @@ fn helm_install_against_the_cluster_includes_the_admission_policy() {
     let release: Value = serde_json::from_str(&out).unwrap();
     let docs: Vec<Value> = serde_saphyr::from_multiple(release["manifest"].as_str().unwrap()).unwrap();
     let k = kinds(&docs);
-    for want in ["Deployment", "ClusterRole", "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"] {
+    for want in ["Deployment", "ClusterRole", "ClusterRoleBinding", "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"] {
         assert!(k.contains(&want), "{want} missing from {k:?}");
     }
+    named(&docs, "ClusterRole", "ll-leaderlock-metrics-auth");
+    named(&docs, "ClusterRole", "ll-leaderlock-metrics-reader");
     kubectl_ok(&["delete", "namespace", &ns, "--wait=false"], None);
 }

@@ -1,7 +1,10 @@
 //! On a real node — kubelet and containerd on this machine, nothing played: the chart installed
 //! with the image built here, the examples running their job through `leaderlock run` in a
-//! busybox-only image, each pod reading its role from the file its kubelet projects, and a
-//! graceful failover seen by the jobs and the leader-only Service.
+//! busybox-only image, each pod reading its role from the file its kubelet projects, a
+//! graceful failover seen by the jobs and the leader-only Service, and a forged `leader` on a
+//! standby refused by the chart's admission policy before the kubelet can see it (and, with the
+//! policy's binding deleted, reverted by the controller: how long, and whether the kubelet
+//! projected it meanwhile).
 //!
 //! It needs the node of `LEADERLOCK_NODE=1 hack/cluster.sh run` (`make test` runs it that way);
 //! outside it the test is reported as ignored, never passed.
@@ -10,6 +13,9 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+
+#[path = "e2e/forgery.rs"]
+mod forgery;
 
 const CHART_NS: &str = "leaderlock-system";
 const NS: &str = "e2e";
@@ -32,7 +38,11 @@ fn chart_and_examples_run_on_a_real_node() {
     install_chart(&node);
     run_examples();
     let first = converged_holder();
-    graceful_failover(&first);
+    let (holder, token) = graceful_failover(&first);
+    let pods = names(json(&["get", "pods", "-n", NS, "-l", "app=ledger-worker"])["items"].as_array().unwrap());
+    let standby = pods.iter().find(|p| **p != holder).unwrap();
+    forgery::refused_with_the_policy_and_reverted_without(&node.dir, NS, LOCK, standby);
+    assert_eq!(converged_holder(), (holder, token), "the forgeries moved nothing");
 }
 
 /// What `hack/cluster.sh` with a node exported.
@@ -184,13 +194,17 @@ fn install_chart(node: &Node) {
     });
 }
 
-/// The replica's `leaderlock_active` gauge, read through the apiserver's pod proxy.
+/// Whether the replica is active, from its `/readyz` (`ok: active` or `ok: standby`), read
+/// through the apiserver's pod proxy on the probes' port. (Not /metrics: the proxy passes no
+/// credentials, and /metrics answers only authorized callers.)
 fn active(pod: &str) -> Option<bool> {
-    let path = format!("/api/v1/namespaces/{CHART_NS}/pods/{pod}:8080/proxy/metrics");
+    let path = format!("/api/v1/namespaces/{CHART_NS}/pods/{pod}:8080/proxy/readyz");
     let out = kubectl(&["get", "--raw", &path]);
-    let text = String::from_utf8_lossy(&out.stdout);
-    let line = text.lines().find(|l| l.starts_with("leaderlock_active "))?;
-    Some(line.ends_with(" 1"))
+    match String::from_utf8_lossy(&out.stdout).trim() {
+        "ok: active" => Some(true),
+        "ok: standby" => Some(false),
+        _ => None,
+    }
 }
 
 /// examples/ applied as a user would, with the image names of this machine.
@@ -289,8 +303,9 @@ fn slice_addresses() -> Vec<String> {
 }
 
 /// Deleting the holder pod: its job stops, another pod's job starts with a larger token, and
-/// the Service follows; the Deployment's replacement pod becomes a standby.
-fn graceful_failover((old, old_token): &(String, u64)) {
+/// the Service follows; the Deployment's replacement pod becomes a standby. Returns the new
+/// holder and token.
+fn graceful_failover((old, old_token): &(String, u64)) -> (String, u64) {
     kubectl_ok(&["delete", "pod", "-n", NS, old, "--wait=false"]);
     let (new, new_token) = wait_for("a new holder", 60, || status_holder().filter(|(h, _)| h != old));
     assert!(new_token > *old_token, "fencing token did not grow: {old_token} -> {new_token}");
@@ -303,4 +318,5 @@ fn graceful_failover((old, old_token): &(String, u64)) {
     });
     let (holder, token) = converged_holder();
     assert_eq!((holder.as_str(), token), (new.as_str(), new_token), "holder changed again without cause");
+    (holder, token)
 }

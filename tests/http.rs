@@ -1,11 +1,13 @@
-//! The HTTP endpoint (docs/contract.md §5) as a client meets it: the real server on a loopback
-//! port, spoken to over raw TCP so each test controls exactly what arrives and when. Needs no
-//! control plane.
+//! The HTTP endpoints (docs/contract.md §5.3) as a client meets them: the real servers on
+//! loopback ports, spoken to over raw TCP so each test controls exactly what arrives and when —
+//! the probes, and /metrics in plain HTTP (`--metrics-secure=false`); tests/metrics_auth.rs
+//! covers HTTPS and its callers' authentication on the real control plane. Needs no control
+//! plane.
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use leaderlock::http::{Server, Timeouts};
+use leaderlock::http::{Endpoint, Server, Timeouts};
 use leaderlock::metrics::Metrics;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -13,8 +15,13 @@ use tokio::net::TcpStream;
 /// Longer than any timeout under test: a read still pending after this never ends.
 const DEADLINE: Duration = Duration::from_secs(10);
 
+/// The probes' endpoint.
 async fn start(timeouts: Timeouts) -> Server {
-    Server::bind("127.0.0.1:0".parse().unwrap(), Arc::new(Metrics::default()), timeouts).await.unwrap()
+    start_endpoint(Endpoint::Probes, timeouts).await
+}
+
+async fn start_endpoint(endpoint: Endpoint, timeouts: Timeouts) -> Server {
+    Server::bind("127.0.0.1:0".parse().unwrap(), endpoint, Arc::new(Metrics::default()), timeouts).await.unwrap()
 }
 
 async fn connect(addr: SocketAddr) -> TcpStream {
@@ -44,19 +51,25 @@ async fn get(addr: SocketAddr, path: &str) -> String {
 }
 
 #[tokio::test]
-async fn each_route_answers_with_its_status_and_body() {
-    let server = start(Timeouts::default()).await;
-    let addr = server.local_addr();
-    let metrics = get(addr, "/metrics?name=x").await;
-    assert!(metrics.starts_with("HTTP/1.1 200 OK\r\n"), "{metrics}");
-    assert!(metrics.to_lowercase().contains("content-type: text/plain; version=0.0.4; charset=utf-8\r\n"), "{metrics}");
-    assert!(metrics.contains("\nleaderlock_active 0\n"), "{metrics}");
+async fn each_route_answers_with_its_status_and_body_on_its_own_port() {
+    let probes = start(Timeouts::default()).await;
+    let addr = probes.local_addr();
     let healthz = get(addr, "/healthz").await;
     assert!(healthz.starts_with("HTTP/1.1 200 OK\r\n") && healthz.ends_with("\r\n\r\nok\n"), "{healthz}");
     let readyz = get(addr, "/readyz").await;
     assert!(readyz.starts_with("HTTP/1.1 200 OK\r\n") && readyz.ends_with("\r\n\r\nok: standby\n"), "{readyz}");
     let other = get(addr, "/").await;
-    assert!(other.starts_with("HTTP/1.1 404 Not Found\r\n") && other.contains("try /metrics, /healthz or /readyz"), "{other}");
+    assert!(other.starts_with("HTTP/1.1 404 Not Found\r\n") && other.contains("try /healthz or /readyz"), "{other}");
+    let no_metrics = get(addr, "/metrics").await;
+    assert!(no_metrics.starts_with("HTTP/1.1 404 Not Found\r\n") && no_metrics.contains("--metrics-addr"), "{no_metrics}");
+
+    let plain = start_endpoint(Endpoint::PlainMetrics, Timeouts::default()).await;
+    let metrics = get(plain.local_addr(), "/metrics?name=x").await;
+    assert!(metrics.starts_with("HTTP/1.1 200 OK\r\n"), "{metrics}");
+    assert!(metrics.to_lowercase().contains("content-type: text/plain; version=0.0.4; charset=utf-8\r\n"), "{metrics}");
+    assert!(metrics.contains("\nleaderlock_active 0\n"), "{metrics}");
+    let no_probe = get(plain.local_addr(), "/healthz").await;
+    assert!(no_probe.starts_with("HTTP/1.1 404 Not Found\r\n") && no_probe.contains("--probe-addr"), "{no_probe}");
 }
 
 #[tokio::test]

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use leaderlock::http::{Server, Timeouts};
+use leaderlock::http::{Endpoint, Server, Timeouts};
 use leaderlock::metrics::Metrics;
 use nix::sys::resource::{Resource, UsageWho, getrlimit, getrusage, setrlimit};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -24,7 +24,8 @@ fn open_descriptors() -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn out_of_descriptors_the_server_backs_off_and_recovers() {
-    let server = Server::bind("127.0.0.1:0".parse().unwrap(), Arc::new(Metrics::default()), Timeouts::default()).await.unwrap();
+    let server =
+        Server::bind("127.0.0.1:0".parse().unwrap(), Endpoint::Probes, Arc::new(Metrics::default()), Timeouts::default()).await.unwrap();
     let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
     // Room for exactly one more descriptor: the client's socket takes it, so the server's
     // accept of that very connection fails with EMFILE.

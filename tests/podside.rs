@@ -84,6 +84,15 @@ fn all_annotations_with(state: State, notes: &str) -> String {
     annotations.iter().map(|(k, v)| format!("{k}={}", go_quote(v))).collect::<Vec<_>>().join("\n")
 }
 
+/// `content` (the all-annotations form) with the controller's renewal key set to `renewed`,
+/// kept in kubelet's key order.
+fn with_renewal(content: &str, renewed: &str) -> String {
+    let mut lines: Vec<String> = content.lines().map(str::to_string).collect();
+    lines.push(format!("leaderlock.dev/roles.renewed={}", go_quote(renewed)));
+    lines.sort();
+    lines.join("\n")
+}
+
 /// `metadata.annotations['leaderlock.dev/<lock>']`: the bare value, empty when absent.
 fn single_value(state: State) -> String {
     match state {
@@ -446,11 +455,12 @@ fn help_documents_every_subcommand_and_flag() {
         "--inherited-role-wait",
         "LEADERLOCK_INHERITED_ROLE_WAIT",
         "[default: 5s]",
+        "leaderlock.dev/roles.renewed",
     ] {
         assert!(stdout(&run).contains(word), "run --help lacks {word}: {}", stdout(&run));
     }
     let shards = command(&["shards", "--help"]).output().unwrap();
-    for word in ["--inherited-role-wait", "LEADERLOCK_INHERITED_ROLE_WAIT", "[default: 5s]", "inherited"] {
+    for word in ["--inherited-role-wait", "LEADERLOCK_INHERITED_ROLE_WAIT", "[default: 5s]", "inherited", "leaderlock.dev/roles.renewed"] {
         assert!(stdout(&shards).contains(word), "shards --help lacks {word}: {}", stdout(&shards));
     }
     let wait = command(&["wait", "--help"]).output().unwrap();
@@ -828,6 +838,105 @@ fn run_starts_at_once_on_a_leader_role_that_comes_after_the_start() {
     assert!(!fx.run.stderr().contains("inherited"), "{}", fx.run.stderr());
 }
 
+// ───────────────────────────── run: the controller's renewal ─────────────────────────────
+
+/// The renewal deadline of these tests: short, so that a lapse comes quickly.
+const RENEWAL: Duration = Duration::from_secs(1);
+
+impl RunFixture {
+    /// The controller renews the pod: a new mark, the role unchanged. Returns when the update
+    /// began: the helper may read the new file before the update is done.
+    fn renew(&mut self, state: State, mark: u64) -> Instant {
+        let began = Instant::now();
+        self.volume.set_raw(&with_renewal(&all_annotations(state), &format!("1s {mark}")), &single_value(state));
+        began
+    }
+}
+
+#[test]
+fn run_stops_the_command_when_no_new_mark_comes_for_the_deadline_and_starts_it_again_on_a_new_mark() {
+    let mut volume = Volume::new(State::Absent);
+    volume.set_raw(&with_renewal(&all_annotations(State::Leader(5)), "1s 100"), "leader");
+    let mut fx = run_on(volume, Volume::annotations, "5s", Some("0"), OBEDIENT);
+    let first = fx.wait_lines(1);
+    let pid1 = pid_of(&first[0]);
+    assert!(first[0].ends_with(" 5"), "{first:?}");
+    let started = Instant::now();
+
+    // Renewals every 400 ms keep it running well past the deadline counted from the first read.
+    let mut renewed = Instant::now();
+    for mark in 101..=104 {
+        throughout(Duration::from_millis(400), "the command runs while renewed", || alive(pid1), || fx.run.stderr());
+        renewed = fx.renew(State::Leader(5), mark);
+    }
+    assert!(started.elapsed() > RENEWAL, "the renewals did not outlast the deadline");
+
+    // Then the controller stops renewing (say it lost the apiserver): one deadline after the
+    // last mark was read, the command is stopped as on a demotion.
+    let stopped = fx.wait_lines(2);
+    let lapse = renewed.elapsed();
+    assert_eq!(stopped[1], format!("stop {pid1}"));
+    assert!(lapse >= RENEWAL, "stopped {lapse:?} after the last new mark, before the deadline");
+    assert!(lapse < RENEWAL + REACTION, "stopped only {lapse:?} after the last new mark");
+    fx.run.wait_stderr("lock ledger-writer: no renewal for 1s: the controller cannot reach this pod; acting as standby");
+    fx.wait_gone(pid1);
+
+    // An update of the file with the same mark (another annotation changed) is no renewal.
+    fx.volume.set_raw(&with_renewal(&all_annotations_with(State::Leader(5), "edited"), "1s 104"), "leader");
+    throughout(REACTION, "nothing starts on an old mark", || lines(&fx.marker).len() == 2, || fx.run.stderr());
+
+    // A new mark while still leader starts it again, with the same token.
+    let renewed = fx.renew(State::Leader(5), 105);
+    let again = fx.wait_lines(3);
+    assert!(again[2].starts_with("start ") && again[2].ends_with(" 5"), "{again:?}");
+    assert!(renewed.elapsed() < REACTION, "started {:?} after the new mark", renewed.elapsed());
+    fx.run.wait_stderr("lock ledger-writer: renewed again: the controller reaches this pod; acting on the leader role again");
+
+    fx.run.signal(Signal::SIGTERM);
+    assert_eq!(fx.run.exit().code(), Some(0), "{}", fx.run.stderr());
+}
+
+#[test]
+fn run_counts_the_deadline_of_a_mark_found_at_start_from_its_first_read_and_a_file_without_the_key_has_none() {
+    // A restarted helper finds an old mark: it cannot know its age, so it counts from now.
+    let began = Instant::now();
+    let mut volume = Volume::new(State::Absent);
+    volume.set_raw(&with_renewal(&all_annotations(State::Leader(5)), "1s 100"), "leader");
+    let mut fx = run_on(volume, Volume::annotations, "5s", Some("0"), OBEDIENT);
+    let pid1 = pid_of(&fx.wait_lines(1)[0]);
+    assert_eq!(fx.wait_lines(2)[1], format!("stop {pid1}"));
+    assert!(began.elapsed() >= RENEWAL, "stopped {:?} after the helper started, before the deadline", began.elapsed());
+    fx.wait_gone(pid1);
+
+    // The controller turns renewal off: the key goes, and the leader role stands with no deadline.
+    fx.volume.set(State::Leader(5));
+    let pid2 = pid_of(&fx.wait_lines(3)[2]);
+    fx.run.wait_stderr("lock ledger-writer: the renewal key is gone: no deadline; acting on the leader role again");
+    throughout(RENEWAL + REACTION, "the command runs with no deadline", || alive(pid2) && lines(&fx.marker).len() == 3, || fx.run.stderr());
+}
+
+#[test]
+fn run_stops_the_command_and_exits_2_on_a_renewal_the_controller_would_not_write() {
+    let mut fx = run_with(State::Leader(1), "5s", Some("0"), OBEDIENT);
+    let pid = pid_of(&fx.wait_lines(1)[0]);
+    fx.volume.set_raw(&with_renewal(&all_annotations(State::Leader(1)), "soon"), "leader");
+    assert_eq!(fx.run.exit().code(), Some(2));
+    assert_eq!(lines(&fx.marker)[1], format!("stop {pid}"));
+    assert!(fx.run.stderr().contains("renewal \"soon\" (leaderlock.dev/roles.renewed) is not"), "{}", fx.run.stderr());
+}
+
+#[test]
+fn role_reports_a_renewed_leader_as_leader_and_refuses_a_bad_renewal() {
+    let mut volume = Volume::new(State::Absent);
+    volume.set_raw(&with_renewal(&all_annotations(State::Leader(5)), "1s 100"), "leader");
+    let output = role(&volume.annotations());
+    assert_eq!((output.status.code(), stdout(&output).trim()), (Some(0), "leader 5"), "{}", stderr(&output));
+    volume.set_raw(&with_renewal(&all_annotations(State::Leader(5)), "1s"), "leader");
+    let output = role(&volume.annotations());
+    assert_eq!(output.status.code(), Some(2));
+    assert!(stderr(&output).contains("only the controller writes it"), "{}", stderr(&output));
+}
+
 // ───────────────────────────── shards ─────────────────────────────
 
 /// The all-annotations projection of a pod leading `leading` (lock, token) and standby for
@@ -1078,6 +1187,34 @@ fn shards_adds_inherited_shards_when_the_wait_elapses_with_no_change() {
     assert!(began.elapsed() >= Duration::from_millis(700), "added after {:?}, before the wait elapsed", began.elapsed());
     fx.run.wait_stderr("shards: inherited leadership of shard-10 (token 44) unchanged when the wait elapsed: acting on it");
     fx.run.wait_stderr("now leading 2 shards: shard-0,shard-10 (+shard-0 +shard-10); sent SIGHUP");
+}
+
+#[test]
+fn shards_leaves_every_shard_out_when_the_renewal_lapses_and_serves_them_again_on_a_new_mark() {
+    let annotations =
+        |mark: u64| with_renewal(&shard_annotations(&[("shard-0", 41), ("shard-2", 43)], &["shard-1"], ""), &format!("1s {mark}"));
+    let began = Instant::now();
+    let mut fx = shards_inheriting(&annotations(100), "0");
+    let start = fx.wait_lines(1);
+    let pid = pid_of(&start[0]);
+    assert_eq!(start[0], format!("start {pid} [shard-0,shard-2] shard-0 41 shard-2 43"));
+
+    // No new mark for the deadline: the set empties, the command keeps running.
+    assert_eq!(fx.wait_lines(2)[1], "hup");
+    assert!(began.elapsed() >= RENEWAL, "emptied {:?} after the start, before the deadline", began.elapsed());
+    assert_eq!(fs::read_to_string(&fx.shards_file).unwrap(), "");
+    fx.run.wait_stderr(
+        "shards: no renewal for 1s: the controller cannot reach this pod; acting as standby: leaving every shard out of the set",
+    );
+    assert!(alive(pid));
+
+    let renewed = Instant::now();
+    fx.set(&annotations(101));
+    assert_eq!(fx.wait_lines(3)[2], "hup shard-0 41 shard-2 43");
+    assert!(renewed.elapsed() < REACTION, "served again {:?} after the new mark", renewed.elapsed());
+    fx.run.wait_stderr("shards: renewed again: the controller reaches this pod; serving the shards led again");
+    fx.run.signal(Signal::SIGTERM);
+    assert_eq!(fx.run.exit().code(), Some(0), "{}", fx.run.stderr());
 }
 
 #[test]

@@ -16,7 +16,10 @@ use serde_json::Value;
 
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-/// The chart's ServiceAccount, ClusterRole and ClusterRoleBinding rendered for namespace `ns`.
+/// The chart's ServiceAccount, the controller's own ClusterRole and ClusterRoleBinding, and its
+/// Role (node Leases) and RoleBinding, rendered for namespace `ns` (not the roles of secure
+/// metrics: the controllers of the tests serve /metrics in plain HTTP, and tests/metrics_auth.rs
+/// proves those roles).
 fn chart_rbac(ns: &str) -> Vec<Value> {
     let chart = concat!(env!("CARGO_MANIFEST_DIR"), "/charts/leaderlock");
     let out = std::process::Command::new("helm")
@@ -26,7 +29,13 @@ fn chart_rbac(ns: &str) -> Vec<Value> {
     assert!(out.status.success(), "helm template: {}", String::from_utf8_lossy(&out.stderr));
     let text = String::from_utf8(out.stdout).unwrap();
     let docs: Vec<Value> = serde_saphyr::from_multiple(&text).unwrap_or_else(|e| panic!("helm rendered invalid YAML: {e}\n{text}"));
-    docs.into_iter().filter(|v| matches!(v["kind"].as_str(), Some("ServiceAccount" | "ClusterRole" | "ClusterRoleBinding"))).collect()
+    docs.into_iter()
+        .filter(|v| match v["kind"].as_str() {
+            Some("ServiceAccount" | "Role" | "RoleBinding") => true,
+            Some("ClusterRole" | "ClusterRoleBinding") => v["metadata"]["name"] == "leaderlock",
+            _ => false,
+        })
+        .collect()
 }
 
 /// Applies the chart's RBAC under a unique name (minus `drop`, a (resource, verb) to remove),
@@ -38,8 +47,8 @@ fn service_account_kubeconfig(ns: &str, drop: Option<(&str, &str)>) -> tempfile:
     for d in &mut docs {
         match d["kind"].as_str() {
             Some("ServiceAccount") => sa_name = d["metadata"]["name"].as_str().unwrap().to_string(),
-            Some("ClusterRole") => {
-                d["metadata"]["name"] = unique.clone().into();
+            Some(kind @ ("ClusterRole" | "Role")) => {
+                d["metadata"]["name"] = if kind == "Role" { format!("{unique}-node-leases") } else { unique.clone() }.into();
                 if let Some((resource, verb)) = drop {
                     for rule in d["rules"].as_array_mut().unwrap() {
                         if rule["resources"].as_array().unwrap().iter().any(|r| r.as_str() == Some(resource)) {
@@ -53,11 +62,19 @@ fn service_account_kubeconfig(ns: &str, drop: Option<(&str, &str)>) -> tempfile:
                 d["metadata"]["name"] = unique.clone().into();
                 d["roleRef"]["name"] = unique.clone().into();
             }
+            Some("RoleBinding") => {
+                d["metadata"]["name"] = format!("{unique}-node-leases").into();
+                d["roleRef"]["name"] = format!("{unique}-node-leases").into();
+            }
             _ => {}
         }
     }
-    let yaml = docs.iter().map(|d| serde_saphyr::to_string(d).unwrap()).collect::<Vec<_>>().join("---\n");
-    kubectl_ok(&["apply", "-n", ns, "-f", "-"], Some(&yaml));
+    // The node-Lease Role and its binding live in kube-node-lease, the rest in `ns`.
+    for target in [ns, "kube-node-lease"] {
+        let here = |d: &&Value| d["metadata"]["namespace"].as_str().unwrap_or(ns) == target;
+        let yaml = docs.iter().filter(here).map(|d| serde_saphyr::to_string(d).unwrap()).collect::<Vec<_>>().join("---\n");
+        kubectl_ok(&["apply", "-n", target, "-f", "-"], Some(&yaml));
+    }
     service_account_kubeconfig_for(ns, &sa_name)
 }
 
@@ -115,4 +132,27 @@ async fn a_missing_permission_is_reported_in_the_status_naming_it() {
     assert!(annotations(&c, &ns, "w-1").await.is_empty(), "nothing may be half-written");
     let log = std::fs::read_to_string(&ctl.log).unwrap();
     assert!(log.contains("forbidden") || log.contains("Forbidden"), "the log names the failure too");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn without_the_node_lease_role_elections_run_and_the_status_says_nodes_are_judged_by_readiness() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    install_crd();
+    let etcd = EtcdServer::start();
+    let ns = namespace("rbac-node-leases");
+    let c = client().await;
+    let kubeconfig = service_account_kubeconfig(&ns, Some(("leases", "list")));
+    let _ctl = start_as(&kubeconfig, &etcd);
+    ready_pods(&c, &ns, &["w-1", "w-2"], &[("app", "worker")]).await;
+    kubectl_ok(&["apply", "-n", &ns, "-f", "-"], Some(LL));
+    elected(&c, &ns, "payments", "ledger", 2).await;
+    let message = eventually("NodeLost=Unknown", Duration::from_secs(30), || async {
+        let st = leaderlock(&c, &ns, "payments").await.status?;
+        st.conditions
+            .into_iter()
+            .find(|c| c.type_ == "NodeLost" && c.status == "Unknown" && c.reason == "NodeLeasesUnreadable")
+            .map(|c| c.message)
+    })
+    .await;
+    assert!(message.contains("kube-node-lease") && message.contains("NotReady"), "{message}");
 }

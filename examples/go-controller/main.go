@@ -37,17 +37,18 @@ func main() {
 	roleFile := flag.String("role-file", role.DefaultFile, "the downward-API projection of the pod's annotations (--election=leaderlock)")
 	namespace := flag.String("namespace", os.Getenv("POD_NAMESPACE"), "the namespace whose ConfigMaps are reconciled, and the Lease's; empty: every namespace")
 	probeAddr := flag.String("health-probe-bind-address", ":8081", "where /healthz and /readyz are served")
+	metricsAddr := flag.String("metrics-bind-address", "0", "where /metrics is served (controller-runtime's and client-go's metrics, API requests included); 0: not served")
 	release := flag.Bool("leader-election-release-on-cancel", false, "step down when the manager stops (controller-runtime's LeaderElectionReleaseOnCancel)")
 	flag.Parse()
 	ctrl.SetLogger(zap.New())
 	log := ctrl.Log.WithName("go-controller")
-	if err := run(*election, *lock, *roleFile, *namespace, *probeAddr, *release); err != nil {
+	if err := run(*election, *lock, *roleFile, *namespace, *probeAddr, *metricsAddr, *release); err != nil {
 		log.Error(err, "exiting")
 		os.Exit(1)
 	}
 }
 
-func run(election, lock, roleFile, namespace, probeAddr string, release bool) error {
+func run(election, lock, roleFile, namespace, probeAddr, metricsAddr string, release bool) error {
 	log := ctrl.Log.WithName("go-controller")
 	identity := os.Getenv("POD_NAME")
 	if identity == "" {
@@ -59,7 +60,7 @@ func run(election, lock, roleFile, namespace, probeAddr string, release bool) er
 		LeaderElectionNamespace:       namespace,
 		LeaderElectionReleaseOnCancel: release,
 		HealthProbeBindAddress:        probeAddr,
-		Metrics:                       metricsserver.Options{BindAddress: "0"},
+		Metrics:                       metricsserver.Options{BindAddress: metricsAddr},
 	}
 	if namespace != "" {
 		options.Cache = cache.Options{DefaultNamespaces: map[string]cache.Config{namespace: {}}}
@@ -95,13 +96,33 @@ func run(election, lock, roleFile, namespace, probeAddr string, release bool) er
 	if err := mgr.AddReadyzCheck("readyz", healthz.Ping); err != nil {
 		return err
 	}
-	go func() {
-		<-mgr.Elected()
-		log.Info("elected", "identity", identity, "election", election, "token", token(), "at", time.Now().UTC().Format(time.RFC3339Nano))
-	}()
+	// Runs with the controllers, only while this replica leads: its two lines bound the term.
+	if err := mgr.Add(&termLogger{identity: identity, election: election, token: token}); err != nil {
+		return err
+	}
 	log.Info("starting", "identity", identity, "election", election, "lock", lock)
 	return mgr.Start(ctrl.SetupSignalHandler())
 }
+
+// termLogger logs "leading" when the manager starts its leader-only runnables and "stopped
+// leading" when it stops them (shutdown or lost election), each with the wall-clock time.
+type termLogger struct {
+	identity, election string
+	token              func() string
+}
+
+// NeedLeaderElection puts the logger with the controllers: started on election, stopped with them.
+func (t *termLogger) NeedLeaderElection() bool { return true }
+
+func (t *termLogger) Start(ctx context.Context) error {
+	log := ctrl.Log.WithName("go-controller")
+	log.Info("leading", "identity", t.identity, "election", t.election, "token", t.token(), "at", now())
+	<-ctx.Done()
+	log.Info("stopped leading", "identity", t.identity, "election", t.election, "at", now())
+	return nil
+}
+
+func now() string { return time.Now().UTC().Format(time.RFC3339Nano) }
 
 // configMapCounter logs every ConfigMap it reconciles and how many reconciles it has done.
 type configMapCounter struct {
@@ -117,6 +138,6 @@ func (c *configMapCounter) Reconcile(ctx context.Context, req reconcile.Request)
 		return reconcile.Result{}, err
 	}
 	ctrl.LoggerFrom(ctx).Info("reconciled", "configmap", req.NamespacedName.String(), "keys", len(cm.Data), "reconciles", n,
-		"token", c.token(), "at", time.Now().UTC().Format(time.RFC3339Nano))
+		"token", c.token(), "at", now())
 	return reconcile.Result{}, nil
 }

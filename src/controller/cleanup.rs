@@ -12,7 +12,7 @@ use crate::resource::{LeaderLock, reasons};
 
 /// Runs [`plan::cleanup`]; an etcd failure is reported in the status and retried.
 pub async fn cleanup(ll: Arc<LeaderLock>, ctx: &Context) -> Result<Action> {
-    let view = ctx.index.view(&ll); // this LeaderLock, being deleted, assigns no roles
+    let view = ctx.view(&ll); // this LeaderLock, being deleted, assigns no roles
     let snapshot = snapshot(ctx, &ll, &view);
     if let Err(e) = execute(ctx, &ll, &plan::cleanup(&snapshot)).await {
         if let Error::Etcd(etcd) = &e {

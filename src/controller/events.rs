@@ -48,10 +48,26 @@ pub async fn publish(ctx: &Context, ll: &LeaderLock, changes: &[HolderChange]) {
             ..Default::default()
         });
         let about = About { regarding: ll.object_ref(&()), namespace: ll.namespace().unwrap_or_default(), name: ll.name_any() };
-        if let Err(e) = publish_event(ctx, &about, "HolderChanged", action, note, related).await {
+        if let Err(e) = publish_event(ctx, &about, Severity::Normal, "HolderChanged", action, note, related).await {
             tracing::warn!(error = %e, "cannot publish Event");
         }
     }
+}
+
+/// Announces lost nodes of `ll`'s pods (its `NodeLost` condition's message); best effort, like
+/// the holder changes.
+pub async fn node_lost(ctx: &Context, ll: &LeaderLock, note: &str) {
+    let about = About { regarding: ll.object_ref(&()), namespace: ll.namespace().unwrap_or_default(), name: ll.name_any() };
+    if let Err(e) = publish_event(ctx, &about, Severity::Warning, "NodeLost", "NodeLost".into(), note.to_string(), None).await {
+        tracing::warn!(error = %e, "cannot publish Event");
+    }
+}
+
+/// An Event's `type`: `Warning` for what may need someone's attention.
+#[derive(Clone, Copy, Debug)]
+pub enum Severity {
+    Normal,
+    Warning,
 }
 
 /// The object an Event is about.
@@ -68,6 +84,7 @@ pub struct About {
 pub async fn publish_event(
     ctx: &Context,
     about: &About,
+    severity: Severity,
     reason: &str,
     action: String,
     note: String,
@@ -81,7 +98,7 @@ pub async fn publish_event(
             namespace: Some(ns.clone()),
             ..Default::default()
         },
-        type_: Some("Normal".into()),
+        type_: Some(format!("{severity:?}")),
         reason: Some(reason.into()),
         action: Some(action),
         note: Some(note),

@@ -50,7 +50,7 @@ pub async fn run(ctx: Arc<Context>, lls: Store<LeaderLock>, reconcile: Unbounded
 async fn demote_at_risk(ctx: &Context, lls: &Store<LeaderLock>, concurrency: usize) {
     futures::stream::iter(lls.state())
         .for_each_concurrent(concurrency, |ll| async move {
-            let view = ctx.index.view(&ll);
+            let view = ctx.view(&ll);
             let steps = plan::demotions(&snapshot(ctx, &ll, &view));
             if steps.is_empty() {
                 return;

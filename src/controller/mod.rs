@@ -20,6 +20,7 @@ mod events;
 pub mod expectations;
 pub mod handover;
 mod lease_risk;
+pub mod node_leases;
 pub mod placement;
 pub mod plan;
 mod pod_writes;
@@ -84,6 +85,17 @@ pub struct Context {
     /// each pending one is due (docs/contract.md §3.1).
     pub resync_after: Option<Duration>,
     pub resyncs: Arc<resyncs::Resyncs>,
+    /// The node Leases' renewals: pods on a lost node are not candidates (docs/contract.md §3.2).
+    pub node_loss: Arc<node_leases::NodeLoss>,
+}
+
+impl Context {
+    /// The index's view of `ll`, with each node's silence now.
+    pub fn view(&self, ll: &Arc<LeaderLock>) -> crate::index::View {
+        let mut view = self.index.view(ll);
+        view.nodes = self.node_loss.silence();
+        view
+    }
 }
 
 /// The controller's maps that live as long as the objects they track, so that their sizes can

@@ -18,6 +18,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use kube::ResourceExt;
+
 use super::handover::{self, Facts, Verdict};
 use super::placement;
 use super::snapshot::Snapshot;
@@ -25,9 +27,10 @@ use super::status;
 use crate::lock::Candidate;
 use crate::placement::Why;
 use crate::pods::{self, PodInfo, PodKeys};
+use crate::renewal::{self, Renew};
 use crate::resolve::Resolution;
-use crate::resource::LeaderLockStatus;
 use crate::resource::handover::HandoverStatus;
+use crate::resource::{LeaderLockStatus, reasons};
 
 /// What one snapshot implies, derived once: each decision below reads it instead of judging or
 /// placing again.
@@ -40,6 +43,8 @@ pub struct Decided {
     pub judged: Vec<handover::Judged>,
     /// Placement's decision: never-lead candidates, moves, the status block, the next deadline.
     pub placed: placement::Decision,
+    /// The instant of the decision: renewal marks (docs/contract.md §3.1) are written as of it.
+    pub now: jiff::Timestamp,
 }
 
 /// Judges the Handovers and places the locks of `s`, once.
@@ -52,7 +57,7 @@ pub fn decide(s: &Snapshot, now: jiff::Timestamp) -> Decided {
     let never_lead = &placed.never_lead;
     let facts = Facts { ll: s.ll, mine: &mine, candidates: &candidates, pods: &pods, line: &queue, never_lead, now };
     let judged = handover::judge(&s.requests, &facts);
-    Decided { mine, candidates, judged, placed }
+    Decided { mine, candidates, judged, placed, now }
 }
 
 /// One write, in the order it must land.
@@ -70,6 +75,8 @@ pub enum Step {
     Publish(Vec<HolderChange>),
     /// Apply a Handover's status.
     Request { name: String, status: HandoverStatus },
+    /// Announce that nodes of the LeaderLock's pods are lost: one `NodeLost` Event (the note).
+    NodeLost(String),
     /// Hand the lock at `prefix` from the holder with token `from_token` to the candidate `to`
     /// (None: the next in line) in one etcd transaction: for the Handover `request`, or (None)
     /// a move placement planned, for the reason `why`.
@@ -119,7 +126,7 @@ pub fn before_etcd(s: &Snapshot, d: &Decided) -> Vec<Step> {
         }
         _ => None,
     }));
-    steps.extend(pod_writes(s, Pass::Demotions, &masked));
+    steps.extend(pod_writes(s, Pass::Demotions, &masked, Renew::Keep));
     if !s.ll.spec.paused {
         let wanted: Vec<Candidate> =
             d.candidates.iter().filter_map(|p| candidate_of(p)).filter(|c| !placed.never_lead.contains(&c.id)).collect();
@@ -190,7 +197,7 @@ fn sync_and_move(s: &Snapshot, placed: &placement::Decision, lock: &str, prefix:
 /// Only the demotions: what a lease at risk calls for (docs/contract.md §4.7), with no etcd
 /// write, which could not be made anyway.
 pub fn demotions(o: &Snapshot) -> Vec<Step> {
-    pod_writes(o, Pass::Demotions, &BTreeSet::new())
+    pod_writes(o, Pass::Demotions, &BTreeSet::new(), Renew::Keep)
 }
 
 /// The Handover status writes of `judged`: the settled ones, and (`accepting`) the acceptances
@@ -222,10 +229,12 @@ fn moving(judged: &[handover::Judged]) -> BTreeSet<String> {
 /// After etcd: every pod write left (promotions of the holders etcd now shows last), then the
 /// status and the holder changes it reports (`moved`: the locks placement moved before etcd).
 pub fn after_etcd(s: &Snapshot, d: &Decided, moved: &BTreeMap<String, Why>, now: jiff::Timestamp) -> Vec<Step> {
-    let mut steps = pod_writes(s, Pass::All, &moving(&d.judged));
+    let mut steps = pod_writes(s, Pass::All, &moving(&d.judged), Renew::At(d.now));
     let mut status = status::build(s.ll, &d.mine, &d.candidates, &s.holders, &s.queue_names(), now);
     status.placement = Some(d.placed.status.clone());
+    status::set_node_condition(&mut status, s.ll, &s.view.node_report(&s.ll.name_any()), now);
     let old = s.ll.status.clone().unwrap_or_default();
+    let lost = newly_lost(&old, &status);
     let mut changes = holder_changes(&old, &status, &d.mine);
     for change in &mut changes {
         change.why = moved.get(&change.lock).copied();
@@ -240,13 +249,33 @@ pub fn after_etcd(s: &Snapshot, d: &Decided, moved: &BTreeMap<String, Why>, now:
     if !changes.is_empty() {
         steps.push(Step::Publish(changes));
     }
+    steps.extend(lost.map(Step::NodeLost));
     steps
+}
+
+/// The `NodeLost` message when the condition turned `True` or names other nodes than before.
+fn newly_lost(old: &LeaderLockStatus, new: &LeaderLockStatus) -> Option<String> {
+    let lost =
+        |s: &LeaderLockStatus| s.conditions.iter().find(|c| c.type_ == reasons::NODE_LOST && c.status == "True").map(|c| c.message.clone());
+    lost(new).filter(|m| lost(old).as_ref() != Some(m))
+}
+
+/// How long until the next renewal mark of `s`'s pods is due, once `steps` are written (None:
+/// no pod carries one).
+pub fn next_renewal(s: &Snapshot, steps: &[Step], now: jiff::Timestamp) -> Option<std::time::Duration> {
+    let mut keys: BTreeMap<&String, &PodKeys> = s.current.iter().collect();
+    for step in steps {
+        if let Step::Pod { name, to, .. } = step {
+            keys.insert(name, to);
+        }
+    }
+    keys.values().filter_map(|k| renewal::due_in(k, now)).min()
 }
 
 /// A LeaderLock being deleted (it assigns no roles any more): unlabel its pods, demotions
 /// first, then delete its candidate keys.
 pub fn cleanup(o: &Snapshot) -> Vec<Step> {
-    let mut steps = pod_writes(o, Pass::Cleanup, &BTreeSet::new());
+    let mut steps = pod_writes(o, Pass::Cleanup, &BTreeSet::new(), Renew::Keep);
     for (lock, res) in o.mine() {
         if let Resolution::Accepted(prefix) = res {
             steps.push(Step::Release { lock, prefix });
@@ -267,14 +296,15 @@ fn releases(o: &Snapshot) -> Vec<Step> {
 /// LeaderLock of the namespace, as one field manager must — every demotion before any
 /// promotion. Nothing for pods already right, and each pod at most twice (only a pod that loses
 /// one lock and gains another needs the intermediate step).
-fn pod_writes(o: &Snapshot, pass: Pass, moving: &BTreeSet<String>) -> Vec<Step> {
+fn pod_writes(o: &Snapshot, pass: Pass, moving: &BTreeSet<String>, renew: Renew) -> Vec<Step> {
     let holder = |prefix: &str| if moving.contains(prefix) { None } else { o.holders.get(prefix).cloned() };
     let mut plans = Vec::new();
     for (name, pod) in &o.view.pods {
         let roles = o.view.roles_for(pod, holder);
         let current = o.current.get(name).cloned().unwrap_or_else(|| pod.keys());
         let when = if pass == Pass::Cleanup { pods::Resync::Final } else { o.resync.when(name) };
-        let (desired, _) = pods::with_resync(pods::desired(name, &roles), &current, when);
+        let desired = renewal::with_renewal(pods::desired(name, &roles), &current, name, &roles, renew);
+        let (desired, _) = pods::with_resync(desired, &current, when);
         if current != desired {
             let first = pods::demotions_only(&current, &desired, &roles);
             plans.push((name, &pod.uid, current, first, desired));

@@ -183,3 +183,59 @@ fn a_promotion_is_followed_by_one_resync_write_once_due_and_nothing_after() {
     let again = Snapshot { resync: gate(&[]), ..observed(&ll, &v, holds("a", 7)) };
     assert!(!after(&again).iter().any(|s| matches!(s, Step::Pod { .. })), "idle: nothing more");
 }
+
+/// Pods `b` and `c` on `node-b`, silent for 20 s; `a` on `node-a`, renewing.
+fn on_nodes() -> (crate::node_loss::Silence, Vec<Arc<crate::pods::PodInfo>>) {
+    use crate::node_loss::{Sight, Silence};
+    use std::time::Duration;
+    let on = |p: Arc<crate::pods::PodInfo>, node: &str| Arc::new(crate::pods::PodInfo { node: Some(node.into()), ..(*p).clone() });
+    let pods = vec![
+        on(pod("a", 3, true, &[STANDBY]), "node-a"),
+        on(pod("b", 1, true, &[LEADER, ("leaderlock.dev/ledger.token", "7")]), "node-b"),
+        on(pod("c", 2, true, &[STANDBY]), "node-b"),
+    ];
+    let nodes = [("node-a".to_string(), Duration::from_secs(2)), ("node-b".to_string(), Duration::from_secs(20))].into();
+    let silence =
+        Silence { sight: Sight::Seeing, nodes, freshest: Some(Duration::from_secs(2)), default_after: Some(Duration::from_secs(15)) };
+    (silence, pods)
+}
+
+#[test]
+fn every_pod_of_a_lost_node_stops_being_a_candidate_at_once_and_the_status_says_so() {
+    let ll = leaderlock(&["ledger"], None);
+    let (silence, pods) = on_nodes();
+    let mut v = view(&ll, &pods);
+    v.nodes = silence;
+    let o = observed(&ll, &v, holds("b", 7));
+    let before = before(&o);
+    // The holder is demoted (its keys removed, as for any pod that stops being a candidate)
+    // before its etcd key goes, and its neighbour on the lost node is no
+    // candidate either: the lock can only go to a.
+    assert_eq!(before[0], write("b", &[LEADER, ("leaderlock.dev/ledger.token", "7")], &[]));
+    assert_eq!(before[1], Step::Sync { lock: "ledger".into(), prefix: P.into(), wanted: vec![cand("a")], ttl: 15 });
+    let after = after(&fixtures::after(&o, &before, holds("a", 9)));
+    let Some(Step::Status(status)) = after.iter().find(|s| matches!(s, Step::Status(_))) else { panic!("a status: {after:?}") };
+    let lost = status.conditions.iter().find(|c| c.type_ == "NodeLost").expect("a NodeLost condition");
+    assert_eq!((lost.status.as_str(), lost.reason.as_str()), ("True", "NodeLost"));
+    assert!(lost.message.contains("node-b (pods b, c)") && lost.message.contains("15s"), "{}", lost.message);
+    assert_eq!(status.locks[0].candidates, 1);
+    assert!(after.iter().any(|s| matches!(s, Step::NodeLost(note) if note == &lost.message)), "one NodeLost Event: {after:?}");
+    // The same verdict later announces nothing again.
+    let again = leaderlock(&["ledger"], Some(status.clone()));
+    let o2 = observed(&again, &v, holds("a", 9));
+    assert!(!self::after(&o2).iter().any(|s| matches!(s, Step::NodeLost(_))));
+}
+
+#[test]
+fn a_leaderlock_with_node_loss_off_keeps_judging_by_readiness() {
+    let mut ll = leaderlock(&["ledger"], None);
+    ll.spec.node_lost_after_seconds = Some(0);
+    let (silence, pods) = on_nodes();
+    let mut v = view(&ll, &pods);
+    v.nodes = silence;
+    let o = observed(&ll, &v, holds("b", 7));
+    assert!(before(&o).iter().all(|s| !matches!(s, Step::Pod { .. })), "b stays leader");
+    let after = after(&o);
+    let Some(Step::Status(status)) = after.iter().find(|s| matches!(s, Step::Status(_))) else { panic!("a status: {after:?}") };
+    assert!(status.conditions.iter().all(|c| c.type_ != "NodeLost"));
+}

@@ -24,7 +24,7 @@ use crate::resource::{LeaderLock, LeaderLockStatus};
 /// Makes etcd and the pods match the LeaderLock, then reports what etcd says in the status.
 pub async fn apply(ll: Arc<LeaderLock>, ctx: &Context) -> Result<Action> {
     let ll = with_latest_status(&ctx.expected_status, ll);
-    let view = ctx.index.view(&ll);
+    let view = ctx.view(&ll);
     let result = async {
         let before = snapshot(ctx, &ll, &view);
         let decided = plan::decide(&before, jiff::Timestamp::now());
@@ -39,9 +39,11 @@ pub async fn apply(ll: Arc<LeaderLock>, ctx: &Context) -> Result<Action> {
         let now = jiff::Timestamp::now();
         let after = snapshot(ctx, &ll, &view);
         let decided = plan::decide(&after, now);
-        execute(ctx, &ll, &plan::after_etcd(&after, &decided, &plan::placement_moves(&steps), now)).await?;
+        let writes = plan::after_etcd(&after, &decided, &plan::placement_moves(&steps), now);
+        execute(ctx, &ll, &writes).await?;
         let resync = ctx.resyncs.next_due(view.pods.values().filter_map(|p| p.uid.as_deref()));
-        Ok::<_, Error>(earliest(placement::recheck_after(&decided.placed, now), resync))
+        let renew = plan::next_renewal(&after, &writes, now);
+        Ok::<_, Error>([placement::recheck_after(&decided.placed, now), resync, renew].into_iter().flatten().min())
     }
     .await;
     if let Err(e) = &result
@@ -51,12 +53,9 @@ pub async fn apply(ll: Arc<LeaderLock>, ctx: &Context) -> Result<Action> {
     }
     let recheck = result?;
     tracing::debug!(leaderlock = %ll.name_any(), namespace = ll.namespace().unwrap_or_default(), "reconciled");
-    // The only timers: a candidate's stabilisation delay ending, a pod's resync falling due.
+    // The only timers: a candidate's stabilisation delay ending, a pod's resync or (opt-in) a
+    // leader's renewal falling due.
     Ok(recheck.map_or_else(Action::await_change, Action::requeue))
-}
-
-fn earliest(a: Option<std::time::Duration>, b: Option<std::time::Duration>) -> Option<std::time::Duration> {
-    a.into_iter().chain(b).min()
 }
 
 /// What a plan decides from: the view, each pod's keys as we last knew them, the holders.
@@ -146,6 +145,7 @@ pub async fn execute(ctx: &Context, ll: &LeaderLock, steps: &[Step]) -> Result<(
             }
             Step::Status(status) => write_status(ctx, ll, status).await?,
             Step::Publish(changes) => events::publish(ctx, ll, changes).await,
+            Step::NodeLost(note) => events::node_lost(ctx, ll, note).await,
             Step::Request { name, status } => requests::write_status(ctx, &ns, name, status).await?,
             Step::Move { lock, prefix, from_token, to, request: Some(request), .. } => {
                 requests::hand_over(ctx, &ns, request, lock, prefix, *from_token, to.as_deref()).await?;

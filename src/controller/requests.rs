@@ -6,7 +6,7 @@ use kube::{Resource, ResourceExt};
 use serde_json::json;
 
 use super::error::{Error, Result, kube_err};
-use super::events::{About, publish_event};
+use super::events::{About, Severity, publish_event};
 use super::{Context, FIELD_MANAGER};
 use crate::lock::{Target, Unmovable};
 use crate::resource::handover::{Handover, HandoverStatus, Phase, reasons};
@@ -39,7 +39,7 @@ async fn announce(ctx: &Context, r: &Handover, status: &HandoverStatus) {
     let about = About { regarding: r.object_ref(&()), namespace: r.namespace().unwrap_or_default(), name: r.name_any() };
     let reason = status.reason.clone().unwrap_or_default();
     let note = format!("lock {}: {}", r.spec.lock, status.message.as_deref().unwrap_or_default());
-    if let Err(e) = publish_event(ctx, &about, &reason, format!("Handover/{}", r.spec.lock), note, None).await {
+    if let Err(e) = publish_event(ctx, &about, Severity::Normal, &reason, format!("Handover/{}", r.spec.lock), note, None).await {
         tracing::warn!(error = %e, "cannot publish Event");
     }
 }

@@ -7,6 +7,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::Resource;
 
 use super::snapshot::{Holders, QueueNames};
+use crate::index::NodeReport;
 use crate::lock::LockKey;
 use crate::pods::PodInfo;
 use crate::resolve::{Resolution, selector_problem};
@@ -104,6 +105,53 @@ pub fn build(
         conditions,
         placement: None,
     }
+}
+
+/// Sets the `NodeLost` condition from `report` (docs/contract.md §3.2): `True` naming the lost
+/// nodes and their pods, `Unknown` when Leases cannot tell, `False` once every node renews again.
+/// Absent while nothing was ever to report, so LeaderLocks on healthy nodes keep the status they
+/// always had. The message names no duration that grows: it changes only when the verdict does.
+pub fn set_node_condition(status: &mut LeaderLockStatus, ll: &LeaderLock, report: &NodeReport, now: jiff::Timestamp) {
+    let shown = status.conditions.iter().any(|c| c.type_ == reasons::NODE_LOST);
+    let Some(threshold) = report.threshold else {
+        if shown {
+            let c = condition(
+                ll,
+                false,
+                reasons::NODE_LOSS_OFF,
+                "nodeLostAfterSeconds is 0: nodes are judged by their pods' readiness alone",
+                now,
+            );
+            set_condition(&mut status.conditions, Condition { type_: reasons::NODE_LOST.into(), ..c });
+        }
+        return;
+    };
+    let after = format!("{}s", threshold.as_secs());
+    let (state, reason, message) = if !report.lost.is_empty() {
+        let nodes: Vec<String> = report.lost.iter().map(|(node, pods)| format!("{node} (pods {})", pods.join(", "))).collect();
+        let message = format!(
+            "node Lease in kube-node-lease not renewed for {after}: {}; their pods are not candidates until the node renews",
+            nodes.join("; ")
+        );
+        ("True", reasons::NODE_LOST, message)
+    } else if let Some(why) = &report.unreadable {
+        let message = format!(
+            "cannot read the node Leases in kube-node-lease ({why}): a lost node is noticed only when its pods turn NotReady; grant list and watch on leases there (the chart does) or set nodeLostAfterSeconds: 0"
+        );
+        ("Unknown", reasons::NODE_LEASES_UNREADABLE, message)
+    } else if !report.without_lease.is_empty() {
+        let message = format!(
+            "no Lease in kube-node-lease for node(s) {}: their pods are judged by readiness alone",
+            report.without_lease.join(", ")
+        );
+        ("Unknown", reasons::NO_NODE_LEASE, message)
+    } else if shown {
+        ("False", reasons::NODES_RENEWING, format!("every candidate's node renewed its Lease within {after}"))
+    } else {
+        return;
+    };
+    let c = Condition { type_: reasons::NODE_LOST.into(), status: state.into(), ..condition(ll, true, reason, &message, now) };
+    set_condition(&mut status.conditions, c);
 }
 
 /// `ll`'s status with its `Ready` condition replaced by a failure users can act on.

@@ -35,6 +35,9 @@ pub struct Settings {
     pub maps: Maps,
     /// How long after a pod's leadership changes its resync is written (None: never).
     pub resync_after: Option<Duration>,
+    /// How long a node's Lease may go unrenewed before its pods stop being candidates (None: off
+    /// unless a LeaderLock sets its own).
+    pub node_lost_after: Option<Duration>,
 }
 
 /// Runs the controller until `shutdown` is cancelled, then lets running reconciles finish.
@@ -60,6 +63,7 @@ pub async fn run(client: kube::Client, engine: Arc<Engine>, settings: Settings, 
     // Reconciles the index asks for beyond an object's own event (relists, deletions).
     let (trigger, triggers) = mpsc::unbounded_channel();
     let risk_trigger = trigger.clone();
+    let node_trigger = trigger.clone();
     let (lls_synced_tx, lls_synced) = tokio::sync::watch::channel(false);
     // The pod watch only feeds the index, which names the LeaderLocks each event concerns.
     let (pod_index, expected_pods, resyncs) = (index.clone(), maps.expected_pods.clone(), maps.resyncs.clone());
@@ -115,15 +119,18 @@ pub async fn run(client: kube::Client, engine: Arc<Engine>, settings: Settings, 
         expected_requests: maps.expected_requests.clone(),
         resync_after: settings.resync_after,
         resyncs: maps.resyncs.clone(),
+        node_loss: Arc::new(super::node_leases::NodeLoss::new(settings.node_lost_after)),
     });
 
     // Detached: when the election is lost this future is dropped, and the demotions must
     // still be written before the process exits (the caller waits on `Engine::demoted`).
     tokio::spawn(super::lease_risk::run(ctx.clone(), reader.clone(), risk_trigger, settings.concurrency.into()));
+    // Dropped with the controller: it only triggers reconciles.
+    let node_watch = super::node_leases::run(client.clone(), ctx.node_loss.clone(), index.clone(), node_trigger);
     let etcd_changes = etcd_triggers(engine.clone(), index);
     let extra = tokio_stream::wrappers::UnboundedReceiverStream::new(triggers);
 
-    controller
+    let controller = controller
         .reconcile_on(pod_triggers)
         .reconcile_on(request_triggers)
         .reconcile_on(futures::stream::select(etcd_changes, extra))
@@ -136,6 +143,7 @@ pub async fn run(client: kube::Client, engine: Arc<Engine>, settings: Settings, 
                     let _ = pods_synced.wait_for(|synced| *synced).await;
                     let _ = lls_synced.wait_for(|synced| *synced).await;
                     let _ = requests_synced.wait_for(|synced| *synced).await;
+                    ctx.node_loss.wait_listed().await;
                     let start = std::time::Instant::now();
                     let result = reconcile(ll, ctx.clone()).await;
                     ctx.metrics.observe_reconcile(start.elapsed(), result.as_ref().err().map(Error::label));
@@ -149,8 +157,11 @@ pub async fn run(client: kube::Client, engine: Arc<Engine>, settings: Settings, 
             if let Err(e) = res {
                 tracing::debug!(error = %e, "reconcile result");
             }
-        })
-        .await;
+        });
+    tokio::select! {
+        () = controller => {}
+        () = node_watch => {}
+    }
 }
 
 /// The Handover watch: a store of every request, and a reconcile of its LeaderLock for each
@@ -212,7 +223,7 @@ fn watch_requests(
 /// Retry delays of the watches: 200 ms doubling up to 5 s. kube's default grows to 30 s plus
 /// jitter, and every decision waits for the watches: after a 30 s apiserver cut the pod watch
 /// came back 84 s after the cut began, then replayed all that pod history at once.
-struct WatchBackoff(backon::ExponentialBackoff);
+pub(super) struct WatchBackoff(backon::ExponentialBackoff);
 
 impl WatchBackoff {
     fn start() -> backon::ExponentialBackoff {

@@ -111,6 +111,8 @@ struct LeaderLocks {
     by_lock: Multi<Key, String>,
     /// By etcd prefix (ordered, for overlap queries).
     by_prefix: BTreeMap<String, HashSet<Key>>,
+    /// How many LeaderLocks set each `nodeLostAfterSeconds`: the node-loss deadlines to wake at.
+    node_lost_after: BTreeMap<i64, usize>,
 }
 
 impl LeaderLocks {
@@ -123,6 +125,14 @@ impl LeaderLocks {
         }
         for l in e.ll.spec.lock_specs().iter() {
             self.by_lock.remove(&(ns.clone(), l.name.clone()), name);
+        }
+        if let Some(secs) = e.ll.spec.node_lost_after_seconds
+            && let Some(n) = self.node_lost_after.get_mut(&secs)
+        {
+            *n -= 1;
+            if *n == 0 {
+                self.node_lost_after.remove(&secs);
+            }
         }
         for (p, _) in &e.prefixes {
             if let Some(set) = self.by_prefix.get_mut(p) {
@@ -167,6 +177,9 @@ impl LeaderLocks {
         for (p, _) in &e.prefixes {
             self.by_prefix.entry(p.clone()).or_default().insert(key.clone());
         }
+        if let Some(secs) = e.ll.spec.node_lost_after_seconds {
+            *self.node_lost_after.entry(secs).or_default() += 1;
+        }
         self.by_key.insert(key, e);
     }
 
@@ -191,6 +204,8 @@ struct Pods {
     by_key: HashMap<Key, Arc<PodInfo>>,
     by_label: Multi<LabelKey, String>,
     by_namespace: Multi<String, String>,
+    /// By the node they were scheduled to.
+    by_node: Multi<String, Key>,
     /// Pods carrying a `leaderlock.dev/<lock>` key, by `(namespace, lock)`.
     by_lock: Multi<Key, String>,
 }
@@ -218,6 +233,10 @@ impl Pods {
             self.by_namespace.add(ns.clone(), name.clone());
         } else {
             self.by_namespace.remove(ns, name);
+        }
+        if let Some(node) = &pod.node {
+            let key = (ns.clone(), name.clone());
+            if add { self.by_node.add(node.clone(), key) } else { self.by_node.remove(node, &key) }
         }
     }
 
@@ -427,6 +446,24 @@ impl Index {
         inner.lls.by_prefix.get(prefix).into_iter().flatten().map(|(ns, n)| ObjectRef::new(n).within(ns)).collect()
     }
 
+    /// The LeaderLocks concerned by the pods scheduled to `node`: a change of its verdict
+    /// (lost, or renewing again) concerns them.
+    pub fn leaderlocks_on_node(&self, node: &str) -> Vec<ObjectRef<LeaderLock>> {
+        let inner = self.read();
+        let mut concerned = BTreeSet::new();
+        for key in inner.pods.by_node.get(&node.to_string()) {
+            if let Some(pod) = inner.pods.by_key.get(key) {
+                concerned_by(&inner.lls, pod, &mut concerned);
+            }
+        }
+        refs(concerned)
+    }
+
+    /// Every `nodeLostAfterSeconds` a LeaderLock sets.
+    pub fn node_lost_overrides(&self) -> BTreeSet<i64> {
+        self.read().lls.node_lost_after.keys().copied().collect()
+    }
+
     pub fn all_leaderlocks(&self) -> Vec<ObjectRef<LeaderLock>> {
         let inner = self.read();
         inner.lls.by_key.keys().map(|(ns, n)| ObjectRef::new(n).within(ns)).collect()
@@ -483,7 +520,7 @@ impl Index {
         let resolved = resolve_namespace(&local, &foreign, &*self.prefix_of, |l, lock| self.is_claimed(l, lock));
         let selectors = seeds.iter().filter_map(|k| lls.get(k).map(|e| (k.1.clone(), (e.ll.clone(), e.selector.clone())))).collect();
         let released = self.released(&lls, ll, resolved.get(&me).map_or(&[][..], |m| &m[..]));
-        View { leaderlocks: selectors, pods: concerned, selecting: selecting_pod, resolved, released }
+        View { leaderlocks: selectors, pods: concerned, selecting: selecting_pod, resolved, released, nodes: Default::default() }
     }
 }
 
@@ -510,7 +547,7 @@ mod lookup;
 mod view;
 
 use lookup::Lookup;
-pub use view::View;
+pub use view::{NodeReport, View};
 
 #[cfg(test)]
 mod tests;

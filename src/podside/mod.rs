@@ -15,9 +15,12 @@
 //! `watch` wakes on kubelet's updates, `supervisor` runs CMD for `run`; `shardset` (pure) and
 //! `shards` serve the set of locks a pod leads to one program (`leaderlock shards`);
 //! `inherited` (pure) holds back, for `run` and `shards`, leadership found at the first read,
-//! which may have been revoked before this process started. `role` and `wait` are small enough
-//! to live here: `role` reports the file as it is, and `wait` runs before readiness (in init
-//! containers), where no role is inherited.
+//! which may have been revoked before this process started; `renewal` (pure) reads the
+//! controller's renewal key and keeps, for `run` and `shards`, the deadline after which a leader
+//! the controller no longer reaches stops. `role` and `wait` are small enough to live here:
+//! `role` reports the file as it is, and `wait` runs before readiness (in init containers), where
+//! no role is inherited; both act on one fresh read, whose renewal mark is new by definition, so
+//! no deadline concerns them.
 
 use std::ffi::OsString;
 use std::io;
@@ -27,6 +30,7 @@ use std::time::Duration;
 pub mod gounquote;
 pub mod inherited;
 pub mod read;
+pub mod renewal;
 pub mod rolefile;
 pub mod shards;
 pub mod shardset;
@@ -37,8 +41,9 @@ pub mod watch;
 #[path = "vectors_tests.rs"]
 mod vectors_tests;
 
-pub use read::read_role;
-pub use rolefile::{ParseError, Role};
+pub use read::{read_reading, read_role};
+pub use renewal::Renewal;
+pub use rolefile::{ParseError, Reading, Role};
 pub use shards::{SHARDS_ENV, SHARDS_FILE_ENV, ShardsOptions, shards_main};
 pub use supervisor::{TOKEN_ENV, run_main};
 pub use watch::{FileWatch, RoleWatch};

@@ -7,7 +7,7 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::Path;
 
 use super::PodsideError;
-use super::rolefile::{ParseError, Role, role_in};
+use super::rolefile::{ParseError, Reading, Role, reading_in};
 
 /// A path lookup can race the removal of kubelet's old timestamped dir; by the time the lookup
 /// fails, `..data` already points at the new dir, so an immediate retry succeeds.
@@ -15,8 +15,13 @@ const READ_ATTEMPTS: usize = 3;
 
 /// Reads and parses the role file once; `None` when the annotation is absent.
 pub fn read_role(path: &Path, lock: &str) -> Result<Option<Role>, PodsideError> {
+    read_reading(path, lock).map(|reading| reading.role)
+}
+
+/// Reads and parses the role file once: the role, and the controller's renewal if any.
+pub fn read_reading(path: &Path, lock: &str) -> Result<Reading, PodsideError> {
     let content = read_content(path)?;
-    role_in(&content, lock).map_err(|source| PodsideError::Garbage { path: path.to_path_buf(), source })
+    reading_in(&content, lock).map_err(|source| PodsideError::Garbage { path: path.to_path_buf(), source })
 }
 
 /// Reads the file once, as text: a regular file (or a symlink to one) holding UTF-8.

@@ -5,12 +5,17 @@
 //!    values quoted by Go's `%q` (kubelet's `fieldpath.FormatMap`); carries the fencing token;
 //! 2. `fieldRef: metadata.annotations['leaderlock.dev/<lock>']`: just `leader` or `standby`
 //!    (empty when the annotation is absent); no token.
+//!
+//! Only the first form carries the controller's renewal (`leaderlock.dev/roles.renewed`, see
+//! [`super::renewal`]); a file whose renewal is not what the controller writes is as unusable
+//! as one with a bad token.
 
 use std::collections::BTreeMap;
 use std::fmt;
 
 use super::gounquote::go_unquote;
-use crate::contract::{LEADER, STANDBY, role_key, token_key};
+use super::renewal::{Renewal, parse_renewal};
+use crate::contract::{LEADER, RENEWED_KEY, STANDBY, role_key, token_key};
 
 /// The pod's role for one lock, as the controller annotated it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,6 +64,10 @@ pub enum ParseError {
     UnknownRole { value: String },
     #[error("fencing token {value:?} is not a positive integer")]
     BadToken { value: String },
+    #[error(
+        "renewal {value:?} ({RENEWED_KEY}) is not \"<deadline> <mark>\" (a duration above 0 and at most 24h such as 15s, one space, decimal digits); only the controller writes it: run a helper of the controller's version"
+    )]
+    BadRenewal { value: String },
     #[error("the content is not UTF-8")]
     NotUtf8,
     #[error(
@@ -91,20 +100,42 @@ pub fn parse_annotations(content: &str) -> Result<BTreeMap<String, String>, Pars
     Ok(annotations)
 }
 
+/// What one read of the file says about one lock.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reading {
+    /// The role; `None` when the annotation is absent, meaning the pod is not (yet, or any
+    /// more) a candidate.
+    pub role: Option<Role>,
+    /// The controller's renewal, when the file carries it (the all-annotations form only).
+    pub renewal: Option<Renewal>,
+}
+
 /// The role for `lock` in the file content; `None` when the annotation is absent, meaning the pod
 /// is not (yet, or any more) a candidate.
 pub fn role_in(content: &str, lock: &str) -> Result<Option<Role>, ParseError> {
+    reading_in(content, lock).map(|reading| reading.role)
+}
+
+/// The role for `lock` in the file content, with the renewal the file carries.
+pub fn reading_in(content: &str, lock: &str) -> Result<Reading, ParseError> {
     match detect_form(content) {
         FileForm::AllAnnotations => {
             let annotations = parse_annotations(content)?;
-            role_from_annotations(&annotations, lock)
+            let renewal = renewal_from_annotations(&annotations)?;
+            Ok(Reading { role: role_from_annotations(&annotations, lock)?, renewal })
         }
         // kubelet projects an absent annotation as an empty file.
         FileForm::SingleValue => match content.trim() {
-            "" => Ok(None),
-            value => role_from_value(value, None).map(Some),
+            "" => Ok(Reading { role: None, renewal: None }),
+            value => Ok(Reading { role: Some(role_from_value(value, None)?), renewal: None }),
         },
     }
+}
+
+/// `leaderlock.dev/roles.renewed`, when present; checked whichever lock is asked for, since it
+/// concerns every lock the pod leads.
+pub fn renewal_from_annotations(annotations: &BTreeMap<String, String>) -> Result<Option<Renewal>, ParseError> {
+    annotations.get(RENEWED_KEY).map(|value| parse_renewal(value)).transpose()
 }
 
 /// The role from parsed annotations: `leaderlock.dev/<lock>`, plus `.token` on the holder.
@@ -202,6 +233,24 @@ leaderlock.dev/nightly-report="standby""#;
         assert_eq!(role_in(bad_role, "l"), Err(ParseError::UnknownRole { value: "maybe".into() }));
         let bad_token = "leaderlock.dev/l=\"leader\"\nleaderlock.dev/l.token=\"-3\"";
         assert_eq!(role_in(bad_token, "l"), Err(ParseError::BadToken { value: "-3".into() }));
+    }
+
+    #[test]
+    fn the_renewal_comes_with_the_role_from_the_all_annotations_form_only() {
+        let content = "leaderlock.dev/l=\"leader\"\nleaderlock.dev/l.token=\"7\"\nleaderlock.dev/roles.renewed=\"15s 1764839100123\"";
+        let reading = reading_in(content, "l").unwrap();
+        assert_eq!(reading.role, Some(Role::Leader { token: Some(7) }));
+        assert_eq!(reading.renewal, Some(Renewal { deadline: std::time::Duration::from_secs(15), mark: "1764839100123".into() }));
+        assert_eq!(reading_in(KUBELET_ALL_ANNOTATIONS, "ledger-writer").unwrap().renewal, None);
+        assert_eq!(reading_in("leader", "l").unwrap(), Reading { role: Some(Role::Leader { token: None }), renewal: None });
+    }
+
+    #[test]
+    fn a_bad_renewal_makes_the_file_unusable_for_every_lock() {
+        let content = "leaderlock.dev/l=\"leader\"\nleaderlock.dev/roles.renewed=\"soon\"";
+        let bad = Err(ParseError::BadRenewal { value: "soon".into() });
+        assert_eq!(role_in(content, "l"), bad);
+        assert_eq!(role_in(content, "other"), bad, "the key concerns every lock the pod leads");
     }
 
     proptest! {

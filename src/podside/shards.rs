@@ -11,7 +11,8 @@
 //! container remains for a program that serves one lock and must be killed when it loses it.)
 //!
 //! Shards led at the first read are inherited ([`super::inherited`]): they join the set only once
-//! a change of the file confirms them or `--inherited-role-wait` passes.
+//! a change of the file confirms them or `--inherited-role-wait` passes. When the controller's
+//! renewal lapses ([`super::renewal`]), every shard leaves the set until a new mark arrives.
 
 use std::ffi::OsString;
 use std::io;
@@ -22,10 +23,12 @@ use std::time::Duration;
 
 use nix::sys::signal::Signal;
 use tokio::signal::unix::{SignalKind, signal};
+use tokio::time::Instant;
 
 use super::inherited::{Ending, Inherited, token_text};
 use super::read::Snapshot;
-use super::shardset::{Shard, env_value, file_content, shards_in, valid_prefix};
+use super::renewal::{Deadline, lapsed_message, renewed_message};
+use super::shardset::{Led, Shard, env_value, file_content, led_in, valid_prefix};
 use super::supervisor::{Child, Shutdown, shell_exit_code, sleep_until, wait_child};
 use super::watch::FileWatch;
 use super::{PodsideError, fail, runtime};
@@ -90,11 +93,24 @@ struct Server {
     leading: Vec<Shard>,
     /// Shards led at the first read, left out of the set until settled.
     inherited: Inherited,
+    /// The renewal deadline, for every shard at once.
+    renewal: Deadline,
+    /// Whether every shard is left out for want of a renewal.
+    lapsed: bool,
 }
 
 impl Server {
     fn new(options: ShardsOptions) -> Self {
-        Self { options, child: None, shutdown: None, published: Vec::new(), leading: Vec::new(), inherited: Inherited::default() }
+        Self {
+            options,
+            child: None,
+            shutdown: None,
+            published: Vec::new(),
+            leading: Vec::new(),
+            inherited: Inherited::default(),
+            renewal: Deadline::default(),
+            lapsed: false,
+        }
     }
 
     async fn run(mut self) -> Result<u8, PodsideError> {
@@ -105,7 +121,9 @@ impl Server {
         let mut sigterm = signal(SignalKind::terminate()).map_err(PodsideError::Runtime)?;
         let mut sigint = signal(SignalKind::interrupt()).map_err(PodsideError::Runtime)?;
         let mut watch = FileWatch::start(&self.options.file)?;
-        let (leading, mut seen) = self.read(&watch)?;
+        let (Led { shards: leading, renewal }, mut seen) = self.read(&watch)?;
+        // A restarted helper counts the deadline from its first read: it cannot know how old the mark is.
+        self.renewal.read(renewal, Instant::now());
         self.inherited = Inherited::at_first_read(&leading, !self.options.inherited_wait.is_zero());
         let mut inherited_until = None;
         if self.inherited.is_waiting() {
@@ -116,27 +134,37 @@ impl Server {
             );
             inherited_until = Some(tokio::time::Instant::now() + self.options.inherited_wait);
         }
-        let shards = self.inherited.admitted(&leading);
         self.leading = leading;
+        let shards = self.set_now();
         write_atomically(&self.options.shards_file, &file_content(&shards))?;
         self.spawn(&shards)?;
         self.published = shards;
         // CMD runs from here until it ends, and `shards` ends with it.
         loop {
             let kill_due = self.child.as_ref().and_then(Child::kill_due);
+            // Only shards led under a renewal that has not lapsed yet have a deadline to wake up for.
+            let renewal_due = self.renewal.due().filter(|_| !self.leading.is_empty() && !self.lapsed);
             tokio::select! {
                 status = wait_child(&mut self.child) => return self.on_exit(status),
                 () = sleep_until(kill_due) => self.kill(),
+                () = sleep_until(renewal_due), if self.shutdown.is_none() => {
+                    let shards = self.set_now();
+                    if let Err(e) = self.publish(shards) {
+                        self.begin_shutdown(Shutdown::Failed(e));
+                    }
+                }
                 () = sleep_until(inherited_until), if self.shutdown.is_none() => {
                     inherited_until = None;
                     let endings = self.inherited.elapsed();
                     log_inherited(endings);
-                    if let Err(e) = self.publish(self.inherited.admitted(&self.leading)) {
+                    let shards = self.set_now();
+                    if let Err(e) = self.publish(shards) {
                         self.begin_shutdown(Shutdown::Failed(e));
                     }
                 }
                 () = watch.changed(), if self.shutdown.is_none() => {
-                    let update = self.read(&watch).and_then(|(leading, snapshot)| {
+                    let update = self.read(&watch).and_then(|(Led { shards: leading, renewal }, snapshot)| {
+                        self.renewal.read(renewal, Instant::now());
                         // Only a new update of the file settles inherited shards, not a re-read.
                         if snapshot != seen {
                             seen = snapshot;
@@ -145,8 +173,8 @@ impl Server {
                                 log_inherited(self.inherited.changed(&leading));
                             }
                         }
-                        let shards = self.inherited.admitted(&leading);
                         self.leading = leading;
+                        let shards = self.set_now();
                         self.publish(shards)
                     });
                     if let Err(e) = update {
@@ -159,12 +187,26 @@ impl Server {
         }
     }
 
-    /// The shards the file says the pod leads, with the update it was read from.
-    fn read(&self, watch: &FileWatch) -> Result<(Vec<Shard>, Snapshot), PodsideError> {
+    /// The shards the file says the pod leads and its renewal, with the update it was read from.
+    fn read(&self, watch: &FileWatch) -> Result<(Led, Snapshot), PodsideError> {
         let snapshot = watch.read()?;
-        let shards = shards_in(&snapshot.content, &self.options.lock_prefix)
+        let led = led_in(&snapshot.content, &self.options.lock_prefix)
             .map_err(|source| PodsideError::NotAnnotations { path: watch.path().to_path_buf(), source })?;
-        Ok((shards, snapshot))
+        Ok((led, snapshot))
+    }
+
+    /// The set to publish now: what the pod leads less inherited shards not yet settled, or
+    /// nothing while the renewal has lapsed. Logs when a lapse starts and when it ends.
+    fn set_now(&mut self) -> Vec<Shard> {
+        let leading = !self.leading.is_empty();
+        let lapsed = leading && self.renewal.lapsed(Instant::now());
+        if lapsed && !self.lapsed {
+            tracing::warn!("shards: {}: leaving every shard out of the set", lapsed_message(self.renewal.deadline()));
+        } else if !lapsed && self.lapsed && leading {
+            tracing::info!("shards: {}; serving the shards led again", renewed_message(&self.renewal));
+        }
+        self.lapsed = lapsed;
+        if lapsed { Vec::new() } else { self.inherited.admitted(&self.leading) }
     }
 
     fn spawn(&mut self, shards: &[Shard]) -> Result<(), PodsideError> {

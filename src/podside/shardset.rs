@@ -5,7 +5,8 @@
 use std::cmp::Ordering;
 use std::fmt::Write as _;
 
-use super::rolefile::{FileForm, ParseError, Role, detect_form, parse_annotations, role_from_annotations};
+use super::renewal::Renewal;
+use super::rolefile::{FileForm, ParseError, Role, detect_form, parse_annotations, renewal_from_annotations, role_from_annotations};
 use crate::contract::{GROUP, MAX_LOCK_NAME_LEN, is_lock_name};
 
 /// One lock the pod leads, with its fencing token when the file carries it.
@@ -15,18 +16,33 @@ pub struct Shard {
     pub token: Option<i64>,
 }
 
+/// What one read of the file says about the pod's shards.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Led {
+    /// The locks led, in [`natural_order`].
+    pub shards: Vec<Shard>,
+    /// The controller's renewal, when the file carries it: its deadline holds for every shard.
+    pub renewal: Option<Renewal>,
+}
+
 /// The locks whose name starts with `prefix` that the pod leads, in [`natural_order`].
 ///
 /// An empty file is a pod with no annotation at all: it leads nothing. The single-value
 /// projection cannot list locks and is refused.
 pub fn shards_in(content: &str, prefix: &str) -> Result<Vec<Shard>, ParseError> {
+    led_in(content, prefix).map(|led| led.shards)
+}
+
+/// [`shards_in`], with the renewal the file carries.
+pub fn led_in(content: &str, prefix: &str) -> Result<Led, ParseError> {
     if content.trim().is_empty() {
-        return Ok(Vec::new());
+        return Ok(Led::default());
     }
     if detect_form(content) == FileForm::SingleValue {
         return Err(ParseError::SingleValueForm);
     }
     let annotations = parse_annotations(content)?;
+    let renewal = renewal_from_annotations(&annotations)?;
     let role_prefix = format!("{GROUP}/");
     let mut shards = Vec::new();
     // Role keys are `leaderlock.dev/<lock>`; token keys carry a '.', which no lock name has.
@@ -39,7 +55,7 @@ pub fn shards_in(content: &str, prefix: &str) -> Result<Vec<Shard>, ParseError> 
         }
     }
     shards.sort_by(|a, b| natural_order(&a.lock, &b.lock));
-    Ok(shards)
+    Ok(Led { shards, renewal })
 }
 
 /// Names compared with their trailing number as a number: `shard-2` before `shard-10`.
@@ -124,6 +140,16 @@ leaderlock.dev/shard-2.token="43""#;
         assert_eq!(shards_in(bad_token, "other-"), Ok(vec![]));
         let bad_role = "leaderlock.dev/shard-0=\"maybe\"";
         assert!(matches!(shards_in(bad_role, ""), Err(ParseError::UnknownRole { .. })));
+    }
+
+    #[test]
+    fn the_renewal_comes_with_the_set_and_is_no_shard() {
+        let content = format!("{FILE}\nleaderlock.dev/roles.renewed=\"2s 17\"\nleaderlock.dev/roles.resync=\"00ff\"");
+        let led = led_in(&content, "").unwrap();
+        assert_eq!(names(&led.shards), ["ledger-writer", "shard-0", "shard-2", "shard-10"]);
+        assert_eq!(led.renewal.map(|r| (r.deadline, r.mark)), Some((std::time::Duration::from_secs(2), "17".to_string())));
+        let bad = format!("{FILE}\nleaderlock.dev/roles.renewed=\"2s\"");
+        assert_eq!(led_in(&bad, "other-"), Err(ParseError::BadRenewal { value: "2s".into() }));
     }
 
     #[test]

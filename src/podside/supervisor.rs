@@ -1,7 +1,8 @@
 //! `leaderlock run`: a supervisor that runs CMD only while the pod is leader, stops it with
 //! SIGTERM then SIGKILL on demotion, and forwards the signals `run` receives. A `leader` role
 //! found at the first read is inherited ([`super::inherited`]): CMD waits for a change of the
-//! file to confirm it, or for `--inherited-role-wait` to pass.
+//! file to confirm it, or for `--inherited-role-wait` to pass. A `leader` role whose renewal
+//! lapsed ([`super::renewal`]) is acted on as `standby` until a new mark arrives.
 
 use std::ffi::OsString;
 use std::io;
@@ -15,6 +16,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::time::Instant;
 
 use super::inherited::{Ending, Inherited, token_text};
+use super::renewal::{Deadline, lapsed_message, renewed_message};
 use super::rolefile::Role;
 use super::shardset::Shard;
 use super::watch::RoleWatch;
@@ -103,11 +105,16 @@ struct Supervisor {
     command: Vec<OsString>,
     child: Option<Child>,
     shutdown: Option<Shutdown>,
+    /// The renewal deadline of the `leader` role.
+    renewal: Deadline,
+    /// Whether the `leader` role is being acted on as `standby` for want of a renewal.
+    lapsed: bool,
 }
 
 impl Supervisor {
     fn new(lock: &str, grace: Duration, inherited_wait: Duration, command: Vec<OsString>) -> Self {
-        Self { lock: lock.to_string(), grace, inherited_wait, command, child: None, shutdown: None }
+        let lock = lock.to_string();
+        Self { lock, grace, inherited_wait, command, child: None, shutdown: None, renewal: Deadline::default(), lapsed: false }
     }
 
     async fn run(mut self, path: &Path) -> Result<u8, PodsideError> {
@@ -118,8 +125,11 @@ impl Supervisor {
         let mut sigterm = signal(SignalKind::terminate()).map_err(PodsideError::Runtime)?;
         let mut sigint = signal(SignalKind::interrupt()).map_err(PodsideError::Runtime)?;
         let mut watch = RoleWatch::start(path, &self.lock)?;
-        let (mut role, mut seen) = watch.read_snapshot()?;
+        let (first, mut seen) = watch.read_snapshot()?;
+        let mut role = first.role;
         self.log_role(role.as_ref());
+        // A restarted helper counts the deadline from its first read: it cannot know how old the mark is.
+        self.renewal.read(first.renewal, Instant::now());
         let mut inherited = Inherited::at_first_read(&self.leading(role), !self.inherited_wait.is_zero());
         let mut inherited_until = None;
         if let Some(held) = inherited.held().first() {
@@ -132,9 +142,11 @@ impl Supervisor {
             inherited_until = Some(Instant::now() + self.inherited_wait);
         }
         loop {
+            let lapsed = self.follow_renewal(role);
             if self.shutdown.is_none() {
-                // While inherited leadership is held back, CMD (not yet started) stays stopped.
-                self.reconcile(role.filter(|_| !inherited.is_waiting()))?;
+                // While inherited leadership is held back, CMD (not yet started) stays stopped;
+                // while the renewal has lapsed, the leader role counts as standby.
+                self.reconcile(role.filter(|_| !inherited.is_waiting() && !lapsed))?;
             }
             if self.child.is_none()
                 && let Some(shutdown) = self.shutdown.take()
@@ -145,6 +157,8 @@ impl Supervisor {
                 };
             }
             let kill_due = self.child.as_ref().and_then(Child::kill_due);
+            // Only a leader role that has not lapsed yet has a deadline to wake up for.
+            let renewal_due = self.renewal.due().filter(|_| role.is_some_and(|r| r.is_leader()) && !lapsed);
             tokio::select! {
                 status = wait_child(&mut self.child) => {
                     if let Some(code) = self.on_exit(status)? {
@@ -152,15 +166,19 @@ impl Supervisor {
                     }
                 }
                 () = sleep_until(kill_due) => self.kill(),
+                // Wakes the loop, which finds the renewal lapsed.
+                () = sleep_until(renewal_due) => {}
                 () = sleep_until(inherited_until) => {
                     inherited_until = None;
                     self.log_inherited(inherited.elapsed());
                 }
                 () = watch.changed(), if self.shutdown.is_none() => match watch.read_snapshot() {
-                    Ok((new, snapshot)) => {
+                    Ok((reading, snapshot)) => {
+                        let new = reading.role;
                         if new != role {
                             self.log_role(new.as_ref());
                         }
+                        self.renewal.read(reading.renewal, Instant::now());
                         // Only a new update of the file settles an inherited role, not a re-read.
                         if snapshot != seen {
                             seen = snapshot;
@@ -177,6 +195,20 @@ impl Supervisor {
                 _ = sigint.recv() => self.begin_shutdown(Shutdown::Signal(Signal::SIGINT)),
             }
         }
+    }
+
+    /// Whether the `leader` role is to be acted on as `standby` now, its renewal having lapsed;
+    /// logs when that starts and when a new mark ends it.
+    fn follow_renewal(&mut self, role: Option<Role>) -> bool {
+        let leader = role.is_some_and(|r| r.is_leader());
+        let lapsed = leader && self.renewal.lapsed(Instant::now());
+        if lapsed && !self.lapsed {
+            tracing::warn!("lock {}: {}", self.lock, lapsed_message(self.renewal.deadline()));
+        } else if !lapsed && self.lapsed && leader {
+            tracing::info!("lock {}: {}; acting on the leader role again", self.lock, renewed_message(&self.renewal));
+        }
+        self.lapsed = lapsed;
+        lapsed
     }
 
     fn log_role(&self, role: Option<&Role>) {

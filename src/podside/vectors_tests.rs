@@ -1,6 +1,6 @@
 //! Every case of `testdata/rolefile/vectors.json`, run through what `role`, `wait` and `run` do
-//! with the role file: check the lock name, then [`read_role`] on a real file laid out as the
-//! vector says. The Go package (`clients/go/role`) runs the same table, so the two readers of
+//! with the role file: check the lock name, then [`read_reading`] (the role and the controller's
+//! renewal) on a real file laid out as the vector says. The Go package (`clients/go/role`) runs the same table, so the two readers of
 //! the file format cannot drift apart; this helper is the reference when they disagree.
 
 use std::fs;
@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use super::rolefile::{ParseError, Role};
-use super::{PodsideError, read_role};
+use super::rolefile::{ParseError, Reading, Role};
+use super::{PodsideError, read_reading};
 use crate::contract::parse_lock_name;
 
 const VECTORS: &str = include_str!("../../testdata/rolefile/vectors.json");
@@ -61,11 +61,27 @@ struct Outcome {
     error: Option<String>,
     #[serde(default)]
     line: Option<usize>,
+    /// The renewal's deadline in milliseconds, when the file carries `leaderlock.dev/roles.renewed`.
+    #[serde(default)]
+    renew_deadline_ms: Option<u128>,
+    #[serde(default)]
+    renew_mark: Option<String>,
 }
 
 impl Outcome {
-    fn role(role: &str, token: Option<i64>) -> Self {
-        Outcome { role: Some(role.to_string()), token, ..Outcome::default() }
+    fn role(Reading { role, renewal }: Reading) -> Self {
+        let (role, token) = match role {
+            None => ("absent", None),
+            Some(Role::Standby) => ("standby", None),
+            Some(Role::Leader { token }) => ("leader", token),
+        };
+        Outcome {
+            role: Some(role.to_string()),
+            token,
+            renew_deadline_ms: renewal.as_ref().map(|r| r.deadline.as_millis()),
+            renew_mark: renewal.map(|r| r.mark),
+            ..Outcome::default()
+        }
     }
 
     fn error(class: &str, line: Option<usize>) -> Self {
@@ -143,10 +159,8 @@ fn outcome(path: &Path, lock: &str) -> Outcome {
     if parse_lock_name(lock).is_err() {
         return Outcome::error("invalid_lock", None);
     }
-    match read_role(path, lock) {
-        Ok(None) => Outcome::role("absent", None),
-        Ok(Some(Role::Standby)) => Outcome::role("standby", None),
-        Ok(Some(Role::Leader { token })) => Outcome::role("leader", token),
+    match read_reading(path, lock) {
+        Ok(reading) => Outcome::role(reading),
         Err(PodsideError::Read { .. }) => Outcome::error("unreadable", None),
         Err(PodsideError::NotRegular { .. }) => Outcome::error("not_regular", None),
         Err(PodsideError::Garbage { source, .. }) => match source {
@@ -154,6 +168,7 @@ fn outcome(path: &Path, lock: &str) -> Outcome {
             ParseError::BadQuote { line, .. } => Outcome::error("bad_quote", Some(line)),
             ParseError::UnknownRole { .. } => Outcome::error("unknown_role", None),
             ParseError::BadToken { .. } => Outcome::error("bad_token", None),
+            ParseError::BadRenewal { .. } => Outcome::error("bad_renewal", None),
             ParseError::NotUtf8 => Outcome::error("not_utf8", None),
             ParseError::SingleValueForm => Outcome::error("single_value_form", None),
         },

@@ -10,7 +10,7 @@ use tokio::sync::mpsc;
 
 use super::PodsideError;
 use super::read::{Snapshot, read_role, read_snapshot};
-use super::rolefile::{Role, role_in};
+use super::rolefile::{Reading, Role, reading_in};
 
 /// Re-read even without a notification, in case one was lost; tests never depend on it.
 const SAFETY_REREAD: Duration = Duration::from_secs(60);
@@ -85,13 +85,13 @@ impl RoleWatch {
         read_role(self.file.path(), &self.lock)
     }
 
-    /// The role, with the [`Snapshot`] it was read from: whether the file changed since an
-    /// earlier read, whatever woke the watch up.
-    pub fn read_snapshot(&self) -> Result<(Option<Role>, Snapshot), PodsideError> {
+    /// The role and the renewal, with the [`Snapshot`] they were read from: whether the file
+    /// changed since an earlier read, whatever woke the watch up.
+    pub fn read_snapshot(&self) -> Result<(Reading, Snapshot), PodsideError> {
         let snapshot = self.file.read()?;
-        let role = role_in(&snapshot.content, &self.lock)
+        let reading = reading_in(&snapshot.content, &self.lock)
             .map_err(|source| PodsideError::Garbage { path: self.file.path().to_path_buf(), source })?;
-        Ok((role, snapshot))
+        Ok((reading, snapshot))
     }
 
     /// See [`FileWatch::changed`].

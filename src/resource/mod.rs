@@ -75,6 +75,19 @@ pub struct LeaderLockSpec {
     #[serde(default)]
     pub pod_labels: bool,
 
+    /// How long a node's Lease (in kube-node-lease) may go unrenewed before the node counts as
+    /// lost and all its pods stop being candidates at once. 0 turns it off for this LeaderLock;
+    /// absent: the controller's `--node-lost-after` (15 s by default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 3600))]
+    pub node_lost_after_seconds: Option<i64>,
+    /// Opt-in: the controller renews each leading pod every third of this many seconds
+    /// (`leaderlock.dev/roles.renewed`), and a leader whose file shows no renewal for this long
+    /// stops acting as leader — a leader the controller cannot reach (frozen or cut-off node,
+    /// dead kubelet or controller) stops on its own. Costs pod writes while idle. Absent: off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 3, max = 3600))]
+    pub renew_deadline_seconds: Option<i64>,
     /// Freeze every holder (maintenance): no failover, no handover, candidate keys stay as they
     /// are until set back to false. The `Paused` condition says so.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
@@ -281,6 +294,17 @@ pub mod reasons {
     pub const SPEC_PAUSED: &str = "SpecPaused";
     /// `Paused=False` after a pause ended.
     pub const RESUMED: &str = "Resumed";
+    /// Condition type, and its reason when `True`: a node of a selected pod stopped renewing its
+    /// Lease; its pods are not candidates.
+    pub const NODE_LOST: &str = "NodeLost";
+    /// `NodeLost=False`: every candidate's node renews its Lease again.
+    pub const NODES_RENEWING: &str = "NodesRenewing";
+    /// `NodeLost=False`: `nodeLostAfterSeconds: 0` turned node loss off.
+    pub const NODE_LOSS_OFF: &str = "NodeLossOff";
+    /// `NodeLost=Unknown`: the controller cannot read the node Leases (RBAC).
+    pub const NODE_LEASES_UNREADABLE: &str = "NodeLeasesUnreadable";
+    /// `NodeLost=Unknown`: a candidate's node has no Lease.
+    pub const NO_NODE_LEASE: &str = "NoNodeLease";
 }
 
 /// The CRD as YAML, exactly as checked in under `crds/`. Printed with serde-saphyr, the YAML

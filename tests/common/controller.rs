@@ -153,18 +153,21 @@ impl ControllerProcess {
         assert!(panics.is_empty(), "the controller panicked: {}", panics.join("\n"));
     }
 
-    /// The current incarnation's port of /metrics, /healthz, /readyz, from its log.
-    pub fn http_port(&self) -> u16 {
+    /// The current incarnation's port serving `path` (/metrics, or /healthz and /readyz), from
+    /// its log.
+    pub fn http_port(&self, path: &str) -> u16 {
+        let line = if path.starts_with("/metrics") { "serving /metrics" } else { "serving /healthz" };
         wait_until("the controller to serve HTTP", Duration::from_secs(30), || {
             let log = self.current_log();
-            log.lines().find(|l| l.contains("serving /metrics"))?.split("addr=127.0.0.1:").nth(1)?.split_whitespace().next()?.parse().ok()
+            log.lines().find(|l| l.contains(line))?.split("addr=127.0.0.1:").nth(1)?.split_whitespace().next()?.parse().ok()
         })
     }
 
-    /// GET `path` from this controller's HTTP endpoint: the body, or None if it does not answer.
+    /// GET `path` from this controller's probes or (plain-HTTP) metrics endpoint: the body, or
+    /// None if it does not answer.
     pub fn http_get(&self, path: &str) -> Option<String> {
         use std::io::{Read, Write};
-        let mut conn = std::net::TcpStream::connect(("127.0.0.1", self.http_port())).ok()?;
+        let mut conn = std::net::TcpStream::connect(("127.0.0.1", self.http_port(path))).ok()?;
         conn.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
         conn.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes()).ok()?;
         let mut out = String::new();
@@ -212,9 +215,12 @@ fn supervise(launch: &Launch, stem: &Path, st: &Mutex<State>, started: std::sync
         let out = std::fs::File::create(&log).unwrap();
         let mut child = Command::new("setpriv")
             .args(["--pdeathsig", "KILL", env!("CARGO_BIN_EXE_leaderlock"), "controller"])
-            .args(["--http-addr", "127.0.0.1:0", "--election-ttl", "2"])
+            .args(["--probe-addr", "127.0.0.1:0", "--metrics-addr", "127.0.0.1:0", "--election-ttl", "2"])
             .args(&launch.args)
             .env("LEADERLOCK_LOG_LEVEL", "info,leaderlock=debug")
+            // /metrics in plain HTTP: the tests read it without a token. An env var, so that a
+            // test's own env can switch it back (tests/metrics_auth.rs).
+            .env("LEADERLOCK_METRICS_SECURE", "false")
             .envs(launch.envs.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdout(Stdio::null())
             .stderr(out)

@@ -49,6 +49,15 @@
 //     Config.InheritedRoleWait (default 5s) passing with no change; then Get answers as above,
 //     and the elector leads within RetryPeriod × 2.2 if the file says leader. A leader role
 //     that a change brings after the first read is not held back.
+//   - When the file carries the controller's renewal (role.RenewedKey, "<D> <mark>": a
+//     LeaderLock with renewDeadlineSeconds; contract §3.1), a leader role counts only until D
+//     after the lock read a new mark (on this process's monotonic clock; a mark found at the
+//     first read counts from then). Past that, the lock answers as while standby and Update
+//     fails (a [NotLeaderError] with RenewalLapsed set), so the elector stops leading
+//     RenewDeadline later: a pod the controller cannot reach (a frozen or cut-off node, a dead
+//     kubelet or controller) stops within D + RetryPeriod + RenewDeadline of the last new mark
+//     reaching the file. A new mark while the file still says leader is a new term, claimed as
+//     after a new token: once the elector's old term is over.
 //
 // The kubelet's delay between the annotation change and the file (usually about a second;
 // contract §3.4) comes on top of these bounds. Recommended settings, given as the package's
@@ -80,6 +89,7 @@ import (
 	"k8s.io/client-go/tools/leaderelection/resourcelock"
 
 	"leaderlock.dev/go/internal/inherited"
+	"leaderlock.dev/go/internal/renewal"
 	"leaderlock.dev/go/role"
 )
 
@@ -143,6 +153,10 @@ type ResourceLock struct {
 	transitions int
 	// reads numbers Get's answers, so that every answer differs from the one before.
 	reads uint64
+	// renewal is the deadline the controller's renewal sets on a leader role.
+	renewal renewal.Deadline
+	// lapsed: the leader role is answered as standby for want of a renewal.
+	lapsed bool
 }
 
 // term is one claim of the lock by the elector.
@@ -229,6 +243,10 @@ func (l *ResourceLock) Get(context.Context) (*resourcelock.LeaderElectionRecord,
 	}
 	now := time.Now()
 	status := snapshot.Status
+	// A leader role whose renewal lapsed is answered as standby, as a demotion is.
+	if l.renew(status, now) {
+		status = role.Status{Role: role.Standby}
+	}
 	l.follow(status, now)
 	// An inherited leader role held back is answered as standby.
 	held := l.inherit(snapshot, now)
@@ -281,9 +299,16 @@ func (l *ResourceLock) Update(_ context.Context, record resourcelock.LeaderElect
 	}
 	now := time.Now()
 	status := snapshot.Status
-	l.follow(status, now)
+	lapsed := l.renew(status, now)
+	if lapsed {
+		l.follow(role.Status{Role: role.Standby}, now)
+	} else {
+		l.follow(status, now)
+	}
 	held := l.inherit(snapshot, now)
 	switch {
+	case lapsed:
+		return &NotLeaderError{Lock: l.lock, Status: status, RenewalLapsed: true, RenewDeadline: l.renewal.Deadline()}
 	case !status.IsLeader():
 		return &NotLeaderError{Lock: l.lock, Status: status}
 	case held:
@@ -312,9 +337,16 @@ type NotLeaderError struct {
 	// Inherited: the file says leader, but that role was found at the lock's first read of the
 	// file and is held back until a change of the file or the inherited-role wait settles it.
 	Inherited bool
+	// RenewalLapsed: the file says leader, but no new mark of the controller's renewal was read
+	// for RenewDeadline: the controller cannot reach this pod.
+	RenewalLapsed bool
+	RenewDeadline time.Duration
 }
 
 func (e *NotLeaderError) Error() string {
+	if e.RenewalLapsed {
+		return fmt.Sprintf("leaderlock: the role file says %s for lock %s, but %s", e.Status, e.Lock, renewal.LapsedMessage(e.RenewDeadline))
+	}
 	if e.Inherited {
 		return fmt.Sprintf("leaderlock: the role file says %s for lock %s, but that role was found at the first read of the file and is held back until a change of the file confirms it or the inherited-role wait passes", e.Status, e.Lock)
 	}
@@ -357,6 +389,22 @@ func (l *ResourceLock) inherit(snapshot role.Snapshot, now time.Time) bool {
 	l.first = role.Snapshot{}
 	l.log.Info("inherited leader role (" + inherited.TokenText(settled.Held) + ") " + settled.String())
 	return false
+}
+
+// renew follows the renewal deadline with a good read at now, and tells whether the file's
+// leader role has lapsed for want of a new mark; it logs when that starts and when a new mark
+// ends it.
+func (l *ResourceLock) renew(status role.Status, now time.Time) bool {
+	l.renewal.Read(status.Renewal.Deadline, status.Renewal.Mark, now)
+	lapsed := status.IsLeader() && l.renewal.Lapsed(now)
+	switch {
+	case lapsed && !l.lapsed:
+		l.log.Warn(renewal.LapsedMessage(l.renewal.Deadline()) + "; the elector stops leading after its RenewDeadline")
+	case !lapsed && l.lapsed && status.IsLeader():
+		l.log.Info(l.renewal.RenewedMessage() + "; the leader role can be claimed again")
+	}
+	l.lapsed = lapsed
+	return lapsed
 }
 
 // follow ends the held term when a good read shows it is over: the file says standby or has

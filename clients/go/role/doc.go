@@ -24,6 +24,10 @@
 //   - [Run] holds back a "leader" found at its first read, inherited from before the process
 //     started, until a change of the file (a new update: see [Snapshot]) confirms or revokes
 //     it, or Config.InheritedRoleWait (default 5s) passes, as `leaderlock run` does.
+//   - When the projection of metadata.annotations carries the controller's renewal
+//     ([RenewedKey], "<D> <mark>"), [Run] acts on a leader role only until D after it read a new
+//     mark, as `leaderlock run` does: a leader the controller cannot reach stops on its own.
+//     [Read] and [WaitLeader] report it in [Status].Renewal and time nothing.
 //
 // Three levels of use: [Read] (one look, like `leaderlock role`), [WaitLeader] (like
 // `leaderlock wait`) and [Run] (callbacks in client-go's shape, like `leaderlock run` for a

@@ -27,6 +27,8 @@ const (
 	UnknownRole
 	// BadToken: the fencing token is not a positive 64-bit integer.
 	BadToken
+	// BadRenewal: the controller's renewal (RenewedKey) is not "<D> <mark>" as it writes it.
+	BadRenewal
 )
 
 var kindNames = map[ErrorKind]string{
@@ -38,6 +40,7 @@ var kindNames = map[ErrorKind]string{
 	BadQuote:    "bad_quote",
 	UnknownRole: "unknown_role",
 	BadToken:    "bad_token",
+	BadRenewal:  "bad_renewal",
 }
 
 func (k ErrorKind) String() string {
@@ -56,7 +59,8 @@ type Error struct {
 	Lock string
 	// Line is the 1-based line (NotKeyValue, BadQuote).
 	Line int
-	// Text is the offending line (NotKeyValue, BadQuote) or value (UnknownRole, BadToken).
+	// Text is the offending line (NotKeyValue, BadQuote) or value (UnknownRole, BadToken,
+	// BadRenewal).
 	Text string
 	// Detail is what the path is instead of a regular file (NotRegular), e.g. "a FIFO (named pipe)".
 	Detail string
@@ -91,6 +95,8 @@ func (e *Error) Error() string {
 		reason = fmt.Sprintf("role %q is neither \"leader\" nor \"standby\"", e.Text)
 	case BadToken:
 		reason = fmt.Sprintf("fencing token %q is not a positive integer", e.Text)
+	case BadRenewal:
+		reason = fmt.Sprintf("renewal %q (%s) is not \"<deadline> <mark>\" (a duration above 0 and at most 24h such as 15s, one space, decimal digits); only the controller writes it: use a version of this package that matches the controller's", e.Text, RenewedKey)
 	default:
 		reason = e.Kind.String()
 	}

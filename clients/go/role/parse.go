@@ -1,8 +1,10 @@
 package role
 
 import (
+	"math"
 	"strconv"
 	"strings"
+	"time"
 	"unicode"
 	"unicode/utf8"
 )
@@ -50,7 +52,35 @@ type Status struct {
 	// metadata.annotations does, a single-value file does not); 0 when unknown. Tokens are etcd
 	// create revisions: positive, and strictly increasing from holder to holder of a lock.
 	Token int64
+	// Renewal is the controller's renewal when the file carries it (the projection of
+	// metadata.annotations, on a pod leading a lock of a LeaderLock with renewDeadlineSeconds);
+	// the zero Renewal otherwise. It concerns every lock the pod leads, so it is read whichever
+	// lock is asked for.
+	Renewal Renewal
 }
+
+// RenewedKey is the annotation holding the controller's renewal of a leading pod, "<D> <mark>"
+// (e.g. "15s 1764839100123"; docs/contract.md §3.1): a leader role counts only until D after a
+// new mark was read.
+const RenewedKey = Group + "/roles.renewed"
+
+// MaxRenewDeadline bounds the deadline a renewal may state: far above any sensible setting, and
+// low enough that no timer overflows. A larger one is not what the controller writes.
+const MaxRenewDeadline = 24 * time.Hour
+
+// Renewal is one value of RenewedKey.
+type Renewal struct {
+	// Deadline is how long a leader role stays valid after a new Mark was read.
+	Deadline time.Duration
+	// Mark is the controller's clock in milliseconds, as written; only ever compared for change.
+	Mark string
+}
+
+// IsSet tells whether the file carried a renewal.
+func (r Renewal) IsSet() bool { return r.Mark != "" }
+
+// sameRole tells whether two reads say the same role and token, whatever their renewal.
+func (s Status) sameRole(other Status) bool { return s.Role == other.Role && s.Token == other.Token }
 
 // IsLeader tells whether the pod holds the lock.
 func (s Status) IsLeader() bool { return s.Role == Leader }
@@ -122,7 +152,14 @@ func Parse(content []byte, lock string) (Status, error) {
 		if err != nil {
 			return Status{}, err
 		}
-		return roleFromAnnotations(annotations, lock)
+		// The renewal first, whichever lock is asked for, as the Rust helper does.
+		renewal, err := renewalFromAnnotations(annotations)
+		if err != nil {
+			return Status{}, err
+		}
+		status, err := roleFromAnnotations(annotations, lock)
+		status.Renewal = renewal
+		return status, err
 	}
 	// The projection of a single annotation; the kubelet writes an absent one as an empty file.
 	value := strings.TrimSpace(text)
@@ -164,6 +201,66 @@ func parseAnnotations(text string) (map[string]string, error) {
 		annotations[key] = value
 	}
 	return annotations, nil
+}
+
+func renewalFromAnnotations(annotations map[string]string) (Renewal, error) {
+	value, ok := annotations[RenewedKey]
+	if !ok {
+		return Renewal{}, nil
+	}
+	return parseRenewal(value)
+}
+
+// parseRenewal parses "<D> <mark>": D a duration of the helper's flag syntax written as a
+// decimal number with at most three digits after the point, then "ms", "s", "m", "h" or nothing
+// for seconds, above 0 and at most MaxRenewDeadline; one space; mark decimal digits. The shape
+// is checked before strconv.ParseFloat, which also reads hex and exponents, so that this package
+// accepts exactly the values the Rust helper does; with at most three decimals, rounding the
+// product to nanoseconds gives both the exact value.
+func parseRenewal(value string) (Renewal, error) {
+	bad := &Error{Kind: BadRenewal, Text: value}
+	deadline, mark, found := strings.Cut(value, " ")
+	if !found || !allDigits(mark) {
+		return Renewal{}, bad
+	}
+	number, scale := deadline, 1.0
+	for _, unit := range []struct {
+		suffix string
+		scale  float64
+	}{{"ms", 0.001}, {"s", 1}, {"m", 60}, {"h", 3600}} {
+		if cut, ok := strings.CutSuffix(deadline, unit.suffix); ok {
+			number, scale = cut, unit.scale
+			break
+		}
+	}
+	whole, fraction, hasPoint := strings.Cut(number, ".")
+	if !hasPoint {
+		fraction = "0"
+	}
+	if !allDigits(whole) || !allDigits(fraction) || len(fraction) > 3 {
+		return Renewal{}, bad
+	}
+	parsed, err := strconv.ParseFloat(number, 64)
+	seconds := parsed * scale
+	// The first bound keeps the conversion below in range.
+	if err != nil || seconds > 2*MaxRenewDeadline.Seconds() {
+		return Renewal{}, bad
+	}
+	d := time.Duration(math.Round(seconds * 1e9))
+	if d <= 0 || d > MaxRenewDeadline {
+		return Renewal{}, bad
+	}
+	return Renewal{Deadline: d, Mark: mark}, nil
+}
+
+// allDigits: one ASCII digit or more, and nothing else.
+func allDigits(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] < '0' || s[i] > '9' {
+			return false
+		}
+	}
+	return s != ""
 }
 
 func roleFromAnnotations(annotations map[string]string, lock string) (Status, error) {

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"leaderlock.dev/go/internal/inherited"
+	"leaderlock.dev/go/internal/renewal"
 )
 
 // DefaultInheritedRoleWait is how long [Run] holds back a leader role inherited from before
@@ -27,7 +28,8 @@ type Callbacks struct {
 	// restarts it before the next term (as with client-go).
 	OnStartedLeading func(ctx context.Context, token string)
 	// OnStoppedLeading is called when a term ends (the role file says standby, or drops the
-	// lock's annotation, or carries a new token, or ctx ended, or the file became unusable),
+	// lock's annotation, or carries a new token, or its renewal lapsed, or ctx ended, or the
+	// file became unusable),
 	// right after that term's ctx is canceled and possibly before OnStartedLeading has
 	// returned. Unlike client-go's, it is not called when the pod never led. Optional.
 	OnStoppedLeading func()
@@ -82,7 +84,15 @@ var ErrNoCallback = errors.New("role.Run: Callbacks.OnStartedLeading is required
 //     volume into a new directory) or new text; reading the same update again, after an
 //     unrelated event or the 60 s safety re-read, is not one (see [Snapshot]). A leader role
 //     that a change brings after the first read is acted on at once. Run logs once when it
-//     starts waiting and once when the wait ends.
+//     starts waiting and once when the wait ends;
+//   - when the file carries the controller's renewal ([RenewedKey], "<D> <mark>": a LeaderLock
+//     with renewDeadlineSeconds), a leader role counts only until D after Run read a new mark,
+//     on this process's monotonic clock (a mark found at the first read counts from then: its
+//     age cannot be known). Past that the term ends as on a demotion, with a warning that the
+//     controller cannot reach this pod: a frozen or cut-off node, a dead kubelet or controller.
+//     A new mark while the file still says leader starts a new term (OnNewToken, then
+//     OnStartedLeading, with the same token); reading the same mark again does not. A file
+//     without the key has no deadline.
 //
 // Run returns an *Error, after ending the term, when the file is missing, unreadable or not a
 // projection the kubelet writes: the role can no longer be known, so leading must stop, as
@@ -109,6 +119,11 @@ func Run(ctx context.Context, cfg Config) error {
 	status := first.Status
 	r := runner{cfg: cfg, log: cfg.Logger.With("lock", cfg.Lock)}
 	r.log.Info("role: " + status.describe())
+	// A restarted program counts the deadline from its first read: it cannot know how old the mark is.
+	r.renewal.Read(status.Renewal.Deadline, status.Renewal.Mark, time.Now())
+	lapseTimer := time.NewTimer(time.Hour)
+	lapseTimer.Stop()
+	defer lapseTimer.Stop()
 	wait := inherited.Wait(cfg.InheritedRoleWait)
 	gate := inherited.AtFirstRead(status.IsLeader(), status.Token, wait, time.Now())
 	var waitOver <-chan time.Time
@@ -125,9 +140,24 @@ func Run(ctx context.Context, cfg Config) error {
 			r.wait()
 			return nil
 		}
+		now := time.Now()
+		lapsed := r.followRenewal(status, now)
 		// While an inherited leader role is held back, no term has begun: nothing to reconcile.
+		// While the renewal has lapsed, the leader role counts as standby.
 		if !gate.Waiting() {
-			r.reconcile(ctx, status)
+			if lapsed {
+				r.reconcile(ctx, Status{Role: Standby}, renewal.LapsedMessage(r.renewal.Deadline()))
+			} else {
+				r.reconcile(ctx, status, "no longer leader")
+			}
+		}
+		// Only a leader role that has not lapsed yet has a deadline to wake up for.
+		var lapseDue <-chan time.Time
+		if due, ok := r.renewal.Due(); ok && status.IsLeader() && !lapsed {
+			lapseTimer.Reset(due.Sub(now))
+			lapseDue = lapseTimer.C
+		} else {
+			lapseTimer.Stop()
 		}
 		var termDone <-chan struct{}
 		if r.term != nil && !r.term.returned {
@@ -137,6 +167,8 @@ func Run(ctx context.Context, cfg Config) error {
 		case <-ctx.Done():
 		case <-termDone:
 			r.term.returned = true
+		case <-lapseDue:
+			// The loop finds the renewal lapsed.
 		case <-waitOver:
 			waitOver = nil
 			if settled, ok := gate.Elapsed(); ok {
@@ -150,10 +182,11 @@ func Run(ctx context.Context, cfg Config) error {
 				r.wait()
 				return err
 			}
-			if next.Status != status {
+			if !next.Status.sameRole(status) {
 				r.log.Info("role: " + next.Status.describe())
 			}
 			status = next.Status
+			r.renewal.Read(status.Renewal.Deadline, status.Renewal.Mark, time.Now())
 			if !gate.Waiting() {
 				continue
 			}
@@ -181,6 +214,24 @@ type runner struct {
 	cfg  Config
 	log  *slog.Logger
 	term *term
+	// renewal is the deadline the controller's renewal sets on a leader role.
+	renewal renewal.Deadline
+	// lapsed: the leader role is acted on as standby for want of a renewal.
+	lapsed bool
+}
+
+// followRenewal tells whether the leader role is to be acted on as standby at now, its renewal
+// having lapsed; it logs when that starts and when a new mark ends it.
+func (r *runner) followRenewal(status Status, now time.Time) bool {
+	lapsed := status.IsLeader() && r.renewal.Lapsed(now)
+	switch {
+	case lapsed && !r.lapsed:
+		r.log.Warn(renewal.LapsedMessage(r.renewal.Deadline()))
+	case !lapsed && r.lapsed && status.IsLeader():
+		r.log.Info(r.renewal.RenewedMessage() + "; acting on the leader role again")
+	}
+	r.lapsed = lapsed
+	return lapsed
 }
 
 // settled logs how an inherited leader role's wait ended.
@@ -188,11 +239,11 @@ func (r *runner) settled(s inherited.Settled) {
 	r.log.Info("inherited leader role (" + inherited.TokenText(s.Held) + ") " + s.String())
 }
 
-// reconcile brings the term in line with the role: start when leader, end when not, end (and
-// later start again) when the token changed.
-func (r *runner) reconcile(ctx context.Context, status Status) {
+// reconcile brings the term in line with the role: start when leader, end when not (saying
+// why), end (and later start again) when the token changed.
+func (r *runner) reconcile(ctx context.Context, status Status, why string) {
 	if r.term != nil && !r.term.stopping && !continues(r.term.token, status) {
-		reason := "no longer leader"
+		reason := why
 		if status.IsLeader() {
 			reason = "the fencing token changed " + Status{Role: Leader, Token: r.term.token}.TokenString() + " -> " + status.TokenString()
 		}

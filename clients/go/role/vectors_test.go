@@ -44,6 +44,9 @@ type outcome struct {
 	Token int64  `json:"token,omitempty"`
 	Error string `json:"error,omitempty"`
 	Line  int    `json:"line,omitempty"`
+	// The controller's renewal, when the file carries it: the deadline in milliseconds, the mark.
+	RenewDeadlineMs int64  `json:"renew_deadline_ms,omitempty"`
+	RenewMark       string `json:"renew_mark,omitempty"`
 }
 
 func loadVectors(t *testing.T) []vector {
@@ -147,7 +150,11 @@ func outcomeOf(status role.Status, err error) outcome {
 		}
 		return outcome{Error: e.Kind.String(), Line: line}
 	}
-	return outcome{Role: status.Role.String(), Token: status.Token}
+	got := outcome{Role: status.Role.String(), Token: status.Token}
+	if status.Renewal.IsSet() {
+		got.RenewDeadlineMs, got.RenewMark = status.Renewal.Deadline.Milliseconds(), status.Renewal.Mark
+	}
+	return got
 }
 
 // Every vector through Read, on a real file laid out as the vector says.

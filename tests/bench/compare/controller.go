@@ -39,7 +39,7 @@ func launchController(bin, name, endpoint, kubeconfig string, extra ...string) *
 	c := &controller{started: time.Now(), reconciled: map[string]time.Time{}}
 	// exec keeps the pid the controller's; 2>&1 gives us its tracing output line by line.
 	args := append([]string{"-c", `k="$1"; shift; LEADERLOCK_LOG_LEVEL=info,leaderlock=debug KUBECONFIG="$k" exec "$0" "$@" 2>&1`, bin, kubeconfig,
-		"controller", "--etcd-endpoints", endpoint, "--http-addr", "127.0.0.1:0", "--election-ttl", electionTTL}, extra...)
+		"controller", "--etcd-endpoints", endpoint, "--probe-addr", "127.0.0.1:0", "--metrics-addr", "127.0.0.1:0", "--election-ttl", electionTTL}, extra...)
 	c.p = start(name, ch, "/bin/sh", args...)
 	f, err := os.Create(filepath.Join(logDir, name+".out"))
 	must(err)

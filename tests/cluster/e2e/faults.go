@@ -105,6 +105,8 @@ func controllerPods() []string {
 }
 
 func controllerActive(pod string) bool {
-	out, err := kubectl("get", "--raw", "/api/v1/namespaces/leaderlock-system/pods/"+pod+":8080/proxy/metrics")
-	return err == nil && strings.Contains(out, "\nleaderlock_active 1")
+	// /readyz on the probes' port says active or standby; /metrics would need a bearer token,
+	// which the apiserver's pod proxy does not pass on.
+	out, err := kubectl("get", "--raw", "/api/v1/namespaces/leaderlock-system/pods/"+pod+":8080/proxy/readyz")
+	return err == nil && strings.TrimSpace(out) == "ok: active"
 }

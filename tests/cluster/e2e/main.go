@@ -67,7 +67,10 @@ type config struct {
 	nodeHangs, nodeCrashes, kubeletCrashes, tunedRounds int
 	overlapCap                                          time.Duration
 	tunedNodeLostAfter                                  string
-	setup                                               string // what hack/e2e.sh measured of the set-up
+	setup                                               string        // what hack/e2e.sh measured of the set-up
+	goImage                                             string        // examples/go-controller's image
+	goGraceful, goKills                                 int           // its handovers per variant
+	goIdle                                              time.Duration // its idle window
 }
 
 func parseFlags() config {
@@ -92,7 +95,11 @@ func parseFlags() config {
 	flag.StringVar(&c.out, "out", "", "BENCHMARKS.md to update (empty: print only)")
 	flag.StringVar(&c.plot, "plot", "", "PNG file for the job-gap CDF")
 	flag.BoolVar(&c.skipFaults, "skip-faults", false, "skip the kubelet/containerd/controller faults")
-	flag.StringVar(&c.phases, "phases", "leaderlock,clientgo,nodeloss", "which phases to run (nodeloss needs two nodes)")
+	flag.StringVar(&c.phases, "phases", "leaderlock,clientgo,go,nodeloss", "which phases to run (go: examples/go-controller, LeaderLock drop-in vs Lease; nodeloss needs two nodes)")
+	flag.StringVar(&c.goImage, "go-image", "leaderlock.dev/go-controller:local", "examples/go-controller image")
+	flag.IntVar(&c.goGraceful, "go-graceful", 20, "Go controller handovers by deleting the leader pod, per election")
+	flag.IntVar(&c.goKills, "go-kills", 20, "Go controller handovers by killing the leader's container, per election")
+	flag.DurationVar(&c.goIdle, "go-idle", time.Minute, "the Go controllers' idle window (0: none)")
 	flag.IntVar(&c.nodeHangs, "node-hangs", 20, "node-loss rounds freezing the second node")
 	flag.IntVar(&c.nodeCrashes, "node-crashes", 20, "node-loss rounds killing every process of the second node")
 	flag.IntVar(&c.kubeletCrashes, "kubelet-crashes", 10, "node-loss rounds killing the second node's kubelet alone")
@@ -115,19 +122,10 @@ func parseFlags() config {
 		c.chartValues = filepath.Join(c.nodeDir, "chart-values.yaml")
 	}
 	if c.abBlocks < 1 || c.graceful < 0 || c.kills < 0 || c.notready < 0 || c.clientgoHandovers < 0 ||
-		c.nodeHangs < 0 || c.nodeCrashes < 0 || c.kubeletCrashes < 0 || c.tunedRounds < 0 {
+		c.nodeHangs < 0 || c.nodeCrashes < 0 || c.kubeletCrashes < 0 || c.tunedRounds < 0 || c.goGraceful < 0 || c.goKills < 0 {
 		fail("-ab-blocks must be at least 1 and the handover and round counts not negative")
 	}
 	return c
-}
-
-func hasPhase(c config, name string) bool {
-	for _, p := range strings.Split(c.phases, ",") {
-		if strings.TrimSpace(p) == name {
-			return true
-		}
-	}
-	return false
 }
 
 func main() {
@@ -135,14 +133,18 @@ func main() {
 	start := time.Now()
 	r := &results{kubelet: kubeletVersion(), kubeletConfig: kubeletConfig(c.nodeDir), resyncOn: c.resyncOn, blocks: c.abBlocks}
 	setupCPU := setupCPUText(c)
-	if hasPhase(c, "leaderlock") {
+	if hasPhase(c.phases, "leaderlock") {
 		leaderLockPhase(c, r, start)
 	}
-	if hasPhase(c, "clientgo") {
+	if hasPhase(c.phases, "clientgo") {
 		clientGoPhase(c, r)
 	}
-	r.duration = time.Since(start)
-	if hasPhase(c, "nodeloss") {
+	r.duration = time.Since(start) // the job workloads' time; the later phases report their own
+	if hasPhase(c.phases, "go") {
+		r.goc = runGoControllers(c)
+		r.violations += r.goc.violations
+	}
+	if hasPhase(c.phases, "nodeloss") {
 		r.loss = nodeLossPhase(c, &r.violations)
 		r.loss.setup = strings.TrimSpace(c.setup + " " + setupCPU)
 	}
@@ -194,28 +196,33 @@ func clientGoPhase(c config, r *results) {
 	g.close()
 }
 
-// writeReport writes the sections of BENCHMARKS.md the phases that ran measured.
+// writeReport writes the sections of BENCHMARKS.md the phases that ran measured: a run of
+// later phases alone leaves the job workloads' section and plot as they are.
 func writeReport(c config, r *results) {
-	var sections []struct{ text, begin, end string }
-	if hasPhase(c, "leaderlock") || hasPhase(c, "clientgo") {
+	if r.handovers() > 0 {
 		if c.plot != "" {
 			if err := r.plotCDF(c.plot); err != nil {
 				fail("plot: %v", err)
 			}
 		}
-		sections = append(sections, struct{ text, begin, end string }{r.markdown(filepath.Base(c.plot)), sectionBegin, sectionEnd})
+		writeSection(c.out, sectionBegin, sectionEnd, r.markdown(filepath.Base(c.plot)))
+	}
+	if r.goc != nil {
+		writeSection(c.out, goSectionBegin, goSectionEnd, r.goc.markdown())
 	}
 	if r.loss != nil {
-		sections = append(sections, struct{ text, begin, end string }{r.loss.markdown(r.kubelet, r.summary()), lossSectionBegin, lossSectionEnd})
+		writeSection(c.out, lossSectionBegin, lossSectionEnd, r.loss.markdown(r.kubelet, r.summary()))
 	}
-	for _, s := range sections {
-		if c.out == "" {
-			fmt.Fprintln(os.Stderr, s.text)
-			continue
-		}
-		if err := replaceSection(c.out, s.text, s.begin, s.end); err != nil {
-			fail("write %s: %v", c.out, err)
-		}
+}
+
+// writeSection puts section between its markers in out, or prints it when out is empty.
+func writeSection(out, begin, end, section string) {
+	if out == "" {
+		fmt.Fprintln(os.Stderr, section)
+		return
+	}
+	if err := replaceMarked(out, begin, end, section); err != nil {
+		fail("write %s: %v", out, err)
 	}
 }
 

@@ -17,7 +17,7 @@ import (
 // shims, the containers — sits under its cgroup root, so the freezer hangs all of it at once.
 type node struct {
 	Name, Dir, Slot, Socket string
-	procs                   map[string]*proc // "kubelet", "containerd"
+	procs                   map[string]*nodeProc // "kubelet", "containerd"
 }
 
 // loadNodes reads the nodes hack/cluster.sh started (LEADERLOCK_NODE_DIRS), first one first.
@@ -54,18 +54,18 @@ func nodeNamed(nodes []*node, name string) *node {
 	return nil
 }
 
-// proc is how one node process was started — command line, environment and cgroups, read from
+// nodeProc is how one node process was started — command line, environment and cgroups, read from
 // /proc while it ran — so that the harness can start it again the same way after killing it.
-type proc struct {
+type nodeProc struct {
 	name, pidFile, logFile string
 	argv, env, cgroups     []string
 }
 
 // capture records the node's kubelet and containerd while they run (before any fault).
 func (n *node) capture() {
-	n.procs = map[string]*proc{}
+	n.procs = map[string]*nodeProc{}
 	for _, name := range []string{"kubelet", "containerd"} {
-		p := &proc{name: name, pidFile: filepath.Join(n.Dir, name+".pid"), logFile: filepath.Join(n.Dir, name+".log")}
+		p := &nodeProc{name: name, pidFile: filepath.Join(n.Dir, name+".pid"), logFile: filepath.Join(n.Dir, name+".log")}
 		pid := p.pid()
 		p.argv = readNul("/proc/" + strconv.Itoa(pid) + "/cmdline")
 		p.env = readNul("/proc/" + strconv.Itoa(pid) + "/environ")
@@ -107,7 +107,7 @@ func cgroupDirs(pid int) []string {
 	return out
 }
 
-func (p *proc) pid() int {
+func (p *nodeProc) pid() int {
 	pid, err := strconv.Atoi(readTrim(p.pidFile))
 	if err != nil {
 		fail("read %s: %v", p.pidFile, err)
@@ -115,7 +115,7 @@ func (p *proc) pid() int {
 	return pid
 }
 
-func (p *proc) alive() bool {
+func (p *nodeProc) alive() bool {
 	pid, err := strconv.Atoi(readTrim(p.pidFile))
 	return err == nil && processRunning(pid)
 }
@@ -134,7 +134,7 @@ func processRunning(pid int) bool {
 // start runs the process again: moved into its cgroups by a shell before it execs (nothing it
 // starts escapes them), with its environment, appending to its log, killed if the harness dies
 // (the teardown also finds it through the node's cgroups), its pid recorded for the teardown.
-func (p *proc) start() {
+func (p *nodeProc) start() {
 	logFile, err := os.OpenFile(p.logFile, os.O_APPEND|os.O_WRONLY|os.O_CREATE, 0o644)
 	if err != nil {
 		fail("open %s: %v", p.logFile, err)
@@ -155,7 +155,7 @@ func (p *proc) start() {
 }
 
 // stop sends sig and waits for the process to be gone.
-func (p *proc) stop(sig syscall.Signal) {
+func (p *nodeProc) stop(sig syscall.Signal) {
 	pid := p.pid()
 	_ = syscall.Kill(pid, sig)
 	waitFor(p.name+" to exit", 30*time.Second, func() bool { return !processRunning(pid) })

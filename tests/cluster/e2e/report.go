@@ -29,6 +29,15 @@ type results struct {
 	// bringing the holder's key to the new setting after a chart upgrade).
 	resyncWritesOutside int
 	duration            time.Duration
+	goc                 *goResults // the Go phase (gocontroller.go); nil when it did not run
+}
+
+// goFields is the Go phase's part of the E2E line, "" when it did not run.
+func (r *results) goFields() string {
+	if r.goc == nil {
+		return ""
+	}
+	return r.goc.fields()
 }
 
 // row is one line of the report.
@@ -213,17 +222,17 @@ func last(v []float64) float64 { return pct(v, 100) }
 func (r *results) summary() string {
 	loss := ""
 	if r.loss != nil {
-		loss = r.loss.summary() + " "
+		loss = " " + r.loss.summary()
 	}
 	on, off := half(true), half(false)
 	g := r.values(gap, rowKey("graceful", true))
 	lateOn, lateOff := r.filesLate(on...), r.filesLate(off...)
-	return fmt.Sprintf("E2E kubelet=%s kubelet_config=%s handovers=%d job_gap_p50_ms=%s job_gap_p99_ms=%s crash_p99_ms=%s notready_p99_ms=%s overlap_max_ms=%s service_switch_p99_ms=%s clientgo_job_gap_p99_ms=%s files_late_2s=%d files_late_10s=%d resync_writes_per_handover=%s off_job_gap_p99_ms=%s off_files_late_10s=%d %sviolations=%d",
+	return fmt.Sprintf("E2E kubelet=%s kubelet_config=%s handovers=%d job_gap_p50_ms=%s job_gap_p99_ms=%s crash_p99_ms=%s notready_p99_ms=%s overlap_max_ms=%s service_switch_p99_ms=%s clientgo_job_gap_p99_ms=%s files_late_2s=%d files_late_10s=%d resync_writes_per_handover=%s off_job_gap_p99_ms=%s off_files_late_10s=%d%s%s violations=%d",
 		r.kubelet, r.kubeletConfig, r.handovers(), fmtMs(pct(g, 50)), fmtMs(pct(g, 99)),
 		fmtMs(pct(r.values(gap, rowKey("crash", true)), 99)), fmtMs(pct(r.values(fromFault, rowKey("notready", true)), 99)),
 		fmtMs(last(r.values(overlap, on...))), fmtMs(pct(r.values(slice, on...), 99)), fmtMs(pct(r.values(gap, "clientgo"), 99)),
 		lateOn.over2, lateOn.over10, perHandover(r.resyncWrites(on...)),
-		fmtMs(pct(r.values(gap, rowKey("graceful", false)), 99)), lateOff.over10, loss, r.violations)
+		fmtMs(pct(r.values(gap, rowKey("graceful", false)), 99)), lateOff.over10, r.goFields(), loss, r.violations)
 }
 
 const (
@@ -319,8 +328,8 @@ func orDash(s string) string {
 	return s
 }
 
-// replaceSection puts section into the file between the markers begin and end, or appends it.
-func replaceSection(path, section, begin, end string) error {
+// replaceMarked puts section into the file between the markers begin and end, or appends it.
+func replaceMarked(path, begin, end, section string) error {
 	data, err := os.ReadFile(path)
 	if err != nil && !os.IsNotExist(err) {
 		return err
