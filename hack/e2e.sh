@@ -17,9 +17,11 @@
 # The node-loss phase (both job workloads at once, the second node lost with both leaders on it):
 # E2E_NODE_HANGS (every process of the node frozen, then thawed; 20), E2E_NODE_CRASHES (every
 # process SIGKILLed, then restarted; 20), E2E_KUBELET_CRASHES (its kubelet alone SIGKILLed; 10),
-# E2E_OVERLAP_CAP (how long to wait for an old job nothing stops; 30s), E2E_NODE_TUNED (extra
-# hang and crash rounds each with a kubelet renewing its Lease every 2.5 s and
-# spec.nodeLostAfter E2E_TUNED_NODE_LOST_AFTER, 4s: not defaults, never the headline; 0).
+# E2E_OVERLAP_CAP (how long to wait for an old job nothing stops; 30s), E2E_RENEWAL_ROUNDS (hang
+# and kubelet-crash rounds each with the LeaderLock's renewDeadlineSeconds E2E_RENEW_DEADLINE;
+# 10 and 10), E2E_NODE_TUNED (extra hang and crash rounds each with a kubelet renewing its Lease
+# every 2.5 s and nodeLostAfterSeconds E2E_TUNED_NODE_LOST_AFTER, 4: not defaults, never the
+# headline; 0).
 # E2E_PHASES (leaderlock,clientgo,go,nodeloss) picks phases for a trial; only the sections of
 # the phases that ran are rewritten.
 set -euo pipefail
@@ -58,7 +60,8 @@ exec "$E2E_BIN" -image "leaderlock.dev/leaderlock:$version" \
   -go-graceful "${E2E_GO_GRACEFUL:-20}" -go-kills "${E2E_GO_KILLS:-20}" -go-idle "${E2E_GO_IDLE:-60s}" \
   -node-hangs "${E2E_NODE_HANGS:-20}" -node-crashes "${E2E_NODE_CRASHES:-20}" \
   -kubelet-crashes "${E2E_KUBELET_CRASHES:-10}" -overlap-cap "${E2E_OVERLAP_CAP:-30s}" \
-  -node-tuned "${E2E_NODE_TUNED:-0}" -tuned-node-lost-after "${E2E_TUNED_NODE_LOST_AFTER:-4s}" \
+  -renewal-rounds "${E2E_RENEWAL_ROUNDS:-10}" -renew-deadline "${E2E_RENEW_DEADLINE:-10}" \
+  -node-tuned "${E2E_NODE_TUNED:-0}" -tuned-node-lost-after "${E2E_TUNED_NODE_LOST_AFTER:-4}" \
   -phases "${E2E_PHASES:-leaderlock,clientgo,go,nodeloss}" -setup "$setup" \
   -chart "$ROOT/charts/leaderlock" -chart-values "$LEADERLOCK_NODE_DIR/chart-values.yaml" \
   -out "$ROOT/BENCHMARKS.md" -plot "$ROOT/BENCHMARKS-e2e-job-gap.png"

@@ -9,8 +9,9 @@ import (
 	"time"
 )
 
-// nodeLossPhase runs the node-loss rounds (nodeloss.go): the default ones, then, only when
-// asked, the tuned ones; it adds the checker's violations to *violations.
+// nodeLossPhase runs the node-loss rounds (nodeloss.go): the default ones, then those with
+// the LeaderLock's opt-in renewal deadline, then, only when asked, those with a tuned kubelet;
+// it adds the checker's violations to *violations.
 func nodeLossPhase(c config, violations *int) *lossResults {
 	start := time.Now()
 	r := newNodeLossRun(c, c.overlapCap)
@@ -19,12 +20,20 @@ func nodeLossPhase(c config, violations *int) *lossResults {
 	r.run(kinds, start)
 	res := &lossResults{rounds: len(kinds), overlapCap: c.overlapCap, victim: r.victim.Name, keep: r.keep.Name,
 		nodeLostAfter: controllerNodeLostAfter()}
+	if c.renewalRounds > 0 {
+		r.patchLeaderLock(settingRenewal, fmt.Sprintf(`{"spec":{"renewDeadlineSeconds":%d}}`, c.renewDeadline))
+		rounds := lossKinds(c.renewalRounds, 0, c.renewalRounds)
+		r.run(rounds, start)
+		r.patchLeaderLock("", `{"spec":{"renewDeadlineSeconds":null}}`)
+		res.rounds += len(rounds)
+		res.renewDeadline = c.renewDeadline
+	}
 	if c.tunedRounds > 0 {
 		r.tune(c.tunedNodeLostAfter)
-		tuned := lossKinds(c.tunedRounds, c.tunedRounds, 0)
-		r.run(tuned, start)
+		rounds := lossKinds(c.tunedRounds, c.tunedRounds, 0)
+		r.run(rounds, start)
 		r.untune()
-		res.rounds += len(tuned)
+		res.rounds += len(rounds)
 		res.tunedLostAfter = c.tunedNodeLostAfter
 	}
 	res.duration = time.Since(start)
@@ -35,13 +44,20 @@ func nodeLossPhase(c config, violations *int) *lossResults {
 	return res
 }
 
+// patchLeaderLock merge-patches the workload's LeaderLock and names the rounds' setting.
+func (r *nodeLossRun) patchLeaderLock(setting, patch string) {
+	mustKubectl("patch", "leaderlock", "ledger", "-n", r.ll.ns, "--type", "merge", "-p", patch)
+	r.setting = setting
+	logf("LeaderLock patched: %s", patch)
+}
+
 // tunedLeaseSeconds is the tuned kubelet's nodeLeaseDurationSeconds: it renews its Lease every
 // quarter of it, 2.5 s, instead of the default 10 s (of 40 s).
 const tunedLeaseSeconds = 10
 
 // tune restarts the node to lose with a kubelet renewing its Lease every 2.5 s and gives the
-// LeaderLock spec.nodeLostAfter: what a faster heartbeat buys, never a published default.
-func (r *nodeLossRun) tune(nodeLostAfter string) {
+// LeaderLock nodeLostAfterSeconds: what a faster heartbeat buys, never a published default.
+func (r *nodeLossRun) tune(nodeLostAfter int) {
 	k := r.victim.procs["kubelet"]
 	i := argIndex(k.argv, "--config")
 	orig := k.argv[i]
@@ -55,9 +71,8 @@ func (r *nodeLossRun) tune(nodeLostAfter string) {
 	}
 	r.defaultConfig, k.argv[i] = orig, tuned
 	r.setKubelet(tunedLeaseSeconds)
-	mustKubectl("patch", "leaderlock", "ledger", "-n", r.ll.ns, "--type", "merge", "-p", `{"spec":{"nodeLostAfter":"`+nodeLostAfter+`"}}`)
-	r.tuned = true
-	logf("tuned: node %s's kubelet renews its Lease every %.1f s, spec.nodeLostAfter %s", r.victim.Name, float64(tunedLeaseSeconds)/4, nodeLostAfter)
+	logf("tuned: node %s's kubelet renews its Lease every %.1f s", r.victim.Name, float64(tunedLeaseSeconds)/4)
+	r.patchLeaderLock(settingTuned, fmt.Sprintf(`{"spec":{"nodeLostAfterSeconds":%d}}`, nodeLostAfter))
 }
 
 // untune puts the default kubelet and the LeaderLock's default back.
@@ -65,8 +80,7 @@ func (r *nodeLossRun) untune() {
 	k := r.victim.procs["kubelet"]
 	k.argv[argIndex(k.argv, "--config")] = r.defaultConfig
 	r.setKubelet(40)
-	mustKubectl("patch", "leaderlock", "ledger", "-n", r.ll.ns, "--type", "merge", "-p", `{"spec":{"nodeLostAfter":null}}`)
-	r.tuned = false
+	r.patchLeaderLock("", `{"spec":{"nodeLostAfterSeconds":null}}`)
 }
 
 // setKubelet restarts the victim's kubelet and waits until its Lease has the duration wanted.
@@ -95,7 +109,7 @@ func argIndex(argv []string, flag string) int {
 func controllerNodeLostAfter() string {
 	crd, err := kubectl("get", "crd", "leaderlocks.leaderlock.dev", "-o", "json")
 	if err != nil || !strings.Contains(crd, "nodeLostAfter") {
-		return "none: this build has no node-Lease detection, so failover waits for the node-lifecycle controller"
+		return "absent (this build has none: failover waits for the node-lifecycle controller)"
 	}
 	var args []string
 	for _, p := range controllerPodsNow() {
@@ -103,10 +117,10 @@ func controllerNodeLostAfter() string {
 	}
 	for _, a := range args {
 		if v, ok := strings.CutPrefix(a, "--node-lost-after="); ok {
-			return "`" + v + "`"
+			return "`--node-lost-after=" + v + "`"
 		}
 	}
-	return "at its default"
+	return "at its default (15 s)"
 }
 
 // nodeCPUNow is each node's CPU time so far.

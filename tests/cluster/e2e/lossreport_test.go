@@ -20,15 +20,15 @@ func lossFixture() *lossResults {
 	return &lossResults{
 		rounds: 4, overlapCap: 30 * time.Second, victim: "127.0.0.2", keep: "127.0.0.1",
 		samples: map[string][]lossSample{
-			lossKey("leaderlock", lossHang, false):  {moved(16000), moved(17000)},
-			lossKey("leaderlock", lossCrash, false): {moved(15500), {Moved: true, FromFault: 52 * time.Second, SameNode: 1}},
-			lossKey("clientgo", lossHang, false):    {moved(17500), moved(18000)},
-			lossKey("clientgo", lossCrash, false):   {moved(16500), moved(19000)},
+			lossKey("leaderlock", lossHang, ""):  {moved(16000), moved(17000)},
+			lossKey("leaderlock", lossCrash, ""): {moved(15500), {Moved: true, FromFault: 52 * time.Second, SameNode: 1}},
+			lossKey("clientgo", lossHang, ""):    {moved(17500), moved(18000)},
+			lossKey("clientgo", lossCrash, ""):   {moved(16500), moved(19000)},
 			// The kubelet crash: one old job still running at the cap, one stopped.
-			lossKey("leaderlock", lossKubelet, false): {{Moved: true, FromFault: 16 * time.Second, Overlap: 30 * time.Second},
+			lossKey("leaderlock", lossKubelet, ""): {{Moved: true, FromFault: 16 * time.Second, Overlap: 30 * time.Second},
 				{Moved: true, FromFault: 16 * time.Second, Stopped: true, Overlap: 2 * time.Second}},
 			// Tuned rounds never reach the E2E line.
-			lossKey("leaderlock", lossHang, true): {moved(1)},
+			lossKey("leaderlock", lossHang, settingTuned): {moved(1)},
 		},
 	}
 }
@@ -45,21 +45,26 @@ func TestLossSummaryTakesTheDefaultRowsOnly(t *testing.T) {
 
 func TestLossMarkdownMarksTunedRowsAndCountsSameNodeRounds(t *testing.T) {
 	l := lossFixture()
-	l.tunedLostAfter = "4s"
+	l.tunedLostAfter = 4
 	md := l.markdown("v1.36.3", "E2E x")
 	if !strings.HasPrefix(md, lossSectionBegin) || !strings.HasSuffix(strings.TrimSpace(md), lossSectionEnd) {
 		t.Fatalf("section markers missing:\n%s", md)
 	}
-	if !strings.Contains(md, "| **tuned:** node hung") || !strings.Contains(md, "**not defaults**") {
+	if !strings.Contains(md, "| node hung (every process frozen) | **tuned, not defaults:**") || !strings.Contains(md, "give no published figure") {
 		t.Errorf("tuned rows not marked:\n%s", md)
 	}
-	// The crash row: one of two rounds had a same-node successor; no overlap cells.
+	// The crash row: one of two rounds had a same-node successor.
+	crash := 0
 	for _, line := range strings.Split(md, "\n") {
 		if strings.HasPrefix(line, "| node crashed") && strings.Contains(line, "| LeaderLock |") {
-			if !strings.Contains(line, "| – | – | – | 1 |") {
+			crash++
+			if !strings.HasSuffix(line, "| 1 | 0 |") {
 				t.Errorf("crash row: %s", line)
 			}
 		}
+	}
+	if crash != 1 {
+		t.Errorf("%d LeaderLock crash rows, want 1 (failover only)", crash)
 	}
 }
 

@@ -64,13 +64,15 @@ type config struct {
 	phases                       string
 	// The node-loss phase: rounds of each fault, the cap on an old job nothing stops, and the
 	// tuned rounds (not defaults) with their spec.nodeLostAfter.
-	nodeHangs, nodeCrashes, kubeletCrashes, tunedRounds int
-	overlapCap                                          time.Duration
-	tunedNodeLostAfter                                  string
-	setup                                               string        // what hack/e2e.sh measured of the set-up
-	goImage                                             string        // examples/go-controller's image
-	goGraceful, goKills                                 int           // its handovers per variant
-	goIdle                                              time.Duration // its idle window
+	nodeHangs, nodeCrashes, kubeletCrashes int
+	overlapCap                             time.Duration
+	// renewalRounds: hang and kubelet-crash rounds each with renewDeadlineSeconds renewDeadline.
+	renewalRounds, renewDeadline    int
+	tunedRounds, tunedNodeLostAfter int
+	setup                           string        // what hack/e2e.sh measured of the set-up
+	goImage                         string        // examples/go-controller's image
+	goGraceful, goKills             int           // its handovers per variant
+	goIdle                          time.Duration // its idle window
 }
 
 func parseFlags() config {
@@ -104,8 +106,10 @@ func parseFlags() config {
 	flag.IntVar(&c.nodeCrashes, "node-crashes", 20, "node-loss rounds killing every process of the second node")
 	flag.IntVar(&c.kubeletCrashes, "kubelet-crashes", 10, "node-loss rounds killing the second node's kubelet alone")
 	flag.DurationVar(&c.overlapCap, "overlap-cap", 30*time.Second, "how long a kubelet crash round waits for the old job to stop")
+	flag.IntVar(&c.renewalRounds, "renewal-rounds", 10, "hang and kubelet-crash rounds each with the LeaderLock's renewDeadlineSeconds set")
+	flag.IntVar(&c.renewDeadline, "renew-deadline", 10, "renewDeadlineSeconds of the renewal rounds")
 	flag.IntVar(&c.tunedRounds, "node-tuned", 0, "extra hang and crash rounds each with a tuned kubelet (not defaults: never the headline)")
-	flag.StringVar(&c.tunedNodeLostAfter, "tuned-node-lost-after", "4s", "spec.nodeLostAfter of the tuned rounds")
+	flag.IntVar(&c.tunedNodeLostAfter, "tuned-node-lost-after", 4, "nodeLostAfterSeconds of the tuned rounds")
 	flag.StringVar(&c.setup, "setup", "", "the set-up's times, as hack/e2e.sh measured them (for the report)")
 	flag.Parse()
 	if c.nodeDir == "" || c.image == "" || c.apiHost == "" || c.chart == "" {
@@ -122,7 +126,7 @@ func parseFlags() config {
 		c.chartValues = filepath.Join(c.nodeDir, "chart-values.yaml")
 	}
 	if c.abBlocks < 1 || c.graceful < 0 || c.kills < 0 || c.notready < 0 || c.clientgoHandovers < 0 ||
-		c.nodeHangs < 0 || c.nodeCrashes < 0 || c.kubeletCrashes < 0 || c.tunedRounds < 0 || c.goGraceful < 0 || c.goKills < 0 {
+		c.nodeHangs < 0 || c.nodeCrashes < 0 || c.kubeletCrashes < 0 || c.tunedRounds < 0 || c.renewalRounds < 0 || c.goGraceful < 0 || c.goKills < 0 {
 		fail("-ab-blocks must be at least 1 and the handover and round counts not negative")
 	}
 	return c

@@ -48,6 +48,9 @@ type lossSample struct {
 	// did not (kubelet).
 	Stopped bool
 	Overlap time.Duration
+	// OldStop: fault → the old job's stop, when it stopped on its own with the kubelet dead.
+	OldStop    time.Duration
+	HasOldStop bool
 	// AfterKubelet: the kubelet started again → the old job's stop (kubelet).
 	AfterKubelet    time.Duration
 	HasAfterKubelet bool
@@ -63,16 +66,28 @@ type nodeLossRun struct {
 	victim, keep *node
 	// overlapCap bounds the wait for an old job that nothing stops (kubelet crash).
 	overlapCap time.Duration
-	tuned      bool
+	// setting names the rounds' setting: "" (defaults), settingRenewal, settingTuned.
+	setting string
 	// defaultConfig: the victim kubelet's own config file while the tuned one runs.
 	defaultConfig string
 	samples       map[string][]lossSample // lossKey(workload, kind, tuned)
 	podNodes      map[string]string       // pod -> node, filled as pods are seen
 }
 
-func lossKey(workload, kind string, tuned bool) string {
-	if tuned {
-		return "tuned/" + workload + "/" + kind
+// The settings rounds run under besides the defaults.
+const (
+	// settingRenewal: the LeaderLock opts in to renewDeadlineSeconds (a user's choice; the
+	// kubelets and kube-controller-manager keep their defaults).
+	settingRenewal = "renewal"
+	// settingTuned: the lost node's kubelet renews its Lease faster and the LeaderLock's
+	// nodeLostAfterSeconds is shorter: not defaults, never a headline figure.
+	settingTuned = "tuned"
+)
+
+// lossKey names a row: a workload's rounds of one kind under one setting.
+func lossKey(workload, kind, setting string) string {
+	if setting != "" {
+		return setting + "/" + workload + "/" + kind
 	}
 	return workload + "/" + kind
 }
@@ -123,7 +138,7 @@ func (r *nodeLossRun) round(kind string) {
 	if kind == lossKubelet {
 		// client-go's leader renews its Lease itself: a dead kubelet does not move it. Whether
 		// it moved is read after the LeaderLock side is done (at least the cap later).
-		r.measureKubelet(llOld, llNew, &ll)
+		r.measureKubelet(llOld, t, llNew, &ll)
 		cg.Moved = r.movedSince(r.cg.workloadRun, t)
 	} else {
 		cgNew := r.awaitMove(r.cg.workloadRun, t, &cg)
@@ -159,8 +174,8 @@ func (r *nodeLossRun) round(kind string) {
 		mustKubectl("delete", "pod", "-n", r.cg.ns, cgOld.Name, "--wait=false")
 	}
 	r.cg.settleSince(cgOld.Name, cgTok, t, end)
-	r.samples[lossKey("leaderlock", kind, r.tuned)] = append(r.samples[lossKey("leaderlock", kind, r.tuned)], ll)
-	r.samples[lossKey("clientgo", kind, r.tuned)] = append(r.samples[lossKey("clientgo", kind, r.tuned)], cg)
+	r.samples[lossKey("leaderlock", kind, r.setting)] = append(r.samples[lossKey("leaderlock", kind, r.setting)], ll)
+	r.samples[lossKey("clientgo", kind, r.setting)] = append(r.samples[lossKey("clientgo", kind, r.setting)], cg)
 	logf("node %s %s: LeaderLock moved %v in %s (annotated %s, same-node successors %d, overlap %s%s), client-go moved %v in %s (overlap %s), node back in %s",
 		r.victim.Name, kind, ll.Moved, ll.FromFault.Round(10*time.Millisecond), ll.Annotated.Round(10*time.Millisecond), ll.SameNode,
 		ll.Overlap.Round(10*time.Millisecond), capText(kind, ll), cg.Moved, cg.FromFault.Round(10*time.Millisecond),
@@ -266,16 +281,18 @@ func (r *nodeLossRun) measureThaw(w *workloadRun, old string, thawed time.Durati
 }
 
 // measureKubelet: with the kubelet dead, nothing tells the old leader's job it was demoted;
-// how long it ran beside the new one, waited for at most the cap.
-func (r *nodeLossRun) measureKubelet(old pod, newStart jobEvent, s *lossSample) {
+// only its renewal deadline, when the LeaderLock sets one, stops it. How long it ran beside the
+// new one (0 when it stopped first), waited for at most the cap after the new job's start.
+func (r *nodeLossRun) measureKubelet(old pod, t time.Duration, newStart jobEvent, s *lossSample) {
 	if !s.Moved {
 		return
 	}
 	left := r.overlapCap - (now() - newStart.At)
-	stop, ok := r.stopAfter(r.ll.workloadRun, old.Name, newStart.At, max(left, 0))
+	stop, ok := r.stopAfter(r.ll.workloadRun, old.Name, t, max(left, 0))
 	s.Stopped = ok
 	if ok {
-		s.Overlap = stop - newStart.At
+		s.OldStop, s.HasOldStop = stop-t, true
+		s.Overlap = max(stop-newStart.At, 0)
 	} else {
 		s.Overlap = r.overlapCap
 	}
