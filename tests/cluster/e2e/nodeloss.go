@@ -193,25 +193,42 @@ func capText(kind string, s lossSample) string {
 }
 
 // prepare waits until both nodes are Ready and both workloads steady, and puts both leaders on
-// the node to lose: client-go's by deleting its leader pod until a pod there wins, LeaderLock's
-// with a Handover to a pod there.
+// the node to lose: client-go's by deleting its pods on the other node until a pod on this one
+// wins, LeaderLock's with a Handover to a pod there.
 func (r *nodeLossRun) prepare() (llOld, cgOld pod) {
 	waitFor("every node Ready", moveBound, func() bool { return allReady(r.c.nodes) })
-	for i := 0; ; i++ {
-		cgOld = r.cg.steady(nil)
-		if r.nodeOf(r.cg.workloadRun, cgOld.Name) == r.victim.Name {
-			break
-		}
-		if i == 10 {
-			fail("client-go's leader stayed off node %s through 10 deletions", r.victim.Name)
-		}
-		r.cg.handover()
-	}
+	r.cgLeaderTo(r.victim.Name)
 	llOld = r.ll.steadyHolder()
 	if llOld.Node != r.victim.Name {
 		llOld = r.ll.handoverTo(r.victim.Name)
 	}
 	return llOld, r.cg.steady(nil)
+}
+
+// cgLeaderTo moves client-go's leadership to a pod on node: the leader's pod and the other
+// pods of its node are deleted together (the leader releases its Lease, ReleaseOnCancel), so
+// that the candidates left are on node, and their replacements start too late to win.
+func (r *nodeLossRun) cgLeaderTo(nodeName string) {
+	g := r.cg
+	for i := 0; ; i++ {
+		old := g.steady(nil)
+		if old.Node == nodeName {
+			return
+		}
+		if i == 5 {
+			fail("client-go's leader stayed off node %s through 5 rounds of deletions (now %s on %s)", nodeName, old.Name, old.Node)
+		}
+		var del []string
+		for _, p := range listPods(g.ns, g.app) {
+			if p.Node == old.Node {
+				del = append(del, p.Name)
+			}
+		}
+		t := now()
+		mustKubectl(append([]string{"delete", "pod", "-n", g.ns, "--wait=false"}, del...)...)
+		newStart, _ := g.measure(old, t, 0)
+		logf("client-go's leader moved from %s (node %s) to %s (node %s)", old.Name, old.Node, newStart.Pod, r.nodeOf(g.workloadRun, newStart.Pod))
+	}
 }
 
 // awaitMove waits, at most moveBound, for w's job to start on another node than the victim
