@@ -163,13 +163,17 @@ func (p *nodeProc) stop(sig syscall.Signal) {
 
 func (n *node) freezerDir() string { return "/sys/fs/cgroup/freezer/leaderlock-" + n.Slot }
 
-// setFreezer writes the node's freezer state and waits until the kernel reports it.
+// setFreezer writes the node's freezer state until the kernel reports it. Freezing is asked
+// again every 200 ms while the cgroup stays FREEZING: a task busy in a fork or an exec (a probe
+// starting in a container, runc at work) can miss one request.
 func (n *node) setFreezer(state string) {
 	f := filepath.Join(n.freezerDir(), "freezer.state")
-	if err := os.WriteFile(f, []byte(state), 0o644); err != nil {
-		fail("write %s to %s: %v", state, f, err)
-	}
-	waitFor("node "+n.Name+" "+state, 30*time.Second, func() bool { return readTrim(f) == state })
+	waitFor("node "+n.Name+" "+state, 30*time.Second, func() bool {
+		if err := os.WriteFile(f, []byte(state), 0o644); err != nil {
+			fail("write %s to %s: %v", state, f, err)
+		}
+		return poll(200*time.Millisecond, func() bool { return readTrim(f) == state })
+	})
 }
 
 // freeze hangs every process of the node: nothing runs, nothing talks (a hung machine).
@@ -195,16 +199,17 @@ func (n *node) pids() []int {
 	return out
 }
 
-// crash kills every process of the node at once — kubelet, containerd, shims, containers — as
-// a machine that loses power: frozen first, so nothing runs between the kills, SIGKILLed, then
-// thawed, when they all die.
+// crash kills every process of the node — kubelet, containerd, shims, containers — as a
+// machine that loses power: SIGKILL to all of them, again to any a dying parent started in the
+// meantime, until none is left.
 func (n *node) crash() {
-	n.freeze()
-	for _, pid := range n.pids() {
-		_ = syscall.Kill(pid, syscall.SIGKILL)
-	}
-	n.thaw()
-	waitFor("every process of node "+n.Name+" to die", 30*time.Second, func() bool { return len(n.pids()) == 0 })
+	waitFor("every process of node "+n.Name+" to die", 30*time.Second, func() bool {
+		pids := n.pids()
+		for _, pid := range pids {
+			_ = syscall.Kill(pid, syscall.SIGKILL)
+		}
+		return len(pids) == 0
+	})
 }
 
 // killKubelet kills the node's kubelet alone: its containers and containerd keep running.
