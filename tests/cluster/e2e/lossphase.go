@@ -55,40 +55,45 @@ func (r *nodeLossRun) patchLeaderLock(setting, patch string) {
 // quarter of it, 2.5 s, instead of the default 10 s (of 40 s).
 const tunedLeaseSeconds = 10
 
-// tune restarts the node to lose with a kubelet renewing its Lease every 2.5 s and gives the
-// LeaderLock nodeLostAfterSeconds: what a faster heartbeat buys, never a published default.
+// tune restarts every node's kubelet renewing its Lease every 2.5 s and gives the LeaderLock
+// nodeLostAfterSeconds: what a faster heartbeat buys, never a published default. Every node:
+// a threshold below some kubelet's renewal interval suspects that node between two ordinary
+// renewals (docs/contract.md §3.2), as a trial run with the first node at its defaults showed.
 func (r *nodeLossRun) tune(nodeLostAfter int) {
-	k := r.victim.procs["kubelet"]
-	i := argIndex(k.argv, "--config")
-	orig := k.argv[i]
-	data, err := os.ReadFile(orig)
-	if err != nil {
-		fail("read the kubelet's config: %v", err)
+	for _, n := range r.c.nodes {
+		k := n.procs["kubelet"]
+		i := argIndex(k.argv, "--config")
+		data, err := os.ReadFile(k.argv[i])
+		if err != nil {
+			fail("read the kubelet's config: %v", err)
+		}
+		tuned := filepath.Join(n.Dir, "kubelet-tuned.yaml")
+		if err := os.WriteFile(tuned, append(data, []byte(fmt.Sprintf("nodeLeaseDurationSeconds: %d\n", tunedLeaseSeconds))...), 0o644); err != nil {
+			fail("%v", err)
+		}
+		n.defaultConfig, k.argv[i] = k.argv[i], tuned
+		setKubelet(n, tunedLeaseSeconds)
 	}
-	tuned := filepath.Join(r.victim.Dir, "kubelet-tuned.yaml")
-	if err := os.WriteFile(tuned, append(data, []byte(fmt.Sprintf("nodeLeaseDurationSeconds: %d\n", tunedLeaseSeconds))...), 0o644); err != nil {
-		fail("%v", err)
-	}
-	r.defaultConfig, k.argv[i] = orig, tuned
-	r.setKubelet(tunedLeaseSeconds)
-	logf("tuned: node %s's kubelet renews its Lease every %.1f s", r.victim.Name, float64(tunedLeaseSeconds)/4)
+	logf("tuned: every kubelet renews its Lease every %.1f s", float64(tunedLeaseSeconds)/4)
 	r.patchLeaderLock(settingTuned, fmt.Sprintf(`{"spec":{"nodeLostAfterSeconds":%d}}`, nodeLostAfter))
 }
 
-// untune puts the default kubelet and the LeaderLock's default back.
+// untune puts the default kubelets and the LeaderLock's default back.
 func (r *nodeLossRun) untune() {
-	k := r.victim.procs["kubelet"]
-	k.argv[argIndex(k.argv, "--config")] = r.defaultConfig
-	r.setKubelet(40)
 	r.patchLeaderLock("", `{"spec":{"nodeLostAfterSeconds":null}}`)
+	for _, n := range r.c.nodes {
+		k := n.procs["kubelet"]
+		k.argv[argIndex(k.argv, "--config")] = n.defaultConfig
+		setKubelet(n, 40)
+	}
 }
 
-// setKubelet restarts the victim's kubelet and waits until its Lease has the duration wanted.
-func (r *nodeLossRun) setKubelet(leaseSeconds int) {
-	r.victim.restartProc("kubelet")
-	waitFor(fmt.Sprintf("node %s's Lease with leaseDurationSeconds %d", r.victim.Name, leaseSeconds), moveBound, func() bool {
-		out, err := kubectl("get", "lease", "-n", "kube-node-lease", r.victim.Name, "-o", "jsonpath={.spec.leaseDurationSeconds}")
-		return err == nil && strings.TrimSpace(out) == strconv.Itoa(leaseSeconds) && r.victim.ready()
+// setKubelet restarts n's kubelet and waits until its Lease has the duration wanted.
+func setKubelet(n *node, leaseSeconds int) {
+	n.restartProc("kubelet")
+	waitFor(fmt.Sprintf("node %s's Lease with leaseDurationSeconds %d", n.Name, leaseSeconds), moveBound, func() bool {
+		out, err := kubectl("get", "lease", "-n", "kube-node-lease", n.Name, "-o", "jsonpath={.spec.leaseDurationSeconds}")
+		return err == nil && strings.TrimSpace(out) == strconv.Itoa(leaseSeconds) && n.ready()
 	})
 }
 

@@ -67,11 +67,9 @@ type nodeLossRun struct {
 	// overlapCap bounds the wait for an old job that nothing stops (kubelet crash).
 	overlapCap time.Duration
 	// setting names the rounds' setting: "" (defaults), settingRenewal, settingTuned.
-	setting string
-	// defaultConfig: the victim kubelet's own config file while the tuned one runs.
-	defaultConfig string
-	samples       map[string][]lossSample // lossKey(workload, kind, tuned)
-	podNodes      map[string]string       // pod -> node, filled as pods are seen
+	setting  string
+	samples  map[string][]lossSample // lossKey(workload, kind, tuned)
+	podNodes map[string]string       // pod -> node, filled as pods are seen
 }
 
 // The settings rounds run under besides the defaults.
@@ -119,6 +117,7 @@ func (r *nodeLossRun) nodeOf(w *workloadRun, name string) string {
 // round runs one fault of kind and records both workloads' samples.
 func (r *nodeLossRun) round(kind string) {
 	llOld, cgOld := r.prepare()
+	extra := r.ll.extra + r.cg.extra
 	llTok, cgTok := running(r.ll.events())[llOld.Name], running(r.cg.events())[cgOld.Name]
 	logf("losing node %s (%s): LeaderLock's leader %s, client-go's %s", r.victim.Name, kind, llOld.Name, cgOld.Name)
 	t := now()
@@ -174,6 +173,9 @@ func (r *nodeLossRun) round(kind string) {
 		mustKubectl("delete", "pod", "-n", r.cg.ns, cgOld.Name, "--wait=false")
 	}
 	r.cg.settleSince(cgOld.Name, cgTok, t, end)
+	if r.ll.extra+r.cg.extra > extra || ll.SameNode > 0 || !ll.Moved || !cg.Moved && kind != lossKubelet {
+		r.timeline(t, end)
+	}
 	r.samples[lossKey("leaderlock", kind, r.setting)] = append(r.samples[lossKey("leaderlock", kind, r.setting)], ll)
 	r.samples[lossKey("clientgo", kind, r.setting)] = append(r.samples[lossKey("clientgo", kind, r.setting)], cg)
 	logf("node %s %s: LeaderLock moved %v in %s (annotated %s, same-node successors %d, overlap %s%s), client-go moved %v in %s (overlap %s), node back in %s",
@@ -192,6 +194,26 @@ func capText(kind string, s lossSample) string {
 	return ""
 }
 
+// timeline logs what the round's window held, relative to the fault: every job line of both
+// workloads and every LeaderLock pod annotated leader, with its node.
+func (r *nodeLossRun) timeline(t, end time.Duration) {
+	logf("round timeline (ms from the fault):")
+	for _, w := range []*workloadRun{r.ll.workloadRun, r.cg.workloadRun} {
+		for _, e := range w.events() {
+			if e.At >= t-time.Second && e.At < end {
+				what := "stop"
+				if e.Start {
+					what = fmt.Sprintf("start (token %d)", e.Token)
+				}
+				logf("  %7d  %s job %s on %s: %s", (e.At-t)/time.Millisecond, w.app, e.Pod, r.nodeOf(w, e.Pod), what)
+			}
+		}
+	}
+	for _, turn := range r.ll.roles.turnsSince(t) {
+		logf("  %7d  %s on %s annotated leader", (turn.At-t)/time.Millisecond, turn.Pod, r.nodeOf(r.ll.workloadRun, turn.Pod))
+	}
+}
+
 // prepare waits until both nodes are Ready and both workloads steady, and puts both leaders on
 // the node to lose: client-go's by deleting its pods on the other node until a pod on this one
 // wins, LeaderLock's with a Handover to a pod there.
@@ -205,30 +227,31 @@ func (r *nodeLossRun) prepare() (llOld, cgOld pod) {
 	return llOld, r.cg.steady(nil)
 }
 
-// cgLeaderTo moves client-go's leadership to a pod on node: the leader's pod and the other
-// pods of its node are deleted together (the leader releases its Lease, ReleaseOnCancel), so
-// that the candidates left are on node, and their replacements start too late to win.
+// cgLeaderTo moves client-go's leadership to a pod on node: with the leader's node cordoned,
+// the leader's pod and the other pods of its node are deleted together (the leader releases its
+// Lease, ReleaseOnCancel), so that the only candidates are on node. (Without the cordon their
+// replacements often won: a new elector tries at once, a waiting one only every 2–4.4 s.)
 func (r *nodeLossRun) cgLeaderTo(nodeName string) {
 	g := r.cg
-	for i := 0; ; i++ {
-		old := g.steady(nil)
-		if old.Node == nodeName {
-			return
-		}
-		if i == 5 {
-			fail("client-go's leader stayed off node %s through 5 rounds of deletions (now %s on %s)", nodeName, old.Name, old.Node)
-		}
-		var del []string
-		for _, p := range listPods(g.ns, g.app) {
-			if p.Node == old.Node {
-				del = append(del, p.Name)
-			}
-		}
-		t := now()
-		mustKubectl(append([]string{"delete", "pod", "-n", g.ns, "--wait=false"}, del...)...)
-		newStart, _ := g.measure(old, t, 0)
-		logf("client-go's leader moved from %s (node %s) to %s (node %s)", old.Name, old.Node, newStart.Pod, r.nodeOf(g.workloadRun, newStart.Pod))
+	old := g.steady(nil)
+	if old.Node == nodeName {
+		return
 	}
+	var del []string
+	for _, p := range listPods(g.ns, g.app) {
+		if p.Node == old.Node {
+			del = append(del, p.Name)
+		}
+	}
+	mustKubectl("cordon", old.Node)
+	t := now()
+	mustKubectl(append([]string{"delete", "pod", "-n", g.ns, "--wait=false"}, del...)...)
+	newStart, _ := g.measure(old, t, 0)
+	mustKubectl("uncordon", old.Node)
+	if n := r.nodeOf(g.workloadRun, newStart.Pod); n != nodeName {
+		fail("client-go's leadership moved from %s to %s on node %s, not to node %s", old.Name, newStart.Pod, n, nodeName)
+	}
+	g.steady(nil)
 }
 
 // awaitMove waits, at most moveBound, for w's job to start on another node than the victim

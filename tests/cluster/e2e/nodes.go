@@ -18,6 +18,8 @@ import (
 type node struct {
 	Name, Dir, Slot, Socket string
 	procs                   map[string]*nodeProc // "kubelet", "containerd"
+	// defaultConfig: the kubelet's own config file while a tuned one runs (lossphase.go).
+	defaultConfig string
 }
 
 // loadNodes reads the nodes hack/cluster.sh started (LEADERLOCK_NODE_DIRS), first one first.
