@@ -143,23 +143,23 @@ func (r *nodeLossRun) round(kind string) {
 		cgNew := r.awaitMove(r.cg.workloadRun, t, &cg)
 		_ = cgNew
 	}
-	back := now()
+	// From here the node comes back: thawed, or its processes started again. (Taken before the
+	// thaw: the first job lines may come within a millisecond of it.)
+	back, backWall := now(), time.Now()
 	switch kind {
 	case lossHang:
 		r.victim.thaw()
-		back = now()
 		r.measureThaw(r.ll.workloadRun, llOld.Name, back, &ll)
 		r.measureThaw(r.cg.workloadRun, cgOld.Name, back, &cg)
 	case lossCrash:
 		r.victim.bringBack()
 	case lossKubelet:
 		r.victim.bringBack()
-		back = now()
 		if stop, ok := r.stopAfter(r.ll.workloadRun, llOld.Name, t, fileBound); ok && !ll.Stopped {
 			ll.AfterKubelet, ll.HasAfterKubelet = stop-back, true
 		}
 	}
-	r.awaitBack()
+	r.awaitBack(kind == lossCrash, backWall)
 	ll.Back = now() - back
 	cg.Back = ll.Back
 	ll.SameNode = r.sameNodeSuccessors(llOld.Name, t)
@@ -339,8 +339,23 @@ func (r *nodeLossRun) measureKubelet(old pod, t time.Duration, newStart jobEvent
 }
 
 // awaitBack waits until the lost node is Ready again and both workloads are steady.
-func (r *nodeLossRun) awaitBack() {
+// With restarted, every container of the node must have started again since then (its pods
+// may still look Ready in the API from before the crash).
+func (r *nodeLossRun) awaitBack(restarted bool, since time.Time) {
 	waitFor("node "+r.victim.Name+" Ready again", moveBound, r.victim.ready)
+	since = since.Truncate(time.Second) // the API's startedAt has whole seconds
+	if restarted {
+		for _, w := range []*workloadRun{r.ll.workloadRun, r.cg.workloadRun} {
+			waitFor("the pods of node "+r.victim.Name+" running again", moveBound, func() bool {
+				for _, p := range listPods(w.ns, w.app) {
+					if p.Node == r.victim.Name && (!p.Ready || p.StartedAt.Before(since)) {
+						return false
+					}
+				}
+				return true
+			})
+		}
+	}
 	r.ll.steadyHolder()
 	r.cg.steady(nil)
 }
