@@ -14,6 +14,7 @@
 # With LEADERLOCK_NODE=1 a real node joins (hack/node.sh: containerd, CNI bridge, kubelet), with
 # kube-scheduler and the kube-controller-manager controllers a Deployment and a Service need; the
 # apiserver and the lock etcd then also listen on the host's pod-bridge address, so pods reach them.
+# LEADERLOCK_NODES=N (implies LEADERLOCK_NODE=1) starts N such nodes, 127.0.0.1 … 127.0.0.N.
 #
 # DIR defaults to .cache/cluster in the clone. Every process is started with a parent-death
 # signal where a parent stays alive (run), and its pid is recorded so `down` (or the next `up`)
@@ -119,6 +120,7 @@ up() {
   stop_all "$DIR"  # a previous run killed hard may have left processes behind
   rm -rf "$DIR"/*.data "$DIR/pki"
   local tools
+  [[ -n "${LEADERLOCK_NODES:-}" ]] && export LEADERLOCK_NODE=1
   tools="$("$ROOT/hack/build-tools.sh" ${LEADERLOCK_NODE:+node})"
   export LEADERLOCK_TOOLS_QUIET=1 # said once: hack/image.sh, in node_up and in CMD, asks again
   ETCD_BIN_DIR="$(sed -n 's/^etcd=//p' <<<"$tools")"
@@ -229,7 +231,7 @@ reap_stale() {
     [[ -d "$d" ]] && compgen -G "$d/*.pid" >/dev/null || continue
     [[ -n "$(find "$d" -maxdepth 0 -mmin +2)" ]] || continue
     live=0
-    for pidf in "$d"/*.pid; do
+    for pidf in "$d"/*.pid "$d"/node-*/*.pid; do
       running "$(cat "$pidf" 2>/dev/null)" && live=1
     done
     ((live)) || { log "removing $d, left by a run that was killed"; node_down "$d"; rm -rf "$d"; }

@@ -74,6 +74,7 @@ type controllerPod struct {
 	Deleting    bool
 	Ready       bool
 	ResyncAfter string // its --resync-after ("": not given)
+	Args        []string
 }
 
 func controllerPodsNow() []controllerPod {
@@ -107,6 +108,7 @@ func controllerPodsNow() []controllerPod {
 			if v, ok := resyncArg(c.Args); ok {
 				p.ResyncAfter = v
 			}
+			p.Args = append(p.Args, c.Args...)
 		}
 		pods = append(pods, p)
 	}

@@ -3,13 +3,8 @@ package main
 import (
 	"bytes"
 	"io"
-	"os"
-	"os/exec"
-	"path/filepath"
 	"sort"
-	"strconv"
 	"strings"
-	"syscall"
 	"time"
 )
 
@@ -26,26 +21,27 @@ type faultResult struct {
 	Took          time.Duration
 }
 
-// faults: a kubelet restart, a containerd restart and the active controller pod's deletion
-// must each leave the holder and its job alone.
+// faults: a kubelet restart and a containerd restart on the holder's node, and the active
+// controller pod's deletion, must each leave the holder and its job alone.
 func (h *leaderLockRun) faults() []faultResult {
 	var out []faultResult
 	for _, f := range []struct {
 		name string
-		do   func()
+		do   func(n *node)
 	}{
-		{"kubelet restart", func() { h.waitPastRestartGrace(); h.restart("kubelet", "") }},
-		{"containerd restart", func() { h.restart("containerd", h.runtimeCgroup()) }},
-		{"active controller pod deleted", h.deleteActiveController},
+		{"kubelet restart", func(n *node) { h.waitPastRestartGrace(); n.restartProc("kubelet") }},
+		{"containerd restart", func(n *node) { n.restartProc("containerd") }},
+		{"active controller pod deleted", func(*node) { h.deleteActiveController() }},
 	} {
 		holder := h.steadyHolder()
+		n := nodeNamed(h.c.nodes, holder.Node)
+		if n == nil {
+			fail("the holder %s runs on node %q, which the harness does not know", holder.Name, holder.Node)
+		}
 		t := now()
 		start := time.Now()
-		f.do()
-		waitFor("the node Ready after "+f.name, 120*time.Second, func() bool {
-			out, err := kubectl("get", "node", "-o", "jsonpath={.items[0].status.conditions[?(@.type==\"Ready\")].status}")
-			return err == nil && strings.TrimSpace(out) == "True"
-		})
+		f.do(n)
+		waitFor("every node Ready after "+f.name, 120*time.Second, func() bool { return allReady(h.c.nodes) })
 		// Let a full probe and sync round pass, then the holder and its job must be the same.
 		time.Sleep(5 * time.Second)
 		after := h.steadyHolder()
@@ -76,60 +72,6 @@ func (h *leaderLockRun) waitPastRestartGrace() {
 		}
 		return true
 	})
-}
-
-// runtimeCgroup is where hack/node.sh starts containerd, so its shims stay findable.
-func (h *leaderLockRun) runtimeCgroup() string {
-	slot, err := os.ReadFile(filepath.Join(h.c.nodeDir, "slot"))
-	if err != nil {
-		fail("read node slot: %v", err)
-	}
-	return "/sys/fs/cgroup/pids/leaderlock-" + strings.TrimSpace(string(slot)) + "/runtime"
-}
-
-// restart stops the process recorded in the cluster dir's NAME.pid and starts it again with
-// the same command line, parent-death signal and log, recording the new pid for the teardown.
-func (h *leaderLockRun) restart(name, cgroup string) {
-	pidFile := filepath.Join(h.c.clusterDir, name+".pid")
-	data, err := os.ReadFile(pidFile)
-	if err != nil {
-		fail("read %s: %v", pidFile, err)
-	}
-	pid, _ := strconv.Atoi(strings.TrimSpace(string(data)))
-	argv := readCmdline(pid)
-	if len(argv) == 0 {
-		fail("no command line for %s (pid %d)", name, pid)
-	}
-	_ = syscall.Kill(pid, syscall.SIGTERM)
-	waitFor(name+" to exit", 30*time.Second, func() bool { return syscall.Kill(pid, 0) != nil })
-	logFile, err := os.OpenFile(filepath.Join(h.c.clusterDir, name+".log"), os.O_APPEND|os.O_WRONLY, 0o644)
-	if err != nil {
-		fail("%v", err)
-	}
-	cmd := exec.Command(argv[0], argv[1:]...)
-	cmd.Stdout, cmd.Stderr = logFile, logFile
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
-		fail("restart %s: %v", name, err)
-	}
-	if cgroup != "" {
-		if err := os.WriteFile(filepath.Join(cgroup, "cgroup.procs"), []byte(strconv.Itoa(cmd.Process.Pid)), 0o644); err != nil {
-			fail("move %s into %s: %v", name, cgroup, err)
-		}
-	}
-	if err := os.WriteFile(pidFile, []byte(strconv.Itoa(cmd.Process.Pid)+"\n"), 0o644); err != nil {
-		fail("%v", err)
-	}
-	go func() { _ = cmd.Wait() }()
-}
-
-// readCmdline is a process's argv, from /proc.
-func readCmdline(pid int) []string {
-	data, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/cmdline")
-	if err != nil {
-		return nil
-	}
-	return strings.Split(strings.TrimRight(string(data), "\x00"), "\x00")
 }
 
 // deleteActiveController deletes the controller replica whose leaderlock_active is 1 and waits

@@ -164,7 +164,9 @@ func newGoRun(c config, v goVariant) *goRun {
 	mustKubectl("delete", "namespace", ns, "--ignore-not-found", "--wait=true", "--timeout=120s")
 	mustKubectl("create", "namespace", ns)
 	g := &goRun{c: c, v: v, ns: ns, tail: newLogTail(), stop: make(chan struct{})}
-	go g.tail.follow(filepath.Join(c.nodeDir, "pod-logs"), ns, g.stop)
+	for _, n := range c.nodes {
+		go g.tail.follow(filepath.Join(n.Dir, "pod-logs"), ns, g.stop)
+	}
 	apply(goControllerWorkload(ns, c.goImage, v.Election, c.apiHost, c.apiPort, goReplicas))
 	return g
 }
@@ -228,7 +230,11 @@ func (g *goRun) handover(kind string) goSample {
 	case "graceful":
 		mustKubectl("delete", "pod", "-n", g.ns, old.Pod.Name, "--wait=false")
 	case "crash":
-		out, err := exec.Command("ctr", "-a", g.c.containerd, "-n", "k8s.io", "tasks", "kill", "-s", "SIGKILL", old.Pod.ContainerID).CombinedOutput()
+		n := nodeNamed(g.c.nodes, old.Pod.Node)
+		if n == nil {
+			fail("pod %s runs on node %q, which the harness does not know", old.Pod.Name, old.Pod.Node)
+		}
+		out, err := exec.Command("ctr", "-a", n.Socket, "-n", "k8s.io", "tasks", "kill", "-s", "SIGKILL", old.Pod.ContainerID).CombinedOutput()
 		if err != nil {
 			fail("ctr tasks kill %s: %v: %s", old.Pod.ContainerID, err, out)
 		}

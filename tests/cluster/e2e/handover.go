@@ -53,28 +53,35 @@ func (w *workloadRun) events() []jobEvent {
 func (w *workloadRun) steady(extraCheck func(holder pod) bool) pod {
 	var holder pod
 	waitFor("a steady "+w.app+" (all Ready, one job)", 180*time.Second, func() bool {
-		pods := listPods(w.ns, w.app)
-		if len(pods) != w.replicas {
-			return false
-		}
-		for _, p := range pods {
-			if !p.Ready || p.Deleting {
-				return false
-			}
-		}
-		run := running(w.events())
-		if len(run) != 1 {
-			return false
-		}
-		for _, p := range pods {
-			if _, ok := run[p.Name]; ok {
-				holder = p
-				return extraCheck == nil || extraCheck(p)
-			}
-		}
-		return false
+		p, ok := w.steadyOnce(extraCheck)
+		holder = p
+		return ok
 	})
 	return holder
+}
+
+// steadyOnce: every replica is Ready and exactly one job runs, in the pod returned, which
+// passes extraCheck.
+func (w *workloadRun) steadyOnce(extraCheck func(holder pod) bool) (pod, bool) {
+	pods := listPods(w.ns, w.app)
+	if len(pods) != w.replicas {
+		return pod{}, false
+	}
+	for _, p := range pods {
+		if !p.Ready || p.Deleting {
+			return pod{}, false
+		}
+	}
+	run := running(w.events())
+	if len(run) != 1 {
+		return pod{}, false
+	}
+	for _, p := range pods {
+		if _, ok := run[p.Name]; ok {
+			return p, extraCheck == nil || extraCheck(p)
+		}
+	}
+	return pod{}, false
 }
 
 // fileBound is how long the harness waits for anything that follows a downward-API file: with
@@ -105,11 +112,17 @@ func (w *workloadRun) measure(old pod, t time.Duration, oldStopAt time.Duration)
 		}
 		return false
 	})
+	w.noteToken(newStart)
+	return newStart, oldStop
+}
+
+// noteToken checks that a new LeaderLock job's fencing token grew (client-go has none).
+func (w *workloadRun) noteToken(newStart jobEvent) {
 	if newStart.Token <= w.lastTok && w.app == "ledger-worker" {
 		w.badToken++
+		logf("fencing token did not grow: %d after %d (%s)", newStart.Token, w.lastTok, newStart.Pod)
 	}
 	w.lastTok = newStart.Token
-	return newStart, oldStop
 }
 
 // settle classifies the job events of one handover window [from, to): every start but the new
@@ -189,10 +202,10 @@ type leaderLockRun struct {
 	moved int
 }
 
-func newLeaderLockRun(c config) *leaderLockRun {
-	w := newWorkloadRun(c, "e2e-leaderlock", "ledger-worker", 3)
+func newLeaderLockRun(c config, ns string, replicas int) *leaderLockRun {
+	w := newWorkloadRun(c, ns, "ledger-worker", replicas)
 	apply(leaderlockWorkload(w.ns, c.image, c.busybox, w.joblog, w.replicas))
-	h := &leaderLockRun{workloadRun: w, roles: newRoleWatch(w.ns, c.nodeDir), slices: newSliceWatch(w.ns, "ledger-leader", w.stop)}
+	h := &leaderLockRun{workloadRun: w, roles: newRoleWatch(w.ns, c.nodes), slices: newSliceWatch(w.ns, "ledger-leader", w.stop)}
 	_, h.resyncAfter = controllerDeployment()
 	h.steadyHolder()
 	return h
@@ -200,7 +213,11 @@ func newLeaderLockRun(c config) *leaderLockRun {
 
 // steadyHolder: one job, and the Service holds its pod only.
 func (h *leaderLockRun) steadyHolder() pod {
-	return h.steady(func(p pod) bool { return p.Role == "leader" && h.slices.current() == p.IP })
+	return h.steady(h.isSteadyHolder)
+}
+
+func (h *leaderLockRun) isSteadyHolder(p pod) bool {
+	return p.Role == "leader" && h.slices.current() == p.IP
 }
 
 // handover makes the holder go away in one of three ways and measures it; resync says whether
@@ -216,7 +233,11 @@ func (h *leaderLockRun) handover(kind string, resync bool) sample {
 		mustKubectl("delete", "pod", "-n", h.ns, old.Name, "--wait=false")
 	case "crash":
 		killedAt = now()
-		out, err := exec.Command("ctr", "-a", h.c.containerd, "-n", "k8s.io", "tasks", "kill", "-s", "SIGKILL", old.ContainerID).CombinedOutput()
+		n := nodeNamed(h.c.nodes, old.Node)
+		if n == nil {
+			fail("pod %s runs on node %q, which the harness does not know", old.Name, old.Node)
+		}
+		out, err := exec.Command("ctr", "-a", n.Socket, "-n", "k8s.io", "tasks", "kill", "-s", "SIGKILL", old.ContainerID).CombinedOutput()
 		if err != nil {
 			fail("ctr tasks kill %s: %v: %s", old.ContainerID, err, out)
 		}
@@ -367,8 +388,8 @@ func (h *leaderLockRun) close() {
 // electorRun is the same job under client-go leader election.
 type electorRun struct{ *workloadRun }
 
-func newElectorRun(c config) *electorRun {
-	w := newWorkloadRun(c, "e2e-clientgo", "elector-worker", 3)
+func newElectorRun(c config, ns string, replicas int) *electorRun {
+	w := newWorkloadRun(c, ns, "elector-worker", replicas)
 	apply(electorWorkload(w.ns, c.electorImage, w.joblog, c.apiHost, c.apiPort, w.replicas))
 	g := &electorRun{w}
 	g.steady(nil)

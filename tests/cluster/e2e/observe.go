@@ -98,6 +98,7 @@ func mustKubectl(args ...string) string {
 // pod is what the harness reads of a pod.
 type pod struct {
 	Name, UID, IP string
+	Node          string // spec.nodeName
 	Ready         bool
 	Deleting      bool
 	Role          string // the lock annotation: leader, standby or ""
@@ -123,6 +124,9 @@ func listPods(ns, app string) []pod {
 				DeletionTimestamp *string           `json:"deletionTimestamp"`
 				Annotations       map[string]string `json:"annotations"`
 			} `json:"metadata"`
+			Spec struct {
+				NodeName string `json:"nodeName"`
+			} `json:"spec"`
 			Status struct {
 				PodIP      string `json:"podIP"`
 				Conditions []struct{ Type, Status string }
@@ -144,7 +148,7 @@ func listPods(ns, app string) []pod {
 	}
 	var pods []pod
 	for _, it := range list.Items {
-		p := pod{Name: it.Metadata.Name, UID: it.Metadata.UID, IP: it.Status.PodIP, Deleting: it.Metadata.DeletionTimestamp != nil}
+		p := pod{Name: it.Metadata.Name, UID: it.Metadata.UID, IP: it.Status.PodIP, Node: it.Spec.NodeName, Deleting: it.Metadata.DeletionTimestamp != nil}
 		ann := it.Metadata.Annotations
 		p.Role, p.Token, p.Resync = ann[roleKey], ann[tokenKey], ann[resyncKey]
 		for _, c := range it.Status.Conditions {
@@ -216,8 +220,15 @@ type roleWatch struct {
 	// nothing else of ours, the extra writes the resync costs.
 	resyncs    []resyncWrite
 	gone       map[string]bool
+	turns      []leaderTurn // every pod's annotation turning leader, in order
 	twoLeaders int
 	stop       chan struct{}
+}
+
+// leaderTurn is one pod's annotation turning leader.
+type leaderTurn struct {
+	Pod string
+	At  time.Duration
 }
 
 type resyncWrite struct {
@@ -226,20 +237,22 @@ type resyncWrite struct {
 	Only bool
 }
 
-func newRoleWatch(ns, nodeDir string) *roleWatch {
+func newRoleWatch(ns string, nodes []*node) *roleWatch {
 	w := &roleWatch{
 		fileLeader: map[string]time.Duration{}, fileLeft: map[string]time.Duration{},
 		annLeader: map[string]time.Duration{}, annLeft: map[string]time.Duration{},
 		leadChange: map[string]time.Duration{}, ours: map[string]map[string]string{},
 		gone: map[string]bool{}, stop: make(chan struct{}),
 	}
-	go w.pollFiles(ns, nodeDir)
+	go w.pollFiles(ns, nodes)
 	go w.watchAnnotations(ns)
 	return w
 }
 
-func (w *roleWatch) pollFiles(ns, nodeDir string) {
+// pollFiles reads each pod's downward-API file where its node's kubelet projects it.
+func (w *roleWatch) pollFiles(ns string, nodes []*node) {
 	uids := map[string]string{}
+	dirs := map[string]string{} // pod -> its node's dir
 	leader := map[string]bool{}
 	refresh := time.NewTicker(time.Second)
 	tick := time.NewTicker(5 * time.Millisecond)
@@ -249,11 +262,13 @@ func (w *roleWatch) pollFiles(ns, nodeDir string) {
 			return
 		case <-refresh.C:
 			for _, p := range listPods(ns, "ledger-worker") {
-				uids[p.Name] = p.UID
+				if n := nodeNamed(nodes, p.Node); n != nil {
+					uids[p.Name], dirs[p.Name] = p.UID, n.Dir
+				}
 			}
 		case <-tick.C:
 			for name, uid := range uids {
-				f := filepath.Join(nodeDir, "kubelet/pods", uid, "volumes/kubernetes.io~downward-api/leaderlock/annotations")
+				f := filepath.Join(dirs[name], "kubelet/pods", uid, "volumes/kubernetes.io~downward-api/leaderlock/annotations")
 				data, err := os.ReadFile(f)
 				if err != nil {
 					continue
@@ -357,6 +372,7 @@ func (w *roleWatch) observe(typ, name string, ann map[string]string, at time.Dur
 	wasLeader, isLeader := prev[roleKey] == "leader", cur[roleKey] == "leader"
 	if isLeader && !wasLeader {
 		w.annLeader[name] = at
+		w.turns = append(w.turns, leaderTurn{Pod: name, At: at})
 	}
 	if wasLeader && !isLeader {
 		w.annLeft[name] = at
@@ -397,6 +413,19 @@ func (w *roleWatch) annotationTurnedLeader(pod string, after time.Duration) (tim
 
 func (w *roleWatch) annotationLeftLeader(pod string, after time.Duration) (time.Duration, bool) {
 	return w.since(w.annLeft, pod, after)
+}
+
+// turnsSince is every annotation turning leader at or after `after`, in order.
+func (w *roleWatch) turnsSince(after time.Duration) []leaderTurn {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	var out []leaderTurn
+	for _, t := range w.turns {
+		if t.At >= after {
+			out = append(out, t)
+		}
+	}
+	return out
 }
 
 // resynced: what pod leads changed at or after `after`, and its resync key changed since (the

@@ -24,6 +24,7 @@ type results struct {
 	samples       map[string][]sample
 	faults        []faultResult // chart upgrades between blocks, then the faults
 	violations    int
+	loss          *lossResults // the node-loss phase (nil: it did not run)
 	// resyncWritesOutside: resync writes outside every handover (the new active replica
 	// bringing the holder's key to the new setting after a chart upgrade).
 	resyncWritesOutside int
@@ -217,17 +218,21 @@ func fmtMs(v float64) string {
 func last(v []float64) float64 { return pct(v, 100) }
 
 // summary is the one `E2E ...` line: the fields without a prefix are the resync-on half (the
-// chart as shipped), off_… the other half.
+// chart as shipped), off_… the other half, node_loss_… and the next ones the node-loss phase.
 func (r *results) summary() string {
+	loss := ""
+	if r.loss != nil {
+		loss = " " + r.loss.summary()
+	}
 	on, off := half(true), half(false)
 	g := r.values(gap, rowKey("graceful", true))
 	lateOn, lateOff := r.filesLate(on...), r.filesLate(off...)
-	return fmt.Sprintf("E2E kubelet=%s kubelet_config=%s handovers=%d job_gap_p50_ms=%s job_gap_p99_ms=%s crash_p99_ms=%s notready_p99_ms=%s overlap_max_ms=%s service_switch_p99_ms=%s clientgo_job_gap_p99_ms=%s files_late_2s=%d files_late_10s=%d resync_writes_per_handover=%s off_job_gap_p99_ms=%s off_files_late_10s=%d%s violations=%d",
+	return fmt.Sprintf("E2E kubelet=%s kubelet_config=%s handovers=%d job_gap_p50_ms=%s job_gap_p99_ms=%s crash_p99_ms=%s notready_p99_ms=%s overlap_max_ms=%s service_switch_p99_ms=%s clientgo_job_gap_p99_ms=%s files_late_2s=%d files_late_10s=%d resync_writes_per_handover=%s off_job_gap_p99_ms=%s off_files_late_10s=%d%s%s violations=%d",
 		r.kubelet, r.kubeletConfig, r.handovers(), fmtMs(pct(g, 50)), fmtMs(pct(g, 99)),
 		fmtMs(pct(r.values(gap, rowKey("crash", true)), 99)), fmtMs(pct(r.values(fromFault, rowKey("notready", true)), 99)),
 		fmtMs(last(r.values(overlap, on...))), fmtMs(pct(r.values(slice, on...), 99)), fmtMs(pct(r.values(gap, "clientgo"), 99)),
 		lateOn.over2, lateOn.over10, perHandover(r.resyncWrites(on...)),
-		fmtMs(pct(r.values(gap, rowKey("graceful", false)), 99)), lateOff.over10, r.goFields(), r.violations)
+		fmtMs(pct(r.values(gap, rowKey("graceful", false)), 99)), lateOff.over10, r.goFields(), loss, r.violations)
 }
 
 const (

@@ -22,8 +22,20 @@ func indent(s string, n int) string {
 	return pad + strings.ReplaceAll(s, "\n", "\n"+pad)
 }
 
+// spread is the harness's pod spread over the nodes (not in examples/: users place their own
+// pods): as even as the scheduler can make it, so that a lost node has a successor elsewhere.
+func spread(app string) string {
+	return indent(`topologySpreadConstraints:
+- maxSkew: 1
+  topologyKey: kubernetes.io/hostname
+  whenUnsatisfiable: DoNotSchedule
+  labelSelector:
+    matchLabels: {app: `+app+`}`, 6)
+}
+
 // leaderlockWorkload is examples/deployment.yaml with the measuring job, a readiness probe the
-// harness can fail (touch /tmp/unready) and a hostPath for the job's timestamps.
+// harness can fail (touch /tmp/unready), a hostPath for the job's timestamps (the same host dir
+// on every node: they all run on this machine) and the pods spread over the nodes.
 func leaderlockWorkload(ns, image, busybox, joblog string, replicas int) string {
 	return fmt.Sprintf(`apiVersion: leaderlock.dev/v1alpha1
 kind: LeaderLock
@@ -55,6 +67,7 @@ spec:
     metadata:
       labels: {app: ledger-worker}
     spec:
+%[7]s
       initContainers:
       - name: leaderlock
         image: %[2]s
@@ -93,19 +106,28 @@ spec:
           items:
           - path: annotations
             fieldRef: {fieldPath: metadata.annotations}
-`, ns, image, busybox, joblog, replicas, indent(jobScript, 10))
+`, ns, image, busybox, joblog, replicas, indent(jobScript, 10), spread("ledger-worker"))
 }
 
 // electorWorkload runs the same job under client-go leader election (tests/bench/elector, one
 // Lease, ReleaseOnCancel, client-go's default timings): the job starts when the elector prints
-// "acquired"; SIGTERM to the pod stops the job and releases the Lease.
+// "acquired"; SIGTERM to the pod stops the job and releases the Lease. When the elector stops
+// leading on its own (it could not renew within RenewDeadline) it exits, and the container
+// stops its job and exits with it, as controller-runtime's manager exits on a lost lease; the
+// kubelet starts it again as a candidate. The job is stopped, and its stop logged, before the
+// container's shell (PID 1, signalled so: "$$" would not survive the kubelet's $(VAR)
+// expansion) exits: the job is not its child, and would die unlogged with the container.
 func electorWorkload(ns, image, joblog, apiHost, apiPort string, replicas int) string {
 	script := `trap 'trap "" TERM; kill -TERM 0; wait; exit 0' TERM
 mkfifo /tmp/events
 elector -id $(hostname) -namespace ` + ns + ` -prefix ledger -release-on-cancel >/tmp/events &
-while read ev lease ts; do
-  if [ "$ev" = acquired ]; then sh -c "$JOB" & fi
-done </tmp/events &
+{
+  while read ev lease ts; do
+    if [ "$ev" = acquired ]; then sh -c "$JOB" & job=$!; fi
+  done </tmp/events
+  if [ -n "$job" ]; then kill -TERM $job; wait $job; fi
+  kill -TERM 1
+} &
 wait`
 	return fmt.Sprintf(`apiVersion: v1
 kind: ServiceAccount
@@ -137,6 +159,7 @@ spec:
     metadata:
       labels: {app: elector-worker}
     spec:
+%[9]s
       serviceAccountName: elector
       containers:
       - name: worker
@@ -157,5 +180,5 @@ spec:
       volumes:
       - name: joblog
         hostPath: {path: %[3]s, type: DirectoryOrCreate}
-`, ns, image, joblog, apiHost, apiPort, replicas, indent(jobScript, 12), indent(script, 12))
+`, ns, image, joblog, apiHost, apiPort, replicas, indent(jobScript, 12), indent(script, 12), spread("elector-worker"))
 }
