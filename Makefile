@@ -25,7 +25,7 @@ demo-played: deps ## Fast demo without a node: controller on the host, the scrip
 bench: deps ## Benchmarks side by side (LeaderLock, TryLock loop, etcd Mutex, client-go); writes BENCHMARKS.md
 	hack/bench.sh
 
-e2e: deps ## Failover on a real node (kubelet, containerd, the chart, the examples' job); writes BENCHMARKS.md
+e2e: deps ## Failover on real nodes (kubelet, containerd, the chart, the examples' job, the Go controller, node loss on two nodes); writes BENCHMARKS.md
 	hack/e2e.sh
 
 chaos: deps ## All fault scenarios with the independent checker; writes CHAOS.md
