@@ -16,6 +16,7 @@ bin_dir_for() {
 # running PID: the process exists and is not a zombie (a killed server waiting to be reaped).
 running() {
   local stat
-  stat="$(cat "/proc/$1/stat" 2>/dev/null)" || return 1 # an empty PID reads /proc//stat: fails
+  [[ "$1" =~ ^[0-9]+$ ]] || return 1 # an empty PID would read /proc//stat, the system's
+  stat="$(cat "/proc/$1/stat" 2>/dev/null)" || return 1
   [[ "${stat##*) }" != Z* ]]
 }
