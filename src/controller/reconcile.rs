@@ -1,7 +1,7 @@
 //! One reconcile of a LeaderLock, in one pass: read the index's view once, decide everything to
 //! write ([`super::plan`]), apply the writes in order.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use kube::ResourceExt;
@@ -41,7 +41,7 @@ pub async fn apply(ll: Arc<LeaderLock>, ctx: &Context) -> Result<Action> {
         let decided = plan::decide(&after, now);
         let writes = plan::after_etcd(&after, &decided, &plan::placement_moves(&steps), now);
         execute(ctx, &ll, &writes).await?;
-        let resync = ctx.resyncs.next_due(view.pods.values().filter_map(|p| p.uid.as_deref()));
+        let resync = ctx.resyncs.next_due(resync_waiting(&view, &after, &writes));
         let renew = plan::next_renewal(&after, &writes, now);
         Ok::<_, Error>([placement::recheck_after(&decided.placed, now), resync, renew].into_iter().flatten().min())
     }
@@ -156,6 +156,17 @@ pub async fn execute(ctx: &Context, ll: &LeaderLock, steps: &[Step]) -> Result<(
         }
     }
     Ok(())
+}
+
+/// The pods whose follow-up this reconcile left waiting: those the snapshot held back and those
+/// whose leadership it just changed. A pod outside both got its follow-up (or needs none).
+fn resync_waiting<'a>(view: &'a View, after: &Snapshot, writes: &[Step]) -> impl Iterator<Item = &'a str> {
+    let written: BTreeSet<&str> =
+        writes.iter().filter_map(|s| if let Step::Pod { name, .. } = s { Some(name.as_str()) } else { None }).collect();
+    view.pods
+        .iter()
+        .filter(move |(name, _)| after.resync.not_yet.contains(*name) || written.contains(name.as_str()))
+        .filter_map(|(_, p)| p.uid.as_deref())
 }
 
 /// After a pod write: a leadership change schedules the pod's resync; a write of the resync key

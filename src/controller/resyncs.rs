@@ -45,10 +45,11 @@ impl Resyncs {
         self.map().get(uid).is_some_and(|due| *due > Instant::now())
     }
 
-    /// How long until the earliest follow-up among `uids` that must still wait.
+    /// How long until the earliest follow-up among `uids` (the pods a reconcile left waiting) is
+    /// due; zero for one that fell due while that reconcile ran, so that its timer is not lost.
     pub fn next_due<'a>(&self, uids: impl IntoIterator<Item = &'a str>) -> Option<Duration> {
         let (map, now) = (self.map(), Instant::now());
-        uids.into_iter().filter_map(|u| map.get(u)).filter(|due| **due > now).map(|due| *due - now).min()
+        uids.into_iter().filter_map(|u| map.get(u)).map(|due| due.saturating_duration_since(now)).min()
     }
 
     /// Forgets a deleted pod.
@@ -80,8 +81,9 @@ mod tests {
         r.changed("a", Duration::from_secs(60));
         r.changed("b", Duration::ZERO);
         assert!(r.not_yet("a") && !r.not_yet("b") && !r.not_yet("c"));
-        let next = r.next_due(["a", "b", "c"]).unwrap();
+        let next = r.next_due(["a", "c"]).unwrap();
         assert!(next > Duration::from_secs(59) && next <= Duration::from_secs(60), "{next:?}");
+        assert_eq!(r.next_due(["a", "b"]), Some(Duration::ZERO), "one that fell due meanwhile: at once");
         r.done("a");
         let mut gone = Pod::default();
         gone.metadata.uid = Some("b".into());
