@@ -149,8 +149,8 @@ func (r *nodeLossRun) round(kind string) {
 	switch kind {
 	case lossHang:
 		r.victim.thaw()
-		r.measureThaw(r.ll.workloadRun, llOld.Name, back, &ll)
-		r.measureThaw(r.cg.workloadRun, cgOld.Name, back, &cg)
+		r.measureThaw(r.ll.workloadRun, llOld.Name, t, back, &ll)
+		r.measureThaw(r.cg.workloadRun, cgOld.Name, t, back, &cg)
 	case lossCrash:
 		r.victim.bringBack()
 	case lossKubelet:
@@ -310,11 +310,14 @@ func (r *nodeLossRun) stopAfter(w *workloadRun, pod string, t, bound time.Durati
 }
 
 // measureThaw: after the thaw the old leader's job must stop on its own; how long it ran.
-func (r *nodeLossRun) measureThaw(w *workloadRun, old string, thawed time.Duration, s *lossSample) {
-	stop, ok := r.stopAfter(w, old, thawed, fileBound)
+// A stop is looked for from the fault, not the thaw: nothing runs while the node is frozen, but
+// the jobs' clock has 10 ms steps, so a stop right at the thaw (a lapsed renewal deadline) may
+// be logged up to 10 ms before it.
+func (r *nodeLossRun) measureThaw(w *workloadRun, old string, fault, thawed time.Duration, s *lossSample) {
+	stop, ok := r.stopAfter(w, old, fault, fileBound)
 	s.Stopped = ok
 	if ok {
-		s.Overlap = stop - thawed
+		s.Overlap = max(stop-thawed, 0)
 	} else {
 		logf("%s: the old leader %s's job still runs %s after the thaw", w.app, old, fileBound)
 	}
