@@ -13,6 +13,7 @@ mod common;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use common::chart::render;
 use common::checker::Checker;
 use common::etcd::EtcdServer;
 use common::k8s::*;
@@ -23,7 +24,6 @@ use kube::ResourceExt;
 use kube::api::{Api, Patch, PatchParams, WatchEvent, WatchParams};
 use serde_json::{Value, json};
 
-const CHART: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/charts/leaderlock");
 /// The start of every refusal.
 const MESSAGE: &str = "leaderlock.dev/ annotations and labels are written only by the LeaderLock controller";
 const KEY: &str = "leaderlock.dev/ledger";
@@ -31,25 +31,6 @@ const KEY: &str = "leaderlock.dev/ledger";
 const MALLORY: [&str; 2] = ["--as=mallory", "--as-group=system:authenticated"];
 const BREAK_GLASS: &str = "leaderlock:break-glass";
 const T: Duration = Duration::from_secs(30);
-
-/// `helm template` of the chart (the pinned helm, state dirs in a temp dir) for `release` in `ns`.
-fn render(release: &str, ns: &str, sets: &[&str]) -> Vec<Value> {
-    let home = tempfile::tempdir().unwrap();
-    let mut args = vec!["template", release, CHART, "--namespace", ns];
-    for s in sets {
-        args.extend(["--set", s]);
-    }
-    let out = Command::new(format!("{}/helm", env("LEADERLOCK_HELM_BIN_DIR")))
-        .args(&args)
-        .env("HELM_CACHE_HOME", home.path().join("cache"))
-        .env("HELM_CONFIG_HOME", home.path().join("config"))
-        .env("HELM_DATA_HOME", home.path().join("data"))
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "helm template: {}", String::from_utf8_lossy(&out.stderr));
-    let text = String::from_utf8(out.stdout).unwrap();
-    serde_saphyr::from_multiple(&text).unwrap_or_else(|e| panic!("helm rendered invalid YAML: {e}\n{text}"))
-}
 
 fn one<'a>(docs: &'a [Value], kind: &str) -> &'a Value {
     let found: Vec<&Value> = docs.iter().filter(|d| d["kind"] == kind).collect();

@@ -13,6 +13,7 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::chart::render;
 use common::etcd::{EtcdServer, Tls};
 use common::k8s::service_account_kubeconfig_for;
 use common::*;
@@ -25,26 +26,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-const CHART: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/charts/leaderlock");
 const T: Duration = Duration::from_secs(30);
-
-/// `helm template` of the chart (the pinned helm, state dirs in a temp dir).
-fn render(release: &str, ns: &str, sets: &[&str]) -> Vec<Value> {
-    let home = tempfile::tempdir().unwrap();
-    let mut args = vec!["template", release, CHART, "--namespace", ns];
-    for s in sets {
-        args.extend(["--set", s]);
-    }
-    let out = Command::new(format!("{}/helm", env("LEADERLOCK_HELM_BIN_DIR")))
-        .args(&args)
-        .env("HELM_CACHE_HOME", home.path().join("cache"))
-        .env("HELM_CONFIG_HOME", home.path().join("config"))
-        .env("HELM_DATA_HOME", home.path().join("data"))
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "helm template: {}", String::from_utf8_lossy(&out.stderr));
-    serde_saphyr::from_multiple(&String::from_utf8(out.stdout).unwrap()).unwrap()
-}
 
 /// Applies the chart's ServiceAccount and the templates of secure metrics (rbac-metrics.yaml),
 /// nothing else: the reviews need no other permission. The cluster-scoped objects go on drop.

@@ -3,6 +3,7 @@
 //! Every test gets its own namespace; waits are conditions polled until a deadline, never sleeps.
 #![allow(dead_code)]
 
+pub mod chart;
 pub mod checker;
 pub mod clusters;
 pub mod controller;
