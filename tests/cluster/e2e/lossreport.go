@@ -2,7 +2,6 @@ package main
 
 import (
 	"fmt"
-	"sort"
 	"strings"
 	"time"
 )
@@ -31,16 +30,7 @@ func (c nodeCPU) cores() float64 { return c.Used.Seconds() / c.Any.Seconds() }
 
 // values picks one measure of some rows, in milliseconds, sorted.
 func (l *lossResults) values(pick func(lossSample) (time.Duration, bool), keys ...string) []float64 {
-	var v []float64
-	for _, k := range keys {
-		for _, s := range l.samples[k] {
-			if d, ok := pick(s); ok {
-				v = append(v, float64(d)/float64(time.Millisecond))
-			}
-		}
-	}
-	sort.Float64s(v)
-	return v
+	return millis(l.samples, pick, keys...)
 }
 
 func (l *lossResults) count(f func(lossSample) bool, keys ...string) (hits, all int) {

@@ -94,9 +94,14 @@ func (r *results) handovers() int {
 
 // values picks one measure of some rows, in milliseconds, sorted.
 func (r *results) values(pick func(sample) (time.Duration, bool), keys ...string) []float64 {
+	return millis(r.samples, pick, keys...)
+}
+
+// millis picks one measure of the rows of samples named by keys, in milliseconds, sorted.
+func millis[S any](samples map[string][]S, pick func(S) (time.Duration, bool), keys ...string) []float64 {
 	var v []float64
 	for _, k := range keys {
-		for _, s := range r.samples[k] {
+		for _, s := range samples[k] {
 			if d, ok := pick(s); ok {
 				v = append(v, float64(d)/float64(time.Millisecond))
 			}
