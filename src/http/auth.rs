@@ -91,6 +91,10 @@ impl Gate {
         let verdict = {
             // Never closed: acquiring fails only after `close()`.
             let _permit = self.reviews.acquire().await;
+            // A caller with the same token may have been reviewed while this one waited.
+            if let Some(verdict) = self.cache().get(&key, Instant::now()) {
+                return verdict;
+            }
             match tokio::time::timeout(REVIEW_TIMEOUT, self.review(token)).await {
                 Ok(Ok(verdict)) => verdict,
                 Ok(Err(e)) => Verdict::Unavailable { reason: e.to_string() },

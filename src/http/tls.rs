@@ -77,9 +77,7 @@ impl Reloading {
         let certified = read(cert, key, &provider)?;
         Ok(Reloading { cert: cert.into(), key: key.into(), provider, current: Mutex::new((stamp, certified)) })
     }
-}
 
-impl Reloading {
     /// The certificate to serve: two `stat`s, and a re-read only when a file changed. A renewal
     /// caught half-written fails to load and is retried at the next handshake, the previous
     /// certificate serving meanwhile.
